@@ -1,0 +1,61 @@
+"""The metrics the suite measures: canonical names (bench_serving's), aliases, units and gate direction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_LATENCIES = ("e2e_latency", "ttft", "tpot", "itl")
+_STATS = ("mean", "median", "std", "p90", "p95", "p99")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    unit: str
+    direction: str  # "max": lower is better (an upper bound); "min": higher is better (a lower bound)
+    description: str
+
+
+def _catalog() -> dict[str, Metric]:
+    metrics = [
+        Metric("request_throughput", "req/s", "min", "completed requests per second"),
+        Metric("input_throughput", "tok/s", "min", "prompt tokens per second"),
+        Metric("output_throughput", "tok/s", "min", "generated tokens per second"),
+        Metric("total_throughput", "tok/s", "min", "prompt + generated tokens per second"),
+        Metric("completed", "req", "min", "requests that completed without error"),
+        Metric("failed", "req", "max", "requests that failed"),
+        Metric("duration", "s", "max", "wall time of the benchmark"),
+        Metric("accuracy", "", "min", "fraction of correct answers (gsm8k)"),
+        Metric("invalid", "", "max", "fraction of answers without a number (gsm8k)"),
+        Metric("latency", "s", "max", "wall time of the gsm8k run"),
+        Metric("cache_hit_rate", "", "min", "fraction of prompt tokens served from the prefix cache"),
+        Metric("kv_transfer_throughput", "B/s", "min", "KV bytes per second moved prefill -> decode"),
+    ]
+    for lat in _LATENCIES:
+        for stat in _STATS:
+            direction = "max"
+            metrics.append(Metric(f"{stat}_{lat}_ms", "ms", direction, f"{stat} {lat.replace('_', ' ')}"))
+    return {m.name: m for m in metrics}
+
+
+METRICS: dict[str, Metric] = _catalog()
+
+# Names users write in expected_results (the CVS config) -> canonical names.
+ALIASES: dict[str, str] = {
+    "tokens_per_sec": "output_throughput",
+    "output_throughput_per_sec": "output_throughput",
+    "output_tokens_per_sec": "output_throughput",
+    "input_throughput_per_sec": "input_throughput",
+    "total_throughput_per_sec": "total_throughput",
+    "requests_per_sec": "request_throughput",
+}
+
+
+def canonical(name: str) -> str | None:
+    """The canonical metric a user-written name means, or None when the suite cannot measure it."""
+    name = ALIASES.get(name, name)
+    return name if name in METRICS else None
+
+
+def known_names() -> list[str]:
+    return sorted(set(METRICS) | set(ALIASES))

@@ -1,0 +1,356 @@
+"""The deployment plan: ClusterConfig x model -> Deployment (pure, no I/O)."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from .config import ClusterConfig, InferenceTest, ModelConfig
+
+ROLES = ("prefill", "decode", "router", "bench")
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """One container per logical node (``key`` e.g. ``prefill_0``), idle until processes are exec'd in."""
+
+    key: str
+    role: str
+    node: str
+    name: str
+    image: str
+    devices: tuple[str, ...] = ()
+    volumes: Mapping[str, str] = field(default_factory=dict)  # host path -> container path
+    env: Mapping[str, str] = field(default_factory=dict)
+    shm_size: str | None = None
+    network_mode: str = "host"
+    ipc_mode: str = "host"
+    cap_add: tuple[str, ...] = ("IPC_LOCK",)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    command: tuple[str, ...] = ("sleep", "infinity")
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One process of the deployment: what runs where, with which argv, env, port and log file.
+
+    ``secret_env_files`` maps an env variable to a file ON THE NODE whose content becomes its
+    value at start (the HF token); the value is never part of the plan, argv or logs.
+    """
+
+    key: str  # stable identity, e.g. "prefill_0", "decode_1", "router", "prefill_0_rank1"
+    role: str  # prefill | decode | router
+    node: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    port: int | None
+    log_path: str  # on the node
+    container: str | None = None  # ContainerSpec.key when the runtime is docker
+    host: str = "127.0.0.1"  # address the process serves on (the node address)
+    instance: int = 0
+    node_rank: int = 0
+    bootstrap_port: int | None = None
+    health_path: str = "/health"
+    secret_env_files: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def serves_http(self) -> bool:
+        """Only rank 0 of a multi-node instance serves HTTP."""
+        return self.node_rank == 0
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Everything that runs for one model: containers and processes, in start order."""
+
+    run_id: str
+    model: ModelConfig
+    engine: str
+    runtime: str
+    log_dir: str  # on the nodes: <config log_dir>/<run_id>
+    containers: tuple[ContainerSpec, ...]
+    processes: tuple[ProcessSpec, ...]
+    router_url: str
+    kv_backend: str
+
+    def role(self, role: str) -> tuple[ProcessSpec, ...]:
+        return tuple(p for p in self.processes if p.role == role)
+
+    def servers(self, role: str) -> tuple[ProcessSpec, ...]:
+        """The processes of a role that serve HTTP (rank 0 of each instance)."""
+        return tuple(p for p in self.role(role) if p.serves_http)
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(p.node for p in self.processes))
+
+    @property
+    def router(self) -> ProcessSpec:
+        return self.role("router")[0]
+
+
+@dataclass(frozen=True)
+class _Member:
+    node: str
+    rank: int
+
+
+@dataclass(frozen=True)
+class _Instance:
+    role: str
+    index: int
+    members: tuple[_Member, ...]
+    port: int
+    bootstrap_port: int | None
+
+    @property
+    def head(self) -> str:
+        return self.members[0].node
+
+
+POLICY_TO_SCHEDULE = {"cache_aware": "lpm", "fcfs": "fcfs", "round_robin": "fcfs", "random": "random",
+                      "power_of_two": "fcfs"}
+POLICY_TO_ROUTER = {"cache_aware": "cache_aware", "fcfs": "round_robin", "round_robin": "round_robin",
+                    "random": "random", "power_of_two": "power_of_two"}
+LABEL_PREFIX = "pytest-sglang-pd"
+SIM_WORKER_MODULE = "pytest_sglang_pd.sim.launch_server"
+SGLANG_WORKER_MODULE = "sglang.launch_server"
+
+
+def _is_ip(node: str) -> bool:
+    return bool(re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", node)) or ":" in node
+
+
+def bind_host(node: str) -> str:
+    """Serve on the node's address when it is an IP literal (several "nodes" can share a machine),
+    else on all interfaces (a host name may resolve to a loopback address on the node itself)."""
+    return node if _is_ip(node) else "0.0.0.0"
+
+
+def instances(cfg: ClusterConfig, role: str) -> tuple[_Instance, ...]:
+    """The serving instances of a role: one per node (per_node) or one spanning all nodes (multi_node)."""
+    nodes = cfg.prefill_nodes if role == "prefill" else cfg.decode_nodes
+    base_port = cfg.prefill_port if role == "prefill" else cfg.decode_port
+    bootstrap = cfg.kv_transfer.bootstrap_port if role == "prefill" else None
+    if cfg.instance_layout == "multi_node":
+        members = tuple(_Member(n, r) for r, n in enumerate(nodes))
+        return (_Instance(role, 0, members, base_port, bootstrap),)
+    out, seen = [], Counter()
+    for i, node in enumerate(nodes):
+        k = seen[node]
+        seen[node] += 1
+        out.append(_Instance(role, i, (_Member(node, 0),), base_port + k,
+                             None if bootstrap is None else bootstrap + k))
+    return tuple(out)
+
+
+def service_ports(cfg: ClusterConfig) -> list[tuple[str, int, str]]:
+    """(node, port, service) for every listening service the plan places."""
+    out = []
+    for role in ("prefill", "decode"):
+        for inst in instances(cfg, role):
+            out.append((inst.head, inst.port, f"{role}_{inst.index} (http)"))
+            if inst.bootstrap_port is not None:
+                out.append((inst.head, inst.bootstrap_port, f"{role}_{inst.index} (bootstrap)"))
+        coord = getattr(cfg, f"{role}_coordinator_addr")
+        if cfg.instance_layout == "multi_node" and coord:
+            out.append((coord, getattr(cfg, f"{role}_coordinator_port"), f"{role} coordinator"))
+    out.append((cfg.router_node, cfg.router_port, "router (http)"))
+    out.append((cfg.router_node, cfg.router_prometheus_port, "router (prometheus)"))
+    return out
+
+
+def node_env(cfg: ClusterConfig) -> dict[str, str]:
+    """env_dict plus the NCCL_* / GLOO_* variables the config names."""
+    env = dict(cfg.container.env_dict)
+    named = {
+        "NCCL_IB_HCA": ",".join(cfg.nccl_ib_hca or cfg.nccl_ib_hca_list),
+        "NCCL_SOCKET_IFNAME": cfg.nccl_socket_ifname,
+        "GLOO_SOCKET_IFNAME": cfg.gloo_socket_ifname,
+        "GLOO_TCP_IFNAME": cfg.gloo_tcp_ifname,
+        "NCCL_IB_GID_INDEX": None if cfg.nccl_ib_gid_index is None else str(cfg.nccl_ib_gid_index),
+        "NCCL_DEBUG": cfg.nccl_debug,
+    }
+    env.update({k: v for k, v in named.items() if v})
+    return env
+
+
+def kv_env(cfg: ClusterConfig) -> dict[str, str]:
+    """What the transfer engine needs beyond the worker flags (PD_FAILURE_MODES rows 3 and 4)."""
+    kv = cfg.kv_transfer
+    env: dict[str, str] = {}
+    if kv.backend == "nixl" and kv.ib_devices:
+        env["UCX_NET_DEVICES"] = ",".join(d if ":" in d else f"{d}:1" for d in kv.ib_devices)
+    if kv.backend in ("mooncake", "mooncake_tcp") and cfg.nccl_ib_gid_index is not None:
+        env["MC_GID_INDEX"] = str(cfg.nccl_ib_gid_index)
+    env.update(kv.env)
+    return env
+
+
+def _worker_argv(cfg: ClusterConfig, model: ModelConfig, inst: _Instance, member: _Member, python: str) -> tuple[str, ...]:
+    kv = cfg.kv_transfer
+    module = SIM_WORKER_MODULE if cfg.simulated else SGLANG_WORKER_MODULE
+    policy = model.prefill_policy if inst.role == "prefill" else model.decode_policy
+    multi = cfg.instance_layout == "multi_node"
+    tp = model.tensor_parallelism * (len(inst.members) if multi else 1)
+    argv = [python, "-m", module,
+            "--model-path", model.model,
+            "--disaggregation-mode", inst.role,
+            "--disaggregation-transfer-backend", kv.backend]
+    if inst.role == "prefill":
+        argv += ["--disaggregation-bootstrap-port", str(inst.bootstrap_port)]
+    if kv.ib_devices and kv.backend in ("mooncake", "mori"):
+        argv += ["--disaggregation-ib-device", ",".join(kv.ib_devices)]
+    argv += ["--host", bind_host(member.node), "--port", str(inst.port),
+             "--tp-size", str(tp),
+             "--mem-fraction-static", str(model.memory_fraction),
+             "--schedule-policy", POLICY_TO_SCHEDULE[policy],
+             "--log-level", cfg.log_level,
+             "--enable-metrics", "--trust-remote-code"]
+    if multi:
+        coord = getattr(cfg, f"{inst.role}_coordinator_addr") or inst.head
+        argv += ["--nnodes", str(len(inst.members)), "--node-rank", str(member.rank),
+                 "--dist-init-addr", f"{coord}:{getattr(cfg, f'{inst.role}_coordinator_port')}"]
+    if cfg.simulated:
+        s = cfg.sim
+        argv += ["--sim-gpu", s.gpu, "--sim-speedup", str(s.speedup), "--sim-seed", str(s.seed),
+                 "--sim-kv-payload-bytes-per-token", str(s.kv_payload_bytes_per_token),
+                 "--sim-accuracy", str(s.accuracy), "--sim-startup-delay", str(s.startup_delay_s)]
+        if model.sim_model_profile:
+            argv += ["--sim-model-profile", model.sim_model_profile]
+        key = f"{inst.role}_{inst.index}"
+        for fault in (*s.faults.get(inst.role, ()), *s.faults.get(key, ())):
+            argv += ["--sim-fault", fault]
+    argv += [*model.server_args, *(model.prefill_server_args if inst.role == "prefill" else model.decode_server_args)]
+    return tuple(argv)
+
+
+def _router_argv(cfg: ClusterConfig, model: ModelConfig, prefills: tuple[_Instance, ...],
+                 decodes: tuple[_Instance, ...], python: str) -> tuple[str, ...]:
+    argv = [python, "-m", "sglang_router.launch_router", "--pd-disaggregation"]
+    for inst in prefills:
+        argv += ["--prefill", f"http://{inst.head}:{inst.port}", str(inst.bootstrap_port)]
+    for inst in decodes:
+        argv += ["--decode", f"http://{inst.head}:{inst.port}"]
+    argv += ["--prefill-policy", POLICY_TO_ROUTER[model.prefill_policy],
+             "--decode-policy", POLICY_TO_ROUTER[model.decode_policy],
+             "--host", bind_host(cfg.router_node), "--port", str(cfg.router_port),
+             "--prometheus-port", str(cfg.router_prometheus_port),
+             "--worker-startup-timeout-secs", str(int(cfg.timeouts.server_start_s)),
+             "--log-level", cfg.log_level if cfg.log_level != "critical" else "error",
+             *cfg.router_args]
+    return tuple(argv)
+
+
+def plan(cfg: ClusterConfig, model: ModelConfig | str, *, run_id: str, python: str = "python3") -> Deployment:
+    """The deployment of one model: every container and process, with argv, env, port and log path."""
+    if isinstance(model, str):
+        model = cfg.model(model)
+    docker = cfg.runtime == "docker"
+    log_dir = f"{cfg.log_dir.rstrip('/')}/{run_id}"
+    base_env = {**node_env(cfg), **kv_env(cfg)}
+    secrets = {"HF_TOKEN": cfg.hf_token_file} if cfg.hf_token_file and not cfg.simulated else {}
+    containers: list[ContainerSpec] = []
+    processes: list[ProcessSpec] = []
+
+    def container(key: str, role: str, node: str) -> str | None:
+        if not docker:
+            return None
+        volumes = dict(cfg.container.volume_dict)
+        if not any(log_dir == v or log_dir.startswith(v.rstrip("/") + "/") for v in volumes.values()):
+            volumes[cfg.log_dir] = cfg.log_dir
+        containers.append(ContainerSpec(
+            key=key, role=role, node=node, name=f"{cfg.container_name}-{run_id}-{key}".replace("_", "-"),
+            image=cfg.container_image, devices=cfg.container.device_list, volumes=volumes,
+            env=node_env(cfg), shm_size=cfg.shm_size,
+            labels={f"{LABEL_PREFIX}.run-id": run_id, f"{LABEL_PREFIX}.role": role,
+                    f"{LABEL_PREFIX}.key": key, f"{LABEL_PREFIX}.model": model.id}))
+        return key
+
+    prefills, decodes = instances(cfg, "prefill"), instances(cfg, "decode")
+    for inst in (*prefills, *decodes):
+        for member in inst.members:
+            key = f"{inst.role}_{inst.index}" + (f"_rank{member.rank}" if member.rank else "")
+            processes.append(ProcessSpec(
+                key=key, role=inst.role, node=member.node,
+                argv=_worker_argv(cfg, model, inst, member, python),
+                env=base_env, port=inst.port, log_path=f"{log_dir}/{key}.log",
+                container=container(key, inst.role, member.node), host=inst.head,
+                instance=inst.index, node_rank=member.rank,
+                bootstrap_port=inst.bootstrap_port, secret_env_files=secrets))
+    processes.append(ProcessSpec(
+        key="router", role="router", node=cfg.router_node,
+        argv=_router_argv(cfg, model, prefills, decodes, python), env=dict(cfg.container.env_dict),
+        port=cfg.router_port, log_path=f"{log_dir}/router.log",
+        container=container("router", "router", cfg.router_node), host=cfg.router_node,
+        health_path="/readiness"))
+    router_url = f"http://{cfg.router_node}:{cfg.router_port}"
+    if cfg.bench_client == "sglang" or any(t.bench_client == "sglang" for t in model.tests):
+        container("bench", "bench", cfg.benchmark_node)
+    return Deployment(run_id=run_id, model=model, engine=cfg.engine, runtime=cfg.runtime, log_dir=log_dir,
+                      containers=tuple(containers), processes=tuple(processes), router_url=router_url,
+                      kv_backend=cfg.kv_transfer.backend)
+
+
+def bench_output_path(dep: Deployment, test: InferenceTest, concurrency: int) -> str:
+    return f"{dep.log_dir}/bench/{dep.model.id}-{test.name}-c{concurrency}.jsonl"
+
+
+def bench_serving_argv(dep: Deployment, test: InferenceTest, concurrency: int, *, python: str = "python3") -> tuple[str, ...]:
+    """`sglang.bench_serving` against the router; its JSON line goes to bench_output_path()."""
+    router = dep.router
+    dataset = test.dataset
+    if dataset == "random" and not test.dataset_path:
+        dataset = "random-ids"  # random needs the ShareGPT download; random-ids runs offline
+    argv = [python, "-m", "sglang.bench_serving", "--backend", test.backend,
+            "--host", router.host, "--port", str(router.port), "--model", dep.model.model,
+            "--dataset-name", dataset, "--num-prompts", str(test.num_prompts),
+            "--max-concurrency", str(concurrency), "--request-rate", str(test.request_rate),
+            "--seed", str(test.seed), "--warmup-requests", str(test.warmup_requests),
+            "--output-file", bench_output_path(dep, test, concurrency), "--output-details"]
+    if dataset == "generated-shared-prefix":
+        argv += ["--gsp-num-groups", str(test.gsp_num_groups),
+                 "--gsp-prompts-per-group", str(test.gsp_prompts_per_group),
+                 "--gsp-system-prompt-len", str(test.gsp_system_prompt_len),
+                 "--gsp-question-len", str(test.gsp_question_len),
+                 "--gsp-output-len", str(test.gsp_output_len)]
+    else:
+        argv += ["--random-input-len", str(test.input_length), "--random-output-len", str(test.output_length),
+                 "--random-range-ratio", str(test.random_range_ratio)]
+    if test.dataset_path:
+        argv += ["--dataset-path", test.dataset_path]
+    return tuple(argv)
+
+
+def gsm8k_argv(dep: Deployment, test: InferenceTest, concurrency: int, *, python: str = "python3") -> tuple[str, ...]:
+    """`sglang.test.few_shot_gsm8k` against the router (it prints Accuracy / Invalid / Latency / Output throughput)."""
+    router = dep.router
+    argv = [python, "-m", "sglang.test.few_shot_gsm8k", "--num-questions", str(test.num_questions),
+            "--num-shots", str(test.num_shots), "--parallel", str(concurrency),
+            "--host", f"http://{router.host}", "--port", str(router.port)]
+    if test.data_path:
+        argv += ["--data-path", test.data_path]
+    return tuple(argv)
+
+
+def bench_processes(dep: Deployment, *, python: str = "python3") -> tuple[ProcessSpec, ...]:
+    """The benchmark commands the sglang bench client runs on the benchmark node, one per test and concurrency."""
+    out = []
+    bench = next((c for c in dep.containers if c.key == "bench"), None)
+    node = bench.node if bench else dep.router.node
+    for test in dep.model.tests:
+        if test.bench_client != "sglang":
+            continue
+        for conc in test.max_concurrency:
+            make = gsm8k_argv if test.kind == "gsm8k" else bench_serving_argv
+            key = f"bench_{test.name}_c{conc}"
+            out.append(ProcessSpec(key=key, role="bench", node=node, argv=make(dep, test, conc, python=python),
+                                   env={"HF_HUB_OFFLINE": "1"}, port=None, log_path=f"{dep.log_dir}/{key}.log",
+                                   container=bench.key if bench else None, host=node))
+    return tuple(out)

@@ -1,0 +1,155 @@
+"""The deployment plan: goldens for the reference config (both layouts, mooncake and nixl) and its rules."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from sglang_router.launch_router import parse_router_args
+
+from pytest_sglang_pd import config, plan
+from pytest_sglang_pd.cli import deployment_json
+from selftests.configs import CONFIGS, raw
+
+GOLDENS = os.path.join(os.path.dirname(__file__), "goldens")
+VARIANTS = {
+    "per_node-mooncake": {},
+    "per_node-nixl": {"kv_transfer": {"backend": "nixl"}},
+    "multi_node-mooncake": {"instance_layout": "multi_node"},
+    "multi_node-nixl": {"instance_layout": "multi_node", "kv_transfer": {"backend": "nixl", "ib_devices": "mlx5_0,mlx5_1"}},
+}
+
+
+def reference_config(**overrides) -> config.ClusterConfig:
+    data = raw("mi35x-example.json")
+    data["config"].update(overrides)
+    data["config"]["container_config"]["env_dict"] = {"HF_TOKEN": "hf_secret_value_123", "SGLANG_USE_AITER": "1"}
+    return config.from_dict(data, user="sgl")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_plan_matches_golden(variant):
+    cfg = reference_config(**VARIANTS[variant])
+    got = {m: deployment_json(plan.plan(cfg, m, run_id="RUN")) for m in cfg.model_ids}
+    path = os.path.join(GOLDENS, f"mi35x-{variant}.json")
+    if os.environ.get("UPDATE_GOLDENS"):
+        with open(path, "w") as f:
+            json.dump(got, f, indent=2, sort_keys=True)
+            f.write("\n")
+    with open(path) as f:
+        assert got == json.load(f), f"plan differs from {path}; rerun with UPDATE_GOLDENS=1 after checking the change"
+
+
+def test_per_node_layout_is_xpyd_with_pd_flags():
+    dep = plan.plan(reference_config(), "llama-70b", run_id="r1")
+    prefill = dep.servers("prefill")
+    assert [p.key for p in dep.processes] == ["prefill_0", "prefill_1", "decode_0", "decode_1", "router"]
+    argv = prefill[0].argv
+    flag = lambda a, f: a[a.index(f) + 1]  # noqa: E731
+    assert argv[:3] == ("python3", "-m", "sglang.launch_server")
+    assert flag(argv, "--disaggregation-mode") == "prefill"
+    assert flag(argv, "--disaggregation-transfer-backend") == "mooncake"
+    assert flag(argv, "--disaggregation-bootstrap-port") == "8998"
+    assert flag(argv, "--disaggregation-ib-device") == ",".join(f"rdma{i}" for i in range(8))
+    assert flag(argv, "--tp-size") == "8" and flag(argv, "--schedule-policy") == "lpm"
+    assert flag(argv, "--mem-fraction-static") == "0.7"
+    assert "--disaggregation-bootstrap-port" not in dep.servers("decode")[0].argv
+    assert prefill[0].env["MC_GID_INDEX"] == "1" and prefill[0].env["NCCL_IB_HCA"].startswith("rdma0,")
+    assert prefill[0].log_path == "/home/sgl/LOGS/sglang/r1/prefill_0.log"
+    c = dep.containers[0]
+    assert (c.network_mode, c.ipc_mode, c.cap_add, c.shm_size) == ("host", "host", ("IPC_LOCK",), "128G")
+    assert c.labels["pytest-sglang-pd.run-id"] == "r1" and c.labels["pytest-sglang-pd.role"] == "prefill"
+    assert len({c.name for c in dep.containers}) == len(dep.containers)
+
+
+def test_multi_node_layout_spans_each_group_with_one_instance():
+    dep = plan.plan(reference_config(instance_layout="multi_node"), "deepseek-r1", run_id="r1")
+    ranks = [(p.key, p.node, p.node_rank, p.serves_http) for p in dep.role("prefill")]
+    assert ranks == [("prefill_0", "mi35x-node01", 0, True), ("prefill_0_rank1", "mi35x-node02", 1, False)]
+    argv = dep.role("decode")[1].argv
+    assert argv[argv.index("--dist-init-addr") + 1] == "mi35x-node03:40002"
+    assert argv[argv.index("--nnodes") + 1] == "2" and argv[argv.index("--node-rank") + 1] == "1"
+    assert argv[argv.index("--tp-size") + 1] == "16"
+    router = dep.router.argv
+    assert router.count("--prefill") == 1 and router.count("--decode") == 1
+
+
+def test_nixl_gets_ucx_net_devices_not_the_ib_flag():
+    dep = plan.plan(reference_config(kv_transfer={"backend": "nixl"}), "llama-70b", run_id="r1")
+    p = dep.servers("prefill")[0]
+    assert "--disaggregation-ib-device" not in p.argv
+    assert p.env["UCX_NET_DEVICES"] == ",".join(f"rdma{i}:1" for i in range(8))
+
+
+def test_fcfs_policy_maps_to_round_robin_router_and_fcfs_scheduler():
+    data = raw("mi35x-example.json")
+    data["benchmark_params"]["llama-70b"]["prefill_policy"] = "fcfs"
+    dep = plan.plan(config.from_dict(data), "llama-70b", run_id="r")
+    router = dep.router.argv
+    assert router[router.index("--prefill-policy") + 1] == "round_robin"
+    assert router[router.index("--decode-policy") + 1] == "cache_aware"
+    assert dep.servers("prefill")[0].argv[dep.servers("prefill")[0].argv.index("--schedule-policy") + 1] == "fcfs"
+
+
+def test_engine_sim_swaps_only_the_worker_module():
+    real = reference_config()
+    data = raw("mi35x-example.json")
+    data["config"]["engine"] = "sim"
+    sim = config.from_dict(data, user="sgl")
+    a = plan.plan(real, "llama-70b", run_id="r").servers("decode")[0].argv
+    b = plan.plan(sim, "llama-70b", run_id="r").servers("decode")[0].argv
+    assert b[2] == "pytest_sglang_pd.sim.launch_server" and a[2] == "sglang.launch_server"
+    assert b[3:len(a)] == a[3:]  # every sglang flag identical ...
+    assert all(x.startswith("--sim-") for x in b[len(a):] if x.startswith("--"))  # ... then only --sim-* flags
+
+
+def test_hf_token_comes_from_its_file_on_the_node_and_never_into_argv_or_env():
+    dep = plan.plan(reference_config(), "llama-70b", run_id="r")
+    p = dep.servers("prefill")[0]
+    assert p.secret_env_files == {"HF_TOKEN": "/home/sgl/.hf_token"}
+    shown = json.dumps(deployment_json(dep))
+    assert "hf_secret_value_123" not in shown and '"HF_TOKEN": "***"' in shown
+
+
+@pytest.mark.parametrize("name", ["mi35x-example.json", "local-sim.json", "local-sim-2p2d.json", "docker-sim.json"])
+@pytest.mark.parametrize("layout", ["per_node", "multi_node"])
+def test_every_router_argv_is_accepted_by_the_installed_sglang_router(name, layout):
+    data = raw(name)
+    data["config"]["instance_layout"] = layout
+    if layout == "multi_node":
+        for role in ("prefill", "decode"):
+            nodes = data["config"][f"{role}_node_list"]
+            data["config"][f"{role}_coordinator_addr"] = nodes[0]
+    cfg = config.from_dict(data)
+    for model in cfg.model_ids:
+        argv = plan.plan(cfg, model, run_id="r").router.argv
+        assert argv[1:3] == ("-m", "sglang_router.launch_router")
+        args = parse_router_args(list(argv[3:]))
+        assert args.pd_disaggregation
+        prefills = plan.instances(cfg, "prefill")
+        assert [u for u, _ in args.prefill_urls] == [f"http://{i.head}:{i.port}" for i in prefills]
+        assert [p for _, p in args.prefill_urls] == [i.bootstrap_port for i in prefills]
+        assert len(args.decode_urls) == len(plan.instances(cfg, "decode"))
+
+
+def test_bench_commands_for_the_sglang_tools():
+    dep = plan.plan(reference_config(), "llama-70b", run_id="r")
+    bench = {p.key: p for p in plan.bench_processes(dep)}
+    rnd = bench["bench_bench_serv_random_c64"].argv
+    assert rnd[:3] == ("python3", "-m", "sglang.bench_serving")
+    assert rnd[rnd.index("--dataset-name") + 1] == "random-ids"  # random without --dataset-path runs offline
+    assert rnd[rnd.index("--output-file") + 1] == "/home/sgl/LOGS/sglang/r/bench/llama-70b-bench_serv_random-c64.jsonl"
+    assert rnd[rnd.index("--random-range-ratio") + 1] == "0.5"
+    gsm = bench["bench_gsm8k_c100"].argv
+    assert gsm[:3] == ("python3", "-m", "sglang.test.few_shot_gsm8k")
+    assert gsm[gsm.index("--parallel") + 1] == "100" and gsm[gsm.index("--host") + 1] == "http://mi35x-node01"
+
+
+def test_all_shipped_configs_plan():
+    for path in CONFIGS.glob("*.json"):
+        if path.name == "mi35x.json":
+            continue
+        cfg = config.load(path)
+        for m in cfg.model_ids:
+            assert plan.plan(cfg, m, run_id="r").processes
