@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from . import plan as plan_mod
+from .cluster import ClusterError, ExternalCluster, KVTransferCheck, LiveCluster
 from .config import ClusterConfig
+from .hosts import HostError
 from .plugin import NO_CONFIG_HINT, SuiteRun, suite_run_key
+from .runtime import RuntimeFailure
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +39,111 @@ def model_under_test(request: pytest.FixtureRequest, cluster_config: ClusterConf
 def deployment(cluster_config: ClusterConfig, model_under_test: str, suite_run: SuiteRun) -> plan_mod.Deployment:
     python = sys.executable if cluster_config.runtime == "process" and cluster_config.transport == "local" else "python3"
     return plan_mod.plan(cluster_config, model_under_test, run_id=suite_run.run_id, python=python)
+
+
+def _run_dir(suite_run: SuiteRun, cfg: ClusterConfig, model: str) -> Path:
+    """`<results>/<run-id>`; one folder per model below it when the config has several."""
+    return suite_run.run_dir if len(cfg.models) == 1 else suite_run.run_dir / model
+
+
+@contextmanager
+def _as_failure() -> Iterator[None]:
+    """A bring-up error is reported as its message (role, node, log tail), not as a traceback."""
+    try:
+        yield
+    except (ClusterError, HostError, RuntimeFailure) as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def _undo(suite_run: SuiteRun, step) -> None:
+    if not suite_run.keep_cluster:
+        with _as_failure():
+            step()
+
+
+@pytest.fixture(scope="session")
+def cluster_nodes(cluster_config: ClusterConfig, deployment: plan_mod.Deployment, model_under_test: str,
+                  suite_run: SuiteRun) -> Iterator[LiveCluster]:
+    """Every node of the deployment connected and answering (in parallel); disconnected at the end."""
+    cluster = LiveCluster(cluster_config, deployment, _run_dir(suite_run, cluster_config, model_under_test))
+    suite_run.clusters.append(cluster)
+    with _as_failure():
+        cluster.connect()
+    yield cluster
+    if suite_run.keep_cluster:
+        cluster.snapshot_logs()
+    cluster.disconnect()
+
+
+@pytest.fixture(scope="session")
+def kv_transfer(cluster_nodes: LiveCluster) -> KVTransferCheck:
+    """The transfer backend checked on every worker node (IB devices / engine loads) before anything starts."""
+    with _as_failure():
+        return cluster_nodes.precheck_kv_transfer()
+
+
+@pytest.fixture(scope="session")
+def node_containers(cluster_nodes: LiveCluster, kv_transfer: KVTransferCheck, suite_run: SuiteRun) -> Iterator[LiveCluster]:
+    """One container per logical node (docker runtime; nothing for plain processes); removed at the end."""
+    try:
+        with _as_failure():
+            cluster_nodes.prepare_containers()
+        yield cluster_nodes
+    finally:
+        _undo(suite_run, cluster_nodes.remove_containers)
+
+
+@pytest.fixture(scope="session")
+def prefill_group(node_containers: LiveCluster, suite_run: SuiteRun) -> Iterator[list]:
+    """The prefill instances launched (parallel across nodes); stopped, logs collected, at the end."""
+    try:
+        with _as_failure():
+            procs = node_containers.start("prefill")
+        yield procs
+    finally:
+        _undo(suite_run, lambda: _raise_all(node_containers.stop("prefill")))
+
+
+@pytest.fixture(scope="session")
+def decode_group(node_containers: LiveCluster, prefill_group: list, suite_run: SuiteRun) -> Iterator[list]:
+    """The decode instances launched, then prefill and decode waited on together until all are healthy."""
+    try:
+        with _as_failure():
+            procs = node_containers.start("decode")
+            node_containers.wait_healthy(("prefill", "decode"))
+        yield procs
+    finally:
+        _undo(suite_run, lambda: _raise_all(node_containers.stop("decode")))
+
+
+@pytest.fixture(scope="session")
+def proxy_router(node_containers: LiveCluster, decode_group: list, suite_run: SuiteRun) -> Iterator[dict]:
+    """The sglang router in PD mode, ready on /readiness with every instance healthy; stopped at the end."""
+    try:
+        with _as_failure():
+            node_containers.start("router")
+            readiness = node_containers.wait_router_ready()
+        yield readiness
+    finally:
+        _undo(suite_run, lambda: _raise_all(node_containers.stop("router") + node_containers.stop("bench")))
+
+
+@pytest.fixture(scope="session")
+def pd_cluster(request: pytest.FixtureRequest, suite_run: SuiteRun, cluster_config: ClusterConfig,
+               model_under_test: str):
+    """The whole cluster, proven by a streamed and a non-streamed request across prefill -> decode.
+
+    With --router-url: the running cluster behind that router; nothing is started.
+    """
+    if suite_run.router_url:
+        return ExternalCluster(router_url=suite_run.router_url.rstrip("/"), simulated=cluster_config.simulated)
+    request.getfixturevalue("proxy_router")
+    cluster: LiveCluster = request.getfixturevalue("node_containers")
+    with _as_failure():
+        cluster.smoke()
+    return cluster
+
+
+def _raise_all(errors: list[str]) -> None:
+    if errors:
+        raise ClusterError("teardown incomplete:\n" + "\n".join(f"  {e}" for e in errors))

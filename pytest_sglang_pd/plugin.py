@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,7 @@ class SuiteRun:
     router_url: str | None
     perf_tolerance_pct: float | None
     baseline: Path | None
+    clusters: list = field(default_factory=list)  # LiveClusters brought up in this run
 
     @property
     def run_dir(self) -> Path:
@@ -75,6 +78,14 @@ class SuiteRun:
             return
         order = {m: i for i, m in enumerate(self.cluster_config.model_ids)}
         items.sort(key=lambda item: order.get(model_of(item), -1))
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if not self.keep_cluster:
+            return
+        for cluster in self.clusters:
+            terminalreporter.write_line(
+                f"sglang-pd: cluster of {cluster.deployment.model.id} kept running, router {cluster.router_url}; "
+                f"remove it with: sglang-pd down {cluster.run_dir}", yellow=True)
 
     def pytest_report_header(self) -> list[str]:
         cfg = self.cluster_config
@@ -143,6 +154,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--baseline {baseline}: no such file")
     config.stash[suite_run_key] = run
     config.pluginmanager.register(run, "sglang_pd_run")
+    _interrupt_on_sigterm(config)
     from . import fixtures
 
     config.pluginmanager.register(fixtures, "sglang_pd_fixtures")
@@ -156,7 +168,24 @@ def default_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
 
 
+_previous_sigterm_key = pytest.StashKey[object]()
+
+
+def _interrupt_on_sigterm(config: pytest.Config) -> None:
+    """SIGTERM (a Jenkins abort) becomes KeyboardInterrupt, so the finalizers tear the cluster down."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"received signal {signal.Signals(signum).name}")
+
+    config.stash[_previous_sigterm_key] = signal.signal(signal.SIGTERM, interrupt)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
+    previous = config.stash.get(_previous_sigterm_key, None)
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
     run = config.stash.get(suite_run_key, None)
     if run is not None:
         config.pluginmanager.unregister(run)

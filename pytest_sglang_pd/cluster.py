@@ -1,0 +1,409 @@
+"""Bring-up, readiness, KV handoff proof and teardown of a Deployment on live nodes.
+
+The order is the one of DESIGN.md: nodes -> KV transfer prechecks -> containers -> prefill and
+decode (started together, waited on together) -> router -> /readiness -> a smoke request through
+the router that must cross prefill -> decode. Every wait watches every process started so far: one
+that exits fails the wait at once with its role, node, exit code and log tail. Teardown stops in
+reverse order and collects every log into ``<run_dir>/logs/<node>/<role>-<i>.log`` first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import requests
+
+from . import hosts as hosts_mod
+from . import plan as plan_mod
+from . import prom, redact
+from .config import ClusterConfig
+from .plan import Deployment, ProcessSpec
+from .runtime import RunningProcess, Runtime, runtime_for
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.5
+LOG_TAIL_LINES = 50
+HANDOFF_METRIC = "sglang:kv_transfer_handoffs_total"
+STATE_FILE = "cluster-state.json"
+
+
+class ClusterError(RuntimeError):
+    """Bring-up failed: what, where (role, node, config key) and the log tail."""
+
+
+@dataclass
+class KVTransferCheck:
+    """What the kv_transfer precheck found, per node."""
+
+    backend: str
+    ib_devices: tuple[str, ...]
+    env: dict[str, str]
+    findings: dict[str, str] = field(default_factory=dict)  # node -> what was checked and seen
+
+
+def log_name(spec: ProcessSpec) -> str:
+    """`<role>-<i>.log`, with `-rank<r>` for the further nodes of a multi-node instance."""
+    rank = f"-rank{spec.node_rank}" if spec.node_rank else ""
+    return f"{spec.role}-{spec.instance}{rank}.log"
+
+
+class LiveCluster:
+    """A Deployment carried out on its nodes; also the benchmarks' target (router URL, bench node)."""
+
+    def __init__(self, cfg: ClusterConfig, deployment: Deployment, run_dir: Path):
+        self.cfg = cfg
+        self.deployment = deployment
+        self.run_dir = run_dir
+        self.simulated = cfg.simulated
+        self.router_url = deployment.router_url
+        self.worker_urls = {role: [p.url for p in deployment.servers(role)] for role in ("prefill", "decode")}
+        self.hosts: dict[str, hosts_mod.Host] = {}
+        self.runtime: Runtime | None = None
+        self.procs: dict[str, RunningProcess] = {}
+        self.startup_seconds: dict[str, float] = {}
+        self.log_files: dict[str, Path] = {}
+        self.kv_check: KVTransferCheck | None = None
+        self.handoffs: dict[str, float] = {}
+        self._collected: set[str] = set()
+
+    # ---------------------------------------------------------------- bring-up steps
+    def connect(self) -> None:
+        ssh = self.cfg.ssh
+        nodes = [*self.deployment.nodes, *(c.node for c in self.deployment.containers)]
+        self.hosts = hosts_mod.connect_all(nodes, transport=self.cfg.transport, user=ssh.user,
+                                           key_file=ssh.key_file, port=ssh.port, connect_timeout=ssh.connect_timeout)
+        self.runtime = runtime_for(self.cfg.runtime, self.hosts, **self._runtime_kwargs())
+        self._write_state()
+
+    def _runtime_kwargs(self) -> dict:
+        if self.cfg.runtime == "docker":
+            return {"transport": self.cfg.transport, "ssh_user": self.cfg.ssh.user, "ssh_port": self.cfg.ssh.port}
+        return {}
+
+    def precheck_kv_transfer(self) -> KVTransferCheck:
+        """The engine can work on every worker node: IB devices present (real engine), the engine loads (sim)."""
+        kv = self.cfg.kv_transfer
+        check = KVTransferCheck(kv.backend, kv.ib_devices, plan_mod.kv_env(self.cfg))
+        workers = sorted({p.node for p in self.deployment.processes if p.role in ("prefill", "decode")})
+        problems = []
+        for node in workers:
+            host = self.hosts[node]
+            if not self.simulated and kv.backend in ("mooncake", "nixl", "mori") and kv.ib_devices:
+                missing = [d for d in kv.ib_devices
+                           if host.run(["test", "-e", f"/sys/class/infiniband/{d}"], timeout=30).exit_status != 0]
+                if missing:
+                    problems.append(f"  node {node}: RDMA device(s) {', '.join(missing)} not in /sys/class/infiniband "
+                                    f"($.config.kv_transfer.ib_devices, default $.config.nccl_ib_hca)")
+                    continue
+                check.findings[node] = f"RDMA devices present: {', '.join(kv.ib_devices)}"
+            elif self.simulated and self.cfg.runtime == "process":
+                probe = (f"from pytest_sglang_pd.kv_transfer import open_engine\n"
+                         f"e = open_engine({kv.backend!r}, hostname={plan_mod.bind_host(node)!r})\n"
+                         f"print(e.name, e.protocol); e.close()\n")
+                python = self.deployment.processes[0].argv[0]
+                result = host.run([python, "-c", probe], timeout=60)
+                if result.exit_status != 0:
+                    problems.append(f"  node {node}: the {kv.backend} transfer engine does not load:\n"
+                                    + _indent(result.stderr.strip().splitlines()[-5:]))
+                    continue
+                check.findings[node] = f"engine loads: {result.stdout.strip().splitlines()[-1]}"
+            else:
+                check.findings[node] = "checked in the worker container at start"
+        if problems:
+            raise ClusterError(f"KV transfer ({kv.backend}) precheck failed:\n" + "\n".join(problems))
+        self.kv_check = check
+        return check
+
+    def prepare_containers(self) -> None:
+        self.runtime.prepare(self.deployment.containers)
+
+    def start(self, role: str) -> list[RunningProcess]:
+        """Start every process of a role, in parallel across nodes; roll back this role's processes on failure."""
+        specs = self.deployment.role(role)
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(max_workers=max(1, min(len(specs), 16))) as pool:
+            futures = [(s, pool.submit(self.runtime.start, s)) for s in specs]
+        errors = []
+        for spec, fut in futures:
+            if fut.exception() is None:
+                self.procs[spec.key] = fut.result()
+            else:
+                errors.append(f"  {role} {spec.key} on node {spec.node}: {fut.exception()}")
+        self._write_state()
+        if errors:
+            self.stop(role)
+            raise ClusterError(f"{role}: {len(errors)} of {len(specs)} process(es) failed to start:\n" + "\n".join(errors))
+        self.startup_seconds[f"{role}_launch"] = round(time.monotonic() - t0, 3)
+        return [self.procs[s.key] for s in specs]
+
+    def wait_healthy(self, roles: Iterable[str], deadline_s: float | None = None) -> None:
+        """Poll /health of every instance of the roles until all answer 200; any exit fails at once."""
+        deadline_s = deadline_s or self.cfg.timeouts.server_start_s
+        specs = [s for role in roles for s in self.deployment.servers(role)]
+        t0 = time.monotonic()
+        pending = {s.key: s for s in specs}
+
+        def probe() -> bool:
+            for key, spec in list(pending.items()):
+                if _get_ok(spec.url + spec.health_path):
+                    pending.pop(key)
+                    role_time = round(time.monotonic() - t0, 3)
+                    self.startup_seconds[spec.role] = max(self.startup_seconds.get(spec.role, 0.0), role_time)
+            return not pending
+
+        self._wait(probe, deadline_s, "timeouts.server_start_s",
+                   lambda: [(s.key, f"{s.role} {s.key} on node {s.node}: {s.url}{s.health_path} not healthy")
+                            for s in pending.values()])
+
+    def wait_router_ready(self) -> dict:
+        """Poll the router's /readiness until every instance is healthy there (/health is 200 with zero workers)."""
+        spec = self.deployment.router
+        expected = len(self.deployment.servers("prefill")) + len(self.deployment.servers("decode"))
+        t0 = time.monotonic()
+        seen: dict = {}
+
+        def probe() -> bool:
+            try:
+                r = requests.get(f"{spec.url}/readiness", timeout=2)
+                seen.update(r.json() if r.headers.get("content-type", "").startswith("application/json") else {})
+            except (requests.RequestException, ValueError):
+                return False
+            return r.status_code == 200 and seen.get("healthy_workers", 0) >= expected
+
+        self._wait(probe, self.cfg.timeouts.router_ready_s, "timeouts.router_ready_s",
+                   lambda: [(spec.key, f"router on node {spec.node}: /readiness {json.dumps(seen) if seen else 'not answering'} "
+                                       f"(expected {expected} healthy workers)")])
+        self.startup_seconds["router"] = round(time.monotonic() - t0, 3)
+        return seen
+
+    def _wait(self, probe: Callable[[], bool], deadline_s: float, key: str,
+              pending: Callable[[], list[tuple[str, str]]]) -> None:
+        """Probe until true; any exited process fails at once; past the deadline, name what is pending."""
+        t0 = time.monotonic()
+        while True:
+            self.check_alive()
+            if probe():
+                return
+            if time.monotonic() - t0 > deadline_s:
+                waiting = pending()
+                raise ClusterError(f"still not ready after {deadline_s:g} s ($.config.{key}):\n"
+                                   + "\n".join(f"  {what}" for _, what in waiting) + "\n"
+                                   + "\n".join(self._tail_block(self.procs[k]) for k, _ in waiting if k in self.procs))
+            time.sleep(POLL_S)
+
+    def check_alive(self) -> None:
+        """Fail at once when any started process has exited, naming its role and node, with its log tail."""
+        for rp in self.procs.values():
+            code = self.runtime.exit_code(rp)
+            if code is not None:
+                raise ClusterError(f"{rp.spec.role} {rp.spec.key} on node {rp.spec.node} exited with code {code}\n"
+                                   f"  command: {shlex.join(redact.argv(rp.spec.argv))}\n" + self._tail_block(rp))
+
+    def _tail_block(self, rp: RunningProcess) -> str:
+        try:
+            tail = self.runtime.log_tail(rp, LOG_TAIL_LINES)
+        except hosts_mod.HostError as exc:
+            tail = f"(log not readable: {exc})"
+        return f"  last {LOG_TAIL_LINES} lines of {rp.spec.log_path} ({rp.spec.role} on {rp.spec.node}):\n" + _indent(
+            tail.rstrip().splitlines(), "    | ")
+
+    def smoke(self) -> dict[str, float]:
+        """A non-streamed and a streamed /generate through the router that must cross prefill -> decode."""
+        before = self.kv_handoffs()
+        body = {"text": "The capital of France is", "sampling_params": {"max_new_tokens": 8, "temperature": 0}}
+        for stream in (False, True):
+            self.check_alive()
+            try:
+                r = requests.post(f"{self.router_url}/generate", json={**body, "stream": stream},
+                                  timeout=self.cfg.timeouts.router_ready_s, stream=stream)
+                text = r.text
+            except requests.RequestException as exc:
+                raise ClusterError(f"smoke request through the router {self.router_url} failed: {exc}") from None
+            finish = _finish_reason(text, stream)
+            if r.status_code != 200 or finish.get("type") in ("abort", "unparsable", None):
+                raise ClusterError(f"smoke request (stream={stream}) through the router failed: HTTP {r.status_code}, "
+                                   f"finish_reason {json.dumps(finish)}\n  response: {text[:500]}\n"
+                                   + "\n".join(self._tail_block(rp) for rp in self.procs.values()
+                                               if rp.spec.role in ("prefill", "decode")))
+        after = self.kv_handoffs()
+        self.handoffs = {role: after.get(role, 0) - before.get(role, 0) for role in ("prefill", "decode")}
+        if self.simulated and min(self.handoffs.values()) < 2:
+            raise ClusterError(f"smoke requests completed but the KV handoff was not seen in the workers' "
+                               f"{HANDOFF_METRIC}: prefill +{self.handoffs['prefill']:g}, decode +{self.handoffs['decode']:g} "
+                               "(expected +2 on each side)")
+        return self.handoffs
+
+    def kv_handoffs(self) -> dict[str, float]:
+        """Sum of the handoff counter over the instances of each role (absent on real sglang: 0)."""
+        out = {}
+        for role in ("prefill", "decode"):
+            total = 0.0
+            for url in self.worker_urls[role]:
+                try:
+                    total += prom.total(requests.get(f"{url}/metrics", timeout=5).text, HANDOFF_METRIC)
+                except requests.RequestException:
+                    pass
+            out[role] = total
+        return out
+
+    # ---------------------------------------------------------------- benchmarks (BenchTarget)
+    def run_bench_command(self, spec: ProcessSpec, timeout_s: float) -> tuple[int, str]:
+        rp = self.runtime.start(spec)
+        self.procs[spec.key] = rp
+        t0 = time.monotonic()
+        try:
+            while (code := self.runtime.exit_code(rp)) is None:
+                if time.monotonic() - t0 > timeout_s:
+                    self.runtime.stop(rp)
+                    return 124, self.runtime.log_tail(rp, LOG_TAIL_LINES) + f"\n(timed out after {timeout_s:g} s)"
+                time.sleep(POLL_S)
+            return code, self.runtime.log_tail(rp, LOG_TAIL_LINES)
+        finally:
+            self.collect(spec.key)
+
+    def fetch(self, remote_path: str, local: Path) -> None:
+        """Copy a file from the benchmark node (container logs are bind mounts at the same path)."""
+        node = next((c.node for c in self.deployment.containers if c.key == "bench"), self.deployment.router.node)
+        self.hosts[node].get(remote_path, local)
+
+    # ---------------------------------------------------------------- teardown
+    def snapshot_logs(self) -> None:
+        """Copy every log as it is now (the processes keep running: --keep-cluster)."""
+        for key in self.procs:
+            self.collect(key)
+        self._collected.clear()
+
+    def collect(self, key: str) -> None:
+        rp = self.procs.get(key)
+        if rp is None or key in self._collected:
+            return
+        dest = self.run_dir / "logs" / rp.spec.node / (log_name(rp.spec) if rp.spec.role != "bench" else f"{key}.log")
+        try:
+            self.runtime.collect_log(rp, dest)
+            self.log_files[key] = dest
+            self._collected.add(key)
+        except (hosts_mod.HostError, OSError) as exc:
+            log.warning("could not collect the log of %s on %s: %s", key, rp.spec.node, exc)
+
+    def stop(self, role: str) -> list[str]:
+        """Collect the logs of a role's processes, then stop them (SIGTERM, grace, SIGKILL). Returns errors."""
+        errors = []
+        for key, rp in list(self.procs.items()):
+            if rp.spec.role != role:
+                continue
+            try:
+                self.runtime.stop(rp)
+            except Exception as exc:  # keep going: every other process must still be stopped
+                errors.append(f"{role} {key} on {rp.spec.node}: {exc}")
+            self.collect(key)
+        return errors
+
+    def remove_containers(self) -> None:
+        if self.runtime is not None:
+            self.runtime.teardown()
+
+    def disconnect(self) -> None:
+        for host in self.hosts.values():
+            host.close()
+        self.hosts = {}
+
+    def teardown(self) -> None:
+        """Everything in reverse order; every step is tried, errors are raised together at the end."""
+        errors = []
+        for role in ("bench", "router", "decode", "prefill"):
+            errors += self.stop(role)
+        for step in (self.remove_containers, self.disconnect):
+            try:
+                step()
+            except Exception as exc:
+                errors.append(str(exc))
+        self._write_state(stopped=True)
+        if errors:
+            raise ClusterError("teardown incomplete:\n" + "\n".join(f"  {e}" for e in errors))
+
+    def _write_state(self, stopped: bool = False) -> None:
+        """What runs where, so `sglang-pd down` can stop a kept cluster later."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "config": self.cfg.source, "run_id": self.deployment.run_id, "model": self.deployment.model.id,
+            "runtime": self.cfg.runtime, "transport": self.cfg.transport, "router_url": self.router_url,
+            "stopped": stopped,
+            "processes": [{"key": k, "role": rp.spec.role, "node": rp.spec.node, "pid": rp.pid,
+                           "container_id": rp.container_id} for k, rp in self.procs.items()],
+            "containers": [{"key": c.key, "node": c.node, "name": c.name} for c in self.deployment.containers],
+        }
+        tmp = self.run_dir / f".{STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.run_dir / STATE_FILE)
+
+
+@dataclass
+class ExternalCluster:
+    """An already running cluster behind its router (--router-url): nothing started, nothing stopped."""
+
+    router_url: str
+    simulated: bool
+    deployment: None = None
+    worker_urls: dict = field(default_factory=lambda: {"prefill": [], "decode": []})
+    log_files: dict = field(default_factory=dict)
+    startup_seconds: dict = field(default_factory=dict)
+
+    def run_bench_command(self, spec: ProcessSpec, timeout_s: float) -> tuple[int, str]:
+        raise ClusterError("with --router-url the suite starts nothing on the nodes: "
+                           "use the builtin benchmark client (\"bench_client\": \"builtin\")")
+
+    def fetch(self, remote_path: str, local: Path) -> None:
+        raise ClusterError("with --router-url the suite reaches no node")
+
+
+def _get_ok(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _finish_reason(text: str, stream: bool) -> dict:
+    try:
+        if stream:
+            chunks = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
+            chunks = [c for c in chunks if c and c != "[DONE]"]
+            last = json.loads(chunks[-1]) if chunks else {}
+        else:
+            last = json.loads(text)
+    except ValueError:
+        return {"type": "unparsable"}
+    if "error" in last:
+        return {"type": "abort", "message": str(last["error"])}
+    return (last.get("meta_info") or {}).get("finish_reason") or {}
+
+
+def _indent(lines: Iterable[str], prefix: str = "    ") -> str:
+    return "\n".join(prefix + line for line in lines)
+
+
+def bring_up(cfg: ClusterConfig, deployment: Deployment, run_dir: Path) -> LiveCluster:
+    """Every step at once, for the CLI (`sglang-pd up`); on any failure everything started is torn down."""
+    cluster = LiveCluster(cfg, deployment, run_dir)
+    try:
+        cluster.connect()
+        cluster.precheck_kv_transfer()
+        cluster.prepare_containers()
+        cluster.start("prefill")
+        cluster.start("decode")
+        cluster.wait_healthy(("prefill", "decode"))
+        cluster.start("router")
+        cluster.wait_router_ready()
+        cluster.smoke()
+    except BaseException:
+        cluster.teardown()
+        raise
+    return cluster

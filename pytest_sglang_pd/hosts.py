@@ -1,0 +1,351 @@
+"""Hosts: run, copy and spawn commands on a cluster node, on this machine or over SSH (fabric).
+
+Every command is an argv list (quoted with shlex when it crosses a shell) with a timeout.
+``run`` returns a CommandResult and never raises for a non-zero exit; ``CommandResult.check``
+does. Connection failures and timeouts raise HostError subclasses naming the node.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import fabric
+import invoke
+import paramiko
+
+log = logging.getLogger(__name__)
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# Run by `sh -c` on the node: $1 log path, then argv. Reads `export K='v'` lines from stdin into
+# a private (0600, mktemp) file that the launched shell sources and deletes, so env values never
+# appear on a command line. setsid makes the process a session and process-group leader (its
+# pid is its pgid); it is not a group leader when backgrounded here, so setsid does not fork
+# and `$!` is the pid of the final program (the inner shell execs it).
+_SPAWN_SCRIPT = r"""
+log=$1; shift
+mkdir -p -- "$(dirname -- "$log")" || exit 1
+envfile=$(mktemp) || exit 1
+cat >"$envfile" || { rm -f -- "$envfile"; exit 1; }
+setsid sh -c '. "$1"; rc=$?; rm -f -- "$1"; [ "$rc" -eq 0 ] || exit 1; shift; exec "$@"' \
+    sh "$envfile" "$@" >>"$log" 2>&1 </dev/null &
+echo "$!"
+"""
+
+
+class HostError(RuntimeError):
+    """A command could not be run on a node (not: it ran and failed)."""
+
+
+class HostUnreachable(HostError):
+    """The node cannot be reached (connection, authentication, DNS)."""
+
+
+class HostCommandError(HostError):
+    """A command ran on a node and exited non-zero (raised by ``CommandResult.check``)."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    exit_status: int
+    stdout: str
+    stderr: str
+    host: str
+
+    def check(self) -> CommandResult:
+        if self.exit_status != 0:
+            tail = "\n".join(self.stderr.strip().splitlines()[-20:])
+            raise HostCommandError(
+                f"{self.host}: `{shlex.join(self.argv)}` exited with status {self.exit_status}"
+                + (f"; stderr:\n{tail}" if tail else "")
+            )
+        return self
+
+
+def _exports(env: Mapping[str, str]) -> str:
+    for name in env:
+        if not _ENV_NAME.match(name):
+            raise ValueError(f"invalid environment variable name {name!r}")
+    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items())
+
+
+class Host(ABC):
+    """One node. Subclasses provide run/put/get/close; the rest is built on ``run``."""
+
+    name: str
+
+    @abstractmethod
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float = 60,
+        env: Mapping[str, str] | None = None,
+        stdin: str | None = None,
+    ) -> CommandResult:
+        """Run argv to completion. Non-zero exit is a result; timeout/connection loss raise HostError."""
+
+    @abstractmethod
+    def put(self, local: Path, remote: str) -> None:
+        """Copy a local file to the node (parent dirs created)."""
+
+    @abstractmethod
+    def get(self, remote: str, local: Path) -> None:
+        """Copy a file from the node to this machine (parent dirs created)."""
+
+    def close(self) -> None:
+        """Release the connection (no-op where there is none)."""
+
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        log_path: str,
+        env: Mapping[str, str] | None = None,
+        secret_env: Mapping[str, str] | None = None,
+    ) -> int:
+        """Start argv in the background as a new process group, output appended to log_path; return its pid."""
+        exports = _exports({**(env or {}), **(secret_env or {})})
+        log.debug("%s: spawn %s > %s (env %s)", self.name, shlex.join(argv), log_path, sorted(env or {}))
+        result = self.run(["sh", "-c", _SPAWN_SCRIPT, "sh", log_path, *argv], stdin=exports, timeout=30)
+        result.check()
+        try:
+            return int(result.stdout.split()[-1])
+        except (IndexError, ValueError):
+            raise HostError(f"{self.name}: spawn of `{shlex.join(argv)}` printed no pid: {result.stdout!r}") from None
+
+    def alive(self, pid: int) -> bool:
+        """Whether the process exists and is not a zombie."""
+        result = self.run(["ps", "-o", "stat=", "-p", str(pid)], timeout=30)
+        stat = result.stdout.strip()
+        return result.exit_status == 0 and bool(stat) and not stat.startswith("Z")
+
+    def group_alive(self, pgid: int) -> bool:
+        """Whether any non-zombie process is left in the process group."""
+        result = self.run(["ps", "-e", "-o", "pgid=,stat="], timeout=30).check()
+        for line in result.stdout.splitlines():
+            group, _, stat = line.strip().partition(" ")
+            if group == str(pgid) and not stat.strip().startswith("Z"):
+                return True
+        return False
+
+    def signal_group(self, pid: int, sig: int) -> None:
+        """Send sig to the process group led by pid; a group that is already gone is not an error."""
+        name = signal.Signals(sig).name.removeprefix("SIG")
+        # the shell's builtin kill: procps' /bin/kill reads "-20" as a signal number, not a group
+        result = self.run(["sh", "-c", 'kill -s "$1" -- "-$2"', "sh", name, str(pid)], timeout=30)
+        if result.exit_status != 0 and "no such process" not in result.stderr.lower():
+            result.check()
+
+    def tail(self, path: str, lines: int = 50) -> str:
+        """The last lines of a file on the node; a note instead when it cannot be read."""
+        result = self.run(["tail", "-n", str(lines), "--", path], timeout=30)
+        if result.exit_status != 0:
+            return f"(cannot read {path} on {self.name}: {result.stderr.strip()})"
+        return result.stdout
+
+    def read_secret(self, path: str) -> str:
+        """The stripped content of a file on the node. The value is never logged."""
+        result = self.run(["cat", "--", path], timeout=30)
+        if result.exit_status != 0:
+            raise HostCommandError(f"{self.name}: cannot read secret file {path}: {result.stderr.strip()}")
+        return result.stdout.strip()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class LocalHost(Host):
+    """This machine, through subprocess."""
+
+    def __init__(self, name: str = "localhost") -> None:
+        self.name = name
+
+    def run(self, argv, *, timeout=60, env=None, stdin=None) -> CommandResult:
+        argv = tuple(argv)
+        log.debug("%s: run %s", self.name, shlex.join(argv))
+        try:
+            proc = subprocess.run(
+                argv,
+                input=stdin,
+                stdin=subprocess.DEVNULL if stdin is None else None,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env={**os.environ, **env} if env else None,
+            )
+        except subprocess.TimeoutExpired:
+            raise HostError(f"{self.name}: `{shlex.join(argv)}` timed out after {timeout:g} s") from None
+        except FileNotFoundError as exc:
+            return CommandResult(argv, 127, "", f"{exc.filename}: command not found", self.name)
+        return CommandResult(argv, proc.returncode, proc.stdout, proc.stderr, self.name)
+
+    def put(self, local: Path, remote: str) -> None:
+        Path(remote).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local, remote)
+
+    def get(self, remote: str, local: Path) -> None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(remote, local)
+
+
+class SSHHost(Host):
+    """A node over SSH with fabric: one reused connection; ~/.ssh/config applies.
+
+    ``user``/``port`` None mean: as ~/.ssh/config says (else the local user, port 22).
+    """
+
+    def __init__(
+        self,
+        node: str,
+        *,
+        user: str | None = None,
+        key_file: str | None = None,
+        port: int | None = None,
+        connect_timeout: float = 10,
+    ) -> None:
+        self.name = node
+        connect_kwargs = {"key_filename": [key_file]} if key_file else {}
+        self._connection = fabric.Connection(
+            node, user=user, port=port, connect_timeout=connect_timeout, connect_kwargs=connect_kwargs
+        )
+        self._connect_timeout = connect_timeout
+        self._lock = threading.Lock()
+
+    @property
+    def _target(self) -> str:
+        c = self._connection
+        return f"{c.user}@{c.host}:{c.port}"
+
+    def _open(self):
+        """The connected fabric Connection (opened once, reused by every call)."""
+        with self._lock:
+            if not self._connection.is_connected:
+                try:
+                    self._connection.open()
+                except (OSError, EOFError, paramiko.SSHException) as exc:
+                    raise HostUnreachable(
+                        f"{self.name}: cannot connect over ssh to {self._target}: {exc or type(exc).__name__}"
+                    ) from None
+        return self._connection
+
+    def run(self, argv, *, timeout=60, env=None, stdin=None) -> CommandResult:
+        argv = tuple(argv)
+        env_prefix = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []
+        command = shlex.join([*env_prefix, *argv])
+        log.debug("%s: run %s", self.name, shlex.join(argv))
+        connection = self._open()
+        try:
+            result = connection.run(
+                command,
+                hide=True,
+                warn=True,
+                timeout=timeout,
+                in_stream=io.StringIO(stdin) if stdin is not None else False,
+            )
+        except invoke.CommandTimedOut:
+            raise HostError(f"{self.name}: `{shlex.join(argv)}` timed out after {timeout:g} s") from None
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            self._connection.close()
+            raise HostUnreachable(f"{self.name}: ssh connection to {self._target} lost: {exc}") from None
+        return CommandResult(argv, result.exited, result.stdout, result.stderr, self.name)
+
+    def _sftp(self, timeout: float):
+        sftp = self._open().sftp()
+        sftp.get_channel().settimeout(timeout)
+        return sftp
+
+    def put(self, local: Path, remote: str) -> None:
+        self.run(["mkdir", "-p", "--", os.path.dirname(remote) or "."]).check()
+        try:
+            self._sftp(timeout=120).put(str(local), remote)
+        except (OSError, socket.timeout) as exc:
+            raise HostError(f"{self.name}: cannot copy {local} to {remote}: {exc}") from None
+
+    def get(self, remote: str, local: Path) -> None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._sftp(timeout=120).get(remote, str(local))
+        except (OSError, socket.timeout) as exc:
+            raise HostError(f"{self.name}: cannot copy {remote} from the node to {local}: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
+
+
+def host_for(
+    node: str,
+    *,
+    transport: str,
+    user: str | None = None,
+    key_file: str | None = None,
+    port: int | None = None,
+    connect_timeout: float = 10,
+) -> Host:
+    """The Host for a node: transport "local" (this machine) or "ssh"."""
+    if transport == "local":
+        return LocalHost(node)
+    if transport == "ssh":
+        return SSHHost(node, user=user, key_file=key_file, port=port, connect_timeout=connect_timeout)
+    raise ValueError(f"unknown transport {transport!r} (expected 'local' or 'ssh')")
+
+
+def connect_all(
+    nodes: Sequence[str],
+    *,
+    transport: str,
+    user: str | None = None,
+    key_file: str | None = None,
+    port: int | None = None,
+    connect_timeout: float = 10,
+) -> dict[str, Host]:
+    """Connect every node in parallel and run `true` on it.
+
+    Any failure raises ONE HostUnreachable that lists every failing node with its error;
+    the connections already opened are closed first.
+    """
+
+    def connect(node: str) -> Host:
+        host = host_for(node, transport=transport, user=user, key_file=key_file, port=port,
+                        connect_timeout=connect_timeout)
+        try:
+            host.run(["true"], timeout=connect_timeout + 20).check()
+        except BaseException:
+            host.close()
+            raise
+        return host
+
+    unique = list(dict.fromkeys(nodes))
+    with ThreadPoolExecutor(max_workers=max(1, min(len(unique), 32))) as pool:
+        futures = {node: pool.submit(connect, node) for node in unique}
+    hosts: dict[str, Host] = {}
+    failures: list[str] = []
+    for node, future in futures.items():
+        exc = future.exception()
+        if exc is None:
+            hosts[node] = future.result()
+        else:
+            failures.append(f"  {exc}" if isinstance(exc, HostError) else f"  {node}: {exc}")
+    if failures:
+        for host in hosts.values():
+            host.close()
+        raise HostUnreachable(
+            f"{len(failures)} of {len(unique)} nodes unreachable over {transport}:\n" + "\n".join(failures)
+        )
+    return hosts
