@@ -310,6 +310,9 @@ class LiveCluster:
         if self.runtime is not None:
             self.runtime.teardown()
 
+    def mark_stopped(self) -> None:
+        self._write_state(stopped=True)
+
     def disconnect(self) -> None:
         for host in self.hosts.values():
             host.close()

@@ -184,6 +184,7 @@ class ClusterConfig:
     runtime: str = "docker"
     transport: str = "ssh"
     bench_client: str = "sglang"
+    python: str | None = None
     ssh: SSHSettings = SSHSettings()
     kv_transfer: KVTransferSettings = KVTransferSettings()
     instance_layout: str = "per_node"
@@ -415,6 +416,7 @@ def _build(raw: dict, source: str) -> tuple[ClusterConfig, list[Problem]]:
         runtime=c.get("runtime", "docker"),
         transport=c.get("transport", "ssh"),
         bench_client=bench_client,
+        python=c.get("python"),
         ssh=SSHSettings(
             user=ssh.get("user") or None,
             key_file=ssh.get("key_file") or None,

@@ -37,8 +37,13 @@ def model_under_test(request: pytest.FixtureRequest, cluster_config: ClusterConf
 
 @pytest.fixture(scope="session")
 def deployment(cluster_config: ClusterConfig, model_under_test: str, suite_run: SuiteRun) -> plan_mod.Deployment:
-    python = sys.executable if cluster_config.runtime == "process" and cluster_config.transport == "local" else "python3"
-    return plan_mod.plan(cluster_config, model_under_test, run_id=suite_run.run_id, python=python)
+    return plan_mod.plan(cluster_config, model_under_test, run_id=suite_run.run_id, python=node_python(cluster_config))
+
+
+def node_python(cfg: ClusterConfig) -> str:
+    """The configured Python, else this one for local processes, else the nodes' (containers') python3."""
+    local = cfg.runtime == "process" and cfg.transport == "local"
+    return cfg.python or (sys.executable if local else "python3")
 
 
 def _run_dir(suite_run: SuiteRun, cfg: ClusterConfig, model: str) -> Path:
@@ -69,10 +74,14 @@ def cluster_nodes(cluster_config: ClusterConfig, deployment: plan_mod.Deployment
     suite_run.clusters.append(cluster)
     with _as_failure():
         cluster.connect()
-    yield cluster
-    if suite_run.keep_cluster:
-        cluster.snapshot_logs()
-    cluster.disconnect()
+    try:
+        yield cluster
+    finally:
+        if suite_run.keep_cluster:
+            cluster.snapshot_logs()
+        else:
+            cluster.mark_stopped()
+        cluster.disconnect()
 
 
 @pytest.fixture(scope="session")

@@ -196,12 +196,18 @@ class LocalHost(Host):
         return CommandResult(argv, proc.returncode, proc.stdout, proc.stderr, self.name)
 
     def put(self, local: Path, remote: str) -> None:
-        Path(remote).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(local, remote)
+        try:
+            Path(remote).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(local, remote)
+        except OSError as exc:
+            raise HostError(f"{self.name}: cannot copy {local} to {remote}: {exc}") from None
 
     def get(self, remote: str, local: Path) -> None:
-        local.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(remote, local)
+        try:
+            local.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(remote, local)
+        except OSError as exc:
+            raise HostError(f"{self.name}: cannot copy {remote} to {local}: {exc}") from None
 
 
 class SSHHost(Host):

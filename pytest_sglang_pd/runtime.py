@@ -28,11 +28,10 @@ from typing import Any, Mapping, Sequence
 import docker
 
 from .hosts import CommandResult, Host, HostError, HostUnreachable
-from .plan import ContainerSpec, ProcessSpec
+from .plan import LABEL_PREFIX, ContainerSpec, ProcessSpec
 
 log = logging.getLogger(__name__)
 
-LABEL_PREFIX = "pytest-sglang-pd"
 LABEL_RUN_ID = f"{LABEL_PREFIX}.run-id"
 LABEL_ROLE = f"{LABEL_PREFIX}.role"
 LABEL_KEY = f"{LABEL_PREFIX}.key"

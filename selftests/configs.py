@@ -21,3 +21,53 @@ def write(tmp_path: Path, data: dict[str, Any], name: str = "cluster.json") -> P
     path = tmp_path / name
     path.write_text(json.dumps(data, indent=2))
     return path
+
+
+def free_port(*addresses: str) -> int:
+    """A TCP port free on every given address at the time of asking."""
+    import socket
+
+    addresses = addresses or ("127.0.0.1",)
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind((addresses[0], 0))
+            port = probe.getsockname()[1]
+        try:
+            for address in addresses[1:]:
+                with socket.socket() as other:
+                    other.bind((address, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no port free on all of {addresses}")
+
+
+def sim_config(tmp_path: Path, *, prefill: tuple[str, ...] = ("127.0.0.1",), decode: tuple[str, ...] = ("127.0.0.1",),
+               router: str = "127.0.0.1", tests: tuple[str, ...] | None = None, **config_overrides: Any) -> Path:
+    """local-sim.json on free ports (prefill, decode, bootstrap, router, prometheus), edited, written to tmp_path."""
+    data = raw("local-sim.json")
+    c = data["config"]
+    nodes = sorted({*prefill, *decode, router})
+    ports = set()
+
+    def port() -> str:
+        while (p := free_port(*nodes)) in ports:
+            pass
+        ports.add(p)
+        return str(p)
+
+    c.update({"prefill_node_list": list(prefill), "decode_node_list": list(decode), "proxy_router_node": router,
+              "benchmark_serv_node": router, "nnodes": str(len(prefill) + len(decode)),
+              "prefill_serv_port": port(), "decode_serv_port": port(), "router_prometheus_port": port(),
+              "log_dir": str(tmp_path / "node-logs")})
+    c["proxy_router_port"] = c["proxy_router_serv_port"] = port()
+    c["kv_transfer"]["bootstrap_port"] = port()
+    for key, value in config_overrides.items():
+        if isinstance(value, dict) and isinstance(c.get(key), dict):
+            c[key].update(value)
+        else:
+            c[key] = value
+    model = data["benchmark_params"]["llama-8b"]
+    if tests is not None:
+        model["inference_tests"] = {k: v for k, v in model["inference_tests"].items() if k in tests}
+    return write(tmp_path, data)
