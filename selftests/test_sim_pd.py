@@ -1,0 +1,175 @@
+"""Sim PD clusters behind the REAL sglang router: the APIs, the KV handoff through the real engines,
+the counters, the Done-when load (200 streamed requests at concurrency 32) and the PD faults."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from pytest_sglang_pd.sim import tokenizer
+from pytest_sglang_pd.sim.pd import HEADER
+from selftests.sim_cluster import SimCluster, sim_cluster
+
+PAYLOAD = 64  # --sim-kv-payload-bytes-per-token of these clusters
+FAST = ["--sim-speedup", "20", "--sim-kv-payload-bytes-per-token", str(PAYLOAD)]
+
+
+def metric(url: str, name: str) -> float:
+    """Sum of all samples of ``sglang:<name>`` at ``url``/metrics."""
+    text = requests.get(url + "/metrics", timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(f"sglang:{name}{{"))
+
+
+def total(urls: list[str], name: str) -> float:
+    return sum(metric(url, name) for url in urls)
+
+
+def sse_events(response: requests.Response) -> list[dict]:
+    assert response.status_code == 200, response.text
+    events = [line[len("data: "):] for line in response.iter_lines(decode_unicode=True) if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+def prompt_of(n: int, seed: int) -> str:
+    import random
+    return tokenizer.random_text(n, random.Random(seed))
+
+
+def exercise_apis(cluster: SimCluster) -> int:
+    """/generate, /v1/completions, /v1/chat/completions, streamed and not; returns prompt tokens sent."""
+    url, sent_tokens = cluster.router_url, 0
+    for stream in (False, True):
+        prompt = prompt_of(40, seed=int(stream))
+        body = {"text": prompt, "sampling_params": {"max_new_tokens": 6, "ignore_eos": True}, "stream": stream}
+        response = requests.post(url + "/generate", json=body, timeout=30, stream=stream)
+        out = sse_events(response)[-1] if stream else response.json()
+        assert out["meta_info"]["completion_tokens"] == 6 and out["meta_info"]["prompt_tokens"] == 40
+        assert out["meta_info"]["finish_reason"] == {"type": "length", "length": 6}
+        assert len(tokenizer.encode(out["text"])) == 6
+        sent_tokens += 40
+
+        body = {"model": "m", "prompt": prompt_of(25, seed=10 + stream), "max_tokens": 5, "stream": stream,
+                "stream_options": {"include_usage": True}}
+        response = requests.post(url + "/v1/completions", json=body, timeout=30, stream=stream)
+        if stream:
+            events = sse_events(response)
+            assert "".join(e["choices"][0]["text"] for e in events if e["choices"])
+            assert events[-1]["usage"]["completion_tokens"] == 5
+        else:
+            assert response.json()["usage"] == {"prompt_tokens": 25, "completion_tokens": 5, "total_tokens": 30,
+                                                "prompt_tokens_details": {"cached_tokens": 0}}
+        sent_tokens += 25
+
+        messages = [{"role": "user", "content": "Question: Tom has 5 apples. Then Tom buys 3 more. "
+                                                "How many apples does Tom have now?\nAnswer:"}]
+        body = {"model": "m", "messages": messages, "max_tokens": 64, "stop": ["Question"], "stream": stream}
+        response = requests.post(url + "/v1/chat/completions", json=body, timeout=30, stream=stream)
+        if stream:
+            events = sse_events(response)
+            content = "".join(e["choices"][0]["delta"].get("content", "") for e in events)
+            assert events[-1]["choices"][0]["finish_reason"] == "stop"
+        else:
+            content = response.json()["choices"][0]["message"]["content"]
+            assert response.json()["choices"][0]["finish_reason"] == "stop"
+        assert content.strip().endswith("The answer is 8.")
+        sent_tokens += len(tokenizer.encode(tokenizer.apply_chat_template(messages)))
+    return sent_tokens
+
+
+@pytest.mark.parametrize("backend", ["mooncake", "nixl", "tcp"])
+def test_1p1d_apis_and_verified_handoffs(backend):
+    with sim_cluster(1, 1, backend=backend, worker_args=FAST) as cluster:
+        ready = requests.get(cluster.router_url + "/readiness", timeout=5).json()
+        assert ready["status"] == "ready"
+        prompt_tokens = exercise_apis(cluster)
+        requests_sent = 6
+        for role_urls in (cluster.prefill_urls, cluster.decode_urls):
+            assert total(role_urls, "kv_transfer_handoffs_total") == requests_sent
+            assert total(role_urls, "kv_transfer_bytes_total") == requests_sent * HEADER.size + prompt_tokens * PAYLOAD
+            assert total(role_urls, "kv_transfer_failures_total") == 0
+        info = requests.get(cluster.decode_urls[0] + "/server_info", timeout=5).json()
+        assert info["disaggregation_mode"] == "decode" and info["disaggregation_transfer_backend"] == backend
+        assert info["sim"]["engine"] == backend and info["sim"]["simulated"] is True
+        assert f'engine="{backend}"' in requests.get(cluster.prefill_urls[0] + "/metrics", timeout=5).text
+
+
+def test_2p2d_spreads_requests_and_counts_every_handoff():
+    with sim_cluster(2, 2, backend="mooncake", worker_args=FAST,
+                     router_args=["--policy", "round_robin"]) as cluster:
+        body = {"text": prompt_of(30, 1), "sampling_params": {"max_new_tokens": 4}}
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda _: requests.post(cluster.router_url + "/generate", json=body,
+                                                          timeout=30).status_code, range(16)))
+        assert codes == [200] * 16
+        assert total(cluster.prefill_urls, "kv_transfer_handoffs_total") == 16
+        assert total(cluster.decode_urls, "kv_transfer_handoffs_total") == 16
+        assert total(cluster.decode_urls, "kv_transfer_bytes_total") == 16 * (HEADER.size + 30 * PAYLOAD)
+        assert all(metric(url, "kv_transfer_handoffs_total") > 0 for url in cluster.prefill_urls + cluster.decode_urls)
+
+
+def test_200_streamed_requests_at_concurrency_32_all_verified_through_mooncake():
+    with sim_cluster(1, 1, backend="mooncake", worker_args=FAST) as cluster:
+        def one(index: int) -> int:
+            body = {"text": prompt_of(64, index), "sampling_params": {"max_new_tokens": 16, "ignore_eos": True},
+                    "stream": True}
+            events = sse_events(requests.post(cluster.router_url + "/generate", json=body, timeout=60, stream=True))
+            return events[-1]["meta_info"]["completion_tokens"]
+
+        with ThreadPoolExecutor(32) as pool:
+            completions = list(pool.map(one, range(200)))
+        assert completions == [16] * 200
+        decode = cluster.decode_urls[0]
+        assert metric(decode, "kv_transfer_handoffs_total") == 200
+        assert metric(decode, "kv_transfer_failures_total") == 0
+        assert metric(decode, "kv_transfer_bytes_total") == 200 * (HEADER.size + 64 * PAYLOAD)
+        assert metric(cluster.prefill_urls[0], "kv_transfer_handoffs_total") == 200
+
+
+def test_failed_transfer_names_engine_and_peer():
+    with sim_cluster(1, 1, backend="mooncake", worker_args=FAST,
+                     prefill_args=["--sim-fault", "kv_fail_fraction=1"]) as cluster:
+        response = requests.post(cluster.router_url + "/generate", timeout=30,
+                                 json={"text": "hello there", "sampling_params": {"max_new_tokens": 4}})
+        assert response.status_code >= 500
+        session = requests.get(cluster.decode_urls[0] + "/server_info", timeout=5).json()["sim"]["engine_session"]
+        decode_log = cluster.proc("decode_0").tail(50)
+        assert re.search(rf"mooncake transfer to {re.escape(session)} failed", decode_log), decode_log
+        assert f"mooncake transfer to {session} failed" in response.text, response.text
+        failures = metric(cluster.prefill_urls[0], "kv_transfer_failures_total")
+        assert failures >= 1  # the router retries a failed request (5 times by default)
+        assert metric(cluster.decode_urls[0], "kv_transfer_failures_total") == failures
+        assert metric(cluster.decode_urls[0], "kv_transfer_handoffs_total") == 0
+
+
+def test_refused_bootstrap_aborts_with_connection_refused():
+    with sim_cluster(1, 1, backend="tcp", worker_args=FAST, prefill_args=["--sim-fault", "refuse_bootstrap"],
+                     router_args=["--disable-retries"],
+                     env={"SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT": "1"}) as cluster:
+        body = {"text": "hello there", "sampling_params": {"max_new_tokens": 4}}
+        response = requests.post(cluster.router_url + "/generate", json=body, timeout=30)
+        assert response.status_code >= 500, response.text
+        decode_log = cluster.proc("decode_0").tail(30)
+        assert f"bootstrap server 127.0.0.1:{cluster.bootstrap_ports[0]} of the prefill refused" in decode_log
+        assert "Connect call failed" in decode_log
+        # the prefill never hears from the decode and gives the room up after the bootstrap timeout
+        assert "KVPoll.Bootstrapping" in cluster.proc("prefill_0").tail(30) + response.text
+
+
+def test_decode_without_prefill_request_times_out_in_waiting_for_input():
+    env = {"SGLANG_DISAGGREGATION_WAITING_TIMEOUT": "1"}
+    with sim_cluster(1, 1, backend="tcp", worker_args=FAST, env=env) as cluster:
+        body = {"text": "hello there", "sampling_params": {"max_new_tokens": 4}, "bootstrap_host": "127.0.0.1",
+                "bootstrap_port": cluster.bootstrap_ports[0], "bootstrap_room": 12345}
+        started = time.monotonic()
+        response = requests.post(cluster.decode_urls[0] + "/generate", json=body, timeout=30)
+        assert time.monotonic() - started < 10
+        assert response.status_code == 500
+        finish = response.json()["meta_info"]["finish_reason"]
+        assert finish["type"] == "abort" and "KVPoll.WaitingForInput" in finish["message"]
