@@ -6,11 +6,14 @@ import argparse
 import json
 import shlex
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from . import config as config_mod
 from . import plan as plan_mod
 from . import redact
+from .hosts import HostError
+from .runtime import RuntimeFailure
 
 PLAN_RUN_ID = "RUN_ID"
 
@@ -85,6 +88,75 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    from . import cluster
+    from .fixtures import node_python
+    from .plugin import default_run_id
+
+    cfg = _load(args.config)
+    model = args.model or cfg.model_ids[0]
+    run_id = args.run_id if args.run_id != PLAN_RUN_ID else default_run_id()
+    dep = plan_mod.plan(cfg, model, run_id=run_id, python=node_python(cfg))
+    run_dir = Path(args.results_dir) / run_id
+    try:
+        live = cluster.bring_up(cfg, dep, run_dir)
+    except (cluster.ClusterError, HostError, RuntimeFailure) as exc:
+        print(f"bring-up failed (everything started was stopped):\n{exc}", file=sys.stderr)
+        return 1
+    live.snapshot_logs()
+    live.disconnect()
+    print(f"cluster of {model} is up: router {live.router_url}\n"
+          f"  startup seconds: {json.dumps(live.startup_seconds)}\n  remove it with: sglang-pd down {run_dir}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from . import cluster
+
+    path = Path(args.run_dir)
+    state = path / cluster.STATE_FILE if path.is_dir() else path
+    if not state.is_file():
+        print(f"no {cluster.STATE_FILE} in {args.run_dir}: not a run folder of this suite", file=sys.stderr)
+        return 1
+    for line in cluster.down(state):
+        print(f"stopped {line}")
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    """Containers this suite left on the config's nodes, and kept runs under the results folder."""
+    from . import cluster
+    from .hosts import connect_all
+    from .runtime import DockerRuntime, find_leftover_containers
+
+    cfg = _load(args.config)
+    count = 0
+    for state in sorted(Path(args.results_dir).glob(f"*/{cluster.STATE_FILE}")) + \
+            sorted(Path(args.results_dir).glob(f"*/*/{cluster.STATE_FILE}")):
+        data = json.loads(state.read_text())
+        if not data.get("stopped") and Path(data["config"]).resolve() == Path(cfg.source).resolve():
+            for line in cluster.down(state):
+                print(f"stopped {line}")
+                count += 1
+    if cfg.runtime == "docker":
+        nodes = sorted({*cfg.prefill_nodes, *cfg.decode_nodes, cfg.router_node, cfg.benchmark_node})
+        hosts = connect_all(nodes, transport=cfg.transport, user=cfg.ssh.user, key_file=cfg.ssh.key_file,
+                            port=cfg.ssh.port, connect_timeout=cfg.ssh.connect_timeout)
+        docker_rt = DockerRuntime(hosts, transport=cfg.transport, ssh_user=cfg.ssh.user, ssh_port=cfg.ssh.port)
+        try:
+            for node in nodes:
+                for c in find_leftover_containers(docker_rt.client(node), docker_rt.owner):
+                    c.remove(force=True)
+                    print(f"removed container {c.name} on {node}")
+                    count += 1
+        finally:
+            docker_rt.teardown()
+            for h in hosts.values():
+                h.close()
+    print(f"cleanup: {count} left-over process(es)/container(s) removed")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sglang-pd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -97,10 +169,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument("--run-id", default=PLAN_RUN_ID, help="run id to show in names and paths (default: RUN_ID)")
     p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("up", help="bring a cluster up and leave it running (like pytest --keep-cluster)")
+    p.add_argument("config")
+    p.add_argument("--model", help="model id (default: the first)")
+    p.add_argument("--results-dir", default="reports")
+    p.add_argument("--run-id", default=PLAN_RUN_ID)
+    p.set_defaults(func=cmd_up)
+    p = sub.add_parser("down", help="stop a kept cluster from its run folder (RESULTS/RUN_ID)")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_down)
+    p = sub.add_parser("cleanup", help="remove what this suite left behind for a config (containers by label, kept runs)")
+    p.add_argument("config")
+    p.add_argument("--results-dir", default="reports")
+    p.set_defaults(func=cmd_cleanup)
+    p = sub.add_parser("sim", help="run one simulated SGLang worker (the flags of sglang.launch_server)", add_help=False)
+    p.set_defaults(func=None)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sim"]:
+        from .sim.launch_server import main as sim_main
+
+        return sim_main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -410,3 +410,41 @@ def bring_up(cfg: ClusterConfig, deployment: Deployment, run_dir: Path) -> LiveC
         cluster.teardown()
         raise
     return cluster
+
+
+def down(state_path: Path) -> list[str]:
+    """Stop what a kept run left running, from its cluster-state.json; returns what was stopped."""
+    from . import config as config_mod
+    from .runtime import DockerRuntime
+
+    state = json.loads(state_path.read_text())
+    cfg = config_mod.load(state["config"])
+    ssh = cfg.ssh
+    nodes = {p["node"] for p in state["processes"]} | {c["node"] for c in state["containers"]}
+    hosts = hosts_mod.connect_all(sorted(nodes), transport=cfg.transport, user=ssh.user, key_file=ssh.key_file,
+                                  port=ssh.port, connect_timeout=ssh.connect_timeout)
+    stopped = []
+    try:
+        if state["runtime"] == "docker":
+            docker_rt = DockerRuntime(hosts, transport=cfg.transport, ssh_user=ssh.user, ssh_port=ssh.port)
+            for c in state["containers"]:
+                for found in docker_rt.client(c["node"]).containers.list(all=True, filters={"name": c["name"]}):
+                    found.remove(force=True)
+                    stopped.append(f"container {found.name} on {c['node']}")
+        else:
+            for p in reversed(state["processes"]):
+                host = hosts[p["node"]]
+                if p["pid"] and host.group_alive(p["pid"]):
+                    host.signal_group(p["pid"], 15)
+                    deadline = time.monotonic() + 10
+                    while host.group_alive(p["pid"]) and time.monotonic() < deadline:
+                        time.sleep(0.2)
+                    if host.group_alive(p["pid"]):
+                        host.signal_group(p["pid"], 9)
+                    stopped.append(f"{p['role']} {p['key']} on {p['node']} (pid {p['pid']})")
+    finally:
+        for h in hosts.values():
+            h.close()
+    state["stopped"] = True
+    state_path.write_text(json.dumps(state, indent=2))
+    return stopped

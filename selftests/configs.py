@@ -19,6 +19,7 @@ def raw(name: str) -> dict[str, Any]:
 
 def write(tmp_path: Path, data: dict[str, Any], name: str = "cluster.json") -> Path:
     path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2))
     return path
 

@@ -1,0 +1,60 @@
+"""`sglang-pd validate` and `sglang-pd plan` as a user runs them (the installed console script)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from selftests.configs import CONFIGS, REFERENCE, raw, write
+
+
+def sglang_pd(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["sglang-pd", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_validate_reference_names_every_placeholder_and_exits_1():
+    r = sglang_pd("validate", str(REFERENCE))
+    assert r.returncode == 1
+    assert r.stderr.count("<changeme>") == 13
+    for path in ("$.config.nccl_ib_hca_list", "$.config.proxy_router_node", "$.config.decode_node_list[1]"):
+        assert path in r.stderr
+
+
+def test_validate_example_exits_0():
+    r = sglang_pd("validate", str(CONFIGS / "mi35x-example.json"))
+    assert r.returncode == 0 and "OK" in r.stdout
+
+
+def test_plan_json_lists_every_role_and_never_the_token(tmp_path):
+    data = raw("mi35x-example.json")
+    data["config"]["container_config"]["env_dict"]["HF_TOKEN"] = "hf_abcdefgh12345"
+    token_file = tmp_path / "hf_token"
+    token_file.write_text("hf_fromfile_987654\n")
+    data["config"]["hf_token_file"] = str(token_file)
+    r = sglang_pd("plan", str(write(tmp_path, data)), "--format", "json")
+    assert r.returncode == 0, r.stderr
+    assert "hf_abcdefgh12345" not in r.stdout and "hf_fromfile_987654" not in r.stdout
+    plan = json.loads(r.stdout)
+    assert set(plan["models"]) == {"llama-70b", "deepseek-r1"}
+    procs = plan["models"]["llama-70b"]["processes"]
+    assert {p["role"] for p in procs} >= {"prefill", "decode", "router"}
+    for p in procs:
+        assert {"role", "node", "argv", "env", "port", "log_path"} <= set(p)
+    router = next(p for p in procs if p["role"] == "router")
+    assert router["argv"][:4] == ["python3", "-m", "sglang_router.launch_router", "--pd-disaggregation"]
+    assert plan["models"]["llama-70b"]["containers"][0]["env"]["HF_TOKEN"] == "***"
+
+
+def test_plan_text_for_one_model_shows_containers_and_commands():
+    r = sglang_pd("plan", str(CONFIGS / "mi35x-example.json"), "--model", "deepseek-r1")
+    assert r.returncode == 0
+    assert "model deepseek-r1" in r.stdout and "llama-70b" not in r.stdout
+    assert "$ python3 -m sglang.launch_server" in r.stdout and "container sglang-container-RUN-ID-prefill-0" in r.stdout
+    assert "HF_TOKEN=*** (read on the node from" in r.stdout
+
+
+def test_plan_unknown_model_and_bad_config_exit_1(tmp_path):
+    r = sglang_pd("plan", str(CONFIGS / "mi35x-example.json"), "--model", "gpt-9")
+    assert r.returncode == 1 and "unknown model 'gpt-9'" in r.stderr and "llama-70b" in r.stderr
+    r = sglang_pd("plan", str(REFERENCE))
+    assert r.returncode == 1 and "13 problems" in r.stderr

@@ -1,0 +1,233 @@
+"""Bring-up and teardown of a whole simulated PD cluster through the validation suite, as users run it.
+
+Each test runs `pytest tests/test_cluster.py` in a subprocess against a config on free ports, then
+checks by pid (from the run's cluster-state.json) that nothing it started is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from selftests.configs import REPO, sim_config
+
+CLUSTER_TESTS = str(REPO / "tests" / "test_cluster.py")
+
+
+def run_suite(pytester: pytest.Pytester, config: Path, results: Path, *args: str, timeout: float = 240):
+    return pytester.runpytest_subprocess(CLUSTER_TESTS, f"--cluster-config={config}", f"--results-dir={results}",
+                                         "--run-id=run", "-p", "no:cacheprovider", *args, timeout=timeout)
+
+
+def state(results: Path) -> dict:
+    return json.loads((results / "run" / "cluster-state.json").read_text())
+
+
+def alive(pid: int) -> bool:
+    """Whether a process of that pid (or its process group) still exists and is not a zombie."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,pgid=,stat="], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        p, g, stat = line.split(None, 2)
+        if str(pid) in (p, g) and not stat.startswith("Z"):
+            return True
+    return False
+
+
+def assert_nothing_left(results: Path) -> None:
+    procs = state(results)["processes"]
+    assert procs, "the run recorded no process"
+    left = [f"{p['key']} (pid {p['pid']})" for p in procs if alive(p["pid"])]
+    assert not left, f"left running: {left}"
+
+
+def test_local_sim_up_and_down_leaves_no_process_and_keeps_logs(pytester, tmp_path):
+    config = sim_config(tmp_path)
+    result = run_suite(pytester, config, tmp_path / "results")
+    result.assert_outcomes(passed=4, skipped=1)
+    assert_nothing_left(tmp_path / "results")
+    logs = tmp_path / "results" / "run" / "logs" / "127.0.0.1"
+    assert {p.name for p in logs.iterdir()} == {"prefill-0.log", "decode-0.log", "router-0.log"}
+    assert "The server is fired up and ready to roll!" in (logs / "decode-0.log").read_text()
+
+
+def test_two_prefill_two_decode_on_four_loopback_nodes(pytester, tmp_path):
+    config = sim_config(tmp_path, prefill=("127.0.0.2", "127.0.0.3"), decode=("127.0.0.4", "127.0.0.5"))
+    result = run_suite(pytester, config, tmp_path / "results")
+    result.assert_outcomes(passed=4, skipped=1)
+    assert_nothing_left(tmp_path / "results")
+    logs = tmp_path / "results" / "run" / "logs"
+    assert (logs / "127.0.0.3" / "prefill-1.log").exists() and (logs / "127.0.0.5" / "decode-1.log").exists()
+
+
+def test_worker_crash_at_start_names_role_node_and_log_tail(pytester, tmp_path):
+    config = sim_config(tmp_path, sim={"startup_delay_s": "3"})
+    data = json.loads(config.read_text())
+    data["benchmark_params"]["llama-8b"]["prefill_server_args"] = ["--sim-model-profile", "no-such-model"]
+    config.write_text(json.dumps(data))
+    result = run_suite(pytester, config, tmp_path / "results")
+    out = result.stdout.str()
+    assert result.ret == 1
+    assert "prefill prefill_0 on node 127.0.0.1 exited with code" in out
+    assert "last 50 lines of" in out and "no-such-model" in out
+    assert "Traceback" not in out.split("short test summary")[0].split("ERRORS")[-1]
+    assert_nothing_left(tmp_path / "results")
+
+
+def _start_suite(config: Path, results: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pytest", CLUSTER_TESTS, f"--cluster-config={config}",
+                             f"--results-dir={results}", "--run-id=run", "-p", "no:cacheprovider"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+
+
+def _wait_for_pid(results: Path, role: str, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            for p in state(results)["processes"]:
+                if p["role"] == role and p["pid"]:
+                    return p["pid"]
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"no {role} process recorded in {results} after {timeout} s")
+
+
+def test_killing_decode_while_waiting_for_readiness_fails_within_5_seconds(tmp_path):
+    results = tmp_path / "results"
+    suite = _start_suite(sim_config(tmp_path, sim={"startup_delay_s": "30"}), results)
+    try:
+        group = _wait_for_pid(results, "decode")
+        time.sleep(1.0)  # the workers are loading (startup delay): the suite is waiting for /health
+        worker = int(subprocess.run(["pgrep", "-P", str(group)], capture_output=True, text=True).stdout.split()[0])
+        os.kill(worker, signal.SIGKILL)
+        killed = time.monotonic()
+        out, _ = suite.communicate(timeout=60)
+        elapsed = time.monotonic() - killed
+    finally:
+        if suite.poll() is None:
+            suite.kill()
+    assert suite.returncode == 1, out
+    assert "decode decode_0 on node 127.0.0.1 exited with code 137" in out
+    assert "last 50 lines of" in out and "decode_0.log" in out
+    assert elapsed < 5, f"the run ended {elapsed:.1f} s after the decode worker was killed"
+    assert_nothing_left(results)
+
+
+def test_sigint_during_bring_up_tears_everything_down(tmp_path):
+    results = tmp_path / "results"
+    suite = _start_suite(sim_config(tmp_path, sim={"startup_delay_s": "30"}), results)
+    try:
+        _wait_for_pid(results, "decode")
+        suite.send_signal(signal.SIGINT)
+        out, _ = suite.communicate(timeout=60)
+    finally:
+        if suite.poll() is None:
+            suite.kill()
+    assert suite.returncode == 2, out  # pytest's "interrupted"
+    assert "KeyboardInterrupt" in out
+    assert_nothing_left(results)
+    assert state(results)["stopped"] is True
+
+
+def test_sigterm_from_jenkins_tears_everything_down(tmp_path):
+    results = tmp_path / "results"
+    suite = _start_suite(sim_config(tmp_path, sim={"startup_delay_s": "30"}), results)
+    try:
+        _wait_for_pid(results, "decode")
+        suite.send_signal(signal.SIGTERM)
+        out, _ = suite.communicate(timeout=60)
+    finally:
+        if suite.poll() is None:
+            suite.kill()
+    assert suite.returncode == 2, out
+    assert "received signal SIGTERM" in out
+    assert_nothing_left(results)
+
+
+@pytest.mark.ssh
+def test_ssh_transport_with_two_loopback_nodes(pytester, tmp_path, sshd):
+    config = sim_config(tmp_path, prefill=(sshd.nodes[0],), decode=(sshd.nodes[1],), router=sshd.nodes[0],
+                        transport="ssh", python=sys.executable,
+                        ssh={"user": sshd.user, "key_file": sshd.key_file, "port": str(sshd.port)})
+    result = run_suite(pytester, config, tmp_path / "results")
+    result.assert_outcomes(passed=4, skipped=1)
+    assert_nothing_left(tmp_path / "results")
+    logs = tmp_path / "results" / "run" / "logs"
+    assert (logs / sshd.nodes[0] / "prefill-0.log").exists() and (logs / sshd.nodes[1] / "decode-0.log").exists()
+
+
+@pytest.fixture(scope="session")
+def sim_image(docker_engine) -> str:
+    """The docker-sim image, (re)built by the project's script (layer cache makes a rebuild quick)."""
+    tag = "pytest-sglang-pd-sim:selftest"
+    build = subprocess.run(["bash", str(REPO / "scripts" / "build_sim_image.sh"), tag],
+                           capture_output=True, text=True, timeout=1500)
+    if build.returncode != 0:
+        pytest.fail(f"scripts/build_sim_image.sh failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}")
+    return tag
+
+
+@pytest.mark.docker
+def test_docker_sim_up_and_down_leaves_no_container(pytester, tmp_path, docker_engine, sim_image):
+    name = f"sglang-pd-selftest-{os.getpid()}"
+    config = sim_config(tmp_path, runtime="docker", container_image=sim_image, container_name=name, shm_size="1G",
+                        container_config={"device_list": [], "volume_dict": {}, "env_dict": {}})
+    result = run_suite(pytester, config, tmp_path / "results", timeout=300)
+    result.assert_outcomes(passed=4, skipped=1)
+    left = [c.name for c in docker_engine.containers.list(all=True) if c.name.startswith(name)]
+    assert not left, f"containers left: {left}"
+    logs = tmp_path / "results" / "run" / "logs" / "127.0.0.1"
+    assert "The server is fired up and ready to roll!" in (logs / "prefill-0.log").read_text()
+    assert (logs / "router-0.log").stat().st_size > 0
+
+
+@pytest.mark.docker
+def test_docker_missing_image_fails_before_anything_starts(pytester, tmp_path, docker_engine):
+    name = f"sglang-pd-selftest-missing-{os.getpid()}"
+    config = sim_config(tmp_path, runtime="docker", container_image="pytest-sglang-pd-no-such-image:never",
+                        container_name=name, container_config={"device_list": [], "volume_dict": {}, "env_dict": {}})
+    result = run_suite(pytester, config, tmp_path / "results")
+    out = result.stdout.str()
+    assert result.ret == 1
+    assert "image pytest-sglang-pd-no-such-image:never on node 127.0.0.1" in out
+    assert not [c for c in docker_engine.containers.list(all=True) if c.name.startswith(name)]
+    assert state(tmp_path / "results")["processes"] == []
+
+
+def test_keep_cluster_leaves_it_running_until_sglang_pd_down(pytester, tmp_path):
+    results = tmp_path / "results"
+    result = run_suite(pytester, sim_config(tmp_path), results, "--keep-cluster")
+    result.assert_outcomes(passed=4, skipped=1)
+    assert f"sglang-pd down {results / 'run'}" in result.stdout.str()
+    procs = state(results)["processes"]
+    assert all(alive(p["pid"]) for p in procs) and state(results)["stopped"] is False
+    down = subprocess.run(["sglang-pd", "down", str(results / "run")], capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert down.stdout.count("stopped ") == 3
+    assert_nothing_left(results)
+
+
+def test_cli_up_then_tests_against_its_router_url_then_down(pytester, tmp_path):
+    import requests
+
+    results = tmp_path / "results"
+    up = subprocess.run(["sglang-pd", "up", str(sim_config(tmp_path)), "--results-dir", str(results), "--run-id", "run"],
+                        capture_output=True, text=True, timeout=180)
+    try:
+        assert up.returncode == 0, up.stderr
+        router = up.stdout.split("router ", 1)[1].split()[0]
+        assert requests.get(f"{router}/readiness", timeout=5).status_code == 200
+        external = run_suite(pytester, sim_config(tmp_path / "other"), tmp_path / "external", f"--router-url={router}")
+        external.assert_outcomes(passed=3, skipped=2)
+        assert not (tmp_path / "external" / "run" / "cluster-state.json").exists()  # it started nothing
+    finally:
+        down = subprocess.run(["sglang-pd", "down", str(results / "run")], capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert_nothing_left(results)
