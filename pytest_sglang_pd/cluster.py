@@ -82,6 +82,17 @@ class LiveCluster:
                                            key_file=ssh.key_file, port=ssh.port, connect_timeout=ssh.connect_timeout)
         self.runtime = runtime_for(self.cfg.runtime, self.hosts, **self._runtime_kwargs())
         self._write_state()
+        self._precheck_devices()
+
+    def _precheck_devices(self) -> None:
+        """The GPU devices the containers get exist on their nodes (real engine; the simulator needs none)."""
+        if self.simulated:
+            return
+        missing = [f"  node {c.node} ({c.role}): {d} does not exist ($.config.container_config.device_list)"
+                   for c in self.deployment.containers for d in c.devices
+                   if self.hosts[c.node].run(["test", "-e", d], timeout=30).exit_status != 0]
+        if missing:
+            raise ClusterError("GPU devices missing:\n" + "\n".join(dict.fromkeys(missing)))
 
     def _runtime_kwargs(self) -> dict:
         if self.cfg.runtime == "docker":

@@ -132,6 +132,7 @@ def _percent_arg(value: str) -> float:
     return pct
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-html's, so the report's default path applies
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "sglang_pd: a validation test of the cluster under test")
     path = config.getoption("cluster_config") or config.getini("cluster_config") or None
@@ -154,6 +155,9 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--baseline {baseline}: no such file")
     config.stash[suite_run_key] = run
     config.pluginmanager.register(run, "sglang_pd_run")
+    from . import report
+
+    report.configure(config)
     _interrupt_on_sigterm(config)
     from . import fixtures
 

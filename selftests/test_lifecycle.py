@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from selftests.configs import REPO, sim_config
+from selftests.configs import REPO, raw, sim_config
 
 CLUSTER_TESTS = str(REPO / "tests" / "test_cluster.py")
 
@@ -230,4 +230,43 @@ def test_cli_up_then_tests_against_its_router_url_then_down(pytester, tmp_path):
     finally:
         down = subprocess.run(["sglang-pd", "down", str(results / "run")], capture_output=True, text=True, timeout=60)
     assert down.returncode == 0, down.stderr
+    assert_nothing_left(results)
+
+
+def test_real_engine_prechecks_name_the_node_and_config_key(tmp_path):
+    """Missing GPU devices and RDMA devices are found on the node before any container or process starts."""
+    from pytest_sglang_pd import config, plan
+    from pytest_sglang_pd.cluster import ClusterError, LiveCluster
+
+    data = raw("mi35x-example.json")
+    c = data["config"]
+    c.update({"transport": "local", "prefill_node_list": ["127.0.0.2"], "decode_node_list": ["127.0.0.3"],
+              "proxy_router_node": "127.0.0.2", "benchmark_serv_node": "127.0.0.2", "nnodes": "2",
+              "log_dir": str(tmp_path / "logs"),
+              "container_config": {"device_list": ["/dev/null", "/dev/no-such-gpu"], "volume_dict": {}, "env_dict": {}},
+              "kv_transfer": {"ib_devices": ["no_such_rdma0"]}})
+    cfg = config.from_dict(data)
+    cluster = LiveCluster(cfg, plan.plan(cfg, "llama-70b", run_id="r"), tmp_path / "run")
+    with pytest.raises(ClusterError) as info:
+        cluster.connect()
+    assert "node 127.0.0.2 (prefill): /dev/no-such-gpu does not exist ($.config.container_config.device_list)" in str(info.value)
+    assert "/dev/null" not in str(info.value)
+    cfg = config.from_dict({**data, "config": {**c, "container_config": {"device_list": [], "volume_dict": {}, "env_dict": {}}}})
+    cluster = LiveCluster(cfg, plan.plan(cfg, "llama-70b", run_id="r"), tmp_path / "run")
+    cluster.connect()
+    try:
+        with pytest.raises(ClusterError, match=r"node 127.0.0.3: RDMA device\(s\) no_such_rdma0 not in /sys/class/infiniband"):
+            cluster.precheck_kv_transfer()
+    finally:
+        cluster.disconnect()
+
+
+def test_cleanup_stops_kept_runs_of_the_config(pytester, tmp_path):
+    results = tmp_path / "results"
+    config = sim_config(tmp_path)
+    run_suite(pytester, config, results, "--keep-cluster").assert_outcomes(passed=4, skipped=1)
+    cleanup = subprocess.run(["sglang-pd", "cleanup", str(config), "--results-dir", str(results)],
+                             capture_output=True, text=True, timeout=60)
+    assert cleanup.returncode == 0, cleanup.stderr
+    assert "3 left-over process(es)/container(s) removed" in cleanup.stdout
     assert_nothing_left(results)

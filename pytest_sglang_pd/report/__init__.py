@@ -1,0 +1,267 @@
+"""The run's reports: results.json, pytest-html summary and per-test extras, JUnit properties.
+
+The lead's ``pytest_configure`` calls ``configure(config)`` once; ``tests/test_inference.py`` calls
+``of(config).record(...)`` for every case it benchmarks. Everything else happens in hooks.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from .. import __version__, gating
+from ..bench.result import BenchResult
+from ..plugin import InferenceCase, SuiteRun, suite_run_key
+from . import html, results
+
+REDACT_PATTERNS = (r"(?i).*(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY|ACCESS_KEY|CREDENTIAL).*",)
+VERSION_PACKAGES = ("pytest", "pytest-html", "sglang-router", "aiohttp", "mooncake-transfer-engine-non-cuda")
+
+
+@dataclass
+class Measured:
+    """What the test stored on its item for the makereport hook."""
+
+    result: BenchResult | None
+    gate: gating.GateResult | None
+
+
+measured_key = pytest.StashKey[Measured]()
+report_key = pytest.StashKey["RunReport"]()
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _case_of(item: pytest.Item) -> InferenceCase | None:
+    callspec = getattr(item, "callspec", None)
+    case = callspec.params.get("inference_case") if callspec else None
+    return case if isinstance(case, InferenceCase) else None
+
+
+class RunReport:
+    """The session's report object: collects one entry per inference test and writes results.json after each."""
+
+    def __init__(self, config: pytest.Config, run: SuiteRun):
+        self.config = config
+        self.run = run
+        self.started_at = time.time()
+        self.finished_at: float | None = None
+        self.entries: dict[str, dict[str, Any]] = {}  # nodeid -> results.json test entry
+        self.worker_versions: dict[str, str] = {}
+        self.baseline_run, self.baseline = (None, {})
+        if run.baseline is not None:
+            try:
+                self.baseline_run, self.baseline = results.load_baseline(run.baseline)
+            except results.BaselineError as exc:
+                raise pytest.UsageError(str(exc)) from None
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def results_path(self) -> Path:
+        """results.json (results.<worker>.json on a pytest-xdist worker)."""
+        worker = getattr(self.config, "workerinput", {}).get("workerid")
+        return self.run.run_dir / (f"results.{worker}.json" if worker else "results.json")
+
+    @property
+    def html_dir(self) -> Path:
+        path = getattr(self.config.option, "htmlpath", None)
+        return Path(path).resolve().parent if path else self.run.run_dir.resolve()
+
+    @property
+    def html_enabled(self) -> bool:
+        return bool(getattr(self.config.option, "htmlpath", None)) and self.config.pluginmanager.hasplugin("html")
+
+    # ------------------------------------------------------------------ what the test calls
+    def gate(self, case: InferenceCase, result: BenchResult) -> gating.GateResult:
+        """Verdicts of ``case``: its thresholds with the run's tolerance, and the baseline if one was given."""
+        tol = gating.tolerance_pct(self.run.perf_tolerance_pct, case.test)
+        return gating.evaluate(case.id, case.test, result, tol_pct=tol, baseline=self.baseline.get(case.id),
+                               baseline_name=f"run {self.baseline_run}")
+
+    def record(self, item: pytest.Item, result: BenchResult | None, gate: gating.GateResult | None,
+               target: Any = None) -> None:
+        """Keep the measurement for the report hooks and add each metric as a JUnit property."""
+        item.stash[measured_key] = Measured(result, gate)
+        if result is not None:
+            item.user_properties.append(("tool", result.tool))
+            for name, value in sorted(result.metrics.items()):
+                item.user_properties.append((name, f"{value:.6g}"))
+        for v in gate.verdicts if gate else ():
+            item.user_properties.append((f"verdict.{v.source}.{v.metric}", "pass" if v.passed else f"fail: {v.message}"))
+        if target is not None:
+            self._probe_worker_versions(target)
+
+    def _probe_worker_versions(self, target: Any) -> None:
+        for role, urls in getattr(target, "worker_urls", {}).items():
+            if role in self.worker_versions or not urls:
+                continue
+            for path in ("/server_info", "/get_server_info"):
+                try:
+                    resp = requests.get(f"{urls[0]}{path}", timeout=3)
+                    if resp.ok and resp.json().get("version"):
+                        self.worker_versions[role] = str(resp.json()["version"])
+                        break
+                except (requests.RequestException, ValueError):
+                    continue
+
+    # ------------------------------------------------------------------ hooks
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
+        report = yield
+        case = _case_of(item)
+        if case is None:
+            return report
+        measured = item.stash.get(measured_key, None)
+        if report.when == "call" or (report.when == "setup" and not report.passed):
+            outcome = report.outcome if report.when == "call" else ("skipped" if report.skipped else "error")
+            message = None if report.passed else (report.longreprtext.strip() or None)
+            entry = results.case_entry(
+                case_id=case.id, nodeid=item.nodeid, model=case.model.id, test=case.test.name, kind=case.test.kind,
+                dataset=case.test.dataset, concurrency=case.concurrency, bench_client=case.test.bench_client,
+                result=measured.result if measured else None, gate=measured.gate if measured else None,
+                outcome=outcome, duration_s=report.duration, message=message)
+            self.entries[item.nodeid] = entry
+            self.write()
+            if self.html_enabled:
+                self._attach_html(report, case, measured, message)
+        elif report.when == "teardown" and report.failed and item.nodeid in self.entries:
+            self.entries[item.nodeid]["outcome"] = "error"
+            self.entries[item.nodeid]["message"] = report.longreprtext.strip()
+            self.write()
+        return report
+
+    def _attach_html(self, report: pytest.TestReport, case: InferenceCase, measured: Measured | None,
+                     message: str | None) -> None:
+        from pytest_html import extras
+
+        content = html.case_html(measured.result if measured else None, measured.gate if measured else None,
+                                 message=message if report.when == "setup" else None,
+                                 log_files=self.log_files(case.model.id), base_dir=self.html_dir,
+                                 simulated=self.simulated)
+        report.extras = [*getattr(report, "extras", []), extras.html(content)]
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self.finished_at = time.time()
+        if self.entries:
+            self.write()
+
+    # ------------------------------------------------------------------ data
+    @property
+    def simulated(self) -> bool:
+        cfg = self.run.cluster_config
+        return bool(cfg and cfg.simulated)
+
+    def log_files(self, model_id: str | None = None) -> dict[str, Path]:
+        """Collected logs of the run's clusters (of one model when given), as ``<model>/<key>`` -> path."""
+        out = {}
+        many = len({c.deployment.model.id for c in self.run.clusters}) > 1
+        for cluster in self.run.clusters:
+            model = cluster.deployment.model.id
+            if model_id is not None and model != model_id:
+                continue
+            for key, path in cluster.log_files.items():
+                out[f"{model}/{key}" if many else key] = Path(path)
+        return out
+
+    def data(self) -> dict[str, Any]:
+        """The results.json document."""
+        cfg = self.run.cluster_config
+        startup: dict[str, float] = {}
+        many = len(self.run.clusters) > 1
+        for cluster in self.run.clusters:
+            for key, seconds in cluster.startup_seconds.items():
+                startup[f"{cluster.deployment.model.id} {key}" if many else key] = float(seconds)
+        router_url = self.run.router_url or next((c.router_url for c in self.run.clusters), None)
+        tests = list(self.entries.values())
+        summary = {k: sum(t["outcome"] == k for t in tests) for k in ("passed", "failed", "error", "skipped")}
+        return {
+            "schema_version": results.SCHEMA_VERSION,
+            "run_id": self.run.run_id,
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at) if self.finished_at else None,
+            "simulated": self.simulated,
+            "cluster": {
+                "config": cfg.source if cfg else None,
+                "engine": cfg.engine if cfg else None,
+                "runtime": cfg.runtime if cfg else None,
+                "transport": cfg.transport if cfg else None,
+                "image": cfg.container_image if cfg else None,
+                "kv_transfer": cfg.kv_transfer.backend if cfg else None,
+                "prefill_nodes": list(cfg.prefill_nodes) if cfg else [],
+                "decode_nodes": list(cfg.decode_nodes) if cfg else [],
+                "router_node": cfg.router_node if cfg else None,
+                "benchmark_node": cfg.benchmark_node if cfg else None,
+                "router_url": router_url,
+                "startup_seconds": startup,
+                "worker_versions": dict(self.worker_versions),
+            },
+            "versions": versions(),
+            "tolerance_pct": self.run.perf_tolerance_pct,
+            "baseline": str(self.run.baseline) if self.run.baseline else None,
+            "summary": summary,
+            "tests": tests,
+        }
+
+    def write(self) -> None:
+        results.write_atomic(self.results_path, self.data())
+
+
+def versions() -> dict[str, str]:
+    out = {"pytest-sglang-pd": __version__, "python": platform.python_version()}
+    for name in VERSION_PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+class HtmlSummary:
+    """pytest-html hooks; registered only when pytest-html is active."""
+
+    def __init__(self, report: RunReport):
+        self.report = report
+
+    def pytest_html_results_summary(self, prefix: list, summary: list, postfix: list, session: pytest.Session) -> None:
+        r = self.report
+        prefix.append(html.summary_html(r.data(), list(r.entries.values()), log_files=r.log_files(),
+                                        base_dir=r.html_dir, results_json=r.results_path))
+
+    def pytest_html_report_title(self, report) -> None:
+        title = f"SGLang PD validation — {self.report.run.run_id}"
+        report.title = f"[SIMULATED] {title}" if self.report.simulated else title
+
+
+def configure(config: pytest.Config) -> RunReport:
+    """Register the run's report (call from pytest_configure, after the SuiteRun is in the stash).
+
+    When pytest-html is installed, a cluster config is given and no --html, the report goes to
+    ``<run_dir>/report.html``, self-contained (not for --collect-only). This must run before pytest-html's own
+    pytest_configure (``@pytest.hookimpl(tryfirst=True)`` on the caller).
+    """
+    run = config.stash[suite_run_key]
+    report = RunReport(config, run)
+    config.stash[report_key] = report
+    config.pluginmanager.register(report, "sglang_pd_report")
+    if config.pluginmanager.hasplugin("html"):
+        if run.cluster_config is not None and not config.option.htmlpath and not config.option.collectonly:
+            config.option.htmlpath = str(run.run_dir / "report.html")
+            config.option.self_contained_html = True
+        for pattern in REDACT_PATTERNS:
+            config.addinivalue_line("environment_table_redact_list", pattern)
+        config.pluginmanager.register(HtmlSummary(report), "sglang_pd_html")
+    return report
+
+
+def of(config: pytest.Config) -> RunReport:
+    """The run's report (configure() must have run)."""
+    return config.stash[report_key]

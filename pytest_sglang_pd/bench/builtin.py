@@ -1,0 +1,163 @@
+"""The builtin benchmark client (asyncio + aiohttp): streams /generate through the router like
+bench_serving's ``--backend sglang`` and measures every request, failures included."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import time
+from typing import Callable
+
+import aiohttp
+
+from ..config import InferenceTest
+from .result import BenchResult, RequestRecord, aggregate, first_errors
+from .workloads import INVALID_ANSWER, Prompt, answer_value, prompts_for
+
+Progress = Callable[[int, int, float], None]  # (completed or failed so far, total, elapsed seconds)
+ERROR_BODY_CHARS = 300
+
+
+def _sse_events(buffer: bytearray) -> list[bytes]:
+    """Cut complete ``data: ...`` events out of ``buffer`` (in place); the rest waits for more bytes."""
+    events = []
+    while (end := buffer.find(b"\n\n")) >= 0:
+        block = bytes(buffer[:end])
+        del buffer[:end + 2]
+        for line in block.splitlines():
+            if line.startswith(b"data:"):
+                events.append(line[5:].strip())
+    return events
+
+
+def _abort_message(finish_reason: object) -> str | None:
+    if isinstance(finish_reason, dict) and finish_reason.get("type") == "abort":
+        return f"aborted by the server: {finish_reason.get('message') or finish_reason}"
+    return None
+
+
+async def send_request(session: aiohttp.ClientSession, url: str, prompt: Prompt) -> RequestRecord:
+    """One streamed /generate; TTFT at the first chunk with text, ITL spread over the new tokens of
+    each later chunk, token counts from the server's meta_info."""
+    sampling = {"max_new_tokens": prompt.max_new_tokens, "temperature": 0.0, "ignore_eos": prompt.ignore_eos}
+    if prompt.stop:
+        sampling["stop"] = list(prompt.stop)
+    body = {"text": prompt.text, "sampling_params": sampling, "stream": True}
+    record = RequestRecord(success=False)
+    start = time.perf_counter()
+    last_time, last_tokens = start, 0
+    meta: dict = {}
+    try:
+        async with session.post(f"{url}/generate", json=body) as resp:
+            if resp.status != 200:
+                text = (await resp.text())[:ERROR_BODY_CHARS]
+                record.error = f"HTTP {resp.status} from {url}/generate: {text.strip()}"
+                return record
+            buffer = bytearray()
+            async for chunk in resp.content.iter_any():
+                buffer += chunk
+                for event in _sse_events(buffer):
+                    if event == b"[DONE]":
+                        continue
+                    data = json.loads(event)
+                    if "error" in data:
+                        record.error = f"error in the stream: {json.dumps(data['error'])[:ERROR_BODY_CHARS]}"
+                        return record
+                    meta = data.get("meta_info") or meta
+                    record.text = data.get("text", record.text)
+                    tokens = int(meta.get("completion_tokens", last_tokens))
+                    if not data.get("text") and tokens <= last_tokens:
+                        continue
+                    now = time.perf_counter()
+                    if record.ttft_s == 0.0:
+                        record.ttft_s = now - start
+                    elif tokens > last_tokens:
+                        new_tokens = tokens - last_tokens
+                        record.itl_s.extend([(now - last_time) / new_tokens] * new_tokens)
+                    else:
+                        continue
+                    last_time, last_tokens = now, tokens
+    except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError, ValueError) as exc:
+        record.error = f"{type(exc).__name__} talking to {url}/generate: {exc}".strip()
+        return record
+    record.latency_s = time.perf_counter() - start
+    abort = _abort_message(meta.get("finish_reason"))
+    if abort:
+        record.error = abort
+    elif not meta:
+        record.error = "the stream ended without any output"
+    else:
+        record.success = True
+        record.prompt_tokens = int(meta.get("prompt_tokens", 0))
+        record.output_tokens = int(meta.get("completion_tokens", 0))
+        record.cached_tokens = int(meta.get("cached_tokens", 0) or 0)
+    return record
+
+
+async def _run_all(url: str, prompts: list[Prompt], concurrency: int, request_rate: float, seed: int,
+                   warmup: int, timeout_s: float, progress: Progress | None) -> tuple[list[RequestRecord], float, list[str]]:
+    timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=30)
+    warnings: list[str] = []
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+        for _ in range(warmup if prompts else 0):
+            w = prompts[0]
+            record = await send_request(session, url, Prompt(w.text, min(w.max_new_tokens, 16), w.ignore_eos, w.stop))
+            if not record.success:
+                warnings.append(f"warmup request failed: {record.error}")
+        records: list[RequestRecord | None] = [None] * len(prompts)
+        limit = asyncio.Semaphore(concurrency)
+        rng = random.Random(seed)
+        done = 0
+        start = time.perf_counter()
+
+        async def one(index: int, prompt: Prompt) -> None:
+            nonlocal done
+            async with limit:
+                records[index] = await send_request(session, url, prompt)
+            done += 1
+            if progress is not None:
+                progress(done, len(prompts), time.perf_counter() - start)
+
+        tasks = []
+        for index, prompt in enumerate(prompts):
+            tasks.append(asyncio.create_task(one(index, prompt)))
+            if math.isfinite(request_rate) and request_rate > 0:
+                await asyncio.sleep(rng.expovariate(request_rate))
+        _, pending = await asyncio.wait(tasks, timeout=max(timeout_s - (time.perf_counter() - start), 0.001))
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        duration = time.perf_counter() - start
+    unfinished = RequestRecord(success=False, error=f"not finished within the benchmark timeout of {timeout_s:g} s")
+    return [r if r is not None else unfinished for r in records], duration, warnings
+
+
+def run(router_url: str, test: InferenceTest, concurrency: int, *, timeout_s: float,
+        progress: Progress | None = None) -> BenchResult:
+    """Run ``test`` at ``concurrency`` against ``router_url``; gsm8k-shaped tests also score answers."""
+    prompts = prompts_for(test)
+    url = router_url.rstrip("/")
+    records, duration, warnings = asyncio.run(_run_all(
+        url, prompts, concurrency, test.request_rate, test.seed, test.warmup_requests, timeout_s, progress))
+    metrics, totals = aggregate(records, duration)
+    if test.kind == "gsm8k":
+        metrics.update(score_answers(prompts, records, duration))
+    workload = "gsm8k" if test.kind == "gsm8k" else test.dataset
+    rate = "inf" if math.isinf(test.request_rate) else f"{test.request_rate:g}"
+    command = (f"builtin client: POST {url}/generate (stream), {workload}, {len(prompts)} requests, "
+               f"max concurrency {concurrency}, request rate {rate}/s, seed {test.seed}, warmup {test.warmup_requests}")
+    return BenchResult(tool="builtin", metrics=metrics, num_requests=len(prompts), records=records, totals=totals,
+                       errors=warnings + first_errors(records), command=command)
+
+
+def score_answers(prompts: list[Prompt], records: list[RequestRecord], duration_s: float) -> dict[str, float]:
+    """few_shot_gsm8k's accuracy and invalid fractions (a failed request scores as invalid) and latency."""
+    preds = [answer_value(r.text) if r.success else INVALID_ANSWER for r in records]
+    n = max(len(prompts), 1)
+    return {
+        "accuracy": sum(p == q.answer for p, q in zip(preds, prompts)) / n,
+        "invalid": sum(p == INVALID_ANSWER for p in preds) / n,
+        "latency": duration_s,
+    }

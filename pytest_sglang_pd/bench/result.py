@@ -1,0 +1,142 @@
+"""BenchResult: what one benchmark run measured, with bench_serving's aggregate definitions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+LATENCY_STATS = ("mean", "median", "std", "p90", "p95", "p99")
+
+
+@dataclass
+class RequestRecord:
+    """One request as the client saw it; token counts are the server's (meta_info / usage)."""
+
+    success: bool
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    ttft_s: float = 0.0
+    latency_s: float = 0.0
+    itl_s: list[float] = field(default_factory=list)
+    error: str = ""
+    text: str = ""
+
+    @property
+    def tpot_s(self) -> float | None:
+        """bench_serving's per-request TPOT: (latency - ttft) / (output_len - 1), only when output_len > 1."""
+        if not self.success or self.output_tokens <= 1:
+            return None
+        return (self.latency_s - self.ttft_s) / (self.output_tokens - 1)
+
+
+@dataclass
+class BenchResult:
+    """A benchmark run normalised to canonical metric names (metrics.METRICS)."""
+
+    tool: str  # "builtin" | "sglang.bench_serving" | "sglang.test.few_shot_gsm8k"
+    metrics: dict[str, float]
+    num_requests: int  # requests sent (warmup excluded)
+    records: list[RequestRecord] = field(default_factory=list)
+    totals: dict[str, float] = field(default_factory=dict)  # total_input_tokens, total_output_tokens, concurrency
+    errors: list[str] = field(default_factory=list)  # one line per failed request (or tool failure)
+    artifacts: dict[str, str] = field(default_factory=dict)  # name -> local path
+    command: str = ""  # what ran (argv with shlex.join), for the report
+
+    @property
+    def completed(self) -> int:
+        return int(self.metrics.get("completed", 0))
+
+    @property
+    def failed(self) -> int:
+        return max(self.num_requests - self.completed, 0)
+
+    def distribution_ms(self, latency: str) -> list[float]:
+        """Per-request values of "ttft", "tpot", "e2e_latency" or (per token) "itl", in ms."""
+        ok = [r for r in self.records if r.success]
+        if latency == "ttft":
+            values = [r.ttft_s for r in ok]
+        elif latency == "tpot":
+            values = [t for r in ok if (t := r.tpot_s) is not None]
+        elif latency == "e2e_latency":
+            values = [r.latency_s for r in ok]
+        elif latency == "itl":
+            values = [x for r in ok for x in r.itl_s]
+        else:
+            raise ValueError(f"unknown latency {latency!r}")
+        return [v * 1000.0 for v in values]
+
+
+def latency_stats(name: str, values_s: Iterable[float]) -> dict[str, float]:
+    """{mean,median,std,p90,p95,p99}_<name>_ms as numpy computes them in bench_serving (0 when empty)."""
+    data = list(values_s) or [0.0]
+    return {
+        f"mean_{name}_ms": float(np.mean(data)) * 1000,
+        f"median_{name}_ms": float(np.median(data)) * 1000,
+        f"std_{name}_ms": float(np.std(data)) * 1000,
+        f"p90_{name}_ms": float(np.percentile(data, 90)) * 1000,
+        f"p95_{name}_ms": float(np.percentile(data, 95)) * 1000,
+        f"p99_{name}_ms": float(np.percentile(data, 99)) * 1000,
+    }
+
+
+def aggregate(records: list[RequestRecord], duration_s: float) -> tuple[dict[str, float], dict[str, float]]:
+    """(metrics, totals) over the records, exactly as bench_serving's calculate_metrics defines them:
+    failed requests add nothing but count against ``completed``; TPOT only for outputs longer than 1."""
+    ok = [r for r in records if r.success]
+    total_input = sum(r.prompt_tokens for r in ok)
+    total_output = sum(r.output_tokens for r in ok)
+    dur = duration_s if duration_s > 0 else float("nan")
+    out: dict[str, float] = {
+        "completed": float(len(ok)),
+        "failed": float(len(records) - len(ok)),
+        "duration": duration_s,
+        "request_throughput": len(ok) / dur,
+        "input_throughput": total_input / dur,
+        "output_throughput": total_output / dur,
+        "total_throughput": (total_input + total_output) / dur,
+    }
+    out.update(latency_stats("ttft", (r.ttft_s for r in ok)))
+    out.update(latency_stats("tpot", (t for r in ok if (t := r.tpot_s) is not None)))
+    out.update(latency_stats("itl", (x for r in ok for x in r.itl_s)))
+    out.update(latency_stats("e2e_latency", (r.latency_s for r in ok)))
+    if total_input:
+        out["cache_hit_rate"] = sum(r.cached_tokens for r in ok) / total_input
+    totals = {
+        "total_input_tokens": float(total_input),
+        "total_output_tokens": float(total_output),
+        "concurrency": sum(r.latency_s for r in ok) / dur,
+    }
+    return out, totals
+
+
+def first_errors(records: list[RequestRecord], limit: int = 20) -> list[str]:
+    """The distinct errors of failed requests, most frequent first, with their counts."""
+    counts: dict[str, int] = {}
+    for r in records:
+        if not r.success:
+            counts[r.error or "unknown error"] = counts.get(r.error or "unknown error", 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
+    return [f"{n} x {err}" if n > 1 else err for err, n in ranked]
+
+
+def to_jsonable(result: BenchResult, *, with_records: bool = False) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "tool": result.tool,
+        "command": result.command,
+        "num_requests": result.num_requests,
+        "metrics": result.metrics,
+        "totals": result.totals,
+        "errors": result.errors,
+        "artifacts": result.artifacts,
+    }
+    if with_records:
+        data["records"] = [
+            {"success": r.success, "prompt_tokens": r.prompt_tokens, "output_tokens": r.output_tokens,
+             "cached_tokens": r.cached_tokens, "ttft_s": r.ttft_s, "latency_s": r.latency_s,
+             "itl_s": r.itl_s, "error": r.error}
+            for r in result.records
+        ]
+    return data

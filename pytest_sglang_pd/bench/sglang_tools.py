@@ -1,0 +1,139 @@
+"""The real SGLang benchmark tools (bench_serving, few_shot_gsm8k) run on the benchmark node, parsed into BenchResults."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import metrics as metrics_mod
+from .. import plan as plan_mod
+from .. import redact
+from ..config import InferenceTest
+from .result import BenchResult, RequestRecord
+
+if TYPE_CHECKING:
+    from . import BenchTarget
+
+BENCH_SERVING = "sglang.bench_serving"
+FEW_SHOT_GSM8K = "sglang.test.few_shot_gsm8k"
+# few_shot_gsm8k's printed lines -> canonical metric
+GSM8K_LINES = {"Accuracy": "accuracy", "Invalid": "invalid", "Latency": "latency", "Output throughput": "output_throughput"}
+
+
+class BenchToolError(RuntimeError):
+    """The tool did not produce a result: says which command, its exit code and its last output lines."""
+
+
+def bench_spec(target: BenchTarget, test: InferenceTest, concurrency: int) -> plan_mod.ProcessSpec:
+    dep = target.deployment
+    if dep is None:
+        raise BenchToolError(f"test {test.name!r} uses bench_client \"sglang\", which runs in the deployment's benchmark "
+                             "container; with --router-url there is none. Set \"bench_client\": \"builtin\" for it.")
+    python = dep.router.argv[0]
+    key = f"bench_{test.name}_c{concurrency}"
+    for spec in plan_mod.bench_processes(dep, python=python):
+        if spec.key == key:
+            return spec
+    raise BenchToolError(f"the plan has no benchmark process {key!r} (is bench_client \"sglang\" set for {test.name!r}?)")
+
+
+def run(target: BenchTarget, test: InferenceTest, concurrency: int, *, timeout_s: float, artifacts_dir: Path) -> BenchResult:
+    """Run the tool of ``test`` on the benchmark node and parse what it wrote."""
+    spec = bench_spec(target, test, concurrency)
+    command = shlex.join(redact.argv(spec.argv))
+    artifacts_dir.mkdir(parents=True, exist_ok=True)
+    code, tail = target.run_bench_command(spec, timeout_s)
+    log = artifacts_dir / Path(spec.log_path).name
+    artifacts = {}
+    try:
+        target.fetch(spec.log_path, log)
+        artifacts["log"] = str(log)
+        output = log.read_text(errors="replace")
+    except (OSError, RuntimeError):  # the tail returned above still tells what happened
+        output = tail
+    if code != 0:
+        raise BenchToolError(f"{command}\nexited with code {code} on {spec.node}; last lines:\n{tail}")
+    if test.kind == "gsm8k":
+        metrics = parse_gsm8k_output(output, command)
+        metrics["completed"] = float(test.num_questions)  # it counts no failures: they abort it or score as invalid
+        return BenchResult(tool=FEW_SHOT_GSM8K, metrics=metrics, num_requests=test.num_questions,
+                           artifacts=artifacts, command=command)
+    remote = plan_mod.bench_output_path(target.deployment, test, concurrency)
+    local = artifacts_dir / Path(remote).name
+    try:
+        target.fetch(remote, local)
+    except (OSError, RuntimeError) as exc:
+        raise BenchToolError(f"{command}\nfinished but its --output-file {remote} could not be copied from {spec.node}: {exc}") from None
+    artifacts["output_file"] = str(local)
+    result = parse_bench_serving_line(last_json_line(local.read_text(), remote), num_prompts=test.num_prompts)
+    result.artifacts.update(artifacts)
+    result.command = command
+    return result
+
+
+def last_json_line(text: str, source: str) -> dict[str, Any]:
+    """The last run's record of a bench_serving --output-file (it appends one JSON line per run)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise BenchToolError(f"{source} is empty: bench_serving wrote no result line")
+    try:
+        return json.loads(lines[-1])
+    except json.JSONDecodeError as exc:
+        raise BenchToolError(f"the last line of {source} is not JSON ({exc.msg}): {lines[-1][:200]}") from None
+
+
+def parse_bench_serving_line(line: dict[str, Any], *, num_prompts: int) -> BenchResult:
+    """A BenchResult from bench_serving's JSON line: the tool's own aggregates, plus per-request records
+    from --output-details (flat or under "details"; a record's latency is ttft + the sum of its ITLs,
+    the details carry no latency)."""
+    metrics = {k: float(v) for k, v in line.items()
+               if k in metrics_mod.METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    metrics["failed"] = float(max(num_prompts - int(line.get("completed", 0)), 0))
+    totals = {
+        "total_input_tokens": float(line.get("total_input_tokens", line.get("total_input", 0))),
+        "total_output_tokens": float(line.get("total_output_tokens", line.get("total_output", 0))),
+    }
+    if "concurrency" in line:
+        totals["concurrency"] = float(line["concurrency"])
+    details = line.get("details", line)
+    records = _records(details)
+    errors = [e for e in details.get("errors") or [] if e]
+    return BenchResult(tool=BENCH_SERVING, metrics=metrics, num_requests=max(num_prompts, len(records)),
+                       records=records, totals=totals, errors=errors[:20])
+
+
+def _records(details: dict[str, Any]) -> list[RequestRecord]:
+    ttfts = details.get("ttfts")
+    if not isinstance(ttfts, list):
+        return []
+    n = len(ttfts)
+    inputs = details.get("input_lens") or [0] * n
+    outputs = details.get("output_lens") or [0] * n
+    itls = details.get("itls") or [[]] * n
+    errors = details.get("errors") or [""] * n
+    records = []
+    for ttft, n_in, n_out, itl, err in zip(ttfts, inputs, outputs, itls, errors):
+        itl = [float(x) for x in itl or []]
+        records.append(RequestRecord(success=not err, prompt_tokens=int(n_in or 0), output_tokens=int(n_out or 0),
+                                     ttft_s=float(ttft or 0.0), latency_s=float(ttft or 0.0) + sum(itl),
+                                     itl_s=itl, error=err or ""))
+    return records
+
+
+def parse_gsm8k_output(output: str, command: str) -> dict[str, float]:
+    """few_shot_gsm8k's printed ``Accuracy: 0.950``, ``Invalid: 0.000``, ``Latency: 12.3 s``,
+    ``Output throughput: 456.7 token/s`` lines (the last of each)."""
+    found: dict[str, float] = {}
+    for line in output.splitlines():
+        label, sep, rest = line.partition(":")
+        if sep and label.strip() in GSM8K_LINES and rest.split():
+            try:
+                found[GSM8K_LINES[label.strip()]] = float(rest.split()[0])
+            except ValueError:
+                continue
+    if "accuracy" not in found:
+        last = "\n".join(output.splitlines()[-20:])
+        raise BenchToolError(f"{command}\nprinted no 'Accuracy:' line; last lines:\n{last}")
+    return found

@@ -1,0 +1,140 @@
+"""Thresholds and baselines -> verdicts, with one readable message per failing metric.
+
+A threshold's limit is its expected value widened by the tolerance: ``expected * (1 + tol)`` for an
+upper bound ("max", the ``*_ms`` latencies), ``expected * (1 - tol)`` for a lower bound ("min",
+throughput, accuracy, cache hit rate). The tolerance is ``--perf-tolerance`` when given, else the
+test's ``tolerance``, else 0. A baseline (an earlier results.json) turns each gated metric's earlier
+value into one more limit with the same direction and tolerance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from .bench.result import BenchResult
+from .config import InferenceTest, Threshold
+
+
+@dataclass(frozen=True)
+class Verdict:
+    metric: str  # as the user wrote it
+    canonical: str
+    actual: float | None  # None: not measured
+    limit: float
+    expected: float
+    direction: str  # "max" | "min"
+    tolerance_pct: float
+    source: str  # "threshold" | "baseline" | "requests"
+    passed: bool
+    message: str  # the failure line, or a short "ok" line
+
+
+@dataclass(frozen=True)
+class GateResult:
+    case_id: str
+    verdicts: tuple[Verdict, ...]
+
+    @property
+    def failures(self) -> tuple[Verdict, ...]:
+        return tuple(v for v in self.verdicts if not v.passed)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def message(self) -> str:
+        """Every failing metric, one per line, under a header naming the case."""
+        fails = self.failures
+        head = f"{self.case_id}: {len(fails)} of {len(self.verdicts)} checks failed"
+        return "\n".join([head, *(f"  {v.message}" for v in fails)])
+
+
+def tolerance_pct(option_pct: float | None, test: InferenceTest) -> float:
+    """--perf-tolerance wins, then the test's own tolerance, else 0."""
+    if option_pct is not None:
+        return option_pct
+    return test.tolerance_pct if test.tolerance_pct is not None else 0.0
+
+
+def limit_for(expected: float, direction: str, tol_pct: float) -> float:
+    factor = 1 + tol_pct / 100 if direction == "max" else 1 - tol_pct / 100
+    return expected * factor
+
+
+def _fmt(x: float, digits: int) -> str:
+    if abs(x) >= 10:
+        return f"{x:.{digits}f}"
+    text = f"{x:.{digits + 2}g}"
+    return text if any(c in text for c in ".en") else f"{text}.0"
+
+
+def _fmt_pair(actual: float, limit: float) -> tuple[str, str]:
+    """Both numbers with one decimal (three significant digits below 10), more when they would print alike."""
+    for digits in range(1, 7):
+        a, b = _fmt(actual, digits), _fmt(limit, digits)
+        if a != b:
+            return a, b
+    return repr(actual), repr(limit)
+
+
+def _g(x: float) -> str:
+    return f"{x:g}"
+
+
+def check(metric: str, canonical: str, actual: float | None, expected: float, direction: str,
+          tol_pct: float, *, source: str = "threshold", origin: str = "") -> Verdict:
+    """One comparison; the failure message reads ``mean_tpot_ms 61.2 > 55.0 (expected 50, tolerance 10%)``
+    (``baseline 50 in <origin>`` instead of ``expected 50`` for a baseline comparison)."""
+    limit = limit_for(expected, direction, tol_pct)
+    reference = f"baseline {_g(expected)} in {origin}" if source == "baseline" else f"expected {_g(expected)}"
+    context = f"({reference}, tolerance {_g(tol_pct)}%)"
+    if actual is None:
+        return Verdict(metric, canonical, None, limit, expected, direction, tol_pct, source, False,
+                       f"{metric} was not measured by this benchmark {context}")
+    passed = actual <= limit if direction == "max" else actual >= limit
+    a, b = _fmt_pair(actual, limit)
+    if passed:
+        op = "<=" if direction == "max" else ">="
+    else:
+        op = ">" if direction == "max" else "<"
+    return Verdict(metric, canonical, actual, limit, expected, direction, tol_pct, source, passed,
+                   f"{metric} {a} {op} {b} {context}")
+
+
+def check_requests(result: BenchResult, allowed_failures: int) -> Verdict:
+    """Fewer completed requests than sent fails unless the test allows that many failures."""
+    failed = result.failed
+    passed = failed <= allowed_failures
+    first = f"; first error: {result.errors[0]}" if result.errors and failed else ""
+    message = (f"failed requests {failed} of {result.num_requests} {'<=' if passed else '>'} allowed {allowed_failures}"
+               f"{first}")
+    return Verdict("failed", "failed", float(failed), float(allowed_failures), float(allowed_failures), "max", 0.0,
+                   "requests", passed, message)
+
+
+def evaluate(case_id: str, test: InferenceTest, result: BenchResult, *, tol_pct: float,
+             baseline: Mapping[str, float] | None = None, baseline_name: str = "baseline") -> GateResult:
+    """All verdicts of one case: the request count, every threshold, every baseline comparison."""
+    verdicts = [check_requests(result, test.allow_failed_requests)]
+    for t in test.thresholds:
+        verdicts.append(check(t.metric, t.canonical, result.metrics.get(t.canonical), t.value, t.direction, tol_pct))
+    if baseline:
+        verdicts += baseline_verdicts(test.thresholds, result, baseline, tol_pct, baseline_name)
+    return GateResult(case_id, tuple(verdicts))
+
+
+def baseline_verdicts(thresholds: tuple[Threshold, ...], result: BenchResult, baseline: Mapping[str, float],
+                      tol_pct: float, baseline_name: str) -> list[Verdict]:
+    """A regression check per gated metric that the baseline also measured (direction from the threshold)."""
+    out = []
+    seen = set()
+    for t in thresholds:
+        before = baseline.get(t.canonical)
+        actual = result.metrics.get(t.canonical)
+        if before is None or actual is None or t.canonical in seen:
+            continue
+        seen.add(t.canonical)
+        out.append(check(t.metric, t.canonical, actual, before, t.direction, tol_pct,
+                         source="baseline", origin=baseline_name))
+    return out

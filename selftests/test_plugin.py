@@ -1,0 +1,81 @@
+"""The plugin as users meet it: ids, -k selection, sweeps, config errors at configure time, no config."""
+
+from __future__ import annotations
+
+import pytest
+
+from selftests.configs import REPO, raw, write
+
+SUITE = str(REPO / "tests")
+
+
+def collected(result) -> list[str]:
+    return [line.strip() for line in result.outlines if "::" in line]
+
+
+def test_ids_select_by_model_and_test(pytester: pytest.Pytester):
+    result = pytester.runpytest_subprocess(SUITE, "--cluster-config=mi35x-example.json", "--collect-only", "-q")
+    assert result.ret == 0, result.stdout.str()
+    ids = collected(result)
+    for model in ("llama-70b", "deepseek-r1"):
+        for test in ("gsm8k", "bench_serv_random"):
+            assert f"tests/test_inference.py::test_inference[{model}-{test}]" in ids
+    only = collected(pytester.runpytest_subprocess(SUITE, "--cluster-config=mi35x-example.json",
+                                                   "--collect-only", "-q", "-k", "deepseek-r1"))
+    assert only and all("deepseek-r1" in i for i in only)
+    both = collected(pytester.runpytest_subprocess(SUITE, "--cluster-config=mi35x-example.json",
+                                                   "--collect-only", "-q", "-k", "llama-70b and gsm8k"))
+    assert both == ["tests/test_inference.py::test_inference[llama-70b-gsm8k]"]
+
+
+def test_one_models_tests_run_before_the_next_models_deployment(pytester: pytest.Pytester):
+    ids = collected(pytester.runpytest_subprocess(SUITE, "--cluster-config=mi35x-example.json", "--collect-only", "-q"))
+    models = [("deepseek-r1" if "deepseek-r1" in i else "llama-70b") for i in ids]
+    assert models == sorted(models, key=["llama-70b", "deepseek-r1"].index), ids
+
+
+def test_concurrency_sweep_is_one_case_per_value(pytester: pytest.Pytester, tmp_path):
+    data = raw("local-sim.json")
+    data["benchmark_params"]["llama-8b"]["inference_tests"]["bench_serv_random"]["max_concurrency"] = ["4", "16"]
+    path = write(tmp_path, data)
+    ids = collected(pytester.runpytest_subprocess(SUITE, f"--cluster-config={path}", "--collect-only", "-q", "-k", "random"))
+    assert ids == ["tests/test_inference.py::test_inference[llama-8b-bench_serv_random-c4]",
+                   "tests/test_inference.py::test_inference[llama-8b-bench_serv_random-c16]"]
+
+
+def test_config_error_stops_at_configure_with_every_problem_and_exit_4(pytester: pytest.Pytester):
+    reference = REPO.parent / "shared" / "reference" / "sglang_disagg_pd_mi35x.json"
+    result = pytester.runpytest_subprocess(SUITE, f"--cluster-config={reference}", "--collect-only")
+    assert result.ret == 4
+    err = result.stderr.str()
+    assert "13 problems" in err and "$.config.decode_coordinator_addr" in err and "$.config.prefill_node_list[1]" in err
+    assert "Traceback" not in err + result.stdout.str()
+
+
+def test_ini_option_names_the_config_relative_to_the_rootdir(pytester: pytest.Pytester):
+    write(pytester.path, raw("mi35x-example.json"), "my-cluster.json")
+    ini = pytester.makeini("[pytest]\ncluster_config = my-cluster.json\n")
+    ids = collected(pytester.runpytest_subprocess(SUITE, "-c", str(ini), "--collect-only", "-q", "-k", "gsm8k"))
+    assert [i.rsplit("::", 1)[1] for i in ids] == ["test_inference[llama-70b-gsm8k]", "test_inference[deepseek-r1-gsm8k]"]
+
+
+def test_without_a_config_the_suite_errors_and_names_local_sim(pytester: pytest.Pytester):
+    result = pytester.runpytest_subprocess(SUITE, "-q", "-k", "inference or workers")
+    assert result.ret == 1
+    out = result.stdout.str()
+    assert "no-cluster-config" in out and "--cluster-config=local-sim.json" in out
+    result.assert_outcomes(errors=2)
+
+
+def test_collect_only_touches_no_node(pytester: pytest.Pytester, tmp_path):
+    data = raw("mi35x-example.json")
+    data["config"]["prefill_node_list"] = ["192.0.2.1", "192.0.2.2"]  # TEST-NET: nothing answers there
+    path = write(tmp_path, data)
+    result = pytester.runpytest_subprocess(SUITE, f"--cluster-config={path}", "--collect-only", "-q", timeout=60)
+    assert result.ret == 0 and len(collected(result)) == 14  # 5 cluster + 2 inference tests per model
+    assert not (pytester.path / "reports").exists()
+
+
+def test_bad_perf_tolerance_is_a_usage_error(pytester: pytest.Pytester):
+    result = pytester.runpytest_subprocess(SUITE, "--cluster-config=local-sim.json", "--perf-tolerance=lots", "--collect-only")
+    assert result.ret == 4 and "--perf-tolerance expects a percentage" in result.stderr.str()

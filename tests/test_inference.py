@@ -1,0 +1,25 @@
+"""The validation test: benchmark one model x inference test x concurrency, record it, gate it."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_sglang_pd import report
+from pytest_sglang_pd.bench import BenchToolError, run_benchmark
+from pytest_sglang_pd.report.progress import terminal_progress
+
+
+def test_inference(inference_case, pd_cluster, cluster_config, suite_run, request: pytest.FixtureRequest) -> None:
+    """Every threshold of the test (and the baseline, if given) holds, and no request failed beyond the allowance."""
+    run_report = report.of(request.config)
+    try:
+        result = run_benchmark(pd_cluster, inference_case, timeout_s=cluster_config.timeouts.benchmark_s,
+                               artifacts_dir=suite_run.run_dir / "bench" / inference_case.id,
+                               progress=terminal_progress(request.config, inference_case.id))
+    except BenchToolError as exc:
+        run_report.record(request.node, None, None, pd_cluster)
+        pytest.fail(f"{inference_case.id}: the benchmark produced no result:\n{exc}", pytrace=False)
+    gate = run_report.gate(inference_case, result)
+    run_report.record(request.node, result, gate, pd_cluster)
+    if not gate.passed:
+        pytest.fail(gate.message(), pytrace=False)
