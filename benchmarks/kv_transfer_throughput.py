@@ -10,12 +10,9 @@ registration of that size costs (why writers reuse registered staging buffers).
 from __future__ import annotations
 
 import argparse
-import base64
 import hashlib
-import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,45 +20,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pytest_sglang_pd.kv_transfer import PEER_LINE_PREFIX, TransferEngine, open_engine  # noqa: E402
+from pytest_sglang_pd.kv_transfer import PeerProcess, TransferEngine, open_engine  # noqa: E402
 
 SIZES = (64 << 10, 1 << 20, 16 << 20)
 REGION = 64 << 20
 
 
-class Peer:
-    """The receiving engine, in its own process."""
-
-    def __init__(self, backend: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "pytest_sglang_pd.kv_transfer", "peer",
-             "--backend", backend, "--length", str(REGION)],
-            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )
-        self.descriptor = json.loads(self._reply())
-
-    def _reply(self) -> str:
-        for line in self.process.stdout:
-            if line.startswith(PEER_LINE_PREFIX):
-                return line[len(PEER_LINE_PREFIX):]
-        raise SystemExit(f"peer process exited with {self.process.wait()}")
-
-    def digest(self, offset: int, length: int) -> str:
-        self.process.stdin.write(f"read {offset} {length}\n")
-        self.process.stdin.flush()
-        return hashlib.sha256(base64.b64decode(self._reply())).hexdigest()
-
-    def stop(self) -> None:
-        try:
-            self.process.stdin.write("quit\n")
-            self.process.stdin.close()
-            self.process.wait(timeout=20)
-        except (OSError, subprocess.TimeoutExpired):
-            self.process.kill()
-            self.process.wait()
-
-
-def measure(engine: TransferEngine, peer: Peer, size: int, seconds: float) -> tuple[float, float, float]:
+def measure(engine: TransferEngine, peer: PeerProcess, size: int, seconds: float) -> tuple[float, float, float]:
     """(MB/s, median latency ms, registration ms) for writes of `size` bytes, data verified at the end."""
     payload = os.urandom(size)
     offsets = [(i * size) % (REGION - size + 1) for i in range(REGION // size)]
@@ -72,7 +37,7 @@ def measure(engine: TransferEngine, peer: Peer, size: int, seconds: float) -> tu
         latencies.append(engine.write(peer.descriptor, payload, offset=offsets[len(latencies) % len(offsets)]).seconds)
     wall = time.perf_counter() - started
     last = offsets[(len(latencies) - 1) % len(offsets)]
-    if peer.digest(last, size) != hashlib.sha256(payload).hexdigest():
+    if hashlib.sha256(peer.read(last, size)).hexdigest() != hashlib.sha256(payload).hexdigest():
         raise SystemExit(f"{engine.name}: data at offset {last} differs from what was written")
     registration = time.perf_counter()
     engine.register_receive_buffer(size)
@@ -87,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{'engine':<13} {'protocol':<8} {'write size':>10} {'MB/s':>9} {'p50 ms':>8} {'register ms':>11}")
     for backend in args.backends:
-        peer = Peer(backend)
+        peer = PeerProcess(backend, REGION)
         try:
             with open_engine(backend, hostname="127.0.0.1") as engine:
                 for size in SIZES:

@@ -687,6 +687,49 @@ def _serve_peer(backend: str, hostname: str, length: int) -> None:
         engine.close()
 
 
+class PeerProcess:
+    """A receiving engine in its own process (`python -m pytest_sglang_pd.kv_transfer peer`), as a decode
+    worker holds one: `descriptor` to write to, `read()` to see what landed. For checks and benchmarks."""
+
+    def __init__(self, backend: str, length: int, hostname: str = "127.0.0.1") -> None:
+        import subprocess
+        import tempfile
+
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", __name__, "peer", "--backend", backend, "--hostname", hostname,
+             "--length", str(length)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+        )
+        self.descriptor = json.loads(self._reply())
+
+    def _reply(self) -> str:
+        for line in self.process.stdout:
+            if line.startswith(PEER_LINE_PREFIX):
+                return line[len(PEER_LINE_PREFIX):]
+        self.log.seek(0)
+        raise RuntimeError(f"KV peer process exited with {self.process.wait()} before replying; its log:\n"
+                           + self.log.read()[-3000:])
+
+    def read(self, offset: int, length: int) -> bytes:
+        self.process.stdin.write(f"read {offset} {length}\n")
+        self.process.stdin.flush()
+        return base64.b64decode(self._reply())
+
+    def stop(self) -> None:
+        import subprocess
+
+        try:
+            self.process.stdin.write("quit\n")
+            self.process.stdin.close()
+            self.process.wait(timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            self.process.kill()
+            self.process.wait()
+        self.process.stdout.close()
+        self.log.close()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pytest_sglang_pd.kv_transfer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from selftests.configs import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 SSHD = "/usr/sbin/sshd"
 SSH_NODES = ("127.0.0.2", "127.0.0.3")
@@ -27,22 +29,6 @@ class SSHServer:
     user: str
     nodes: tuple[str, ...]
     log_path: Path
-
-
-def _free_port(addresses: tuple[str, ...]) -> int:
-    """A port that is free on every address (bound once on each, then released)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind((addresses[0], 0))
-            port = probe.getsockname()[1]
-        try:
-            for address in addresses:
-                with socket.socket() as other:
-                    other.bind((address, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError(f"no port free on all of {addresses}")
 
 
 def _wait_listening(proc: subprocess.Popen, address: str, port: int, log_path: Path, timeout: float = 10) -> None:
@@ -69,7 +55,7 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> SSHServer:
     for key in ("host_key", "client_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(workdir / key)], check=True)
     (workdir / "authorized_keys").write_text((workdir / "client_key.pub").read_text())
-    port = _free_port(SSH_NODES)
+    port = free_port(*SSH_NODES)
     config = workdir / "sshd_config"
     config.write_text(
         "\n".join(

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
 import pickle
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +18,7 @@ import pytest
 from pytest_sglang_pd import kv_transfer
 from pytest_sglang_pd.kv_transfer import (
     BACKENDS,
-    PEER_LINE_PREFIX,
+    PeerProcess,
     EngineUnavailable,
     KVTransferError,
     TransferEngine,
@@ -33,43 +31,6 @@ PEER_REGION = 8 << 20
 MIB = 1 << 20
 
 
-class PeerProcess:
-    """A receiving engine in its own process (`python -m pytest_sglang_pd.kv_transfer peer`)."""
-
-    def __init__(self, backend: str) -> None:
-        self.log = tempfile.TemporaryFile(mode="w+")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "pytest_sglang_pd.kv_transfer", "peer", "--backend", backend,
-             "--length", str(PEER_REGION)],
-            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-        )
-        self.descriptor = json.loads(self._reply())
-
-    def _reply(self) -> str:
-        for line in self.process.stdout:
-            if line.startswith(PEER_LINE_PREFIX):
-                return line[len(PEER_LINE_PREFIX):]
-        self.log.seek(0)
-        raise AssertionError(f"peer process exited with {self.process.wait()} before replying; its log:\n"
-                             + self.log.read()[-3000:])
-
-    def read(self, offset: int, length: int) -> bytes:
-        self.process.stdin.write(f"read {offset} {length}\n")
-        self.process.stdin.flush()
-        return base64.b64decode(self._reply())
-
-    def stop(self) -> None:
-        try:
-            self.process.stdin.write("quit\n")
-            self.process.stdin.close()
-            self.process.wait(timeout=20)
-        except (OSError, subprocess.TimeoutExpired):
-            self.process.kill()
-            self.process.wait()
-        self.process.stdout.close()
-        self.log.close()
-
-
 @pytest.fixture(scope="module", params=ENGINES)
 def backend(request: pytest.FixtureRequest) -> str:
     return request.param
@@ -77,7 +38,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def peer(backend: str):
-    process = PeerProcess(backend)
+    process = PeerProcess(backend, PEER_REGION)
     yield process
     process.stop()
     assert process.process.returncode == 0, f"{backend} peer process exited with {process.process.returncode}"
@@ -226,7 +187,7 @@ def test_mooncake_uses_rdma_only_where_devices_exist(caplog: pytest.LogCaptureFi
 def test_mooncake_writes_into_a_mooncake_tcp_peer() -> None:
     if kv_transfer._rdma_devices():
         pytest.skip("this machine has RDMA devices, so `mooncake` runs over rdma and cannot reach a tcp peer")
-    peer = PeerProcess("mooncake_tcp")
+    peer = PeerProcess("mooncake_tcp", PEER_REGION)
     try:
         with open_engine("mooncake", hostname="127.0.0.1") as engine:
             payload = os.urandom(MIB)
