@@ -55,6 +55,8 @@ def test_local_sim_up_and_down_leaves_no_process_and_keeps_logs(pytester, tmp_pa
     logs = tmp_path / "results" / "run" / "logs" / "127.0.0.1"
     assert {p.name for p in logs.iterdir()} == {"prefill-0.log", "decode-0.log", "router-0.log"}
     assert "The server is fired up and ready to roll!" in (logs / "decode-0.log").read_text()
+    junit = (tmp_path / "results" / "run" / "junit.xml").read_text()  # the Jenkins gate's default JUnit file
+    assert junit.count("<testcase ") == 5 and 'name="test_kv_handoff[llama-8b]"' in junit
 
 
 def test_two_prefill_two_decode_on_four_loopback_nodes(pytester, tmp_path):

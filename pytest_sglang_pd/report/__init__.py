@@ -244,16 +244,20 @@ class HtmlSummary:
 def configure(config: pytest.Config) -> RunReport:
     """Register the run's report (call from pytest_configure, after the SuiteRun is in the stash).
 
-    When pytest-html is installed, a cluster config is given and no --html, the report goes to
-    ``<run_dir>/report.html``, self-contained (not for --collect-only). This must run before pytest-html's own
-    pytest_configure (``@pytest.hookimpl(tryfirst=True)`` on the caller).
+    When a cluster config is given (and not --collect-only), the JUnit XML defaults to
+    ``<run_dir>/junit.xml`` and, with pytest-html installed, the report to ``<run_dir>/report.html``,
+    self-contained. This must run before the junitxml and pytest-html plugins' own pytest_configure
+    (``@pytest.hookimpl(tryfirst=True)`` on the caller).
     """
     run = config.stash[suite_run_key]
     report = RunReport(config, run)
     config.stash[report_key] = report
     config.pluginmanager.register(report, "sglang_pd_report")
+    writes_reports = run.cluster_config is not None and not config.option.collectonly
+    if writes_reports and not config.option.xmlpath and not hasattr(config, "workerinput"):
+        config.option.xmlpath = str(run.run_dir / "junit.xml")
     if config.pluginmanager.hasplugin("html"):
-        if run.cluster_config is not None and not config.option.htmlpath and not config.option.collectonly:
+        if writes_reports and not config.option.htmlpath:
             config.option.htmlpath = str(run.run_dir / "report.html")
             config.option.self_contained_html = True
         for pattern in REDACT_PATTERNS:
