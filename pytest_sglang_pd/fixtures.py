@@ -57,7 +57,7 @@ def _as_failure() -> Iterator[None]:
     try:
         yield
     except (ClusterError, HostError, RuntimeFailure) as exc:
-        pytest.fail(str(exc), pytrace=False)
+        raise pytest.fail.Exception(str(exc), pytrace=False) from None
 
 
 def _undo(suite_run: SuiteRun, step) -> None:
