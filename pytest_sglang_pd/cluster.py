@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shlex
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +48,22 @@ class KVTransferCheck:
     ib_devices: tuple[str, ...]
     env: dict[str, str]
     findings: dict[str, str] = field(default_factory=dict)  # node -> what was checked and seen
+
+
+# Side services a transfer backend can be configured to use (Mooncake's master / metadata server, etcd).
+SIDE_SERVICE_ENV = ("MOONCAKE_MASTER", "MOONCAKE_TE_META_DATA_SERVER", "MOONCAKE_METADATA_SERVER", "ETCD_ENDPOINTS")
+_ADDRESS = re.compile(r"^(?:[a-z0-9+]+://)?([A-Za-z0-9.-]+):(\d{1,5})(?:/.*)?$")
+
+
+def side_services(env: dict[str, str]) -> list[tuple[str, str]]:
+    """(env key, host:port) of every side service the transfer's env names (P2P handshake needs none)."""
+    out = []
+    for key in SIDE_SERVICE_ENV:
+        for value in filter(None, (v.strip() for v in env.get(key, "").split(","))):
+            m = _ADDRESS.match(value)
+            if m:
+                out.append((key, f"{m.group(1)}:{m.group(2)}"))
+    return out
 
 
 def log_name(spec: ProcessSpec) -> str:
@@ -128,6 +145,15 @@ class LiveCluster:
                 check.findings[node] = f"engine loads: {result.stdout.strip().splitlines()[-1]}"
             else:
                 check.findings[node] = "checked in the worker container at start"
+        for node in workers:
+            for key, address in side_services(check.env):
+                reached = self.hosts[node].run(["timeout", "5", "bash", "-c", 'exec 3<>"/dev/tcp/$1/$2"', "bash",
+                                                *address.rsplit(":", 1)], timeout=30)
+                if reached.exit_status != 0:
+                    problems.append(f"  node {node}: {key} service at {address} not reachable "
+                                    f"($.config.kv_transfer.env.{key}): {reached.stderr.strip() or 'timed out'}")
+                else:
+                    check.findings[node] += f"; {key} {address} reachable"
         if problems:
             raise ClusterError(f"KV transfer ({kv.backend}) precheck failed:\n" + "\n".join(problems))
         self.kv_check = check

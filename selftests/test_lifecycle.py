@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from selftests.configs import REPO, raw, sim_config
+from selftests.configs import REPO, free_port, raw, sim_config
 
 CLUSTER_TESTS = str(REPO / "tests" / "test_cluster.py")
 
@@ -260,3 +260,39 @@ def test_cleanup_stops_kept_runs_of_the_config(pytester, tmp_path):
     assert cleanup.returncode == 0, cleanup.stderr
     assert "3 left-over process(es)/container(s) removed" in cleanup.stdout
     assert_nothing_left(results)
+
+
+def test_kv_side_service_is_checked_from_every_worker_node(tmp_path):
+    """A configured Mooncake master must answer from each worker node before anything starts."""
+    import socket
+
+    from pytest_sglang_pd import config, plan
+    from pytest_sglang_pd.cluster import ClusterError, LiveCluster
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    closed = free_port()
+
+    def precheck(env: dict) -> LiveCluster:
+        path = sim_config(tmp_path, prefill=("127.0.0.2",), decode=("127.0.0.3",), kv_transfer={"env": env})
+        cfg = config.load(path)
+        cluster = LiveCluster(cfg, plan.plan(cfg, "llama-8b", run_id="r", python=sys.executable), tmp_path / "run")
+        cluster.connect()
+        try:
+            cluster.precheck_kv_transfer()
+        finally:
+            cluster.disconnect()
+        return cluster
+
+    try:
+        ok = precheck({"MOONCAKE_MASTER": f"127.0.0.1:{listener.getsockname()[1]}"})
+        assert all("MOONCAKE_MASTER" in f and "reachable" in f for f in ok.kv_check.findings.values())
+        with pytest.raises(ClusterError) as info:
+            precheck({"MOONCAKE_TE_META_DATA_SERVER": f"etcd://127.0.0.1:{closed}"})
+        text = str(info.value)
+        for node in ("127.0.0.2", "127.0.0.3"):
+            assert (f"node {node}: MOONCAKE_TE_META_DATA_SERVER service at 127.0.0.1:{closed} not reachable "
+                    "($.config.kv_transfer.env.MOONCAKE_TE_META_DATA_SERVER)") in text
+    finally:
+        listener.close()
