@@ -296,3 +296,15 @@ def test_kv_side_service_is_checked_from_every_worker_node(tmp_path):
                     "($.config.kv_transfer.env.MOONCAKE_TE_META_DATA_SERVER)") in text
     finally:
         listener.close()
+
+
+def test_failing_kv_transfer_is_caught_at_bring_up_and_explained(pytester, tmp_path):
+    """/health is green but every PD request fails (PD_FAILURE_MODES rows 4, 9): the smoke request catches it."""
+    config = sim_config(tmp_path, sim={"faults": {"prefill": ["kv_fail_fraction=1"]}})
+    result = run_suite(pytester, config, tmp_path / "results")
+    out = result.stdout.str()
+    assert result.ret == 1
+    assert "smoke request (stream=False) through the router failed" in out
+    assert '"type": "abort"' in out and "mooncake transfer to 127.0.0.1:" in out
+    assert "last 50 lines of" in out and "prefill_0.log (prefill on 127.0.0.1)" in out
+    assert_nothing_left(tmp_path / "results")
