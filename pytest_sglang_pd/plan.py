@@ -120,6 +120,9 @@ POLICY_TO_ROUTER = {"cache_aware": "cache_aware", "fcfs": "round_robin", "round_
                     "random": "random", "power_of_two": "power_of_two"}
 LABEL_PREFIX = "pytest-sglang-pd"
 SIM_WORKER_MODULE = "pytest_sglang_pd.sim.launch_server"
+# The router looks the model's tokenizer up on the HuggingFace hub (only a warning when that fails).
+# A simulated cluster serves no real model: send that lookup to a closed local port, not the internet.
+SIM_ROUTER_ENV = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "1"}
 SGLANG_WORKER_MODULE = "sglang.launch_server"
 
 
@@ -286,7 +289,8 @@ def plan(cfg: ClusterConfig, model: ModelConfig | str, *, run_id: str, python: s
                 bootstrap_port=inst.bootstrap_port, secret_env_files=secrets))
     processes.append(ProcessSpec(
         key="router", role="router", node=cfg.router_node,
-        argv=_router_argv(cfg, model, prefills, decodes, python), env=dict(cfg.container.env_dict),
+        argv=_router_argv(cfg, model, prefills, decodes, python),
+        env={**cfg.container.env_dict, **(SIM_ROUTER_ENV if cfg.simulated else {})},
         port=cfg.router_port, log_path=f"{log_dir}/router.log",
         container=container("router", "router", cfg.router_node), host=cfg.router_node,
         health_path="/readiness"))

@@ -14,7 +14,6 @@ import contextlib
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,14 +24,11 @@ from pathlib import Path
 
 import requests
 
+from pytest_sglang_pd.plan import SIM_ROUTER_ENV
+from selftests.configs import free_port
+
 DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 STOP_GRACE_S = 5.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -115,7 +111,7 @@ def sim_cluster(
 ) -> Iterator[SimCluster]:
     own_dir = None if log_dir else tempfile.TemporaryDirectory(prefix="sim-cluster-")
     directory = log_dir or Path(own_dir.name)  # type: ignore[union-attr]
-    full_env = {**os.environ, **(env or {})}
+    full_env = {**os.environ, **SIM_ROUTER_ENV, **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                            full_env.get("PYTHONPATH")]))
     router_port = free_port()
@@ -171,7 +167,7 @@ def sim_worker(args: Sequence[str] = (), model: str = DEFAULT_MODEL, env: dict[s
     """One sim worker (mode null unless ``args`` say otherwise) on a free port: (url, process)."""
     with tempfile.TemporaryDirectory(prefix="sim-worker-") as directory:
         port = free_port()
-        full_env = {**os.environ, **(env or {})}
+        full_env = {**os.environ, **SIM_ROUTER_ENV, **(env or {})}
         full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                                full_env.get("PYTHONPATH")]))
         argv = [sys.executable, "-m", "pytest_sglang_pd.sim.launch_server", "--model-path", model,

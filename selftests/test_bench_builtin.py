@@ -95,7 +95,7 @@ def test_failed_requests_are_counted_with_their_errors() -> None:
 
 
 def test_an_unreachable_router_fails_every_request_not_the_run() -> None:
-    from selftests.sim_cluster import free_port
+    from selftests.configs import free_port
 
     result = builtin.run(f"http://127.0.0.1:{free_port()}", replace(RANDOM, num_prompts=3), 2, timeout_s=10)
     assert result.failed == 3 and result.metrics["completed"] == 0

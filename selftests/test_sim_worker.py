@@ -14,7 +14,8 @@ import pytest
 import requests
 
 from pytest_sglang_pd.sim import tokenizer
-from selftests.sim_cluster import free_port, sim_worker
+from selftests.configs import free_port
+from selftests.sim_cluster import sim_worker
 
 LLAMA_70B_TP8 = ["--sim-model-profile", "Llama-3.3-70B", "--tp", "8", "--sim-gpu", "MI300X"]
 
