@@ -250,7 +250,7 @@ class LiveCluster:
         except hosts_mod.HostError as exc:
             tail = f"(log not readable: {exc})"
         return f"  last {LOG_TAIL_LINES} lines of {rp.spec.log_path} ({rp.spec.role} on {rp.spec.node}):\n" + _indent(
-            tail.rstrip().splitlines(), "    | ")
+            strip_ansi(tail).rstrip().splitlines(), "    | ")
 
     def smoke(self) -> dict[str, float]:
         """A non-streamed and a streamed /generate through the router that must cross prefill -> decode."""
@@ -325,6 +325,7 @@ class LiveCluster:
         dest = self.run_dir / "logs" / rp.spec.node / (log_name(rp.spec) if rp.spec.role != "bench" else f"{key}.log")
         try:
             self.runtime.collect_log(rp, dest)
+            dest.write_bytes(strip_ansi(dest.read_bytes().decode(errors="replace")).encode())
             self.log_files[key] = dest
             self._collected.add(key)
         except (hosts_mod.HostError, OSError) as exc:
@@ -424,6 +425,14 @@ def _finish_reason(text: str, stream: bool) -> dict:
     if "error" in last:
         return {"type": "abort", "message": str(last["error"])}
     return (last.get("meta_info") or {}).get("finish_reason") or {}
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def strip_ansi(text: str) -> str:
+    """Without terminal colour codes (the router colours its log even into a file)."""
+    return _ANSI.sub("", text)
 
 
 def _indent(lines: Iterable[str], prefix: str = "    ") -> str:

@@ -258,7 +258,7 @@ def plan(cfg: ClusterConfig, model: ModelConfig | str, *, run_id: str, python: s
     docker = cfg.runtime == "docker"
     log_dir = f"{cfg.log_dir.rstrip('/')}/{run_id}"
     base_env = {**node_env(cfg), **kv_env(cfg)}
-    secrets = {"HF_TOKEN": cfg.hf_token_file} if cfg.hf_token_file and not cfg.simulated else {}
+    secrets = {"HF_TOKEN": cfg.hf_token_file} if cfg.hf_token_file else {}
     containers: list[ContainerSpec] = []
     processes: list[ProcessSpec] = []
 

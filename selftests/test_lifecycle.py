@@ -55,6 +55,7 @@ def test_local_sim_up_and_down_leaves_no_process_and_keeps_logs(pytester, tmp_pa
     logs = tmp_path / "results" / "run" / "logs" / "127.0.0.1"
     assert {p.name for p in logs.iterdir()} == {"prefill-0.log", "decode-0.log", "router-0.log"}
     assert "The server is fired up and ready to roll!" in (logs / "decode-0.log").read_text()
+    assert "\x1b[" not in (logs / "router-0.log").read_text()  # the router's colour codes are stripped
     junit = (tmp_path / "results" / "run" / "junit.xml").read_text()  # the Jenkins gate's default JUnit file
     assert junit.count("<testcase ") == 5 and 'name="test_kv_handoff[llama-8b]"' in junit
 
@@ -308,3 +309,29 @@ def test_failing_kv_transfer_is_caught_at_bring_up_and_explained(pytester, tmp_p
     assert '"type": "abort"' in out and "mooncake transfer to 127.0.0.1:" in out
     assert "last 50 lines of" in out and "prefill_0.log (prefill on 127.0.0.1)" in out
     assert_nothing_left(tmp_path / "results")
+
+
+def test_hf_token_reaches_the_workers_and_nothing_else(pytester, tmp_path):
+    """The token file's value is in the workers' environment, and in no argv, log, report or results file."""
+    token = "hf_" + os.urandom(12).hex()
+    token_file = tmp_path / "secret" / "hf_token"
+    token_file.parent.mkdir()
+    token_file.write_text(token + "\n")
+    results = tmp_path / "results"
+    config = sim_config(tmp_path, hf_token_file=str(token_file), tests=("gsm8k",))
+    result = pytester.runpytest_subprocess(str(REPO / "tests"), f"--cluster-config={config}", f"--results-dir={results}",
+                                           "--run-id=run", "--keep-cluster", "-k", "kv_handoff or gsm8k", timeout=240)
+    try:
+        result.assert_outcomes(passed=2)
+        workers = [p for p in state(results)["processes"] if p["role"] in ("prefill", "decode")]
+        for p in workers:
+            child = subprocess.run(["pgrep", "-P", str(p["pid"])], capture_output=True, text=True).stdout.split()[0]
+            assert f"HF_TOKEN={token}".encode() in Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        assert token not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    finally:
+        subprocess.run(["sglang-pd", "down", str(results / "run")], capture_output=True, timeout=60)
+    assert_nothing_left(results)
+    assert token not in result.stdout.str() + result.stderr.str()
+    written = [f for d in (results, tmp_path / "node-logs") for f in d.rglob("*") if f.is_file()]
+    assert any(f.name == "report.html" for f in written) and any(f.name == "results.json" for f in written)
+    assert not [str(f) for f in written if token.encode() in f.read_bytes()]
