@@ -335,3 +335,16 @@ def test_hf_token_reaches_the_workers_and_nothing_else(pytester, tmp_path):
     written = [f for d in (results, tmp_path / "node-logs") for f in d.rglob("*") if f.is_file()]
     assert any(f.name == "report.html" for f in written) and any(f.name == "results.json" for f in written)
     assert not [str(f) for f in written if token.encode() in f.read_bytes()]
+
+
+@pytest.mark.ssh
+def test_unreachable_node_fails_fast_naming_it(pytester, tmp_path, sshd):
+    config = sim_config(tmp_path, prefill=(sshd.nodes[0],), decode=("127.0.0.9",), router=sshd.nodes[0],
+                        transport="ssh", python=sys.executable,
+                        ssh={"user": sshd.user, "key_file": sshd.key_file, "port": str(sshd.port), "connect_timeout": "3"})
+    started = time.monotonic()
+    result = run_suite(pytester, config, tmp_path / "results", "-x")
+    out = result.stdout.str()
+    assert result.ret == 1 and time.monotonic() - started < 30
+    assert "1 of 2 nodes unreachable over ssh" in out and "127.0.0.9: cannot connect over ssh" in out
+    assert not (tmp_path / "results" / "run" / "cluster-state.json").exists()  # nothing was started
