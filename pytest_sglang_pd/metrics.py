@@ -29,7 +29,6 @@ def _catalog() -> dict[str, Metric]:
         Metric("invalid", "", "max", "fraction of answers without a number (gsm8k)"),
         Metric("latency", "s", "max", "wall time of the gsm8k run"),
         Metric("cache_hit_rate", "", "min", "fraction of prompt tokens served from the prefix cache"),
-        Metric("kv_transfer_throughput", "B/s", "min", "KV bytes per second moved prefill -> decode"),
     ]
     for lat in _LATENCIES:
         for stat in _STATS:
