@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.5
 LOG_TAIL_LINES = 50
+KV_COUNTERS = ("handoffs", "bytes", "failures", "seconds")  # sglang:kv_transfer_<name>_total of the workers
 HANDOFF_METRIC = "sglang:kv_transfer_handoffs_total"
 STATE_FILE = "cluster-state.json"
 
@@ -278,18 +279,26 @@ class LiveCluster:
                                "(expected +2 on each side)")
         return self.handoffs
 
-    def kv_handoffs(self) -> dict[str, float]:
-        """Sum of the handoff counter over the instances of each role (absent on real sglang: 0)."""
-        out = {}
+    def kv_counters(self) -> dict[str, dict[str, float]]:
+        """Per role, the workers' sglang:kv_transfer_<name>_total summed over instances (absent on real sglang)."""
+        out: dict[str, dict[str, float]] = {}
         for role in ("prefill", "decode"):
-            total = 0.0
+            sums: dict[str, float] = {}
             for url in self.worker_urls[role]:
                 try:
-                    total += prom.total(requests.get(f"{url}/metrics", timeout=5).text, HANDOFF_METRIC)
+                    text = requests.get(f"{url}/metrics", timeout=5).text
                 except requests.RequestException:
-                    pass
-            out[role] = total
+                    continue
+                for name in KV_COUNTERS:
+                    found = prom.samples(text, f"sglang:kv_transfer_{name}_total")
+                    if found:
+                        sums[name] = sums.get(name, 0.0) + sum(v for _, v in found)
+            out[role] = sums
         return out
+
+    def kv_handoffs(self) -> dict[str, float]:
+        """Handoffs counted on each side so far (0 where the workers expose no counter)."""
+        return {role: sums.get("handoffs", 0.0) for role, sums in self.kv_counters().items()}
 
     # ---------------------------------------------------------------- benchmarks (BenchTarget)
     def run_bench_command(self, spec: ProcessSpec, timeout_s: float) -> tuple[int, str]:

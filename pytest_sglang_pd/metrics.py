@@ -29,6 +29,10 @@ def _catalog() -> dict[str, Metric]:
         Metric("invalid", "", "max", "fraction of answers without a number (gsm8k)"),
         Metric("latency", "s", "max", "wall time of the gsm8k run"),
         Metric("cache_hit_rate", "", "min", "fraction of prompt tokens served from the prefix cache"),
+        Metric("kv_handoffs", "", "min", "KV handoffs decode verified during the benchmark (warmup included)"),
+        Metric("kv_transfer_failures", "", "max", "failed KV transfers, prefill and decode side"),
+        Metric("kv_transfer_bytes", "B", "min", "KV bytes the engine moved prefill -> decode"),
+        Metric("kv_transfer_throughput", "B/s", "min", "KV bytes per second of the engine's own transfer time"),
     ]
     for lat in _LATENCIES:
         for stat in _STATS:

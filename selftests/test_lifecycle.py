@@ -348,3 +348,17 @@ def test_unreachable_node_fails_fast_naming_it(pytester, tmp_path, sshd):
     assert result.ret == 1 and time.monotonic() - started < 30
     assert "1 of 2 nodes unreachable over ssh" in out and "127.0.0.9: cannot connect over ssh" in out
     assert not (tmp_path / "results" / "run" / "cluster-state.json").exists()  # nothing was started
+
+
+def test_benchmark_reports_the_kv_transfer_from_the_workers_counters(pytester, tmp_path):
+    results = tmp_path / "results"
+    config = sim_config(tmp_path, tests=("bench_serv_random",))
+    result = pytester.runpytest_subprocess(str(REPO / "tests"), f"--cluster-config={config}", f"--results-dir={results}",
+                                           "--run-id=run", "-k", "random", timeout=240)
+    result.assert_outcomes(passed=1)
+    test = json.loads((results / "run" / "results.json").read_text())["tests"][0]
+    m = test["metrics"]
+    assert m["kv_handoffs"] == 128 + 1  # num_prompts + the warmup request, each a verified handoff on decode
+    assert m["kv_transfer_failures"] == 0 and m["kv_transfer_throughput"] > 0
+    assert m["kv_transfer_bytes"] >= 129 * 256 * 64  # >= 256 prompt tokens x 64 payload bytes per token each
+    assert any(v["metric"] == "kv_transfer_failures" and v["passed"] for v in test["verdicts"])

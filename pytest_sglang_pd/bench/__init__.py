@@ -36,6 +36,29 @@ def run_benchmark(target: BenchTarget, case: InferenceCase, *, timeout_s: float,
                   progress: Progress | None = None) -> BenchResult:
     """Run ``case`` against ``target`` with the tool its test names (bench_client builtin | sglang)."""
     test = case.test
+    counters = getattr(target, "kv_counters", None)  # the workers' KV transfer counters, where the cluster has them
+    before = counters() if counters else {}
     if test.bench_client == "builtin":
-        return builtin.run(target.router_url, test, case.concurrency, timeout_s=timeout_s, progress=progress)
-    return sglang_tools.run(target, test, case.concurrency, timeout_s=timeout_s, artifacts_dir=artifacts_dir)
+        result = builtin.run(target.router_url, test, case.concurrency, timeout_s=timeout_s, progress=progress)
+    else:
+        result = sglang_tools.run(target, test, case.concurrency, timeout_s=timeout_s, artifacts_dir=artifacts_dir)
+    if counters:
+        result.metrics.update(kv_metrics(before, counters()))
+    return result
+
+
+def kv_metrics(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The KV transfer of a benchmark (warmup included) from the workers' counters; {} where they have none."""
+    if "handoffs" not in after.get("decode", {}):
+        return {}
+
+    def delta(role: str, name: str) -> float:
+        return after.get(role, {}).get(name, 0.0) - before.get(role, {}).get(name, 0.0)
+
+    seconds = delta("prefill", "seconds")
+    return {
+        "kv_handoffs": delta("decode", "handoffs"),
+        "kv_transfer_failures": delta("prefill", "failures") + delta("decode", "failures"),
+        "kv_transfer_bytes": delta("decode", "bytes"),
+        "kv_transfer_throughput": delta("prefill", "bytes") / seconds if seconds > 0 else 0.0,
+    }
