@@ -151,6 +151,11 @@ def pytest_configure(config: pytest.Config) -> None:
     run = SuiteRun(cluster_config=cluster_config, results_root=Path(results), run_id=run_id,
                    keep_cluster=config.getoption("keep_cluster"), router_url=config.getoption("router_url"),
                    perf_tolerance_pct=config.getoption("perf_tolerance"), baseline=Path(baseline) if baseline else None)
+    if cluster_config is not None and not run.router_url and getattr(config.option, "numprocesses", None) \
+            and not config.option.collectonly:
+        raise pytest.UsageError(
+            "-n (pytest-xdist) would bring up one cluster per worker on the same nodes and ports: run without -n, "
+            "or bring the cluster up once (sglang-pd up CONFIG) and run the workers against it with --router-url")
     if run.baseline is not None and not run.baseline.is_file():
         raise pytest.UsageError(f"--baseline {baseline}: no such file")
     config.stash[suite_run_key] = run
@@ -164,7 +169,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(fixtures, "sglang_pd_fixtures")
 
 
-def pytest_configure_node(node) -> None:  # pragma: no cover - xdist controller hook, called only under -n
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """xdist controller: every worker uses the controller's run id (one run folder)."""
     node.workerinput["sglang_pd_run_id"] = node.config.stash[suite_run_key].run_id
 
 

@@ -79,3 +79,10 @@ def test_collect_only_touches_no_node(pytester: pytest.Pytester, tmp_path):
 def test_bad_perf_tolerance_is_a_usage_error(pytester: pytest.Pytester):
     result = pytester.runpytest_subprocess(SUITE, "--cluster-config=local-sim.json", "--perf-tolerance=lots", "--collect-only")
     assert result.ret == 4 and "--perf-tolerance expects a percentage" in result.stderr.str()
+
+
+def test_xdist_without_router_url_is_refused(pytester: pytest.Pytester):
+    """One cluster per xdist worker would collide on the nodes' ports: a usage error says what to do instead."""
+    result = pytester.runpytest_subprocess(SUITE, "--cluster-config=local-sim.json", "-n", "2")
+    assert result.ret == 4
+    assert "--router-url" in result.stderr.str() and "sglang-pd up" in result.stderr.str()
