@@ -26,7 +26,8 @@ from . import plan as plan_mod
 from . import prom, redact
 from .config import ClusterConfig
 from .plan import Deployment, ProcessSpec
-from .runtime import RunningProcess, Runtime, runtime_for
+from .image import SOURCE_LABEL, source_digest
+from .runtime import DockerRuntime, RunningProcess, Runtime, runtime_for
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,28 @@ class LiveCluster:
         return check
 
     def prepare_containers(self) -> None:
+        if self.simulated and isinstance(self.runtime, DockerRuntime):
+            self._check_sim_image()
         self.runtime.prepare(self.deployment.containers)
+
+    def _check_sim_image(self) -> None:
+        """The simulated workers in the image must be this suite's: an image built from other sources is stale.
+        (A missing image is left to the runtime's own check.)"""
+        import docker
+
+        want = source_digest()
+        stale = []
+        for node, image in sorted({(c.node, c.image) for c in self.deployment.containers}):
+            try:
+                built_from = self.runtime.client(node).images.get(image).labels.get(SOURCE_LABEL)
+            except docker.errors.ImageNotFound:
+                continue
+            if built_from != want:
+                stale.append(f"  image {image} on node {node}: built from sources {built_from or '(unlabelled)'}, "
+                             f"this suite is {want}")
+        if stale:
+            raise ClusterError("the docker-sim image is not built from this suite's sources "
+                               "(rebuild it: scripts/build_sim_image.sh):\n" + "\n".join(stale))
 
     def start(self, role: str) -> list[RunningProcess]:
         """Start every process of a role, in parallel across nodes; roll back this role's processes on failure."""

@@ -74,7 +74,10 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
 fi
 if [[ $BASE_ONLY == 1 ]]; then echo "build_sim_image: ready: $BASE_IMAGE"; exit 0; fi
 step "filling wheelhouse $wheelhouse" build_wheelhouse
+# The label lets a run tell an image built from other sources of the suite (pytest_sglang_pd/image.py).
+source_digest=$(cd "$repo" && python3 -m pytest_sglang_pd.image)
 step "building image $IMAGE_TAG" docker build \
   --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "WITH_NIXL=$WITH_NIXL" \
+  --label "pytest-sglang-pd.source=$source_digest" \
   -t "$IMAGE_TAG" -f "$repo/docker/Dockerfile" "$repo/docker"
 echo "build_sim_image: ready: $IMAGE_TAG"

@@ -362,3 +362,24 @@ def test_benchmark_reports_the_kv_transfer_from_the_workers_counters(pytester, t
     assert m["kv_transfer_failures"] == 0 and m["kv_transfer_throughput"] > 0
     assert m["kv_transfer_bytes"] >= 129 * 256 * 64  # >= 256 prompt tokens x 64 payload bytes per token each
     assert any(v["metric"] == "kv_transfer_failures" and v["passed"] for v in test["verdicts"])
+
+
+@pytest.mark.docker
+def test_docker_sim_image_from_other_sources_is_refused_before_anything_starts(pytester, tmp_path, docker_engine,
+                                                                             sim_image):
+    stale = "pytest-sglang-pd-sim:selftest-stale"
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Dockerfile").write_text(f"FROM {sim_image}\nLABEL pytest-sglang-pd.source=0000000000000000\n")
+    docker_engine.images.build(path=str(tmp_path / "ctx"), tag=stale, rm=True)
+    name = f"sglang-pd-selftest-stale-{os.getpid()}"
+    try:
+        config = sim_config(tmp_path, runtime="docker", container_image=stale, container_name=name,
+                            container_config={"device_list": [], "volume_dict": {}, "env_dict": {}})
+        result = run_suite(pytester, config, tmp_path / "results")
+        out = result.stdout.str()
+        assert result.ret == 1
+        assert f"image {stale} on node 127.0.0.1: built from sources 0000000000000000" in out
+        assert "rebuild it: scripts/build_sim_image.sh" in out
+        assert not [c for c in docker_engine.containers.list(all=True) if c.name.startswith(name)]
+    finally:
+        docker_engine.images.remove(stale, force=True)
