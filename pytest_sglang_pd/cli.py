@@ -126,8 +126,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """Containers this suite left on the config's nodes, and kept runs under the results folder."""
     from . import cluster
-    from .hosts import connect_all
-    from .runtime import DockerRuntime, find_leftover_containers
+    from .runtime import find_leftover_containers
 
     cfg = _load(args.config)
     count = 0
@@ -140,9 +139,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
                 count += 1
     if cfg.runtime == "docker":
         nodes = sorted({*cfg.prefill_nodes, *cfg.decode_nodes, cfg.router_node, cfg.benchmark_node})
-        hosts = connect_all(nodes, transport=cfg.transport, user=cfg.ssh.user, key_file=cfg.ssh.key_file,
-                            port=cfg.ssh.port, connect_timeout=cfg.ssh.connect_timeout)
-        docker_rt = DockerRuntime(hosts, transport=cfg.transport, ssh_user=cfg.ssh.user, ssh_port=cfg.ssh.port)
+        hosts = cluster.connect_nodes(cfg, nodes)
+        docker_rt = cluster.runtime_of(cfg, hosts)
         try:
             for node in nodes:
                 for c in find_leftover_containers(docker_rt.client(node), docker_rt.owner):

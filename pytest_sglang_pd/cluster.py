@@ -68,6 +68,20 @@ def side_services(env: dict[str, str]) -> list[tuple[str, str]]:
     return out
 
 
+def connect_nodes(cfg: ClusterConfig, nodes: Iterable[str]) -> dict[str, hosts_mod.Host]:
+    """Every node connected and answering, in parallel, with the config's transport and SSH settings."""
+    ssh = cfg.ssh
+    return hosts_mod.connect_all(sorted(set(nodes)), transport=cfg.transport, user=ssh.user, key_file=ssh.key_file,
+                                 port=ssh.port, connect_timeout=ssh.connect_timeout)
+
+
+def runtime_of(cfg: ClusterConfig, hosts: dict[str, hosts_mod.Host]) -> Runtime:
+    """The config's runtime (process | docker) on connected hosts."""
+    if cfg.runtime == "docker":
+        return runtime_for("docker", hosts, transport=cfg.transport, ssh_user=cfg.ssh.user, ssh_port=cfg.ssh.port)
+    return runtime_for(cfg.runtime, hosts)
+
+
 def log_name(spec: ProcessSpec) -> str:
     """`<role>-<i>.log`, with `-rank<r>` for the further nodes of a multi-node instance."""
     rank = f"-rank{spec.node_rank}" if spec.node_rank else ""
@@ -95,11 +109,8 @@ class LiveCluster:
 
     # ---------------------------------------------------------------- bring-up steps
     def connect(self) -> None:
-        ssh = self.cfg.ssh
-        nodes = [*self.deployment.nodes, *(c.node for c in self.deployment.containers)]
-        self.hosts = hosts_mod.connect_all(nodes, transport=self.cfg.transport, user=ssh.user,
-                                           key_file=ssh.key_file, port=ssh.port, connect_timeout=ssh.connect_timeout)
-        self.runtime = runtime_for(self.cfg.runtime, self.hosts, **self._runtime_kwargs())
+        self.hosts = connect_nodes(self.cfg, [*self.deployment.nodes, *(c.node for c in self.deployment.containers)])
+        self.runtime = runtime_of(self.cfg, self.hosts)
         self._write_state()
         self._precheck_devices()
 
@@ -112,11 +123,6 @@ class LiveCluster:
                    if self.hosts[c.node].run(["test", "-e", d], timeout=30).exit_status != 0]
         if missing:
             raise ClusterError("GPU devices missing:\n" + "\n".join(dict.fromkeys(missing)))
-
-    def _runtime_kwargs(self) -> dict:
-        if self.cfg.runtime == "docker":
-            return {"transport": self.cfg.transport, "ssh_user": self.cfg.ssh.user, "ssh_port": self.cfg.ssh.port}
-        return {}
 
     def precheck_kv_transfer(self) -> KVTransferCheck:
         """The engine can work on every worker node: IB devices present (real engine), the engine loads (sim)."""
@@ -492,34 +498,28 @@ def bring_up(cfg: ClusterConfig, deployment: Deployment, run_dir: Path) -> LiveC
 def down(state_path: Path) -> list[str]:
     """Stop what a kept run left running, from its cluster-state.json; returns what was stopped."""
     from . import config as config_mod
-    from .runtime import DockerRuntime
 
     state = json.loads(state_path.read_text())
     cfg = config_mod.load(state["config"])
-    ssh = cfg.ssh
-    nodes = {p["node"] for p in state["processes"]} | {c["node"] for c in state["containers"]}
-    hosts = hosts_mod.connect_all(sorted(nodes), transport=cfg.transport, user=ssh.user, key_file=ssh.key_file,
-                                  port=ssh.port, connect_timeout=ssh.connect_timeout)
+    hosts = connect_nodes(cfg, [*(p["node"] for p in state["processes"]), *(c["node"] for c in state["containers"])])
+    runtime = runtime_of(cfg, hosts)
     stopped = []
     try:
         if state["runtime"] == "docker":
-            docker_rt = DockerRuntime(hosts, transport=cfg.transport, ssh_user=ssh.user, ssh_port=ssh.port)
             for c in state["containers"]:
-                for found in docker_rt.client(c["node"]).containers.list(all=True, filters={"name": c["name"]}):
+                for found in runtime.client(c["node"]).containers.list(all=True, filters={"name": c["name"]}):
                     found.remove(force=True)
                     stopped.append(f"container {found.name} on {c['node']}")
         else:
+            dep = plan_mod.plan(cfg, state["model"], run_id=state["run_id"])
+            specs = {s.key: s for s in (*dep.processes, *plan_mod.bench_processes(dep))}
             for p in reversed(state["processes"]):
                 host = hosts[p["node"]]
                 if p["pid"] and host.group_alive(p["pid"]):
-                    host.signal_group(p["pid"], 15)
-                    deadline = time.monotonic() + 10
-                    while host.group_alive(p["pid"]) and time.monotonic() < deadline:
-                        time.sleep(0.2)
-                    if host.group_alive(p["pid"]):
-                        host.signal_group(p["pid"], 9)
+                    runtime.stop(RunningProcess(specs[p["key"]], host, p["pid"], None, None, 0.0))
                     stopped.append(f"{p['role']} {p['key']} on {p['node']} (pid {p['pid']})")
     finally:
+        runtime.teardown()
         for h in hosts.values():
             h.close()
     state["stopped"] = True
