@@ -122,6 +122,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("cluster_config", "default cluster config when --cluster-config is not given")
 
 
+def _config_path(config: pytest.Config) -> str | None:
+    """--cluster-config as given, else the ini option relative to the rootdir (either may name a shipped config)."""
+    given = config.getoption("cluster_config")
+    if given:
+        return given
+    ini = config.getini("cluster_config")
+    if not ini:
+        return None
+    beside = Path(config.rootpath, ini)
+    return str(beside) if beside.exists() else ini
+
+
 def _percent_arg(value: str) -> float:
     try:
         pct = float(value.strip().rstrip("%"))
@@ -134,12 +146,9 @@ def _percent_arg(value: str) -> float:
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-html's, so the report's default path applies
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "sglang_pd: a validation test of the cluster under test")
-    path = config.getoption("cluster_config") or config.getini("cluster_config") or None
+    path = _config_path(config)
     cluster_config = None
     if path:
-        if not config.getoption("cluster_config"):
-            path = str(Path(config.rootpath, path)) if not Path(path).is_absolute() and Path(config.rootpath, path).exists() else path
         try:
             cluster_config = config_mod.load(path)
         except config_mod.ConfigError as exc:
