@@ -90,13 +90,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from . import cluster
-    from .fixtures import node_python
     from .plugin import default_run_id
 
     cfg = _load(args.config)
     model = args.model or cfg.model_ids[0]
     run_id = args.run_id if args.run_id != PLAN_RUN_ID else default_run_id()
-    dep = plan_mod.plan(cfg, model, run_id=run_id, python=node_python(cfg))
+    dep = plan_mod.plan(cfg, model, run_id=run_id, python=plan_mod.node_python(cfg))
     run_dir = Path(args.results_dir) / run_id
     try:
         live = cluster.bring_up(cfg, dep, run_dir)

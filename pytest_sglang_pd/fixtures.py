@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -37,13 +36,8 @@ def model_under_test(request: pytest.FixtureRequest, cluster_config: ClusterConf
 
 @pytest.fixture(scope="session")
 def deployment(cluster_config: ClusterConfig, model_under_test: str, suite_run: SuiteRun) -> plan_mod.Deployment:
-    return plan_mod.plan(cluster_config, model_under_test, run_id=suite_run.run_id, python=node_python(cluster_config))
-
-
-def node_python(cfg: ClusterConfig) -> str:
-    """The configured Python, else this one for local processes, else the nodes' (containers') python3."""
-    local = cfg.runtime == "process" and cfg.transport == "local"
-    return cfg.python or (sys.executable if local else "python3")
+    return plan_mod.plan(cluster_config, model_under_test, run_id=suite_run.run_id,
+                         python=plan_mod.node_python(cluster_config))
 
 
 def _run_dir(suite_run: SuiteRun, cfg: ClusterConfig, model: str) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -134,6 +135,12 @@ def bind_host(node: str) -> str:
     """Serve on the node's address when it is an IP literal (several "nodes" can share a machine),
     else on all interfaces (a host name may resolve to a loopback address on the node itself)."""
     return node if _is_ip(node) else "0.0.0.0"
+
+
+def node_python(cfg: ClusterConfig) -> str:
+    """The configured Python, else the running one for local processes, else the nodes' (containers') python3."""
+    local = cfg.runtime == "process" and cfg.transport == "local"
+    return cfg.python or (sys.executable if local else "python3")
 
 
 def instances(cfg: ClusterConfig, role: str) -> tuple[_Instance, ...]:
