@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.5
 LOG_TAIL_LINES = 50
-KV_COUNTERS = ("handoffs", "bytes", "failures", "seconds")  # sglang:kv_transfer_<name>_total of the workers
 HANDOFF_METRIC = "sglang:kv_transfer_handoffs_total"
 STATE_FILE = "cluster-state.json"
 
@@ -307,26 +306,10 @@ class LiveCluster:
                                "(expected +2 on each side)")
         return self.handoffs
 
-    def kv_counters(self) -> dict[str, dict[str, float]]:
-        """Per role, the workers' sglang:kv_transfer_<name>_total summed over instances (absent on real sglang)."""
-        out: dict[str, dict[str, float]] = {}
-        for role in ("prefill", "decode"):
-            sums: dict[str, float] = {}
-            for url in self.worker_urls[role]:
-                try:
-                    text = requests.get(f"{url}/metrics", timeout=5).text
-                except requests.RequestException:
-                    continue
-                for name in KV_COUNTERS:
-                    found = prom.samples(text, f"sglang:kv_transfer_{name}_total")
-                    if found:
-                        sums[name] = sums.get(name, 0.0) + sum(v for _, v in found)
-            out[role] = sums
-        return out
-
     def kv_handoffs(self) -> dict[str, float]:
         """Handoffs counted on each side so far (0 where the workers expose no counter)."""
-        return {role: sums.get("handoffs", 0.0) for role, sums in self.kv_counters().items()}
+        counted = prom.scrape(self.worker_urls, [HANDOFF_METRIC])
+        return {role: sums.get(HANDOFF_METRIC, 0.0) for role, sums in counted.items()}
 
     # ---------------------------------------------------------------- benchmarks (BenchTarget)
     def run_bench_command(self, spec: ProcessSpec, timeout_s: float) -> tuple[int, str]:
@@ -433,6 +416,18 @@ class ExternalCluster:
     worker_urls: dict = field(default_factory=lambda: {"prefill": [], "decode": []})
     log_files: dict = field(default_factory=dict)
     startup_seconds: dict = field(default_factory=dict)
+
+    @classmethod
+    def behind(cls, router_url: str, simulated: bool) -> "ExternalCluster":
+        """The cluster with its workers as the router lists them (GET /workers)."""
+        cluster = cls(router_url=router_url.rstrip("/"), simulated=simulated)
+        try:
+            listed = requests.get(f"{cluster.router_url}/workers", timeout=10).json()
+        except (requests.RequestException, ValueError) as exc:
+            raise ClusterError(f"--router-url {router_url}: GET /workers failed: {exc}") from None
+        for worker in listed.get("workers", []) if isinstance(listed, dict) else listed:
+            cluster.worker_urls.setdefault(worker.get("worker_type", ""), []).append(worker["url"])
+        return cluster
 
     def run_bench_command(self, spec: ProcessSpec, timeout_s: float) -> tuple[int, str]:
         raise ClusterError("with --router-url the suite starts nothing on the nodes: "

@@ -139,7 +139,8 @@ def pd_cluster(request: pytest.FixtureRequest, suite_run: SuiteRun, cluster_conf
     With --router-url: the running cluster behind that router; nothing is started.
     """
     if suite_run.router_url:
-        return ExternalCluster(router_url=suite_run.router_url.rstrip("/"), simulated=cluster_config.simulated)
+        with _as_failure():
+            return ExternalCluster.behind(suite_run.router_url, cluster_config.simulated)
     request.getfixturevalue("proxy_router")
     cluster: LiveCluster = request.getfixturevalue("node_containers")
     with _as_failure():

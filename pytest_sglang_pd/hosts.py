@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -256,6 +257,7 @@ class SSHHost(Host):
         command = shlex.join([*env_prefix, *argv])
         log.debug("%s: run %s", self.name, shlex.join(argv))
         connection = self._open()
+        started = time.monotonic()
         try:
             result = connection.run(
                 command,
@@ -269,6 +271,10 @@ class SSHHost(Host):
         except (OSError, EOFError, paramiko.SSHException) as exc:
             self._connection.close()
             raise HostUnreachable(f"{self.name}: ssh connection to {self._target} lost: {exc}") from None
+        if result.exited != 0 and time.monotonic() - started >= timeout:
+            # invoke reports a timeout only once its timer thread has finished killing the command; a run that
+            # returns while that thread still runs is the same timeout
+            raise HostError(f"{self.name}: `{shlex.join(argv)}` timed out after {timeout:g} s")
         return CommandResult(argv, result.exited, result.stdout, result.stderr, self.name)
 
     def _sftp(self, timeout: float):

@@ -1,8 +1,11 @@
-"""Reading Prometheus text exposition: the sum of one metric over its label sets."""
+"""Reading Prometheus text exposition: the sum of a metric over its label sets, and over a role's workers."""
 
 from __future__ import annotations
 
 import re
+from typing import Mapping, Sequence
+
+import requests
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 
@@ -22,3 +25,21 @@ def samples(text: str, name: str) -> list[tuple[str, float]]:
 
 def total(text: str, name: str) -> float:
     return sum(v for _, v in samples(text, name))
+
+
+def scrape(urls_by_role: Mapping[str, Sequence[str]], names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per role, each metric's total over the role's workers' /metrics; a metric no worker exposes is absent."""
+    out: dict[str, dict[str, float]] = {}
+    for role, urls in urls_by_role.items():
+        sums: dict[str, float] = {}
+        for url in urls:
+            try:
+                text = requests.get(f"{url}/metrics", timeout=5).text
+            except requests.RequestException:
+                continue
+            for name in names:
+                found = samples(text, name)
+                if found:
+                    sums[name] = sums.get(name, 0.0) + sum(v for _, v in found)
+        out[role] = sums
+    return out

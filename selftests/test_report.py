@@ -180,7 +180,7 @@ def test_a_run_writes_report_html_results_json_and_junit_properties(pytester: py
     # an impossible mean TPOT fails exactly the two bench_serv_random cases, with the one-line format
     assert "FAILED test_inference.py::test_inference[llama-8b-bench_serv_random-c4]" in out
     assert "FAILED test_inference.py::test_inference[llama-8b-bench_serv_random-c16]" in out
-    assert "llama-8b-bench_serv_random-c4: 1 of 5 checks failed" in out
+    assert "llama-8b-bench_serv_random-c4: 1 of 6 checks failed" in out
     assert "> 0.01 (expected 0.01, tolerance 0%)" in out  # e.g. "mean_tpot_ms 0.52 > 0.01 (...)"
     assert "llama-8b-bench_serv_random-c4: 24/24 requests" in out  # live progress
 

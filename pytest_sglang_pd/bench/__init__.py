@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from .. import prom
 from . import builtin, sglang_tools
 from .builtin import Progress
 from .result import BenchResult, RequestRecord
@@ -36,15 +37,23 @@ def run_benchmark(target: BenchTarget, case: InferenceCase, *, timeout_s: float,
                   progress: Progress | None = None) -> BenchResult:
     """Run ``case`` against ``target`` with the tool its test names (bench_client builtin | sglang)."""
     test = case.test
-    counters = getattr(target, "kv_counters", None)  # the workers' KV transfer counters, where the cluster has them
-    before = counters() if counters else {}
+    before = kv_counters(target.worker_urls)
     if test.bench_client == "builtin":
         result = builtin.run(target.router_url, test, case.concurrency, timeout_s=timeout_s, progress=progress)
     else:
         result = sglang_tools.run(target, test, case.concurrency, timeout_s=timeout_s, artifacts_dir=artifacts_dir)
-    if counters:
-        result.metrics.update(kv_metrics(before, counters()))
+    result.metrics.update(kv_metrics(before, kv_counters(target.worker_urls)))
     return result
+
+
+KV_COUNTERS = ("handoffs", "bytes", "failures", "seconds")  # the workers' sglang:kv_transfer_<name>_total
+
+
+def kv_counters(worker_urls: dict[str, list[str]]) -> dict[str, dict[str, float]]:
+    """Per role, the workers' KV transfer counters by short name (the simulated worker has them)."""
+    names = {f"sglang:kv_transfer_{n}_total": n for n in KV_COUNTERS}
+    scraped = prom.scrape(worker_urls, list(names))
+    return {role: {names[metric]: value for metric, value in sums.items()} for role, sums in scraped.items()}
 
 
 def kv_metrics(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict[str, float]:
