@@ -67,6 +67,16 @@ def side_services(env: dict[str, str]) -> list[tuple[str, str]]:
     return out
 
 
+# RDMA port error counters (sysfs, per device and port) that a healthy link keeps at zero.
+IB_SYSFS = "/sys/class/infiniband"
+NIC_ERROR_COUNTERS = ("symbol_error", "link_error_recovery", "link_downed", "port_rcv_errors",
+                      "port_rcv_remote_physical_errors", "port_rcv_switch_relay_errors", "port_xmit_discards",
+                      "port_xmit_constraint_errors", "port_rcv_constraint_errors", "local_link_integrity_errors",
+                      "excessive_buffer_overrun_errors", "VL15_dropped")
+_READ_IB_COUNTERS = ('root=$1; shift; for d; do for f in "$root/$d"/ports/*/counters/*; do '
+                     '[ -r "$f" ] && printf "%s %s\n" "$f" "$(cat "$f")"; done; done; true')
+
+
 def connect_nodes(cfg: ClusterConfig, nodes: Iterable[str]) -> dict[str, hosts_mod.Host]:
     """Every node connected and answering, in parallel, with the config's transport and SSH settings."""
     ssh = cfg.ssh
@@ -122,6 +132,22 @@ class LiveCluster:
                    if self.hosts[c.node].run(["test", "-e", d], timeout=30).exit_status != 0]
         if missing:
             raise ClusterError("GPU devices missing:\n" + "\n".join(dict.fromkeys(missing)))
+
+    def nic_error_counters(self, root: str = IB_SYSFS) -> dict[str, int]:
+        """`node:device/port/counter` -> value of the error counters of the configured RDMA devices on every
+        worker node (real engine; none for the simulator), to compare before and after a benchmark."""
+        devices = self.cfg.kv_transfer.ib_devices
+        if self.simulated or not devices:
+            return {}
+        out = {}
+        for node in sorted({p.node for p in self.deployment.processes if p.role in ("prefill", "decode")}):
+            listing = self.hosts[node].run(["sh", "-c", _READ_IB_COUNTERS, "sh", root, *devices], timeout=30)
+            for line in listing.stdout.splitlines():
+                path, _, value = line.rpartition(" ")
+                name = path[len(root):].strip("/").replace("/ports/", "/").replace("/counters/", "/")
+                if name.rsplit("/", 1)[-1] in NIC_ERROR_COUNTERS and value.isdigit():
+                    out[f"{node}:{name}"] = int(value)
+        return out
 
     def precheck_kv_transfer(self) -> KVTransferCheck:
         """The engine can work on every worker node: IB devices present (real engine), the engine loads (sim)."""

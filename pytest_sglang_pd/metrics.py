@@ -32,6 +32,7 @@ def _catalog() -> dict[str, Metric]:
         Metric("kv_handoffs", "", "min", "KV handoffs decode verified during the benchmark (warmup included)"),
         Metric("kv_transfer_failures", "", "max", "failed KV transfers, prefill and decode side"),
         Metric("kv_transfer_bytes", "B", "min", "KV bytes the engine moved prefill -> decode"),
+        Metric("nic_errors", "", "max", "growth of the worker nodes' RDMA port error counters during the benchmark"),
         Metric("kv_transfer_throughput", "B/s", "min", "KV bytes per second of the engine's own transfer time"),
     ]
     for lat in _LATENCIES:

@@ -383,3 +383,34 @@ def test_docker_sim_image_from_other_sources_is_refused_before_anything_starts(p
         assert not [c for c in docker_engine.containers.list(all=True) if c.name.startswith(name)]
     finally:
         docker_engine.images.remove(stale, force=True)
+
+
+def test_rdma_error_counters_are_read_on_every_worker_node_and_their_growth_reported(tmp_path):
+    """Real engine: each worker node's port error counters (sysfs layout) before and after a benchmark."""
+    from pytest_sglang_pd import config, plan
+    from pytest_sglang_pd.bench import nic_metrics
+    from pytest_sglang_pd.cluster import LiveCluster
+
+    counters = tmp_path / "infiniband" / "mlx5_0" / "ports" / "1" / "counters"
+    counters.mkdir(parents=True)
+    for name, value in {"symbol_error": 0, "port_rcv_errors": 3, "port_xmit_data": 123456}.items():
+        (counters / name).write_text(f"{value}\n")
+    data = raw("mi35x-example.json")
+    data["config"].update({"transport": "local", "prefill_node_list": ["127.0.0.2"], "decode_node_list": ["127.0.0.3"],
+                           "proxy_router_node": "127.0.0.2", "benchmark_serv_node": "127.0.0.2", "nnodes": "2",
+                           "log_dir": str(tmp_path / "logs"), "kv_transfer": {"ib_devices": ["mlx5_0"]},
+                           "container_config": {"device_list": [], "volume_dict": {}, "env_dict": {}}})
+    cfg = config.from_dict(data)
+    cluster = LiveCluster(cfg, plan.plan(cfg, "llama-70b", run_id="r"), tmp_path / "run")
+    cluster.connect()
+    try:
+        before = cluster.nic_error_counters(root=str(tmp_path / "infiniband"))
+        assert before == {f"{n}:mlx5_0/1/{c}": v for n in ("127.0.0.2", "127.0.0.3")
+                          for c, v in (("symbol_error", 0), ("port_rcv_errors", 3))}  # data counters left out
+        (counters / "port_rcv_errors").write_text("5\n")
+        errors: list[str] = []
+        assert nic_metrics(before, cluster.nic_error_counters(root=str(tmp_path / "infiniband")), errors) == {"nic_errors": 4.0}
+        assert errors == ["RDMA error counter 127.0.0.2:mlx5_0/1/port_rcv_errors grew by 2",
+                          "RDMA error counter 127.0.0.3:mlx5_0/1/port_rcv_errors grew by 2"]
+    finally:
+        cluster.disconnect()

@@ -37,13 +37,24 @@ def run_benchmark(target: BenchTarget, case: InferenceCase, *, timeout_s: float,
                   progress: Progress | None = None) -> BenchResult:
     """Run ``case`` against ``target`` with the tool its test names (bench_client builtin | sglang)."""
     test = case.test
-    before = kv_counters(target.worker_urls)
+    nic_counters = getattr(target, "nic_error_counters", dict)  # RDMA port error counters (real clusters)
+    before, nic_before = kv_counters(target.worker_urls), nic_counters()
     if test.bench_client == "builtin":
         result = builtin.run(target.router_url, test, case.concurrency, timeout_s=timeout_s, progress=progress)
     else:
         result = sglang_tools.run(target, test, case.concurrency, timeout_s=timeout_s, artifacts_dir=artifacts_dir)
     result.metrics.update(kv_metrics(before, kv_counters(target.worker_urls)))
+    result.metrics.update(nic_metrics(nic_before, nic_counters(), result.errors))
     return result
+
+
+def nic_metrics(before: dict[str, int], after: dict[str, int], errors: list[str]) -> dict[str, float]:
+    """`nic_errors`: how much the RDMA error counters grew during the benchmark; each grown one is named in errors."""
+    if not after:
+        return {}
+    grown = {name: value - before.get(name, 0) for name, value in after.items() if value > before.get(name, 0)}
+    errors.extend(f"RDMA error counter {name} grew by {delta}" for name, delta in sorted(grown.items()))
+    return {"nic_errors": float(sum(grown.values()))}
 
 
 KV_COUNTERS = ("handoffs", "bytes", "failures", "seconds")  # the workers' sglang:kv_transfer_<name>_total
