@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.5
 LOG_TAIL_LINES = 50
-HANDOFF_METRIC = "sglang:kv_transfer_handoffs_total"
 STATE_FILE = "cluster-state.json"
 
 
@@ -308,7 +307,7 @@ class LiveCluster:
 
     def smoke(self) -> dict[str, float]:
         """A non-streamed and a streamed /generate through the router that must cross prefill -> decode."""
-        before = self.kv_handoffs()
+        before = handoffs(self.worker_urls)
         body = {"text": "The capital of France is", "sampling_params": {"max_new_tokens": 8, "temperature": 0}}
         for stream in (False, True):
             self.check_alive()
@@ -324,18 +323,13 @@ class LiveCluster:
                                    f"finish_reason {json.dumps(finish)}\n  response: {text[:500]}\n"
                                    + "\n".join(self._tail_block(rp) for rp in self.procs.values()
                                                if rp.spec.role in ("prefill", "decode")))
-        after = self.kv_handoffs()
+        after = handoffs(self.worker_urls)
         self.handoffs = {role: after.get(role, 0) - before.get(role, 0) for role in ("prefill", "decode")}
         if self.simulated and min(self.handoffs.values()) < 2:
             raise ClusterError(f"smoke requests completed but the KV handoff was not seen in the workers' "
-                               f"{HANDOFF_METRIC}: prefill +{self.handoffs['prefill']:g}, decode +{self.handoffs['decode']:g} "
+                               f"sglang:kv_transfer_handoffs_total: prefill +{self.handoffs['prefill']:g}, decode +{self.handoffs['decode']:g} "
                                "(expected +2 on each side)")
         return self.handoffs
-
-    def kv_handoffs(self) -> dict[str, float]:
-        """Handoffs counted on each side so far (0 where the workers expose no counter)."""
-        counted = prom.scrape(self.worker_urls, [HANDOFF_METRIC])
-        return {role: sums.get(HANDOFF_METRIC, 0.0) for role, sums in counted.items()}
 
     # ---------------------------------------------------------------- benchmarks (BenchTarget)
     def run_bench_command(self, spec: ProcessSpec, timeout_s: float) -> tuple[int, str]:
@@ -461,6 +455,11 @@ class ExternalCluster:
 
     def fetch(self, remote_path: str, local: Path) -> None:
         raise ClusterError("with --router-url the suite reaches no node")
+
+
+def handoffs(worker_urls: dict[str, list[str]]) -> dict[str, float]:
+    """KV handoffs counted so far on each side (0 where the workers expose no counter: real sglang)."""
+    return {role: sums.get("handoffs", 0.0) for role, sums in prom.kv_counters(worker_urls).items()}
 
 
 def _get_ok(url: str) -> bool:

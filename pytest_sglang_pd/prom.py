@@ -1,4 +1,5 @@
-"""Reading Prometheus text exposition: the sum of a metric over its label sets, and over a role's workers."""
+"""Reading Prometheus text exposition: a metric summed over its label sets, over a role's workers, and the
+workers' KV transfer counters."""
 
 from __future__ import annotations
 
@@ -43,3 +44,13 @@ def scrape(urls_by_role: Mapping[str, Sequence[str]], names: Sequence[str]) -> d
                     sums[name] = sums.get(name, 0.0) + sum(v for _, v in found)
         out[role] = sums
     return out
+
+
+KV_COUNTERS = ("handoffs", "bytes", "failures", "seconds")  # the workers' sglang:kv_transfer_<name>_total
+
+
+def kv_counters(urls_by_role: Mapping[str, Sequence[str]]) -> dict[str, dict[str, float]]:
+    """Per role, the workers' KV transfer counters by short name (absent where the workers have none)."""
+    names = {f"sglang:kv_transfer_{n}_total": n for n in KV_COUNTERS}
+    scraped = scrape(urls_by_role, list(names))
+    return {role: {names[metric]: value for metric, value in sums.items()} for role, sums in scraped.items()}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import requests
 
+from pytest_sglang_pd.cluster import handoffs
+
 
 def test_nodes_reachable(request, suite_run, model_under_test):
     if suite_run.router_url:
@@ -17,9 +19,7 @@ def test_nodes_reachable(request, suite_run, model_under_test):
 
 def test_workers_healthy(pd_cluster):
     urls = [(role, url) for role, found in pd_cluster.worker_urls.items() for url in found]
-    if not urls:  # --router-url: the workers as the router knows them
-        workers = requests.get(f"{pd_cluster.router_url}/workers", timeout=10).json()
-        urls = [(w.get("worker_type", "?"), w["url"]) for w in workers.get("workers", workers)]
+    assert urls, "no worker known"
     unhealthy = [f"{role} {url}: HTTP {_status(url + '/health')}" for role, url in urls if _status(url + "/health") != 200]
     assert not unhealthy, "workers not healthy:\n" + "\n".join(unhealthy)
 
@@ -43,12 +43,12 @@ def test_kv_handoff(pd_cluster):
                           json={"text": "Hello", "sampling_params": {"max_new_tokens": 4}})
         assert r.status_code == 200 and r.json()["meta_info"]["finish_reason"]["type"] != "abort", r.text[:500]
         return
-    before = pd_cluster.kv_handoffs()
+    before = handoffs(pd_cluster.worker_urls)
     r = requests.post(f"{pd_cluster.router_url}/generate", timeout=120,
                       json={"text": "Hello there", "sampling_params": {"max_new_tokens": 4}})
     assert r.status_code == 200, r.text[:500]
     assert r.json()["meta_info"]["finish_reason"]["type"] != "abort", r.text[:500]
-    after = pd_cluster.kv_handoffs()
+    after = handoffs(pd_cluster.worker_urls)
     assert after["prefill"] - before["prefill"] == 1 and after["decode"] - before["decode"] == 1, (before, after)
 
 

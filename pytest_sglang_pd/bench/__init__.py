@@ -38,12 +38,12 @@ def run_benchmark(target: BenchTarget, case: InferenceCase, *, timeout_s: float,
     """Run ``case`` against ``target`` with the tool its test names (bench_client builtin | sglang)."""
     test = case.test
     nic_counters = getattr(target, "nic_error_counters", dict)  # RDMA port error counters (real clusters)
-    before, nic_before = kv_counters(target.worker_urls), nic_counters()
+    before, nic_before = prom.kv_counters(target.worker_urls), nic_counters()
     if test.bench_client == "builtin":
         result = builtin.run(target.router_url, test, case.concurrency, timeout_s=timeout_s, progress=progress)
     else:
         result = sglang_tools.run(target, test, case.concurrency, timeout_s=timeout_s, artifacts_dir=artifacts_dir)
-    result.metrics.update(kv_metrics(before, kv_counters(target.worker_urls)))
+    result.metrics.update(kv_metrics(before, prom.kv_counters(target.worker_urls)))
     result.metrics.update(nic_metrics(nic_before, nic_counters(), result.errors))
     return result
 
@@ -55,16 +55,6 @@ def nic_metrics(before: dict[str, int], after: dict[str, int], errors: list[str]
     grown = {name: value - before.get(name, 0) for name, value in after.items() if value > before.get(name, 0)}
     errors.extend(f"RDMA error counter {name} grew by {delta}" for name, delta in sorted(grown.items()))
     return {"nic_errors": float(sum(grown.values()))}
-
-
-KV_COUNTERS = ("handoffs", "bytes", "failures", "seconds")  # the workers' sglang:kv_transfer_<name>_total
-
-
-def kv_counters(worker_urls: dict[str, list[str]]) -> dict[str, dict[str, float]]:
-    """Per role, the workers' KV transfer counters by short name (the simulated worker has them)."""
-    names = {f"sglang:kv_transfer_{n}_total": n for n in KV_COUNTERS}
-    scraped = prom.scrape(worker_urls, list(names))
-    return {role: {names[metric]: value for metric, value in sums.items()} for role, sums in scraped.items()}
 
 
 def kv_metrics(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict[str, float]:
