@@ -1,10 +1,11 @@
 """Bring-up, readiness, KV handoff proof and teardown of a Deployment on live nodes.
 
-The order is the one of DESIGN.md: nodes -> KV transfer prechecks -> containers -> prefill and
-decode (started together, waited on together) -> router -> /readiness -> a smoke request through
-the router that must cross prefill -> decode. Every wait watches every process started so far: one
-that exits fails the wait at once with its role, node, exit code and log tail. Teardown stops in
-reverse order and collects every log into ``<run_dir>/logs/<node>/<role>-<i>.log`` first.
+The order is the one of the role fixtures (README: Bring-up, teardown and failures): nodes -> KV
+transfer prechecks -> containers -> prefill and decode (started together, waited on together) ->
+router -> /readiness -> a smoke request through the router that must cross prefill -> decode.
+Every wait watches every process started so far: one that exits fails the wait at once with its
+role, node, exit code and log tail. Teardown stops in reverse order and collects every log into
+``<run_dir>/logs/<node>/<role>-<i>.log`` first.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Session fixtures, one per cluster role (DESIGN.md): each makes one state change and undoes it."""
+"""Session fixtures, one per cluster role (README: Bring-up, teardown and failures): each makes one state
+change and undoes it."""
 
 from __future__ import annotations
 

@@ -192,7 +192,7 @@ def node_env(cfg: ClusterConfig) -> dict[str, str]:
 
 
 def kv_env(cfg: ClusterConfig) -> dict[str, str]:
-    """What the transfer engine needs beyond the worker flags (PD_FAILURE_MODES rows 3 and 4)."""
+    """What the transfer engine needs beyond the worker flags (docs/failure-modes.md rows 3 and 4)."""
     kv = cfg.kv_transfer
     env: dict[str, str] = {}
     if kv.backend == "nixl" and kv.ib_devices:

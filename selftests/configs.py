@@ -9,7 +9,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "cluster_configs"
-REFERENCE = REPO.parent / "shared" / "reference" / "sglang_disagg_pd_mi35x.json"
+TEMPLATE = CONFIGS / "mi35x.json"  # the shipped real-cluster template: 13 `<changeme>` placeholders left to fill
 
 
 def raw(name: str) -> dict[str, Any]:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 
-from selftests.configs import CONFIGS, REFERENCE, raw, write
+from selftests.configs import CONFIGS, TEMPLATE, raw, write
 
 
 def sglang_pd(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["sglang-pd", *args], capture_output=True, text=True, timeout=60)
 
 
-def test_validate_reference_names_every_placeholder_and_exits_1():
-    r = sglang_pd("validate", str(REFERENCE))
+def test_validate_template_names_every_placeholder_and_exits_1():
+    r = sglang_pd("validate", str(TEMPLATE))
     assert r.returncode == 1
     assert r.stderr.count("<changeme>") == 13
     for path in ("$.config.nccl_ib_hca_list", "$.config.proxy_router_node", "$.config.decode_node_list[1]"):
@@ -56,5 +56,5 @@ def test_plan_text_for_one_model_shows_containers_and_commands():
 def test_plan_unknown_model_and_bad_config_exit_1(tmp_path):
     r = sglang_pd("plan", str(CONFIGS / "mi35x-example.json"), "--model", "gpt-9")
     assert r.returncode == 1 and "unknown model 'gpt-9'" in r.stderr and "llama-70b" in r.stderr
-    r = sglang_pd("plan", str(REFERENCE))
+    r = sglang_pd("plan", str(TEMPLATE))
     assert r.returncode == 1 and "13 problems" in r.stderr

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pytest_sglang_pd import config
-from selftests.configs import REFERENCE, raw, write
+from selftests.configs import TEMPLATE, raw, write
 
 
 def problems_of(tmp_path, data, name="cluster.json") -> list[config.Problem]:
@@ -23,9 +23,9 @@ def paths(problems) -> set[str]:
     return {p.path for p in problems}
 
 
-def test_reference_config_lists_every_placeholder_path():
+def test_template_config_lists_every_placeholder_path():
     with pytest.raises(config.ConfigError) as info:
-        config.load(REFERENCE)
+        config.load(TEMPLATE)
     expected = {"$.config.nccl_ib_hca_list", "$.config.nccl_ib_hca", "$.config.nccl_socket_ifname",
                 "$.config.gloo_socket_ifname", "$.config.gloo_tcp_ifname", "$.config.prefill_node_list[0]",
                 "$.config.prefill_node_list[1]", "$.config.decode_node_list[0]", "$.config.decode_node_list[1]",

@@ -300,7 +300,7 @@ def test_kv_side_service_is_checked_from_every_worker_node(tmp_path):
 
 
 def test_failing_kv_transfer_is_caught_at_bring_up_and_explained(pytester, tmp_path):
-    """/health is green but every PD request fails (PD_FAILURE_MODES rows 4, 9): the smoke request catches it."""
+    """/health is green but every PD request fails (docs/failure-modes.md rows 4, 9): the smoke request catches it."""
     config = sim_config(tmp_path, sim={"faults": {"prefill": ["kv_fail_fraction=1"]}})
     result = run_suite(pytester, config, tmp_path / "results")
     out = result.stdout.str()

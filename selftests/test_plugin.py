@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from selftests.configs import REPO, raw, write
+from selftests.configs import REPO, TEMPLATE, raw, write
 
 SUITE = str(REPO / "tests")
 
@@ -44,8 +44,7 @@ def test_concurrency_sweep_is_one_case_per_value(pytester: pytest.Pytester, tmp_
 
 
 def test_config_error_stops_at_configure_with_every_problem_and_exit_4(pytester: pytest.Pytester):
-    reference = REPO.parent / "shared" / "reference" / "sglang_disagg_pd_mi35x.json"
-    result = pytester.runpytest_subprocess(SUITE, f"--cluster-config={reference}", "--collect-only")
+    result = pytester.runpytest_subprocess(SUITE, f"--cluster-config={TEMPLATE}", "--collect-only")
     assert result.ret == 4
     err = result.stderr.str()
     assert "13 problems" in err and "$.config.decode_coordinator_addr" in err and "$.config.prefill_node_list[1]" in err

@@ -73,7 +73,7 @@ class ModelProfile:
 
     @property
     def kv_bytes_per_token(self) -> float:
-        """Full KV cache bytes of one token, all layers (SGLANG_FACTS.md §6 formula)."""
+        """Full KV cache bytes of one token, all layers (docs/sglang-interfaces.md section 5)."""
         if self.kv_lora_rank:
             return self.layers * (self.kv_lora_rank + self.rope_head_dim) * self.kv_bytes_per_element
         return 2 * self.layers * self.kv_heads * self.head_dim * self.kv_bytes_per_element

@@ -1,6 +1,6 @@
 """Prefill/decode handoff of the simulator: KV payload format, prefill bootstrap server, decode receive.
 
-Per ``bootstrap_room`` (SGLANG_FACTS.md §4):
+Per ``bootstrap_room`` (SGLang's handshake: docs/sglang-interfaces.md section 4):
 1. decode reserves KV, takes a slot in its ONE registered receive region, asks the prefill's
    bootstrap server ``GET /route`` (Bootstrapping; cached per server) and checks the engines match;
 2. decode ``POST /kv_dest {room, descriptor, offset, length}``; the call is held open

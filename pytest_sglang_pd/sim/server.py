@@ -1,4 +1,5 @@
-"""The simulated worker's HTTP server: SGLang's API (SGLANG_FACTS.md §2) over the scheduler and PD handoff."""
+"""The simulated worker's HTTP server: SGLang's API (docs/sglang-interfaces.md section 2) over the scheduler
+and PD handoff."""
 
 from __future__ import annotations
 
