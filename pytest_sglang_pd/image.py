@@ -7,7 +7,7 @@ from pathlib import Path
 
 SOURCE_LABEL = "pytest-sglang-pd.source"
 PACKAGE = Path(__file__).resolve().parent
-_BUILT_FROM = ("*.py", "*.json", "sim/tokenizer/*")
+_BUILT_FROM = ("*.py", "*.json", "textgen/tokenizer/*")
 
 
 def source_digest() -> str:

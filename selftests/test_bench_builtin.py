@@ -12,7 +12,7 @@ import pytest
 from pytest_sglang_pd import gating
 from pytest_sglang_pd.bench import builtin, workloads
 from pytest_sglang_pd.config import InferenceTest, Threshold
-from pytest_sglang_pd.sim import tokenizer
+from pytest_sglang_pd.textgen import tokenizer
 from selftests.sim_cluster import SimCluster, sim_cluster
 
 SIM_ACCURACY = 0.5

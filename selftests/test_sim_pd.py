@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from pytest_sglang_pd.sim import tokenizer
 from pytest_sglang_pd.sim.pd import HEADER
+from pytest_sglang_pd.textgen import tokenizer
 from selftests.sim_cluster import SimCluster, sim_cluster
 
 PAYLOAD = 64  # --sim-kv-payload-bytes-per-token of these clusters

@@ -1,5 +1,5 @@
-"""Unit tests of the simulator's pure parts: tokenizer, arithmetic, output plan, radix cache, catalog,
-performance model, faults, flags."""
+"""Unit tests of the simulator's pure parts and the text it shares with the load generator (textgen/):
+tokenizer, arithmetic, output plan, radix cache, catalog, performance model, faults, flags."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import re
 
 import pytest
 
-from pytest_sglang_pd.sim import arithmetic, catalog, tokenizer
+from pytest_sglang_pd.sim import catalog
 from pytest_sglang_pd.sim.faults import Faults
 from pytest_sglang_pd.sim.launch_server import parse_args
-from pytest_sglang_pd.sim.output import plan_output
+from pytest_sglang_pd.sim.output import answer_text, plan_output
 from pytest_sglang_pd.sim.pd import HandoffError, build_payload, payload_length, verify_payload
 from pytest_sglang_pd.sim.perf_model import PerfModel
 from pytest_sglang_pd.sim.radix_cache import RadixCache
+from pytest_sglang_pd.textgen import arithmetic, tokenizer
 
 SAMPLES = [
     "Hello World! 123 apples, \"quoted\" (3+4)). #### 42\n\nQuestion: Tom has 12 apples.",
@@ -69,14 +70,14 @@ def test_arithmetic_answers_are_correct_at_accuracy_one_and_deterministic():
     for question, answer in questions:
         prompt = arithmetic.few_shot_prompt(question, questions[:3])
         assert prompt.endswith(f"Question: {question}\nAnswer:")
-        output = arithmetic.answer_text(prompt, seed=0, accuracy=1.0)
+        output = answer_text(prompt, seed=0, accuracy=1.0)
         assert output.endswith(f"The answer is {answer}.\n\nQuestion")
         assert not any(t == tokenizer.UNK_ID for t in tokenizer.encode(prompt + output))
 
 
 def test_arithmetic_accuracy_is_the_configured_fraction():
     questions = arithmetic.make_questions(400, seed=2)
-    correct = sum(int(re.findall(r"-?\d+", arithmetic.answer_text(f"Question: {q}\nAnswer:", 5, 0.6))[-1]) == a
+    correct = sum(int(re.findall(r"-?\d+", answer_text(f"Question: {q}\nAnswer:", 5, 0.6))[-1]) == a
                   for q, a in questions)
     assert 0.5 < correct / 400 < 0.7
 

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from pytest_sglang_pd.sim import tokenizer
+from pytest_sglang_pd.textgen import tokenizer
 from selftests.configs import free_port
 from selftests.sim_cluster import sim_worker
 

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 from ..config import InferenceTest
-from ..sim import arithmetic, tokenizer
+from ..textgen import arithmetic, tokenizer
 
 GSM8K_STOP = ("Question", "Assistant:", "<|separator|>")  # sglang.test.few_shot_gsm8k's stop strings
 GSM8K_MAX_NEW_TOKENS = 512

@@ -1,8 +1,7 @@
 """What the simulated model answers: the planned output tokens of one request, stop rules applied.
 
-The output is deterministic: the arithmetic answer when the prompt has a ``Question:``
-(``arithmetic.answer_text``), then filler words drawn from a generator seeded by the prompt and
-``--sim-seed``. Stop strings end the output at the token that completes the first match (its text
+The output is deterministic: the answer to the last ``Question:`` of the prompt when it has one
+(``answer_text``), then filler words drawn from a generator seeded by the prompt and ``--sim-seed``. Stop strings end the output at the token that completes the first match (its text
 excluded), stop token ids at the first such token; otherwise it has ``max_new_tokens`` tokens.
 The simulated model never emits EOS by itself (as with ``ignore_eos``).
 """
@@ -13,8 +12,8 @@ import hashlib
 import random
 from dataclasses import dataclass
 
-from pytest_sglang_pd.sim import tokenizer
-from pytest_sglang_pd.sim.arithmetic import answer_text
+from pytest_sglang_pd.textgen import tokenizer
+from pytest_sglang_pd.textgen.arithmetic import last_question, solve
 
 
 @dataclass(frozen=True)
@@ -31,6 +30,33 @@ class OutputPlan:
     def text(self, tokens: int) -> str:
         """The output text after ``tokens`` tokens (never past a matched stop string)."""
         return "".join(self.surfaces[:tokens])[: self.text_end]
+
+
+def _unit(question: str, seed: int) -> float:
+    digest = hashlib.sha256(f"{seed}:{question}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def answer_text(prompt: str, seed: int, accuracy: float) -> str | None:
+    """The answer to the last gsm8k-shaped question of ``prompt`` (``textgen.arithmetic``); None when there is none.
+
+    It solves the question step by step and ends ``... The answer is N.`` then ``\\n\\nQuestion`` (so the
+    client's stop string ``Question`` ends the output with finish_reason stop). With probability
+    ``1 - accuracy`` (deterministic per question and seed) the final number is off by 1 to 9.
+    """
+    question = last_question(prompt)
+    if question is None:
+        return None
+    solved = solve(question)
+    unit = _unit(question, seed)
+    if solved is None:
+        steps, value = ["Let me think step by step."], int(unit * 1000)
+    else:
+        steps, value = solved
+    if unit >= accuracy:
+        offset = 1 + int(unit * 1e6) % 9
+        value = value + offset if int(unit * 1e7) % 2 else value - offset
+    return " " + " ".join(steps) + f" The answer is {value}.\n\nQuestion"
 
 
 def plan_output(prompt: str, max_new_tokens: int, stop: list[str], stop_token_ids: list[int], seed: int,

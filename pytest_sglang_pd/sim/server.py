@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from pytest_sglang_pd.kv_transfer import KVTransferError, TransferEngine, open_engine
-from pytest_sglang_pd.sim import pd, tokenizer
+from pytest_sglang_pd.sim import pd
 from pytest_sglang_pd.sim.catalog import GPU, ModelProfile
 from pytest_sglang_pd.sim.faults import Faults
 from pytest_sglang_pd.sim.metrics import WorkerMetrics
@@ -25,6 +25,7 @@ from pytest_sglang_pd.sim.output import OutputPlan, plan_output
 from pytest_sglang_pd.sim.perf_model import PerfModel
 from pytest_sglang_pd.sim.radix_cache import RadixCache
 from pytest_sglang_pd.sim.scheduler import Rejected, Scheduler, Sequence
+from pytest_sglang_pd.textgen import tokenizer
 
 log = logging.getLogger("pytest_sglang_pd.sim")
 SGLANG_VERSION = "0.5.23"

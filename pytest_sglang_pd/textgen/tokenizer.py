@@ -1,4 +1,7 @@
-"""The simulator's deterministic word-level tokenizer and its HuggingFace ``tokenizer.json`` twin.
+"""The deterministic word-level tokenizer of the simulated model, and its HuggingFace ``tokenizer.json`` twin.
+
+The simulated workers count and produce tokens with it (and serve its files as the model's tokenizer);
+the builtin benchmark client builds prompts of an exact token length with ``random_text``.
 
 The rule (a client can reproduce it without this module, or load ``tokenizer_dir()`` with
 ``PreTrainedTokenizerFast``):
@@ -200,7 +203,7 @@ def tokenizer_dir() -> Path:
 
 
 def write_tokenizer_dir(directory: Path) -> None:
-    """(Re)generate the shipped files; ``python -m pytest_sglang_pd.sim.tokenizer`` runs this."""
+    """(Re)generate the shipped files; ``python -m pytest_sglang_pd.textgen.tokenizer`` runs this."""
     directory.mkdir(parents=True, exist_ok=True)
     for name, content in (("tokenizer.json", tokenizer_json()), ("tokenizer_config.json", tokenizer_config_json())):
         (directory / name).write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n")
