@@ -22,6 +22,14 @@ SSH_NODES = ("127.0.0.2", "127.0.0.3")
 SIM_BASE_IMAGE = "pytest-sglang-pd-base:bookworm"
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Needing Docker or sshd makes a test integration, marked so or not: the quick tier starts neither."""
+    for item in items:
+        if item.get_closest_marker("docker") or item.get_closest_marker("ssh"):
+            item.add_marker(pytest.mark.integration)
+
+
 @dataclass(frozen=True)
 class SSHServer:
     port: int

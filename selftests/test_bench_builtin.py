@@ -31,6 +31,7 @@ def cluster() -> Iterator[SimCluster]:
         yield c
 
 
+@pytest.mark.integration
 def test_random_uses_the_servers_token_counts_and_measures_every_request(cluster: SimCluster) -> None:
     seen: list[tuple[int, int]] = []
     result = builtin.run(cluster.router_url, RANDOM, 8, timeout_s=120, progress=lambda d, n, e: seen.append((d, n)))
@@ -49,6 +50,7 @@ def test_random_uses_the_servers_token_counts_and_measures_every_request(cluster
     assert seen[-1] == (24, 24) and len(seen) == 24
 
 
+@pytest.mark.integration
 def test_shared_prefix_hits_the_cache_after_the_first_prompt_of_a_group(cluster: SimCluster) -> None:
     result = builtin.run(cluster.router_url, SHARED, 1, timeout_s=120)
     assert result.failed == 0, result.errors
@@ -60,6 +62,7 @@ def test_shared_prefix_hits_the_cache_after_the_first_prompt_of_a_group(cluster:
     assert result.metrics["cache_hit_rate"] > 0.5
 
 
+@pytest.mark.integration
 def test_gsm8k_accuracy_follows_the_sims_accuracy_and_gates_both_ways(cluster: SimCluster) -> None:
     result = builtin.run(cluster.router_url, GSM8K, 16, timeout_s=120)
     assert result.failed == 0, result.errors
@@ -74,6 +77,7 @@ def test_gsm8k_accuracy_follows_the_sims_accuracy_and_gates_both_ways(cluster: S
     assert [v.message for v in gate.failures] == [f"accuracy {shown} < 0.9 (expected 0.9, tolerance 0%)"]
 
 
+@pytest.mark.integration
 def test_poisson_request_rate_spaces_the_requests(cluster: SimCluster) -> None:
     rate = 20.0
     test = replace(RANDOM, num_prompts=10, output_length=4, request_rate=rate, seed=3)
@@ -83,6 +87,7 @@ def test_poisson_request_rate_spaces_the_requests(cluster: SimCluster) -> None:
     assert result.failed == 0 and result.metrics["duration"] >= gaps
 
 
+@pytest.mark.integration
 def test_failed_requests_are_counted_with_their_errors() -> None:
     with sim_cluster(1, 1, backend="mooncake", worker_args=FAST, prefill_args=["--sim-fault", "kv_fail_fraction=0.5"]) as c:
         test = replace(RANDOM, num_prompts=16)

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
+
 from selftests.configs import CONFIGS, TEMPLATE, raw, write
+
+pytestmark = pytest.mark.integration  # the installed `sglang-pd` console script, run as a process
 
 
 def sglang_pd(*args: str) -> subprocess.CompletedProcess:

@@ -43,6 +43,7 @@ def wait_until(predicate, timeout: float = 5) -> bool:
     return True
 
 
+@pytest.mark.integration
 def test_run_returns_status_and_output_without_raising(host):
     result = host.run(["sh", "-c", "echo out; echo err >&2; exit 3"])
     assert (result.exit_status, result.stdout, result.stderr) == (3, "out\n", "err\n")
@@ -52,6 +53,7 @@ def test_run_returns_status_and_output_without_raising(host):
     assert host.name in str(info.value)
 
 
+@pytest.mark.integration
 def test_run_quotes_arguments_and_passes_env_and_stdin(host):
     hostile = "a b; echo INJECTED $(id) 'q\""
     result = host.run(
@@ -61,6 +63,7 @@ def test_run_quotes_arguments_and_passes_env_and_stdin(host):
     assert result.stdout == f"{hostile}|hello; world|piped in"
 
 
+@pytest.mark.integration
 def test_run_timeout_raises_host_error(host):
     started = time.monotonic()
     with pytest.raises(HostError, match=r"timed out after 0.5 s"):
@@ -68,6 +71,7 @@ def test_run_timeout_raises_host_error(host):
     assert time.monotonic() - started < 2.5
 
 
+@pytest.mark.integration
 def test_put_and_get_copy_bytes_and_create_parent_dirs(host, tmp_path):
     source = tmp_path / "source.bin"
     source.write_bytes(bytes(range(256)) * 10)
@@ -80,6 +84,7 @@ def test_put_and_get_copy_bytes_and_create_parent_dirs(host, tmp_path):
         host.get(str(tmp_path / "missing.bin"), back)
 
 
+@pytest.mark.integration
 def test_spawn_runs_in_own_group_with_log_and_stops_on_signal(host, tmp_path):
     log_path = str(tmp_path / "logs" / "worker.log")
     pid = host.spawn(["sh", "-c", 'echo "started with $MODE"; exec sleep 60'], log_path=log_path, env={"MODE": "fast"})
@@ -96,6 +101,7 @@ def test_spawn_runs_in_own_group_with_log_and_stops_on_signal(host, tmp_path):
         host.signal_group(pid, signal.SIGKILL)
 
 
+@pytest.mark.integration
 def test_tail_returns_last_lines_or_a_note(host, tmp_path):
     path = tmp_path / "many.log"
     path.write_text("".join(f"line {i}\n" for i in range(100)))
@@ -103,6 +109,7 @@ def test_tail_returns_last_lines_or_a_note(host, tmp_path):
     assert "cannot read" in host.tail(str(tmp_path / "missing.log"))
 
 
+@pytest.mark.integration
 def test_spawned_secret_reaches_the_process_but_no_command_line_or_log(host, tmp_path):
     secret = "hf_" + secrets.token_hex(16)
     expected = tmp_path / "expected"
@@ -121,12 +128,14 @@ def test_spawned_secret_reaches_the_process_but_no_command_line_or_log(host, tmp
     assert secret not in Path(log_path).read_text()
 
 
+@pytest.mark.integration
 def test_spawn_rejects_an_invalid_env_name_without_showing_the_value(host, tmp_path):
     with pytest.raises(ValueError, match="BAD NAME") as info:
         host.spawn(["true"], log_path=str(tmp_path / "x.log"), secret_env={"BAD NAME": "s3cret"})
     assert "s3cret" not in str(info.value)
 
 
+@pytest.mark.integration
 def test_read_secret_strips_and_errors_name_the_path(host, tmp_path):
     (tmp_path / "token").write_text("  tok-123\n")
     assert host.read_secret(str(tmp_path / "token")) == "tok-123"
@@ -140,6 +149,7 @@ def test_local_connect_all_returns_one_host_per_node():
     assert all(isinstance(h, LocalHost) for h in hosts.values())
 
 
+@pytest.mark.integration
 def test_ssh_connect_all_connects_every_node_in_parallel(sshd):
     hosts = connect_all(list(sshd.nodes), transport="ssh", user=sshd.user, key_file=sshd.key_file, port=sshd.port)
     try:
@@ -152,6 +162,7 @@ def test_ssh_connect_all_connects_every_node_in_parallel(sshd):
             h.close()
 
 
+@pytest.mark.integration
 def test_ssh_connect_all_names_every_unreachable_node_and_fails_fast(sshd):
     nodes = [sshd.nodes[0], "127.0.0.9", "no-such-node.invalid"]
     started = time.monotonic()
@@ -164,6 +175,7 @@ def test_ssh_connect_all_names_every_unreachable_node_and_fails_fast(sshd):
     assert not any(line.strip().startswith(sshd.nodes[0]) for line in message.splitlines())
 
 
+@pytest.mark.integration
 def test_ssh_wrong_key_is_unreachable_naming_the_node(sshd, tmp_path):
     other_key = tmp_path / "other_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True)

@@ -51,6 +51,7 @@ def writer(backend: str):
     engine.close()
 
 
+@pytest.mark.integration
 def test_write_at_offset_lands_in_the_peer_process(writer: TransferEngine, peer: PeerProcess, backend: str) -> None:
     payload = os.urandom(MIB)
     started = time.perf_counter()
@@ -62,6 +63,7 @@ def test_write_at_offset_lands_in_the_peer_process(writer: TransferEngine, peer:
     assert (result.engine, result.peer) == (backend, peer.descriptor["peer"])
 
 
+@pytest.mark.integration
 def test_memoryview_payload_is_written_as_bytes(writer: TransferEngine, peer: PeerProcess) -> None:
     words = memoryview(bytearray(os.urandom(4096))).cast("I")
     result = writer.write(peer.descriptor, words, offset=7 * MIB)
@@ -69,6 +71,7 @@ def test_memoryview_payload_is_written_as_bytes(writer: TransferEngine, peer: Pe
     assert peer.read(7 * MIB, 4096) == words.tobytes()
 
 
+@pytest.mark.integration
 def test_concurrent_writes_from_threads_all_land(writer: TransferEngine, peer: PeerProcess) -> None:
     chunk = 256 << 10
     payloads = [os.urandom(chunk) for _ in range(16)]
@@ -78,6 +81,7 @@ def test_concurrent_writes_from_threads_all_land(writer: TransferEngine, peer: P
     assert peer.read(0, 16 * chunk) == b"".join(payloads)
 
 
+@pytest.mark.integration
 def test_sizes_beyond_the_staging_buffer_grow_it(writer: TransferEngine, peer: PeerProcess) -> None:
     small, large = os.urandom(1000), os.urandom(5 * MIB + 3)
     writer.write(peer.descriptor, small, offset=0)
@@ -85,6 +89,7 @@ def test_sizes_beyond_the_staging_buffer_grow_it(writer: TransferEngine, peer: P
     assert peer.read(0, 1000 + len(large)) == small + large
 
 
+@pytest.mark.integration
 def test_refused_descriptor_fails_fast_naming_engine_and_peer(
     writer: TransferEngine, peer: PeerProcess, backend: str
 ) -> None:
@@ -104,12 +109,14 @@ def test_refused_descriptor_fails_fast_naming_engine_and_peer(
     assert peer.read(3 * MIB, 1024) == payload
 
 
+@pytest.mark.integration
 def test_write_outside_the_region_is_refused(writer: TransferEngine, peer: PeerProcess, backend: str) -> None:
     with pytest.raises(KVTransferError, match=rf"outside the peer's region of {PEER_REGION} bytes") as caught:
         writer.write(peer.descriptor, b"x" * 10, offset=PEER_REGION - 5)
     assert caught.value.engine == backend
 
 
+@pytest.mark.integration
 def test_descriptor_of_another_engine_is_refused(writer: TransferEngine, backend: str) -> None:
     other = "tcp" if backend != "tcp" else "nixl"
     foreign = {"engine": other, "protocol": "elsewhere", "peer": "127.0.0.1:1", "addr": 4096, "length": MIB}
@@ -117,6 +124,7 @@ def test_descriptor_of_another_engine_is_refused(writer: TransferEngine, backend
         writer.write(foreign, b"x")
 
 
+@pytest.mark.integration
 def test_unreachable_peer_fails_fast(backend: str, writer: TransferEngine, peer: PeerProcess) -> None:
     with open_engine(backend, hostname="127.0.0.1") as gone:
         descriptor = gone.register_receive_buffer(MIB).descriptor
@@ -127,6 +135,7 @@ def test_unreachable_peer_fails_fast(backend: str, writer: TransferEngine, peer:
     assert caught.value.peer == descriptor["peer"]
 
 
+@pytest.mark.integration
 def test_loopback_write_and_local_read(backend: str) -> None:
     with open_engine(backend, hostname="127.0.0.1") as engine:
         buffer = engine.register_receive_buffer(2 * MIB)
@@ -139,6 +148,7 @@ def test_loopback_write_and_local_read(backend: str) -> None:
             buffer.read(MIB, MIB + 1)
 
 
+@pytest.mark.integration
 def test_close_is_idempotent_and_later_writes_raise(backend: str) -> None:
     engine = open_engine(backend, hostname="127.0.0.1")
     descriptor = engine.register_receive_buffer(MIB).descriptor
@@ -162,6 +172,7 @@ EXIT_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("ending", ["close", "leave-open"])
+@pytest.mark.integration
 def test_a_process_using_an_engine_exits_cleanly(backend: str, ending: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "UCX_MODULES"}  # as a fresh worker starts (nixl sets it)
     finished = subprocess.run(
@@ -172,6 +183,7 @@ def test_a_process_using_an_engine_exits_cleanly(backend: str, ending: str) -> N
     assert "done" in finished.stdout
 
 
+@pytest.mark.integration
 def test_mooncake_uses_rdma_only_where_devices_exist(caplog: pytest.LogCaptureFixture) -> None:
     devices = kv_transfer._rdma_devices()
     caplog.set_level(logging.INFO, logger="pytest_sglang_pd.kv_transfer")
@@ -184,6 +196,7 @@ def test_mooncake_uses_rdma_only_where_devices_exist(caplog: pytest.LogCaptureFi
     assert any("['no_such_hca_0'] not found" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.integration
 def test_mooncake_writes_into_a_mooncake_tcp_peer() -> None:
     if kv_transfer._rdma_devices():
         pytest.skip("this machine has RDMA devices, so `mooncake` runs over rdma and cannot reach a tcp peer")
@@ -197,6 +210,7 @@ def test_mooncake_writes_into_a_mooncake_tcp_peer() -> None:
         peer.stop()
 
 
+@pytest.mark.integration
 def test_nixl_peer_registering_more_memory_later_is_reloaded() -> None:
     with open_engine("nixl", hostname="127.0.0.1") as receiver, open_engine("nixl", hostname="127.0.0.1") as sender:
         first = receiver.register_receive_buffer(MIB)

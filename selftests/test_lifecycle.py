@@ -18,6 +18,8 @@ import pytest
 
 from selftests.configs import REPO, free_port, raw, sim_config
 
+pytestmark = pytest.mark.integration  # simulated clusters brought up and torn down (processes, sshd, Docker)
+
 CLUSTER_TESTS = str(REPO / "tests" / "test_cluster.py")
 
 

@@ -6,6 +6,8 @@ import pytest
 
 from selftests.configs import REPO, TEMPLATE, raw, write
 
+pytestmark = pytest.mark.integration  # each test runs the suite in a pytest subprocess
+
 SUITE = str(REPO / "tests")
 
 

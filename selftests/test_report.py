@@ -171,6 +171,7 @@ def _run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, config: Pat
                                          f"--junitxml={pytester.path / 'junit.xml'}", *args, timeout=300)
 
 
+@pytest.mark.integration
 def test_a_run_writes_report_html_results_json_and_junit_properties(pytester: pytest.Pytester,
                                                                       monkeypatch: pytest.MonkeyPatch,
                                                                       tmp_path: Path) -> None:
@@ -211,6 +212,7 @@ def test_a_run_writes_report_html_results_json_and_junit_properties(pytester: py
     assert props[("test_inference[llama-8b-bench_serv_random-c4]", "verdict.threshold.mean_tpot_ms")].startswith("fail: ")
 
 
+@pytest.mark.integration
 def test_a_baseline_regression_fails_a_run_whose_thresholds_pass(pytester: pytest.Pytester,
                                                                    monkeypatch: pytest.MonkeyPatch,
                                                                    tmp_path: Path) -> None:
@@ -229,6 +231,7 @@ def test_a_baseline_regression_fails_a_run_whose_thresholds_pass(pytester: pytes
     assert [v["source"] for v in verdicts if not v["passed"]] == ["baseline"]  # the absolute thresholds still pass
 
 
+@pytest.mark.integration
 def test_a_failed_bring_up_is_an_error_in_every_report(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
                                                        tmp_path: Path) -> None:
     run = _run(pytester, monkeypatch, _config(tmp_path, mean_tpot_ms="60"), "broken", SELFTEST_BRINGUP_FAILS="1")

@@ -24,6 +24,8 @@ from pytest_sglang_pd.runtime import (
     runtime_for,
 )
 
+pytestmark = pytest.mark.integration  # real processes, sshd and the Docker engine
+
 
 def process_spec(tmp_path: Path, script: str, *, key: str = "prefill_0", node: str = "localhost",
                  log_path: Path | None = None, **kw) -> ProcessSpec:

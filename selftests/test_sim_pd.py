@@ -15,6 +15,8 @@ from pytest_sglang_pd.sim.pd import HEADER
 from pytest_sglang_pd.textgen import tokenizer
 from selftests.sim_cluster import SimCluster, sim_cluster
 
+pytestmark = pytest.mark.integration  # sim worker processes behind the real router, KV through the real engines
+
 PAYLOAD = 64  # --sim-kv-payload-bytes-per-token of these clusters
 FAST = ["--sim-speedup", "20", "--sim-kv-payload-bytes-per-token", str(PAYLOAD)]
 

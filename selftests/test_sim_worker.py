@@ -17,6 +17,8 @@ from pytest_sglang_pd.textgen import tokenizer
 from selftests.configs import free_port
 from selftests.sim_cluster import sim_worker
 
+pytestmark = pytest.mark.integration  # sim worker processes over real HTTP
+
 LLAMA_70B_TP8 = ["--sim-model-profile", "Llama-3.3-70B", "--tp", "8", "--sim-gpu", "MI300X"]
 
 
