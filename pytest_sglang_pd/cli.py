@@ -59,8 +59,9 @@ def deployment_text(dep: plan_mod.Deployment) -> str:
 
 
 def _load(path: str) -> config_mod.ClusterConfig:
+    """The config with the plan's checks too (as the pytest plugin loads it); every problem, then exit 1."""
     try:
-        return config_mod.load(path)
+        return plan_mod.load_config(path)
     except config_mod.ConfigError as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(1) from None
@@ -80,21 +81,36 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if unknown:
         print(f"unknown model {unknown[0]!r}; the config has: {', '.join(cfg.model_ids)}", file=sys.stderr)
         return 1
+    from .cluster import node_access
+
     deps = [plan_mod.plan(cfg, m, run_id=args.run_id) for m in models]
+    access = node_access(cfg, [s.node for d in deps for s in (*d.processes, *d.containers, *plan_mod.bench_processes(d))])
     if args.format == "json":
-        print(json.dumps({"models": {d.model.id: deployment_json(d) for d in deps}}, indent=2))
+        print(json.dumps({"nodes": access, "models": {d.model.id: deployment_json(d) for d in deps}}, indent=2))
     else:
-        print("\n\n".join(deployment_text(d) for d in deps))
+        print("\n\n".join([access_text(access), *(deployment_text(d) for d in deps)]))
     return 0
+
+
+def access_text(access: list[dict]) -> str:
+    """How each node is reached, one line a node."""
+    lines = ["nodes (how each is reached):"]
+    for a in access:
+        if a["transport"] == "local":
+            lines.append(f"  {a['node']}: local (this machine)")
+        else:
+            key = f"key {a['key_file']}" if a["key_file"] else "default keys / ssh-agent"
+            lines.append(f"  {a['node']}: ssh {a['user']}@{a['node']}:{a['port']}, {key}, "
+                         f"connect timeout {a['connect_timeout_s']:g} s")
+    return "\n".join(lines)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     from . import cluster
-    from .plugin import default_run_id
 
     cfg = _load(args.config)
     model = args.model or cfg.model_ids[0]
-    run_id = args.run_id if args.run_id != PLAN_RUN_ID else default_run_id()
+    run_id = args.run_id if args.run_id != PLAN_RUN_ID else plan_mod.default_run_id()
     dep = plan_mod.plan(cfg, model, run_id=run_id, python=plan_mod.node_python(cfg))
     run_dir = Path(args.results_dir) / run_id
     try:
@@ -142,8 +158,9 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         docker_rt = cluster.runtime_of(cfg, hosts)
         try:
             for node in nodes:
-                for c in find_leftover_containers(docker_rt.client(node), docker_rt.owner):
-                    c.remove(force=True)
+                engine = docker_rt.engine(node)
+                for c in find_leftover_containers(engine, docker_rt.owner):
+                    engine.remove(c.id)
                     print(f"removed container {c.name} on {node}")
                     count += 1
         finally:
@@ -191,7 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return sim_main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # `sglang-pd plan ... | head`: the reader has what it wanted
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from . import hosts as hosts_mod
 from . import plan as plan_mod
 from . import prom, redact
 from .config import ClusterConfig
+from .facts import ClusterFacts
 from .plan import Deployment, ProcessSpec
 from .image import SOURCE_LABEL, source_digest
 from .runtime import DockerRuntime, RunningProcess, Runtime, runtime_for
@@ -77,17 +78,24 @@ _READ_IB_COUNTERS = ('root=$1; shift; for d; do for f in "$root/$d"/ports/*/coun
                      '[ -r "$f" ] && printf "%s %s\n" "$f" "$(cat "$f")"; done; done; true')
 
 
+def _access_settings(cfg: ClusterConfig) -> dict:
+    ssh = cfg.ssh
+    return {"transport": cfg.transport, "user": ssh.user, "key_file": ssh.key_file, "port": ssh.port,
+            "connect_timeout": ssh.connect_timeout}
+
+
 def connect_nodes(cfg: ClusterConfig, nodes: Iterable[str]) -> dict[str, hosts_mod.Host]:
     """Every node connected and answering, in parallel, with the config's transport and SSH settings."""
-    ssh = cfg.ssh
-    return hosts_mod.connect_all(sorted(set(nodes)), transport=cfg.transport, user=ssh.user, key_file=ssh.key_file,
-                                 port=ssh.port, connect_timeout=ssh.connect_timeout)
+    return hosts_mod.connect_all(sorted(set(nodes)), **_access_settings(cfg))
+
+
+def node_access(cfg: ClusterConfig, nodes: Iterable[str]) -> list[dict]:
+    """How each node will be reached (the settings connect_nodes uses, resolved with ~/.ssh/config; no connection)."""
+    return [hosts_mod.host_for(node, **_access_settings(cfg)).access for node in sorted(set(nodes))]
 
 
 def runtime_of(cfg: ClusterConfig, hosts: dict[str, hosts_mod.Host]) -> Runtime:
     """The config's runtime (process | docker) on connected hosts."""
-    if cfg.runtime == "docker":
-        return runtime_for("docker", hosts, transport=cfg.transport, ssh_user=cfg.ssh.user, ssh_port=cfg.ssh.port)
     return runtime_for(cfg.runtime, hosts)
 
 
@@ -95,6 +103,11 @@ def log_name(spec: ProcessSpec) -> str:
     """`<role>-<i>.log`, with `-rank<r>` for the further nodes of a multi-node instance."""
     rank = f"-rank{spec.node_rank}" if spec.node_rank else ""
     return f"{spec.role}-{spec.instance}{rank}.log"
+
+
+def log_destination(run_dir: Path, spec: ProcessSpec) -> Path:
+    """Where a process's log is collected: `<run_dir>/logs/<node>/<role>-<i>.log` (`<key>.log` for a benchmark)."""
+    return run_dir / "logs" / spec.node / (log_name(spec) if spec.role != "bench" else f"{spec.key}.log")
 
 
 class LiveCluster:
@@ -200,15 +213,13 @@ class LiveCluster:
     def _check_sim_image(self) -> None:
         """The simulated workers in the image must be this suite's: an image built from other sources is stale.
         (A missing image is left to the runtime's own check.)"""
-        import docker
-
         want = source_digest()
         stale = []
         for node, image in sorted({(c.node, c.image) for c in self.deployment.containers}):
-            try:
-                built_from = self.runtime.client(node).images.get(image).labels.get(SOURCE_LABEL)
-            except docker.errors.ImageNotFound:
+            labels = self.runtime.engine(node).image_labels(image)
+            if labels is None:
                 continue
+            built_from = labels.get(SOURCE_LABEL)
             if built_from != want:
                 stale.append(f"  image {image} on node {node}: built from sources {built_from or '(unlabelled)'}, "
                              f"this suite is {want}")
@@ -363,7 +374,7 @@ class LiveCluster:
         rp = self.procs.get(key)
         if rp is None or key in self._collected:
             return
-        dest = self.run_dir / "logs" / rp.spec.node / (log_name(rp.spec) if rp.spec.role != "bench" else f"{key}.log")
+        dest = log_destination(self.run_dir, rp.spec)
         try:
             self.runtime.collect_log(rp, dest)
             dest.write_bytes(strip_ansi(dest.read_bytes().decode(errors="replace")).encode())
@@ -458,6 +469,32 @@ class ExternalCluster:
         raise ClusterError("with --router-url the suite reaches no node")
 
 
+def facts_of(cluster: LiveCluster | ExternalCluster, *, versions: bool = True) -> ClusterFacts:
+    """What the report gets to know of a cluster: its router, start-up seconds, where each process's log is
+    collected and (``versions``: once the workers are ready) the version each role's workers report."""
+    dep = cluster.deployment
+    logs = {} if dep is None else {spec.key: log_destination(cluster.run_dir, spec)
+                                   for spec in (*dep.processes, *plan_mod.bench_processes(dep))}
+    return ClusterFacts(router_url=cluster.router_url, model=dep.model.id if dep else None,
+                        startup_seconds=dict(cluster.startup_seconds),
+                        worker_versions=worker_versions(cluster.worker_urls) if versions else {}, log_files=logs)
+
+
+def worker_versions(worker_urls: dict[str, list[str]]) -> dict[str, str]:
+    """role -> the version its first worker reports on /server_info (/get_server_info on older sglang)."""
+    out = {}
+    for role, urls in worker_urls.items():
+        for path in ("/server_info", "/get_server_info") if urls else ():
+            try:
+                resp = requests.get(f"{urls[0]}{path}", timeout=3)
+                if resp.ok and resp.json().get("version"):
+                    out[role] = str(resp.json()["version"])
+                    break
+            except (requests.RequestException, ValueError):
+                continue
+    return out
+
+
 def handoffs(worker_urls: dict[str, list[str]]) -> dict[str, float]:
     """KV handoffs counted so far on each side (0 where the workers expose no counter: real sglang)."""
     return {role: sums.get("handoffs", 0.0) for role, sums in prom.kv_counters(worker_urls).items()}
@@ -528,8 +565,9 @@ def down(state_path: Path) -> list[str]:
     try:
         if state["runtime"] == "docker":
             for c in state["containers"]:
-                for found in runtime.client(c["node"]).containers.list(all=True, filters={"name": c["name"]}):
-                    found.remove(force=True)
+                engine = runtime.engine(c["node"])
+                for found in engine.containers(name=c["name"]):
+                    engine.remove(found.id)
                     stopped.append(f"container {found.name} on {c['node']}")
         else:
             dep = plan_mod.plan(cfg, state["model"], run_id=state["run_id"])

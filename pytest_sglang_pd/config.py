@@ -6,11 +6,11 @@ import difflib
 import getpass
 import json
 import math
+import os
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jsonschema
 import yaml
@@ -110,9 +110,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class SSHSettings:
-    user: str | None = None
-    key_file: str | None = None
-    port: int = 22
+    user: str | None = None  # None: as ~/.ssh/config says, else the local user
+    key_file: str | None = None  # None: ~/.ssh/config's IdentityFile, the agent, the default keys
+    port: int | None = None  # None: as ~/.ssh/config says, else 22
     connect_timeout: float = 10.0
 
 
@@ -209,6 +209,29 @@ class ClusterConfig:
         return self.engine == "sim"
 
 
+@dataclass(frozen=True)
+class InferenceCase:
+    """One test of the validation suite: a model, one of its inference tests, one concurrency."""
+
+    model: ModelConfig
+    test: InferenceTest
+    concurrency: int
+
+    @property
+    def id(self) -> str:
+        """``<model>-<test>``, with ``-c<N>`` per concurrency of a sweep (the pytest id, the results.json id)."""
+        base = f"{self.model.id}-{self.test.name}"
+        return f"{base}-c{self.concurrency}" if self.test.is_sweep else base
+
+
+def cases(cfg: ClusterConfig) -> list[InferenceCase]:
+    """Every case of a config: model by model, test by test, each concurrency of a sweep."""
+    return [InferenceCase(m, t, c) for m in cfg.models for t in m.tests for c in t.max_concurrency]
+
+
+Check = Callable[[ClusterConfig], list[Problem]]  # more problems of a typed config (the plan's, for one)
+
+
 # --------------------------------------------------------------------------------------- loading
 def resolve_path(name: str | Path) -> Path:
     """A config path as given, or a bare file name looked up in the shipped cluster_configs/."""
@@ -219,8 +242,9 @@ def resolve_path(name: str | Path) -> Path:
     return shipped if shipped.exists() else path
 
 
-def load(name: str | Path, *, user: str | None = None) -> ClusterConfig:
-    """Load, validate and type a cluster config; raises ConfigError listing every problem."""
+def load(name: str | Path, *, user: str | None = None, checks: Sequence[Check] = ()) -> ClusterConfig:
+    """Load, validate and type a cluster config; raises ConfigError listing every problem (those ``checks``
+    find too: ``plan.load_config`` adds the plan's)."""
     path = resolve_path(name)
     source = str(path)
     try:
@@ -228,7 +252,7 @@ def load(name: str | Path, *, user: str | None = None) -> ClusterConfig:
     except OSError as exc:
         raise ConfigError(source, [Problem("$", f"cannot read the config file: {exc.strerror}")]) from None
     raw = parse_text(text, source)
-    return from_dict(raw, source=source, user=user)
+    return from_dict(raw, source=source, user=user, checks=checks)
 
 
 def parse_text(text: str, source: str) -> Any:
@@ -243,7 +267,8 @@ def parse_text(text: str, source: str) -> Any:
         raise ConfigError(source, [Problem("$", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")]) from None
 
 
-def from_dict(raw: Any, *, source: str = "<config>", user: str | None = None) -> ClusterConfig:
+def from_dict(raw: Any, *, source: str = "<config>", user: str | None = None,
+              checks: Sequence[Check] = ()) -> ClusterConfig:
     if not isinstance(raw, dict):
         raise ConfigError(source, [Problem("$", f"the config must be an object with 'config' and 'benchmark_params', got {type(raw).__name__}")])
     raw = substitute_user(raw, user or getpass.getuser())
@@ -253,6 +278,8 @@ def from_dict(raw: Any, *, source: str = "<config>", user: str | None = None) ->
         raise ConfigError(source, problems)
     cfg, problems = _build(raw, source)
     problems += cross_field_problems(cfg)
+    for check in checks:
+        problems += check(cfg)
     if problems:
         raise ConfigError(source, problems)
     return cfg
@@ -419,8 +446,8 @@ def _build(raw: dict, source: str) -> tuple[ClusterConfig, list[Problem]]:
         python=c.get("python"),
         ssh=SSHSettings(
             user=ssh.get("user") or None,
-            key_file=ssh.get("key_file") or None,
-            port=_opt(ssh, "port", _int, 22),
+            key_file=os.path.expanduser(ssh["key_file"]) if ssh.get("key_file") else None,
+            port=_opt(ssh, "port", _int, None),
             connect_timeout=_opt(ssh, "connect_timeout", _float, 10.0),
         ),
         kv_transfer=KVTransferSettings(
@@ -565,8 +592,7 @@ def _thresholds(expected: Mapping, dtype: str, path: str) -> tuple[tuple[Thresho
 
 # --------------------------------------------------------------------------------------- cross-field
 def cross_field_problems(cfg: ClusterConfig) -> list[Problem]:
-    from .plan import service_ports  # the plan owns where every service listens
-
+    """Problems between fields; those that need the plan (two services on one port) are plan.plan_problems."""
     c = "$.config"
     problems: list[Problem] = []
     if cfg.nnodes is not None and cfg.nnodes != len(cfg.prefill_nodes) + len(cfg.decode_nodes):
@@ -580,6 +606,9 @@ def cross_field_problems(cfg: ClusterConfig) -> list[Problem]:
             if len(nodes) > 1 and not getattr(cfg, f"{role}_coordinator_addr"):
                 problems.append(Problem(f"{c}.{role}_coordinator_addr",
                                         f"multi_node layout with {len(nodes)} {role} nodes needs a coordinator address"))
+    if cfg.transport == "ssh" and cfg.ssh.key_file and not os.path.isfile(cfg.ssh.key_file):
+        problems.append(Problem(f"{c}.ssh.key_file", f"{cfg.ssh.key_file}: no such file on this machine "
+                                "(the private key the suite logs in with)"))
     if cfg.runtime == "docker" and not cfg.container_image:
         problems.append(Problem(f"{c}.container_image", "runtime docker needs a container image"))
     if cfg.kv_transfer.backend == "tcp" and not cfg.simulated:
@@ -612,10 +641,4 @@ def cross_field_problems(cfg: ClusterConfig) -> list[Problem]:
                 problems.append(Problem(f"{tpath}.max_concurrency", "lists a value twice"))
             if not 0 <= t.random_range_ratio <= 1:
                 problems.append(Problem(f"{tpath}.random_range_ratio", f"{t.random_range_ratio} must be between 0 and 1"))
-    ports = service_ports(cfg)
-    seen = Counter((node, port) for node, port, _ in ports)
-    for (node, port), n in seen.items():
-        if n > 1:
-            users = [what for nd, p, what in ports if (nd, p) == (node, port)]
-            problems.append(Problem(f"{c}", f"port {port} on node {node} is used by {n} services: {', '.join(users)}"))
     return problems

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from .bench.result import BenchResult
-from .config import InferenceTest, Threshold
+from .config import InferenceCase, InferenceTest, Threshold
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,24 @@ class GateResult:
         fails = self.failures
         head = f"{self.case_id}: {len(fails)} of {len(self.verdicts)} checks failed"
         return "\n".join([head, *(f"  {v.message}" for v in fails)])
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """An earlier run to compare with (--baseline): where it was read, its run id, its metrics per case id."""
+
+    source: str
+    run_id: str
+    metrics: Mapping[str, Mapping[str, float]]
+
+
+def gate(case: InferenceCase, result: BenchResult, *, perf_tolerance_pct: float | None = None,
+         baseline: Baseline | None = None) -> GateResult:
+    """The verdicts of one case: its thresholds at the run's tolerance (--perf-tolerance, else the test's own),
+    and the baseline's measurements of the same case id when a baseline is given."""
+    return evaluate(case.id, case.test, result, tol_pct=tolerance_pct(perf_tolerance_pct, case.test),
+                    baseline=baseline.metrics.get(case.id) if baseline else None,
+                    baseline_name=f"run {baseline.run_id}" if baseline else "baseline")
 
 
 def tolerance_pct(option_pct: float | None, test: InferenceTest) -> float:

@@ -177,6 +177,10 @@ class LocalHost(Host):
     def __init__(self, name: str = "localhost") -> None:
         self.name = name
 
+    @property
+    def access(self) -> dict:
+        return {"node": self.name, "transport": "local"}
+
     def run(self, argv, *, timeout=60, env=None, stdin=None) -> CommandResult:
         argv = tuple(argv)
         log.debug("%s: run %s", self.name, shlex.join(argv))
@@ -211,6 +215,17 @@ class LocalHost(Host):
             raise HostError(f"{self.name}: cannot copy {remote} to {local}: {exc}") from None
 
 
+KEEPALIVE_S = 30  # keeps an idle connection alive through NAT and firewalls during long benchmarks
+
+
+def _before_command(exc: BaseException) -> bool:
+    """Whether an SSH error came from opening the session, before the command was sent."""
+    if isinstance(exc, paramiko.ChannelException):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, paramiko.SSHException) and ("not active" in text or "unable to open channel" in text)
+
+
 class SSHHost(Host):
     """A node over SSH with fabric: one reused connection; ~/.ssh/config applies.
 
@@ -227,7 +242,7 @@ class SSHHost(Host):
         connect_timeout: float = 10,
     ) -> None:
         self.name = node
-        connect_kwargs = {"key_filename": [key_file]} if key_file else {}
+        connect_kwargs = {"key_filename": [os.path.expanduser(key_file)]} if key_file else {}
         self._connection = fabric.Connection(
             node, user=user, port=port, connect_timeout=connect_timeout, connect_kwargs=connect_kwargs
         )
@@ -235,20 +250,36 @@ class SSHHost(Host):
         self._lock = threading.Lock()
 
     @property
-    def _target(self) -> str:
+    def access(self) -> dict:
+        """How this node is reached, as the connection resolved it with ~/.ssh/config (never key material)."""
         c = self._connection
-        return f"{c.user}@{c.host}:{c.port}"
+        keys = c.connect_kwargs.get("key_filename") or []
+        return {"node": self.name, "transport": "ssh", "user": c.user, "port": c.port,
+                "key_file": ", ".join([keys] if isinstance(keys, str) else keys) or None,
+                "connect_timeout_s": self._connect_timeout}
+
+    @property
+    def _target(self) -> str:
+        """user@node:port and the key file, as the connection uses them."""
+        a = self.access
+        return f"{a['user']}@{a['node']}:{a['port']} ({'key ' + a['key_file'] if a['key_file'] else 'default keys / agent'})"
 
     def _open(self):
-        """The connected fabric Connection (opened once, reused by every call)."""
+        """The connected fabric Connection (opened once, re-opened when its transport has dropped)."""
         with self._lock:
+            transport = self._connection.transport
+            if transport is not None and not transport.is_active():
+                log.warning("%s: ssh connection to %s dropped; re-opening it", self.name, self._target)
+                self._connection.close()
             if not self._connection.is_connected:
                 try:
                     self._connection.open()
                 except (OSError, EOFError, paramiko.SSHException) as exc:
+                    self._connection.close()
                     raise HostUnreachable(
                         f"{self.name}: cannot connect over ssh to {self._target}: {exc or type(exc).__name__}"
                     ) from None
+                self._connection.transport.set_keepalive(KEEPALIVE_S)
         return self._connection
 
     def run(self, argv, *, timeout=60, env=None, stdin=None) -> CommandResult:
@@ -256,21 +287,30 @@ class SSHHost(Host):
         env_prefix = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []
         command = shlex.join([*env_prefix, *argv])
         log.debug("%s: run %s", self.name, shlex.join(argv))
-        connection = self._open()
-        started = time.monotonic()
-        try:
-            result = connection.run(
-                command,
-                hide=True,
-                warn=True,
-                timeout=timeout,
-                in_stream=io.StringIO(stdin) if stdin is not None else False,
-            )
-        except invoke.CommandTimedOut:
-            raise HostError(f"{self.name}: `{shlex.join(argv)}` timed out after {timeout:g} s") from None
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            self._connection.close()
-            raise HostUnreachable(f"{self.name}: ssh connection to {self._target} lost: {exc}") from None
+        for attempt in (1, 2):
+            connection = self._open()
+            started = time.monotonic()
+            try:
+                result = connection.run(
+                    command,
+                    hide=True,
+                    warn=True,
+                    timeout=timeout,
+                    in_stream=io.StringIO(stdin) if stdin is not None else False,
+                )
+                break
+            except invoke.CommandTimedOut:
+                raise HostError(f"{self.name}: `{shlex.join(argv)}` timed out after {timeout:g} s") from None
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                self._connection.close()
+                if attempt == 1 and _before_command(exc):  # no session was opened: nothing ran, try once more
+                    log.warning("%s: ssh session to %s could not open (%s); re-opening the connection once",
+                                self.name, self._target, exc)
+                    continue
+                raise HostUnreachable(
+                    f"{self.name}: ssh connection to {self._target} lost during `{shlex.join(argv)[:200]}`: "
+                    f"{exc or type(exc).__name__}"
+                ) from None
         if result.exited != 0 and time.monotonic() - started >= timeout:
             # invoke reports a timeout only once its timer thread has finished killing the command; a run that
             # returns while that thread still runs is the same timeout

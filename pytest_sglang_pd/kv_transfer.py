@@ -737,9 +737,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     peer.add_argument("--backend", choices=BACKENDS, required=True)
     peer.add_argument("--hostname", default="127.0.0.1")
     peer.add_argument("--length", type=int, default=64 << 20)
+    probe = sub.add_parser("probe", help="open the engine on this node, print its name and protocol, close it")
+    probe.add_argument("--backend", choices=BACKENDS, required=True)
+    probe.add_argument("--hostname", default="127.0.0.1")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    _serve_peer(args.backend, args.hostname, args.length)
+    if args.command == "probe":
+        engine = open_engine(args.backend, hostname=args.hostname)
+        print(engine.name, engine.protocol)
+        engine.close()
+    else:
+        _serve_peer(args.backend, args.hostname, args.length)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
+from secrets import token_hex
 from typing import Mapping
 
-from .config import ClusterConfig, InferenceTest, ModelConfig
+from . import config as config_mod
+from .config import ClusterConfig, InferenceTest, ModelConfig, Problem
 
 ROLES = ("prefill", "decode", "router", "bench")
 
@@ -137,6 +141,11 @@ def bind_host(node: str) -> str:
     return node if _is_ip(node) else "0.0.0.0"
 
 
+def default_run_id() -> str:
+    """A run id when none is given: the UTC time and a random suffix, e.g. ``20260101-120000-1a2b``."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + token_hex(2)
+
+
 def node_python(cfg: ClusterConfig) -> str:
     """The configured Python, else the running one for local processes, else the nodes' (containers') python3."""
     local = cfg.runtime == "process" and cfg.transport == "local"
@@ -174,6 +183,25 @@ def service_ports(cfg: ClusterConfig) -> list[tuple[str, int, str]]:
     out.append((cfg.router_node, cfg.router_port, "router (http)"))
     out.append((cfg.router_node, cfg.router_prometheus_port, "router (prometheus)"))
     return out
+
+
+def plan_problems(cfg: ClusterConfig) -> list[Problem]:
+    """What a config asks that no plan of it can carry out: two services on one port of a node."""
+    ports = service_ports(cfg)
+    problems = []
+    for (node, port), n in Counter((node, port) for node, port, _ in ports).items():
+        if n > 1:
+            users = [what for nd, p, what in ports if (nd, p) == (node, port)]
+            problems.append(Problem("$.config", f"port {port} on node {node} is used by {n} services: {', '.join(users)}"))
+    return problems
+
+
+def load_config(name: str | Path, *, user: str | None = None) -> ClusterConfig:
+    """A cluster config loaded, validated and checked against its plan: every problem in one ConfigError.
+
+    What both faces load: the pytest plugin (a usage error, exit 4) and ``sglang-pd`` (exit 1).
+    """
+    return config_mod.load(name, user=user, checks=(plan_problems,))
 
 
 def node_env(cfg: ClusterConfig) -> dict[str, str]:

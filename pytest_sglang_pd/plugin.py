@@ -1,111 +1,25 @@
-"""pytest hooks of the suite: options, the run's session object, parametrization, ordering."""
+"""pytest hooks of the suite: options, the run's session object (session.py) made and registered, signals.
+
+The pytest face sits on top: this module, session.py and fixtures.py import the chain (config, plan,
+live cluster, bench, gating, report) and nothing of the package imports them.
+"""
 
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from . import config as config_mod
-from .config import ClusterConfig, InferenceTest, ModelConfig
+from . import plan as plan_mod
+from .session import SuiteRun, suite_run_key
 
-NO_CONFIG_HINT = ("no cluster config given: pass --cluster-config=PATH (or set the ini option cluster_config). "
-                  "To try the suite without GPUs, run it on the simulated cluster: "
-                  "pytest --cluster-config=local-sim.json")
-
-
-@dataclass(frozen=True)
-class InferenceCase:
-    """One test_inference item: a model, one of its inference tests, one concurrency."""
-
-    model: ModelConfig
-    test: InferenceTest
-    concurrency: int
-
-    @property
-    def id(self) -> str:
-        base = f"{self.model.id}-{self.test.name}"
-        return f"{base}-c{self.concurrency}" if self.test.is_sweep else base
-
-
-@dataclass(eq=False)
-class SuiteRun:
-    """Everything a run knows from its options: one object, kept in the stash and registered as a plugin."""
-
-    cluster_config: ClusterConfig | None
-    results_root: Path
-    run_id: str
-    keep_cluster: bool
-    router_url: str | None
-    perf_tolerance_pct: float | None
-    baseline: Path | None
-    clusters: list = field(default_factory=list)  # LiveClusters brought up in this run
-
-    @property
-    def run_dir(self) -> Path:
-        return self.results_root / self.run_id
-
-    def cases(self) -> list[InferenceCase]:
-        cfg = self.cluster_config
-        if cfg is None:
-            return []
-        return [InferenceCase(m, t, c) for m in cfg.models for t in m.tests for c in t.max_concurrency]
-
-    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
-        """Ids `<model>-<test>` (and `-c<N>` per concurrency of a sweep); one session param per model."""
-        cfg = self.cluster_config
-        if "inference_case" in metafunc.fixturenames:
-            cases = self.cases()
-            if cfg is None:
-                metafunc.parametrize("inference_case", [None], ids=["no-cluster-config"])
-                return
-            metafunc.parametrize(["model_under_test", "inference_case"], [(c.model.id, c) for c in cases],
-                                 ids=[c.id for c in cases], indirect=["model_under_test"], scope="session")
-        elif "model_under_test" in metafunc.fixturenames:
-            ids = list(cfg.model_ids) if cfg else ["no-cluster-config"]
-            metafunc.parametrize("model_under_test", ids, indirect=True, scope="session")
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        """Run every test of one model before the next model's deployment starts."""
-        if self.cluster_config is None:
-            return
-        order = {m: i for i, m in enumerate(self.cluster_config.model_ids)}
-        items.sort(key=lambda item: order.get(model_of(item), -1))
-
-    def pytest_terminal_summary(self, terminalreporter) -> None:
-        if not self.keep_cluster:
-            return
-        for cluster in self.clusters:
-            terminalreporter.write_line(
-                f"sglang-pd: cluster of {cluster.deployment.model.id} kept running, router {cluster.router_url}; "
-                f"remove it with: sglang-pd down {cluster.run_dir}", yellow=True)
-
-    def pytest_report_header(self) -> list[str]:
-        cfg = self.cluster_config
-        if cfg is None:
-            return ["sglang-pd: no cluster config"]
-        return [f"sglang-pd: {cfg.source} engine={cfg.engine} runtime={cfg.runtime} transport={cfg.transport} "
-                f"kv={cfg.kv_transfer.backend} models={','.join(cfg.model_ids)} run={self.run_id}"]
-
-
-def model_of(item: pytest.Item) -> str | None:
-    callspec = getattr(item, "callspec", None)
-    if callspec is None:
-        return None
-    case = callspec.params.get("inference_case")
-    if isinstance(case, InferenceCase):
-        return case.model.id
-    return callspec.params.get("model_under_test")
-
-
-suite_run_key = pytest.StashKey[SuiteRun]()
+if TYPE_CHECKING:
+    from .gating import Baseline
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -150,28 +64,26 @@ def pytest_configure(config: pytest.Config) -> None:
     cluster_config = None
     if path:
         try:
-            cluster_config = config_mod.load(path)
+            cluster_config = plan_mod.load_config(path)
         except config_mod.ConfigError as exc:
             raise pytest.UsageError(str(exc)) from None
     worker = getattr(config, "workerinput", None)
-    run_id = config.getoption("run_id") or (worker or {}).get("sglang_pd_run_id") or default_run_id()
+    run_id = config.getoption("run_id") or (worker or {}).get("sglang_pd_run_id") or plan_mod.default_run_id()
     results = config.getoption("results_dir") or os.environ.get("SGLANG_PD_RESULTS_DIR") or Path(config.rootpath, "reports")
-    baseline = config.getoption("baseline")
-    run = SuiteRun(cluster_config=cluster_config, results_root=Path(results), run_id=run_id,
-                   keep_cluster=config.getoption("keep_cluster"), router_url=config.getoption("router_url"),
-                   perf_tolerance_pct=config.getoption("perf_tolerance"), baseline=Path(baseline) if baseline else None)
-    if cluster_config is not None and not run.router_url and getattr(config.option, "numprocesses", None) \
+    router_url = config.getoption("router_url")
+    if cluster_config is not None and not router_url and getattr(config.option, "numprocesses", None) \
             and not config.option.collectonly:
         raise pytest.UsageError(
             "-n (pytest-xdist) would bring up one cluster per worker on the same nodes and ports: run without -n, "
             "or bring the cluster up once (sglang-pd up CONFIG) and run the workers against it with --router-url")
-    if run.baseline is not None and not run.baseline.is_file():
-        raise pytest.UsageError(f"--baseline {baseline}: no such file")
+    run = SuiteRun(cluster_config=cluster_config, results_root=Path(results), run_id=run_id,
+                   keep_cluster=config.getoption("keep_cluster"), router_url=router_url,
+                   perf_tolerance_pct=config.getoption("perf_tolerance"), baseline=_baseline(config.getoption("baseline")))
     config.stash[suite_run_key] = run
     config.pluginmanager.register(run, "sglang_pd_run")
     from . import report
 
-    report.configure(config)
+    report.configure(config, run)
     _interrupt_on_sigterm(config)
     from . import fixtures
 
@@ -184,8 +96,18 @@ def pytest_configure_node(node) -> None:
     node.workerinput["sglang_pd_run_id"] = node.config.stash[suite_run_key].run_id
 
 
-def default_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
+def _baseline(path: str | None) -> Baseline | None:
+    """--baseline: an earlier results.json of this suite, read once."""
+    if not path:
+        return None
+    if not Path(path).is_file():
+        raise pytest.UsageError(f"--baseline {path}: no such file")
+    from .report import results
+
+    try:
+        return results.load_baseline(Path(path))
+    except results.BaselineError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 _previous_sigterm_key = pytest.StashKey[object]()

@@ -1,8 +1,8 @@
 """Runtimes: start, poll, stop and log the deployment's processes as plain processes or in containers.
 
 ProcessRuntime spawns each ProcessSpec on its node through the node's Host. DockerRuntime keeps one
-idle container per ContainerSpec (docker SDK, one client per node) and starts each process inside
-it with a short exec that spawns it in its own process group. Either way a process is wrapped by a
+idle container per ContainerSpec (the node's docker CLI, through the node's own connection) and
+starts each process inside it with a short exec that spawns it in its own process group. Either way a process is wrapped by a
 small shell that records its exit status next to its log (``<log_path>.exit``), so the exit code
 is known although the process is not a child of this test run. Statuses follow the shell
 convention: 128+N when killed by signal N.
@@ -11,23 +11,20 @@ convention: 128+N when killed by signal N.
 from __future__ import annotations
 
 import getpass
-import io
 import logging
 import posixpath
 import secrets
 import shlex
 import signal
-import tarfile
 import time
 from abc import ABC, abstractmethod
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import docker
-
-from .hosts import CommandResult, Host, HostError, HostUnreachable
+from .docker_node import ContainerInfo, DockerNode
+from .hosts import CommandResult, Host, HostError
+from .parallel import all_of, on_each
 from .plan import LABEL_PREFIX, ContainerSpec, ProcessSpec
 
 log = logging.getLogger(__name__)
@@ -111,36 +108,67 @@ class Runtime(ABC):
 
     def exit_code(self, rp: RunningProcess) -> int | None:
         """None while the process runs; else its exit status (128+N when killed by signal N)."""
-        running = rp.host.alive(rp.pid)
+        recorded = self._recorded_exit(rp)
+        if recorded is not None:
+            return recorded
+        if rp.host.alive(rp.pid):  # (a process in a stopped or removed container is not alive)
+            return None
+        recorded = self._recorded_exit(rp)  # it may have exited between the two looks
+        return _KILLED_WITHOUT_STATUS if recorded is None else recorded
+
+    def _recorded_exit(self, rp: RunningProcess) -> int | None:
+        """The status the wrapper wrote beside the log on the node (containers bind-mount the log folder)."""
         status = self._node(rp.spec).run(["cat", "--", _exit_path(rp.spec.log_path)], timeout=30)
-        if status.exit_status == 0 and status.stdout.strip().isdigit():
-            return int(status.stdout)
-        return None if running else _KILLED_WITHOUT_STATUS
+        return int(status.stdout) if status.exit_status == 0 and status.stdout.strip().isdigit() else None
 
     def stop(self, rp: RunningProcess, grace_s: float = 10) -> None:
         """SIGTERM the process group, wait up to grace_s, then SIGKILL. Idempotent."""
-        if not self._group_alive(rp):
-            return
-        rp.host.signal_group(rp.pid, signal.SIGTERM)
-        if self._wait_gone(rp, grace_s):
-            return
-        log.warning("%s on %s ignored SIGTERM for %g s; sending SIGKILL", rp.spec.key, rp.spec.node, grace_s)
-        rp.host.signal_group(rp.pid, signal.SIGKILL)
-        if not self._wait_gone(rp, 10):
-            raise RuntimeStopError(
-                f"{rp.spec.role} {rp.spec.key} on {rp.spec.node}: process group {rp.pid} survived SIGKILL"
-            )
+        errors = self.stop_all([rp], grace_s)
+        if errors:
+            raise RuntimeStopError(errors[0])
+
+    def stop_all(self, rps: Sequence[RunningProcess], grace_s: float = 10) -> list[str]:
+        """Stop many processes together: SIGTERM to every group at once, one shared grace period, then SIGKILL
+        to what is left. Returns one line per process that could not be stopped (none: all gone)."""
+        errors: list[str] = []
+
+        def failed(rp: RunningProcess, exc: Exception) -> None:
+            errors.append(f"{rp.spec.role} {rp.spec.key} on {rp.spec.node}: {exc}")
+
+        def still_alive(group: Sequence[RunningProcess]) -> list[RunningProcess]:
+            alive = []
+            for rp, running, exc in on_each(self._group_alive, group):
+                if exc is not None:
+                    failed(rp, exc)
+                elif running:
+                    alive.append(rp)
+            return alive
+
+        def signal_all(group: Sequence[RunningProcess], sig: int) -> list[RunningProcess]:
+            sent = []
+            for rp, _, exc in on_each(lambda rp: rp.host.signal_group(rp.pid, sig), group):
+                if exc is not None:
+                    failed(rp, exc)
+                else:
+                    sent.append(rp)
+            return sent
+
+        def wait_gone(group: list[RunningProcess], timeout: float) -> list[RunningProcess]:
+            deadline = time.monotonic() + timeout
+            while group and time.monotonic() < deadline:
+                time.sleep(0.2)
+                group = still_alive(group)
+            return group
+
+        left = wait_gone(signal_all(still_alive(rps), signal.SIGTERM), grace_s)
+        for rp in left:
+            log.warning("%s on %s ignored SIGTERM for %g s; sending SIGKILL", rp.spec.key, rp.spec.node, grace_s)
+        for rp in wait_gone(signal_all(left, signal.SIGKILL), 10):
+            errors.append(f"{rp.spec.role} {rp.spec.key} on {rp.spec.node}: process group {rp.pid} survived SIGKILL")
+        return errors
 
     def _group_alive(self, rp: RunningProcess) -> bool:
         return rp.host.group_alive(rp.pid)
-
-    def _wait_gone(self, rp: RunningProcess, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self._group_alive(rp):
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.2)
-        return True
 
     def log_tail(self, rp: RunningProcess, lines: int = 50) -> str:
         return self._node(rp.spec).tail(rp.spec.log_path, lines)
@@ -150,15 +178,10 @@ class Runtime(ABC):
         self._node(rp.spec).get(rp.spec.log_path, dest)
 
     def teardown(self) -> None:
-        """Stop every process this runtime started that still runs; errors reported after all are tried."""
-        errors = []
-        for rp in reversed(self._started):
-            try:
-                self.stop(rp, grace_s=5)
-            except (HostError, RuntimeFailure) as exc:
-                errors.append(f"  {rp.spec.key} on {rp.spec.node}: {exc}")
+        """Stop every process this runtime started that still runs, all together; errors after all are tried."""
+        errors = self.stop_all(self._started, grace_s=5)
         if errors:
-            raise RuntimeStopError("teardown left processes behind:\n" + "\n".join(errors))
+            raise RuntimeStopError("teardown left processes behind:\n" + "\n".join(f"  {e}" for e in errors))
 
 
 class ProcessRuntime(Runtime):
@@ -174,62 +197,36 @@ class ProcessRuntime(Runtime):
 
 
 class ContainerHost(Host):
-    """A running container seen as a Host: commands are docker execs (root, in the container)."""
+    """A running container seen as a Host: commands are ``docker exec`` on its node (root, in the container)."""
 
-    def __init__(self, container: Any, node: str) -> None:
-        self.container = container
-        self.name = f"{node}/{container.name}"
+    def __init__(self, engine: DockerNode, container_id: str, container_name: str) -> None:
+        self.engine = engine
+        self.container_id = container_id
+        self.name = f"{engine.name}/{container_name}"
 
     def run(self, argv, *, timeout=60, env=None, stdin=None) -> CommandResult:
         argv = tuple(argv)
-        command = list(argv)
-        if stdin is not None:  # exec has no stdin here: hand it over as a private file
-            path = f"/tmp/.pytest-sglang-pd-stdin-{secrets.token_hex(8)}"
-            self._write(path, stdin.encode())
-            command = ["sh", "-c", 'f=$1; shift; "$@" <"$f"; s=$?; rm -f -- "$f"; exit "$s"', "sh", path, *command]
-        command = ["timeout", "-k", "5", f"{timeout:g}", *command]
-        api = self.container.client.api
-        try:
-            exec_id = api.exec_create(self.container.id, command, environment=dict(env or {}))["Id"]
-            stdout, stderr = api.exec_start(exec_id, demux=True)
-            status = api.exec_inspect(exec_id)["ExitCode"]
-        except docker.errors.DockerException as exc:
-            raise HostError(f"{self.name}: cannot exec `{shlex.join(argv)}`: {exc}") from None
-        if status == 124:
+        result = self.engine.exec(self.container_id, argv, timeout=timeout, env=env, stdin=stdin)
+        if result.exit_status == 124:
             raise HostError(f"{self.name}: `{shlex.join(argv)}` timed out after {timeout:g} s")
-        return CommandResult(argv, status, (stdout or b"").decode(errors="replace"),
-                             (stderr or b"").decode(errors="replace"), self.name)
+        if result.stderr.startswith("OCI runtime exec failed"):  # the engine could not start it at all
+            raise HostError(f"{self.name}: cannot exec `{shlex.join(argv)}`: {result.stderr.strip()}")
+        return CommandResult(argv, result.exit_status, result.stdout, result.stderr, self.name)
 
-    def _write(self, path: str, data: bytes, mode: int = 0o600) -> None:
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w") as tar:
-            info = tarfile.TarInfo(posixpath.basename(path))
-            info.size, info.mode = len(data), mode
-            tar.addfile(info, io.BytesIO(data))
-        if not self.container.put_archive(posixpath.dirname(path), buffer.getvalue()):
-            raise HostError(f"{self.name}: cannot write {path}")
+    def _node_tmp(self) -> str:
+        return f"/tmp/.pytest-sglang-pd-copy-{secrets.token_hex(8)}"
 
     def put(self, local: Path, remote: str) -> None:
         self.run(["mkdir", "-p", "--", posixpath.dirname(remote)]).check()
-        self._write(remote, local.read_bytes(), mode=0o644)
+        self.engine.copy_in(self.container_id, local, remote, self._node_tmp())
 
     def get(self, remote: str, local: Path) -> None:
-        try:
-            chunks, _ = self.container.get_archive(remote)
-            with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
-                member = tar.extractfile(tar.getmembers()[0])
-                data = member.read() if member else b""
-        except docker.errors.DockerException as exc:
-            raise HostError(f"{self.name}: cannot copy {remote}: {exc}") from None
-        local.parent.mkdir(parents=True, exist_ok=True)
-        local.write_bytes(data)
+        self.engine.copy_out(self.container_id, remote, local, self._node_tmp())
 
 
-def find_leftover_containers(client: Any, owner: str, *, keep_run_id: str | None = None) -> list:
+def find_leftover_containers(engine: DockerNode, owner: str, *, keep_run_id: str | None = None) -> list[ContainerInfo]:
     """Containers this suite created for owner (by label), except those of run keep_run_id."""
-    containers = client.containers.list(
-        all=True, filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_OWNER}={owner}"]}
-    )
+    containers = engine.containers(labels={LABEL_MANAGED: "true", LABEL_OWNER: owner})
     return [c for c in containers if keep_run_id is None or c.labels.get(LABEL_RUN_ID) != keep_run_id]
 
 
@@ -247,96 +244,73 @@ def container_path(spec: ContainerSpec, node_path: str) -> str:
 
 
 class DockerRuntime(Runtime):
-    """One idle container per ContainerSpec; processes are exec'd into it."""
+    """One idle container per ContainerSpec; processes are exec'd into it. Each node's engine is driven by
+    the docker CLI on the node, through the node's own Host (docker_node.py)."""
 
-    def __init__(
-        self,
-        hosts: Mapping[str, Host],
-        *,
-        transport: str,
-        ssh_user: str | None = None,
-        ssh_port: int = 22,
-        owner: str | None = None,
-    ) -> None:
+    def __init__(self, hosts: Mapping[str, Host], *, owner: str | None = None) -> None:
         super().__init__(hosts)
-        self.transport = transport
-        self.ssh_user = ssh_user
-        self.ssh_port = ssh_port
         self.owner = owner or getpass.getuser()
-        self._clients: dict[str, Any] = {}
+        self._engines: dict[str, DockerNode] = {}
         self._specs: dict[str, ContainerSpec] = {}
-        self._containers: dict[str, Any] = {}  # ContainerSpec.key -> Container, every one created
+        self._containers: dict[str, ContainerHost] = {}  # ContainerSpec.key -> its container, every one created
 
-    def client(self, node: str) -> Any:
-        """The docker client for node (created once)."""
-        if node not in self._clients:
-            try:
-                if self.transport == "local":
-                    self._clients[node] = docker.from_env(timeout=120)
-                else:
-                    user = f"{self.ssh_user}@" if self.ssh_user else ""
-                    self._clients[node] = docker.DockerClient(
-                        base_url=f"ssh://{user}{node}:{self.ssh_port}", use_ssh_client=True, timeout=120
-                    )
-                self._clients[node].ping()
-            except docker.errors.DockerException as exc:
-                self._clients.pop(node, None)
-                raise HostUnreachable(f"{node}: docker engine not reachable over {self.transport}: {exc}") from None
-        return self._clients[node]
+    def engine(self, node: str) -> DockerNode:
+        """The Docker engine of a connected node (checked to answer on first use)."""
+        if node not in self._engines:
+            engine = DockerNode(self._node_host(node))
+            engine.server_version()
+            self._engines[node] = engine
+        return self._engines[node]
+
+    def _node_host(self, node: str) -> Host:
+        try:
+            return self.hosts[node]
+        except KeyError:
+            raise RuntimeStartError(f"node {node} is not connected") from None
 
     def prepare(self, containers: Sequence[ContainerSpec]) -> None:
         """Check images, remove this suite's leftovers, then create and start the containers in parallel."""
-        missing = []
-        for node, image in sorted({(c.node, c.image) for c in containers}):
-            try:
-                self.client(node).images.get(image)
-            except docker.errors.ImageNotFound:
-                missing.append(f"  image {image} on node {node}")
+        nodes = sorted({c.node for c in containers})
+        all_of(self.engine, nodes)
+        images = sorted({(c.node, c.image) for c in containers})
+        missing = [f"  image {image} on node {node}" for (node, image), labels, _ in
+                   on_each(lambda pair: self.engine(pair[0]).image_labels(pair[1]), images) if labels is None]
         if missing:
             raise ImageMissing(
                 "container images missing (build with scripts/build_sim_image.sh or docker pull):\n"
                 + "\n".join(missing)
             )
         run_id = containers[0].labels.get(LABEL_RUN_ID) if containers else None
-        for node in sorted({c.node for c in containers}):
-            for old in find_leftover_containers(self.client(node), self.owner, keep_run_id=run_id):
-                log.warning("removing leftover container %s on %s (run %s)", old.name, node, old.labels.get(LABEL_RUN_ID))
-                old.remove(force=True)
-        with ThreadPoolExecutor(max_workers=max(1, min(len(containers), 16))) as pool:
-            results = list(pool.map(self._create, containers))
-        errors = [str(exc) for exc in results if exc is not None]
+        all_of(lambda node: self._remove_leftovers(node, run_id), nodes)
+        errors = [str(exc) for exc in all_of(self._create, containers) if exc is not None]
         if errors:
             raise RuntimeStartError("containers failed to start:\n" + "\n".join(errors))
 
+    def _remove_leftovers(self, node: str, run_id: str | None) -> None:
+        for old in find_leftover_containers(self.engine(node), self.owner, keep_run_id=run_id):
+            log.warning("removing leftover container %s on %s (run %s)", old.name, node, old.labels.get(LABEL_RUN_ID))
+            self.engine(node).remove(old.id)
+
     def _create(self, spec: ContainerSpec) -> Exception | None:
         self._specs[spec.key] = spec
+        labels = {**spec.labels, LABEL_KEY: spec.key, LABEL_ROLE: spec.role, LABEL_OWNER: self.owner,
+                  LABEL_MANAGED: "true"}
+        engine = self.engine(spec.node)
         try:
-            container = self.client(spec.node).containers.create(
-                spec.image,
-                list(spec.command),
-                name=spec.name,
-                labels={**spec.labels, LABEL_KEY: spec.key, LABEL_ROLE: spec.role,
-                        LABEL_OWNER: self.owner, LABEL_MANAGED: "true"},
-                environment=dict(spec.env),
-                volumes={host: {"bind": inside, "mode": "rw"} for host, inside in spec.volumes.items()},
-                devices=list(spec.devices),
-                network_mode=spec.network_mode,
-                ipc_mode=spec.ipc_mode,
-                cap_add=list(spec.cap_add),
-                shm_size=spec.shm_size,
-                init=True,  # reaps the processes started by exec
-            )
-            self._containers[spec.key] = container
-            container.start()
-        except docker.errors.DockerException as exc:
+            container_id = engine.run_detached(spec, labels)
+        except HostError as exc:
+            # a container created but not started still holds its name: find it by name to remove it at teardown
+            for found in _quietly(lambda: engine.containers(name=spec.name)):
+                self._containers[spec.key] = ContainerHost(engine, found.id, found.name)
             return RuntimeStartError(f"  {spec.role} container {spec.name} ({spec.image}) on {spec.node}: {exc}")
+        self._containers[spec.key] = ContainerHost(engine, container_id, spec.name)
         return None
 
     def container_host(self, key: str) -> ContainerHost:
         """The prepared container of ContainerSpec ``key`` as a Host (commands run inside it)."""
         if key not in self._containers:
             raise RuntimeStartError(f"no container {key!r} prepared (prepared: {', '.join(self._containers) or 'none'})")
-        return ContainerHost(self._containers[key], self._specs[key].node)
+        return self._containers[key]
 
     def _spawn(self, proc, argv, secret_env) -> RunningProcess:
         shell = self.container_host(proc.container)
@@ -344,42 +318,31 @@ class DockerRuntime(Runtime):
         pid = shell.spawn(
             [*argv, _exit_path(inside_log), *proc.argv], log_path=inside_log, env=proc.env, secret_env=secret_env,
         )
-        return RunningProcess(proc, shell, pid, shell.container.id, None, time.time())
+        return RunningProcess(proc, shell, pid, shell.container_id, None, time.time())
 
     @staticmethod
     def _container_running(rp: RunningProcess) -> bool:
-        try:
-            rp.host.container.reload()
-        except docker.errors.NotFound:
-            return False
-        return rp.host.container.status == "running"
+        return rp.host.engine.status(rp.container_id) == "running"
 
     def _group_alive(self, rp: RunningProcess) -> bool:
         return self._container_running(rp) and rp.host.group_alive(rp.pid)
 
-    def exit_code(self, rp: RunningProcess) -> int | None:
-        if not self._container_running(rp):  # container gone: read what the wrapper recorded
-            status = self._node(rp.spec).run(["cat", "--", _exit_path(rp.spec.log_path)], timeout=30)
-            return int(status.stdout) if status.stdout.strip().isdigit() else _KILLED_WITHOUT_STATUS
-        return super().exit_code(rp)
-
     def teardown(self) -> None:
-        """Remove every container this runtime created; errors reported after all are tried."""
-        errors = []
-        for key, container in list(self._containers.items()):
-            try:
-                container.remove(force=True)
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.DockerException as exc:
-                errors.append(f"  {container.name} on {self._specs[key].node}: {exc}")
-                continue
-            del self._containers[key]
-        for client in self._clients.values():
-            client.close()
-        self._clients.clear()
+        """Remove every container this runtime created, all at once; errors reported after all are tried."""
+        removed = on_each(lambda item: item[1].engine.remove(item[1].container_id), list(self._containers.items()))
+        errors = [f"  {container.name}: {exc}" for (_, container), _, exc in removed if exc is not None]
+        for (key, _), _, exc in removed:
+            if exc is None:
+                del self._containers[key]
         if errors:
             raise RuntimeStopError("teardown could not remove containers:\n" + "\n".join(errors))
+
+
+def _quietly(listing) -> list:
+    try:
+        return listing()
+    except HostError:
+        return []
 
 
 def runtime_for(kind: str, hosts: Mapping[str, Host], **kwargs: Any) -> Runtime:

@@ -44,9 +44,11 @@ def free_port(*addresses: str) -> int:
 
 
 def sim_config(tmp_path: Path, *, prefill: tuple[str, ...] = ("127.0.0.1",), decode: tuple[str, ...] = ("127.0.0.1",),
-               router: str = "127.0.0.1", tests: tuple[str, ...] | None = None, **config_overrides: Any) -> Path:
-    """local-sim.json on free ports (prefill, decode, bootstrap, router, prometheus), edited, written to tmp_path."""
-    data = raw("local-sim.json")
+               router: str = "127.0.0.1", tests: tuple[str, ...] | None = None, base: str = "local-sim.json",
+               **config_overrides: Any) -> Path:
+    """A shipped simulated config (local-sim.json unless ``base`` names another) on free ports (prefill, decode,
+    bootstrap, router, prometheus), edited, written to tmp_path."""
+    data = raw(base)
     c = data["config"]
     nodes = sorted({*prefill, *decode, router})
     ports = set()

@@ -9,8 +9,10 @@ import signal
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -37,6 +39,12 @@ class SSHServer:
     user: str
     nodes: tuple[str, ...]
     log_path: Path
+    pid: int
+
+    def sessions(self) -> list[int]:
+        """The pids of the per-connection sshd processes: one per open SSH connection."""
+        out = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True).stdout
+        return [int(pid) for pid in out.split()]
 
 
 def _wait_listening(proc: subprocess.Popen, address: str, port: int, log_path: Path, timeout: float = 10) -> None:
@@ -53,13 +61,19 @@ def _wait_listening(proc: subprocess.Popen, address: str, port: int, log_path: P
 
 
 @pytest.fixture(scope="session")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> SSHServer:
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHServer]:
     """A private sshd on a free port of 127.0.0.2 and 127.0.0.3, accepting a temp key for the current user."""
+    with throwaway_sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
+
+
+@contextmanager
+def throwaway_sshd(workdir: Path) -> Iterator[SSHServer]:
+    """sshd on a free port of SSH_NODES with a temporary host key; key login only; stopped on exit."""
     if not os.path.exists(SSHD):
         pytest.skip(f"{SSHD} not installed (apt-get install openssh-server)")
     if not shutil.which("ssh-keygen"):
         pytest.skip("ssh-keygen not installed (apt-get install openssh-client)")
-    workdir = tmp_path_factory.mktemp("sshd")
     for key in ("host_key", "client_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(workdir / key)], check=True)
     (workdir / "authorized_keys").write_text((workdir / "client_key.pub").read_text())
@@ -95,7 +109,7 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> SSHServer:
     try:
         for node in SSH_NODES:
             _wait_listening(proc, node, port, log_path)
-        yield SSHServer(port, str(workdir / "client_key"), getpass.getuser(), SSH_NODES, log_path)
+        yield SSHServer(port, str(workdir / "client_key"), getpass.getuser(), SSH_NODES, log_path, proc.pid)
     finally:
         _stop_sshd(proc)
 
@@ -143,3 +157,14 @@ def sim_base_image(docker_engine) -> str:
         if build.returncode != 0:
             pytest.fail(f"building {SIM_BASE_IMAGE} failed:\n{build.stdout[-2000:]}\n{build.stderr[-2000:]}")
     return SIM_BASE_IMAGE
+
+
+@pytest.fixture(scope="session")
+def sim_image(docker_engine) -> str:
+    """The docker-sim image, (re)built by the project's script (layer cache makes a rebuild quick)."""
+    tag = "pytest-sglang-pd-sim:selftest"
+    build = subprocess.run(["bash", str(REPO / "scripts" / "build_sim_image.sh"), tag],
+                           capture_output=True, text=True, timeout=1500)
+    if build.returncode != 0:
+        pytest.fail(f"scripts/build_sim_image.sh failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}")
+    return tag

@@ -107,13 +107,11 @@ def test_cross_field_checks(tmp_path):
     data = raw("mi35x-example.json")
     c = data["config"]
     c["nnodes"] = "3"
-    c["router_prometheus_port"] = "30001"  # router shares mi35x-node01 with prefill_0
     data["benchmark_params"]["llama-70b"]["tensor_parallelism"] = "16"
     data["benchmark_params"]["llama-70b"]["inference_tests"]["bench_serv_random"]["expected_results"]["auto"]["p42_ttft_ms"] = "1"
     problems = problems_of(tmp_path, data)
     text = "\n".join(map(str, problems))
     assert "$.config.nnodes: 3 does not match the node lists: 2 prefill + 2 decode = 4" in text
-    assert "port 30001 on node mi35x-node01 is used by 2 services: prefill_0 (http), router (prometheus)" in text
     assert "tensor_parallelism: 16 does not fit gpus_per_node 8" in text
     assert "the suite cannot measure 'p42_ttft_ms'" in text
 
@@ -188,3 +186,11 @@ def test_tcp_backend_only_with_the_simulator(tmp_path):
 def test_schema_is_draft_2020_12():
     schema = json.loads(config.SCHEMA_PATH.read_text())
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+
+
+def test_the_cases_of_a_config_are_model_by_model_test_by_test_one_per_concurrency():
+    cfg = config.load("local-sim-2p2d.json")
+    assert [c.id for c in config.cases(cfg)] == ["llama-8b-gsm8k", "llama-8b-bench_serv_random-c16",
+                                                 "llama-8b-bench_serv_random-c64", "llama-8b-generated_shared_prefix"]
+    sweep = [c for c in config.cases(cfg) if c.test.is_sweep]
+    assert [c.concurrency for c in sweep] == [16, 64] and {c.model.id for c in sweep} == {"llama-8b"}

@@ -115,6 +115,20 @@ def test_baseline_regression_fails_even_when_thresholds_pass() -> None:
     assert gating.evaluate("x", t, result, tol_pct=20, baseline=baseline).passed
 
 
+def test_gate_of_a_case_takes_the_runs_tolerance_and_the_baseline_of_the_same_case_id() -> None:
+    t = _test({"output_throughput": 100}, tolerance="20%")
+    case = config_mod.InferenceCase(config_mod.ModelConfig(id="m", model="org/model", tests=(t,)), t, 64)
+    assert case.id == "m-bench_serv_random"
+    baseline = gating.Baseline(source="before/results.json", run_id="before",
+                               metrics={case.id: {"output_throughput": 1000.0}, "other": {"output_throughput": 1.0}})
+    result = _result(output_throughput=850.0)
+    assert gating.gate(case, result, baseline=baseline).passed  # the test's own 20%: 850 >= 800
+    gate = gating.gate(case, result, perf_tolerance_pct=10, baseline=baseline)  # the option wins
+    assert [v.message for v in gate.failures] == [
+        "output_throughput 850.0 < 900.0 (baseline 1000 in run before, tolerance 10%)"]
+    assert [v.source for v in gating.gate(case, result).verdicts] == ["requests", "threshold"]  # no baseline
+
+
 @pytest.mark.parametrize(("actual", "limit", "expected"), [
     (61.2, 55.0, ("61.2", "55.0")),
     (55.04, 55.0, ("55.04", "55.00")),

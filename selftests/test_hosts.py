@@ -187,6 +187,29 @@ def test_ssh_wrong_key_is_unreachable_naming_the_node(sshd, tmp_path):
         h.close()
 
 
+@pytest.mark.integration
+def test_ssh_dropped_connection_is_reopened_once_then_reported_with_user_port_and_key(tmp_path, caplog):
+    from selftests.conftest import throwaway_sshd
+
+    with throwaway_sshd(tmp_path) as server:
+        h = SSHHost(server.nodes[0], user=server.user, key_file=server.key_file, port=server.port, connect_timeout=3)
+        try:
+            assert h.run(["echo", "one"]).check().stdout == "one\n"
+            for session in server.sessions():  # the node drops the connection (sshd restarted, idle timeout, ...)
+                subprocess.run(["kill", str(session)], check=True)
+            assert h.run(["echo", "two"]).check().stdout == "two\n"
+            assert "re-opening" in caplog.text
+        finally:
+            h.close()
+    # the server is gone for good: the error names node, user, port, key and what SSH said
+    with pytest.raises(HostUnreachable) as info:
+        h.run(["true"])
+    assert str(info.value).startswith(
+        f"{server.nodes[0]}: cannot connect over ssh to {server.user}@{server.nodes[0]}:{server.port} "
+        f"(key {server.key_file}): ")
+    assert f"unable to connect to port {server.port}" in str(info.value).lower()
+
+
 def test_unknown_transport_is_rejected():
     with pytest.raises(ValueError, match="unknown transport 'telnet'"):
         host_for("node1", transport="telnet")

@@ -86,6 +86,42 @@ def test_worker_crash_at_start_names_role_node_and_log_tail(pytester, tmp_path):
     assert_nothing_left(tmp_path / "results")
 
 
+_FAILING_TEARDOWN = """
+from pytest_sglang_pd import cluster
+
+_stop = cluster.LiveCluster.stop
+
+
+def stop(self, role):
+    errors = _stop(self, role)
+    return errors + (["decode decode_0 on 127.0.0.1: injected teardown failure"] if role == "decode" else [])
+
+
+cluster.LiveCluster.stop = stop
+"""
+
+
+def test_teardown_error_after_a_failed_bring_up_is_told_after_the_first_error(pytester, tmp_path):
+    config = sim_config(tmp_path, tests=("gsm8k",))
+    data = json.loads(config.read_text())
+    data["benchmark_params"]["llama-8b"]["prefill_server_args"] = ["--sim-model-profile", "no-such-model"]
+    config.write_text(json.dumps(data))
+    pytester.makepyfile(failing_teardown=_FAILING_TEARDOWN)  # a teardown that fails, on top of the real one
+    results = tmp_path / "results"
+    result = pytester.runpytest_subprocess(str(REPO / "tests"), f"--cluster-config={config}",
+                                           f"--results-dir={results}", "--run-id=run", "-p", "no:cacheprovider",
+                                           "-p", "failing_teardown", timeout=240)
+    out = result.stdout.str()
+    first, then = "prefill prefill_0 on node 127.0.0.1 exited with code", "injected teardown failure"
+    assert result.ret == 1
+    assert first in out and then in out and out.index(first) < out.index("then, while tearing down:") < out.index(then)
+    message = json.loads((results / "run" / "results.json").read_text())["tests"][0]["message"]
+    assert message.index(first) < message.index(then)
+    report = (results / "run" / "report.html").read_text()
+    assert first in report and report.index(first) < report.index(then)
+    assert_nothing_left(results)
+
+
 def _start_suite(config: Path, results: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pytest", CLUSTER_TESTS, f"--cluster-config={config}",
                              f"--results-dir={results}", "--run-id=run", "-p", "no:cacheprovider"],
@@ -154,17 +190,6 @@ def test_ssh_transport_with_two_loopback_nodes(pytester, tmp_path, sshd):
     assert_nothing_left(tmp_path / "results")
     logs = tmp_path / "results" / "run" / "logs"
     assert (logs / sshd.nodes[0] / "prefill-0.log").exists() and (logs / sshd.nodes[1] / "decode-0.log").exists()
-
-
-@pytest.fixture(scope="session")
-def sim_image(docker_engine) -> str:
-    """The docker-sim image, (re)built by the project's script (layer cache makes a rebuild quick)."""
-    tag = "pytest-sglang-pd-sim:selftest"
-    build = subprocess.run(["bash", str(REPO / "scripts" / "build_sim_image.sh"), tag],
-                           capture_output=True, text=True, timeout=1500)
-    if build.returncode != 0:
-        pytest.fail(f"scripts/build_sim_image.sh failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}")
-    return tag
 
 
 @pytest.mark.docker
@@ -349,7 +374,8 @@ def test_unreachable_node_fails_fast_naming_it(pytester, tmp_path, sshd):
     out = result.stdout.str()
     assert result.ret == 1 and time.monotonic() - started < 30
     assert "1 of 2 nodes unreachable over ssh" in out and "127.0.0.9: cannot connect over ssh" in out
-    assert not (tmp_path / "results" / "run" / "cluster-state.json").exists()  # nothing was started
+    recorded = state(tmp_path / "results")  # nothing was started, and the run says it is stopped
+    assert recorded["processes"] == [] and recorded["stopped"] is True
 
 
 def test_benchmark_reports_the_kv_transfer_from_the_workers_counters(pytester, tmp_path):

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
 
 import pytest
 from sglang_router.launch_router import parse_router_args
 
 from pytest_sglang_pd import config, plan
 from pytest_sglang_pd.cli import deployment_json
-from selftests.configs import CONFIGS, raw
+from selftests.configs import CONFIGS, REPO, raw, write
 
 GOLDENS = os.path.join(os.path.dirname(__file__), "goldens")
 VARIANTS = {
@@ -150,6 +152,40 @@ def test_all_shipped_configs_plan():
     for path in CONFIGS.glob("*.json"):
         if path.name == "mi35x.json":
             continue
-        cfg = config.load(path)
+        cfg = plan.load_config(path)
         for m in cfg.model_ids:
             assert plan.plan(cfg, m, run_id="r").processes
+
+
+PORT_CLASH = "port 30001 on node mi35x-node01 is used by 2 services: prefill_0 (http), router (prometheus)"
+
+
+def _port_clash(tmp_path):
+    data = raw("mi35x-example.json")
+    data["config"]["router_prometheus_port"] = "30001"  # the router shares mi35x-node01 with prefill_0
+    data["config"]["nnodes"] = "3"  # and a problem of the config alone
+    return write(tmp_path, data)
+
+
+def test_two_services_on_one_port_of_a_node_is_the_plans_config_error_listed_with_the_rest(tmp_path):
+    path = _port_clash(tmp_path)
+    with pytest.raises(config.ConfigError) as info:
+        plan.load_config(path)
+    problems = [str(p) for p in info.value.problems]
+    assert f"$.config: {PORT_CLASH}" in problems
+    assert any(p.startswith("$.config.nnodes: 3 does not match the node lists") for p in problems)
+    with pytest.raises(config.ConfigError) as alone:
+        config.load(path)  # the config knows nothing of ports per node: that is the plan's
+    assert not any(PORT_CLASH in str(p) for p in alone.value.problems)
+
+
+@pytest.mark.integration  # runs pytest and sglang-pd in subprocesses
+def test_both_faces_report_the_plans_problem_as_the_config_error(pytester: pytest.Pytester, tmp_path):
+    path = _port_clash(tmp_path)
+    validate = subprocess.run(["sglang-pd", "validate", str(path)], capture_output=True, text=True, timeout=60)
+    assert validate.returncode == 1 and PORT_CLASH in validate.stderr and "2 problems" in validate.stderr
+    run = pytester.runpytest_subprocess(str(REPO / "tests"), f"--cluster-config={path}", "--collect-only")
+    assert run.ret == 4  # a usage error at configure time
+    err = run.stderr.str()
+    assert PORT_CLASH in err and "2 problems" in err
+    assert re.sub(r"\s+", " ", validate.stderr.strip()) in re.sub(r"\s+", " ", err)  # the same ConfigError

@@ -10,6 +10,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from pytest_sglang_pd.docker_node import DockerNode
 from pytest_sglang_pd.hosts import HostError, LocalHost, host_for
 from pytest_sglang_pd.plan import ContainerSpec, ProcessSpec
 from pytest_sglang_pd.runtime import (
@@ -147,7 +148,7 @@ def run_id() -> str:
 @pytest.fixture
 def docker_runtime(docker_engine, run_id):
     """A DockerRuntime on node "localhost" with a per-test owner, so parallel runs never meet."""
-    runtime = DockerRuntime({"localhost": LocalHost()}, transport="local", owner=f"owner-{run_id}")
+    runtime = DockerRuntime({"localhost": LocalHost()}, owner=f"owner-{run_id}")
     yield runtime
     runtime.teardown()
 
@@ -231,7 +232,7 @@ def test_docker_prepare_removes_own_leftovers_and_keeps_foreign_containers(docke
         ),
     ]
     try:
-        assert [c.id for c in find_leftover_containers(docker_engine, owner)] == [aborted.id]
+        assert [c.id for c in find_leftover_containers(DockerNode(LocalHost()), owner)] == [aborted.id]
         docker_runtime.prepare([container_spec(sim_base_image, run_id, tmp_path)])
         remaining = {c.id for c in docker_engine.containers.list(all=True)}
         assert aborted.id not in remaining

@@ -1,10 +1,10 @@
-"""The validation test: benchmark one model x inference test x concurrency, record it, gate it."""
+"""The validation test: benchmark one model x inference test x concurrency, gate it, record it."""
 
 from __future__ import annotations
 
 import pytest
 
-from pytest_sglang_pd import report
+from pytest_sglang_pd import gating, report
 from pytest_sglang_pd.bench import BenchToolError, run_benchmark
 from pytest_sglang_pd.report.progress import terminal_progress
 
@@ -17,9 +17,10 @@ def test_inference(inference_case, pd_cluster, cluster_config, suite_run, reques
                                artifacts_dir=suite_run.run_dir / "bench" / inference_case.id,
                                progress=terminal_progress(request.config, inference_case.id))
     except BenchToolError as exc:
-        run_report.record(request.node, None, None, pd_cluster)
+        run_report.record(request.node, None, None)
         pytest.fail(f"{inference_case.id}: the benchmark produced no result:\n{exc}", pytrace=False)
-    gate = run_report.gate(inference_case, result)
-    run_report.record(request.node, result, gate, pd_cluster)
-    if not gate.passed:
-        pytest.fail(gate.message(), pytrace=False)
+    verdict = gating.gate(inference_case, result, perf_tolerance_pct=suite_run.perf_tolerance_pct,
+                          baseline=suite_run.baseline)
+    run_report.record(request.node, result, verdict)
+    if not verdict.passed:
+        pytest.fail(verdict.message(), pytrace=False)

@@ -14,7 +14,7 @@ from ..config import InferenceTest
 from .result import BenchResult, RequestRecord
 
 if TYPE_CHECKING:
-    from . import BenchTarget
+    from .target import BenchTarget
 
 BENCH_SERVING = "sglang.bench_serving"
 FEW_SHOT_GSM8K = "sglang.test.few_shot_gsm8k"

@@ -1,7 +1,9 @@
 """The run's reports: results.json, pytest-html summary and per-test extras, JUnit properties.
 
-The lead's ``pytest_configure`` calls ``configure(config)`` once; ``tests/test_inference.py`` calls
-``of(config).record(...)`` for every case it benchmarks. Everything else happens in hooks.
+The report records and renders what it is handed and decides nothing: the plugin's ``pytest_configure``
+calls ``configure(config, run)`` once; the fixtures hand it each cluster's facts (``add_cluster``, from the
+live layer's ``cluster.facts_of``); ``tests/test_inference.py`` hands it each case's benchmark result and
+the verdicts gating gave (``of(config).record(...)``). Everything else happens in hooks.
 """
 
 from __future__ import annotations
@@ -11,14 +13,15 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
-import requests
 
 from .. import __version__, gating
 from ..bench.result import BenchResult
-from ..plugin import InferenceCase, SuiteRun, suite_run_key
+from ..config import ClusterConfig, InferenceCase
+from ..facts import ClusterFacts
+from ..failures import first_error_first
 from . import html, results
 
 REDACT_PATTERNS = (r"(?i).*(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY|ACCESS_KEY|CREDENTIAL).*",)
@@ -41,6 +44,17 @@ def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
+class RunInfo(Protocol):
+    """What the report needs to know of the run (the plugin's SuiteRun has it)."""
+
+    cluster_config: ClusterConfig | None
+    run_id: str
+    run_dir: Path
+    router_url: str | None
+    perf_tolerance_pct: float | None
+    baseline: gating.Baseline | None
+
+
 def _case_of(item: pytest.Item) -> InferenceCase | None:
     callspec = getattr(item, "callspec", None)
     case = callspec.params.get("inference_case") if callspec else None
@@ -50,19 +64,13 @@ def _case_of(item: pytest.Item) -> InferenceCase | None:
 class RunReport:
     """The session's report object: collects one entry per inference test and writes results.json after each."""
 
-    def __init__(self, config: pytest.Config, run: SuiteRun):
+    def __init__(self, config: pytest.Config, run: RunInfo):
         self.config = config
         self.run = run
         self.started_at = time.time()
         self.finished_at: float | None = None
         self.entries: dict[str, dict[str, Any]] = {}  # nodeid -> results.json test entry
-        self.worker_versions: dict[str, str] = {}
-        self.baseline_run, self.baseline = (None, {})
-        if run.baseline is not None:
-            try:
-                self.baseline_run, self.baseline = results.load_baseline(run.baseline)
-            except results.BaselineError as exc:
-                raise pytest.UsageError(str(exc)) from None
+        self.clusters: dict[str | None, ClusterFacts] = {}  # model id (None: behind --router-url) -> facts
 
     # ------------------------------------------------------------------ paths
     @property
@@ -80,16 +88,13 @@ class RunReport:
     def html_enabled(self) -> bool:
         return bool(getattr(self.config.option, "htmlpath", None)) and self.config.pluginmanager.hasplugin("html")
 
-    # ------------------------------------------------------------------ what the test calls
-    def gate(self, case: InferenceCase, result: BenchResult) -> gating.GateResult:
-        """Verdicts of ``case``: its thresholds with the run's tolerance, and the baseline if one was given."""
-        tol = gating.tolerance_pct(self.run.perf_tolerance_pct, case.test)
-        return gating.evaluate(case.id, case.test, result, tol_pct=tol, baseline=self.baseline.get(case.id),
-                               baseline_name=f"run {self.baseline_run}")
+    # ------------------------------------------------------------------ what the fixtures and the test hand it
+    def add_cluster(self, facts: ClusterFacts) -> None:
+        """The facts of one model's cluster (newer facts of the same model replace older ones)."""
+        self.clusters[facts.model] = facts
 
-    def record(self, item: pytest.Item, result: BenchResult | None, gate: gating.GateResult | None,
-               target: Any = None) -> None:
-        """Keep the measurement for the report hooks and add each metric as a JUnit property."""
+    def record(self, item: pytest.Item, result: BenchResult | None, gate: gating.GateResult | None) -> None:
+        """Keep a case's measurement and verdicts for the report hooks; each metric and verdict becomes a JUnit property."""
         item.stash[measured_key] = Measured(result, gate)
         if result is not None:
             item.user_properties.append(("tool", result.tool))
@@ -97,21 +102,6 @@ class RunReport:
                 item.user_properties.append((name, f"{value:.6g}"))
         for v in gate.verdicts if gate else ():
             item.user_properties.append((f"verdict.{v.source}.{v.metric}", "pass" if v.passed else f"fail: {v.message}"))
-        if target is not None:
-            self._probe_worker_versions(target)
-
-    def _probe_worker_versions(self, target: Any) -> None:
-        for role, urls in getattr(target, "worker_urls", {}).items():
-            if role in self.worker_versions or not urls:
-                continue
-            for path in ("/server_info", "/get_server_info"):
-                try:
-                    resp = requests.get(f"{urls[0]}{path}", timeout=3)
-                    if resp.ok and resp.json().get("version"):
-                        self.worker_versions[role] = str(resp.json()["version"])
-                        break
-                except (requests.RequestException, ValueError):
-                    continue
 
     # ------------------------------------------------------------------ hooks
     @pytest.hookimpl(wrapper=True)
@@ -134,8 +124,9 @@ class RunReport:
             if self.html_enabled:
                 self._attach_html(report, case, measured, message)
         elif report.when == "teardown" and report.failed and item.nodeid in self.entries:
-            self.entries[item.nodeid]["outcome"] = "error"
-            self.entries[item.nodeid]["message"] = report.longreprtext.strip()
+            entry = self.entries[item.nodeid]
+            entry["outcome"] = "error"
+            entry["message"] = first_error_first(entry.get("message"), report.longreprtext.strip())
             self.write()
         return report
 
@@ -161,26 +152,28 @@ class RunReport:
         return bool(cfg and cfg.simulated)
 
     def log_files(self, model_id: str | None = None) -> dict[str, Path]:
-        """Collected logs of the run's clusters (of one model when given), as ``<model>/<key>`` -> path."""
+        """The logs collected so far of the run's clusters (of one model when given), as ``<model>/<key>`` -> path."""
         out = {}
-        many = len({c.deployment.model.id for c in self.run.clusters}) > 1
-        for cluster in self.run.clusters:
-            model = cluster.deployment.model.id
+        many = len(self.clusters) > 1
+        for model, facts in self.clusters.items():
             if model_id is not None and model != model_id:
                 continue
-            for key, path in cluster.log_files.items():
-                out[f"{model}/{key}" if many else key] = Path(path)
+            for key, path in facts.log_files.items():
+                if Path(path).is_file():
+                    out[f"{model}/{key}" if many else key] = Path(path)
         return out
 
     def data(self) -> dict[str, Any]:
         """The results.json document."""
         cfg = self.run.cluster_config
         startup: dict[str, float] = {}
-        many = len(self.run.clusters) > 1
-        for cluster in self.run.clusters:
-            for key, seconds in cluster.startup_seconds.items():
-                startup[f"{cluster.deployment.model.id} {key}" if many else key] = float(seconds)
-        router_url = self.run.router_url or next((c.router_url for c in self.run.clusters), None)
+        worker_versions: dict[str, str] = {}
+        many = len(self.clusters) > 1
+        for model, facts in self.clusters.items():
+            for key, seconds in facts.startup_seconds.items():
+                startup[f"{model} {key}" if many else key] = float(seconds)
+            worker_versions = {**facts.worker_versions, **worker_versions}
+        router_url = self.run.router_url or next((c.router_url for c in self.clusters.values()), None)
         tests = list(self.entries.values())
         summary = {k: sum(t["outcome"] == k for t in tests) for k in ("passed", "failed", "error", "skipped")}
         return {
@@ -202,11 +195,11 @@ class RunReport:
                 "benchmark_node": cfg.benchmark_node if cfg else None,
                 "router_url": router_url,
                 "startup_seconds": startup,
-                "worker_versions": dict(self.worker_versions),
+                "worker_versions": worker_versions,
             },
             "versions": versions(),
             "tolerance_pct": self.run.perf_tolerance_pct,
-            "baseline": str(self.run.baseline) if self.run.baseline else None,
+            "baseline": self.run.baseline.source if self.run.baseline else None,
             "summary": summary,
             "tests": tests,
         }
@@ -241,15 +234,14 @@ class HtmlSummary:
         report.title = f"[SIMULATED] {title}" if self.report.simulated else title
 
 
-def configure(config: pytest.Config) -> RunReport:
-    """Register the run's report (call from pytest_configure, after the SuiteRun is in the stash).
+def configure(config: pytest.Config, run: RunInfo) -> RunReport:
+    """Register the run's report (call from pytest_configure).
 
     When a cluster config is given (and not --collect-only), the JUnit XML defaults to
     ``<run_dir>/junit.xml`` and, with pytest-html installed, the report to ``<run_dir>/report.html``,
     self-contained. This must run before the junitxml and pytest-html plugins' own pytest_configure
     (``@pytest.hookimpl(tryfirst=True)`` on the caller).
     """
-    run = config.stash[suite_run_key]
     report = RunReport(config, run)
     config.stash[report_key] = report
     config.pluginmanager.register(report, "sglang_pd_report")

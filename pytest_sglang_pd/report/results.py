@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import jsonschema
 
 from ..bench.result import BenchResult
-from ..gating import GateResult
+from ..gating import Baseline, GateResult
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "results.schema.json"
@@ -66,8 +66,8 @@ class BaselineError(ValueError):
     pass
 
 
-def load_baseline(path: Path) -> tuple[str, dict[str, dict[str, float]]]:
-    """(run id, {test id: metrics}) of an earlier results.json."""
+def load_baseline(path: Path) -> Baseline:
+    """The run id and every test's metrics (by test id) of an earlier results.json."""
     try:
         data = json.loads(path.read_text())
         validate(data)
@@ -75,4 +75,4 @@ def load_baseline(path: Path) -> tuple[str, dict[str, dict[str, float]]]:
         detail = exc.message if isinstance(exc, jsonschema.ValidationError) else str(exc)
         raise BaselineError(f"--baseline {path}: not a results.json of this suite ({detail})") from None
     cases = {t["id"]: {k: v for k, v in t["metrics"].items() if v is not None} for t in data["tests"]}
-    return data["run_id"], cases
+    return Baseline(source=str(path), run_id=data["run_id"], metrics=cases)

@@ -1,0 +1,22 @@
+"""What a benchmark needs of a running cluster: the BenchTarget protocol (the pd_cluster fixture's value has it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ..plan import Deployment, ProcessSpec
+
+
+class BenchTarget(Protocol):
+    """The router to load, the workers to read counters from, and the benchmark node to run a tool on."""
+
+    router_url: str
+    deployment: Deployment | None  # None when --router-url points at an existing cluster
+    simulated: bool
+    worker_urls: dict[str, list[str]]
+
+    def run_bench_command(self, spec: ProcessSpec, timeout_s: float) -> tuple[int, str]: ...
+
+    def fetch(self, remote_path: str, local: Path) -> None: ...

@@ -1,0 +1,22 @@
+"""What the live layer found out about one cluster, handed to the report as plain data (``cluster.facts_of``).
+
+The report renders these and asks nothing of the cluster itself: it imports this module, never the live
+layer (cluster.py, runtime.py, hosts.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    """One model's cluster as the run saw it once it was ready (or as far as it came up)."""
+
+    router_url: str
+    model: str | None = None  # None: a cluster behind --router-url, not deployed by this run
+    startup_seconds: Mapping[str, float] = field(default_factory=dict)  # step -> seconds it took
+    worker_versions: Mapping[str, str] = field(default_factory=dict)  # role -> version its workers report
+    log_files: Mapping[str, Path] = field(default_factory=dict)  # process key -> its log in the run folder

@@ -1,0 +1,93 @@
+"""The run's session object: what a run knows from its options, kept in the stash and registered as a plugin.
+
+Part of the pytest face: ``plugin.py`` makes it in ``pytest_configure``, ``fixtures.py`` reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from .config import ClusterConfig, InferenceCase, cases
+
+if TYPE_CHECKING:
+    from .cluster import LiveCluster
+    from .gating import Baseline
+
+NO_CONFIG_HINT = ("no cluster config given: pass --cluster-config=PATH (or set the ini option cluster_config). "
+                  "To try the suite without GPUs, run it on the simulated cluster: "
+                  "pytest --cluster-config=local-sim.json")
+
+
+@dataclass(eq=False)
+class SuiteRun:
+    """Everything a run knows from its options: one object, kept in the stash and registered as a plugin."""
+
+    cluster_config: ClusterConfig | None
+    results_root: Path
+    run_id: str
+    keep_cluster: bool
+    router_url: str | None
+    perf_tolerance_pct: float | None
+    baseline: Baseline | None
+    clusters: list[LiveCluster] = field(default_factory=list)  # brought up in this run
+
+    @property
+    def run_dir(self) -> Path:
+        return self.results_root / self.run_id
+
+    def cases(self) -> list[InferenceCase]:
+        return cases(self.cluster_config) if self.cluster_config is not None else []
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        """Ids `<model>-<test>` (and `-c<N>` per concurrency of a sweep); one session param per model."""
+        cfg = self.cluster_config
+        if "inference_case" in metafunc.fixturenames:
+            cases = self.cases()
+            if cfg is None:
+                metafunc.parametrize("inference_case", [None], ids=["no-cluster-config"])
+                return
+            metafunc.parametrize(["model_under_test", "inference_case"], [(c.model.id, c) for c in cases],
+                                 ids=[c.id for c in cases], indirect=["model_under_test"], scope="session")
+        elif "model_under_test" in metafunc.fixturenames:
+            ids = list(cfg.model_ids) if cfg else ["no-cluster-config"]
+            metafunc.parametrize("model_under_test", ids, indirect=True, scope="session")
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        """Run every test of one model before the next model's deployment starts."""
+        if self.cluster_config is None:
+            return
+        order = {m: i for i, m in enumerate(self.cluster_config.model_ids)}
+        items.sort(key=lambda item: order.get(model_of(item), -1))
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if not self.keep_cluster:
+            return
+        for cluster in self.clusters:
+            terminalreporter.write_line(
+                f"sglang-pd: cluster of {cluster.deployment.model.id} kept running, router {cluster.router_url}; "
+                f"remove it with: sglang-pd down {cluster.run_dir}", yellow=True)
+
+    def pytest_report_header(self) -> list[str]:
+        cfg = self.cluster_config
+        if cfg is None:
+            return ["sglang-pd: no cluster config"]
+        return [f"sglang-pd: {cfg.source} engine={cfg.engine} runtime={cfg.runtime} transport={cfg.transport} "
+                f"kv={cfg.kv_transfer.backend} models={','.join(cfg.model_ids)} run={self.run_id}"]
+
+
+def model_of(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return None
+    case = callspec.params.get("inference_case")
+    if isinstance(case, InferenceCase):
+        return case.model.id
+    return callspec.params.get("model_under_test")
+
+
+suite_run_key = pytest.StashKey[SuiteRun]()
