@@ -144,10 +144,12 @@ def test_a_run_writes_report_html_results_json_and_junit_properties(pytester: py
 
 @pytest.mark.integration
 def test_a_baseline_regression_fails_a_run_whose_thresholds_pass(pytester: pytest.Pytester, tmp_path: Path) -> None:
-    first = _run(pytester, _config(tmp_path / "fast", mean_tpot_ms="60"), "before", "-k", "gsm8k")
+    # at speedup 1 the modelled time dominates the run, so a 4 times slower model shows in its throughput
+    first = _run(pytester, _config(tmp_path / "fast", mean_tpot_ms="60", speedup="1"), "before", "-k", "gsm8k")
     first.assert_outcomes(passed=1)
     baseline = pytester.path / "reports" / "before" / "results.json"
-    slow = _config(tmp_path / "slow", mean_tpot_ms="60", faults={"prefill": ["slow=4"], "decode": ["slow=4"]})
+    slow = _config(tmp_path / "slow", mean_tpot_ms="60", speedup="1",
+                   faults={"prefill": ["slow=4"], "decode": ["slow=4"]})
     second = _run(pytester, slow, "after", "-k", "gsm8k", f"--baseline={baseline}")
     second.assert_outcomes(failed=1)
     out = second.stdout.str()
