@@ -18,6 +18,7 @@ import os
 import random
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,9 +27,10 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pytest_sglang_pd.sim import catalog, tokenizer  # noqa: E402
+from pytest_sglang_pd.sim import catalog  # noqa: E402
+from pytest_sglang_pd.textgen import tokenizer  # noqa: E402
 from pytest_sglang_pd.sim.perf_model import PerfModel  # noqa: E402
-from selftests.sim_cluster import sim_cluster  # noqa: E402
+from selftests.live import sim_cluster  # noqa: E402
 
 MODEL_ARGS = ["--sim-model-profile", "Llama-3.3-70B", "--tp", "8", "--sim-gpu", "MI355X"]
 
@@ -58,12 +60,17 @@ async def run_load(url: str, concurrency: int, count: int, input_len: int, outpu
         return await asyncio.gather(*(gated(p) for p in prompts))
 
 
-def cpu_seconds(pids: list[int]) -> float:
+def cpu_seconds(groups: list[int]) -> float:
+    """CPU seconds used so far by every process of these process groups (each started process leads one)."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[2]) in groups:  # pgrp
+            total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / ticks
 
 
@@ -78,9 +85,9 @@ def fidelity(args: argparse.Namespace) -> None:
     print("| concurrency | requests | TTFT modelled ms | TTFT measured ms (median) | TPOT modelled ms "
           "| TPOT measured ms (mean) | TPOT error | worker CPU ms / token | router CPU ms / token |")
     print("|---|---|---|---|---|---|---|---|---|")
-    with sim_cluster(1, 1, backend="mooncake", worker_args=MODEL_ARGS) as cluster:
-        workers = [p.popen.pid for p in cluster.procs if p.name != "router"]
-        router = [cluster.proc("router").popen.pid]
+    with tempfile.TemporaryDirectory() as tmp, sim_cluster(Path(tmp), 1, 1, worker_args=MODEL_ARGS) as cluster:
+        workers = [rp.pid for key, rp in cluster.procs.items() if key != "router"]
+        router = [cluster.procs["router"].pid]
         asyncio.run(run_load(cluster.router_url, 2, 2, 32, 4))  # warm-up: connections, engine sessions
         for concurrency in args.concurrency:
             count = max(4, 2 * concurrency)
@@ -106,12 +113,13 @@ def engine_rates(args: argparse.Namespace) -> None:
     print("|---|---|---|---|---|")
     for backend in ("mooncake", "nixl", "tcp"):
         extra = [*MODEL_ARGS, "--sim-speedup", "50", "--sim-kv-payload-bytes-per-token", str(payload)]
-        with sim_cluster(1, 1, backend=backend, worker_args=extra) as cluster:
+        with tempfile.TemporaryDirectory() as tmp, sim_cluster(Path(tmp), 1, 1, backend=backend,
+                                                                worker_args=extra) as cluster:
             asyncio.run(run_load(cluster.router_url, 16, 64, args.input_len, 4))
-            prefill: str = cluster.prefill_urls[0]
+            prefill: str = cluster.worker_urls["prefill"][0]
             moved = metric(prefill, "kv_transfer_bytes_total")
             seconds = metric(prefill, "kv_transfer_seconds_total")
-            handoffs = metric(cluster.decode_urls[0], "kv_transfer_handoffs_total")
+            handoffs = metric(cluster.worker_urls["decode"][0], "kv_transfer_handoffs_total")
             print(f"| {backend} | {handoffs:.0f} | {moved / 2**20:.1f} | {seconds:.3f} | {moved / 2**20 / seconds:.0f} |")
 
 

@@ -32,7 +32,9 @@ def deployment_json(dep: plan_mod.Deployment) -> dict:
             "argv": redact.argv(p.argv), "env": redact.env(p.env),
             "secret_env": {k: f"{redact.MASK} (read on the node from {v})" for k, v in p.secret_env_files.items()},
             "port": p.port, "bootstrap_port": p.bootstrap_port, "log_path": p.log_path,
-        } for p in (*dep.processes, *plan_mod.bench_processes(dep))],
+        } for p in (*dep.processes, *dep.bench)],
+        "prechecks": [{"node": c.node, "kind": c.kind, "argv": list(c.argv), "passed": c.passed, "failed": c.failed}
+                      for c in dep.prechecks],
         "router_url": dep.router_url,
     }
 
@@ -41,7 +43,7 @@ def deployment_text(dep: plan_mod.Deployment) -> str:
     lines = [f"model {dep.model.id} ({dep.model.model}): engine {dep.engine}, runtime {dep.runtime}, "
              f"kv {dep.kv_backend}, router {dep.router_url}"]
     containers = {c.key: c for c in dep.containers}
-    for p in (*dep.processes, *plan_mod.bench_processes(dep)):
+    for p in (*dep.processes, *dep.bench):
         lines.append(f"  [{p.key}] role={p.role} node={p.node}" + (f" port={p.port}" if p.port else ""))
         c = containers.get(p.container or "")
         if c:
@@ -55,6 +57,8 @@ def deployment_text(dep: plan_mod.Deployment) -> str:
             lines.append(f"    env {k}={redact.MASK} (read on the node from {v})")
         lines.append(f"    $ {shlex.join(redact.argv(p.argv))}")
         lines.append(f"    log {p.log_path}")
+    for c in dep.prechecks:
+        lines.append(f"  [precheck {c.kind}] node={c.node}: {c.passed}\n    $ {shlex.join(c.argv)}")
     return "\n".join(lines)
 
 
@@ -84,7 +88,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .cluster import node_access
 
     deps = [plan_mod.plan(cfg, m, run_id=args.run_id) for m in models]
-    access = node_access(cfg, [s.node for d in deps for s in (*d.processes, *d.containers, *plan_mod.bench_processes(d))])
+    access = node_access(cfg, [s.node for d in deps for s in (*d.processes, *d.containers, *d.bench)])
     if args.format == "json":
         print(json.dumps({"nodes": access, "models": {d.model.id: deployment_json(d) for d in deps}}, indent=2))
     else:
@@ -111,15 +115,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     model = args.model or cfg.model_ids[0]
     run_id = args.run_id if args.run_id != PLAN_RUN_ID else plan_mod.default_run_id()
-    dep = plan_mod.plan(cfg, model, run_id=run_id, python=plan_mod.node_python(cfg))
+    dep = plan_mod.plan(cfg, model, run_id=run_id)
     run_dir = Path(args.results_dir) / run_id
+    live = cluster.LiveCluster(cfg, dep, run_dir)
     try:
-        live = cluster.bring_up(cfg, dep, run_dir)
+        with live:
+            live.bring_up()
+            live.detach()  # leaving the context now copies the logs and disconnects; the cluster stays up
     except (cluster.ClusterError, HostError, RuntimeFailure) as exc:
         print(f"bring-up failed (everything started was stopped):\n{exc}", file=sys.stderr)
         return 1
-    live.snapshot_logs()
-    live.disconnect()
     print(f"cluster of {model} is up: router {live.router_url}\n"
           f"  startup seconds: {json.dumps(live.startup_seconds)}\n  remove it with: sglang-pd down {run_dir}")
     return 0

@@ -15,7 +15,7 @@ import logging
 import re
 import shlex
 import time
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -29,6 +29,7 @@ from .config import ClusterConfig
 from .facts import ClusterFacts
 from .plan import Deployment, ProcessSpec
 from .image import SOURCE_LABEL, source_digest
+from .parallel import on_each
 from .runtime import DockerRuntime, RunningProcess, Runtime, runtime_for
 
 log = logging.getLogger(__name__)
@@ -52,24 +53,8 @@ class KVTransferCheck:
     findings: dict[str, str] = field(default_factory=dict)  # node -> what was checked and seen
 
 
-# Side services a transfer backend can be configured to use (Mooncake's master / metadata server, etcd).
-SIDE_SERVICE_ENV = ("MOONCAKE_MASTER", "MOONCAKE_TE_META_DATA_SERVER", "MOONCAKE_METADATA_SERVER", "ETCD_ENDPOINTS")
-_ADDRESS = re.compile(r"^(?:[a-z0-9+]+://)?([A-Za-z0-9.-]+):(\d{1,5})(?:/.*)?$")
-
-
-def side_services(env: dict[str, str]) -> list[tuple[str, str]]:
-    """(env key, host:port) of every side service the transfer's env names (P2P handshake needs none)."""
-    out = []
-    for key in SIDE_SERVICE_ENV:
-        for value in filter(None, (v.strip() for v in env.get(key, "").split(","))):
-            m = _ADDRESS.match(value)
-            if m:
-                out.append((key, f"{m.group(1)}:{m.group(2)}"))
-    return out
-
-
 # RDMA port error counters (sysfs, per device and port) that a healthy link keeps at zero.
-IB_SYSFS = "/sys/class/infiniband"
+IB_SYSFS = plan_mod.IB_SYSFS
 NIC_ERROR_COUNTERS = ("symbol_error", "link_error_recovery", "link_downed", "port_rcv_errors",
                       "port_rcv_remote_physical_errors", "port_rcv_switch_relay_errors", "port_xmit_discards",
                       "port_xmit_constraint_errors", "port_rcv_constraint_errors", "local_link_integrity_errors",
@@ -111,12 +96,20 @@ def log_destination(run_dir: Path, spec: ProcessSpec) -> Path:
 
 
 class LiveCluster:
-    """A Deployment carried out on its nodes; also the benchmarks' target (router URL, bench node)."""
+    """A Deployment carried out on its nodes, as a context manager; also the benchmarks' target.
 
-    def __init__(self, cfg: ClusterConfig, deployment: Deployment, run_dir: Path):
+    Each bring-up step (``connect``, ``precheck``, ``prepare_containers``, ``start`` of a role,
+    ``start_router``) first pushes its own undo onto the cluster's ExitStack, so leaving the context
+    (or ``close``) undoes every step taken, in reverse, whatever failed; ``undo(step)`` undoes one step
+    earlier (a fixture's teardown). Per-node work runs on all nodes at once. With ``keep`` the processes
+    and containers stay up: closing then only copies the logs and disconnects.
+    """
+
+    def __init__(self, cfg: ClusterConfig, deployment: Deployment, run_dir: Path, *, keep: bool = False):
         self.cfg = cfg
         self.deployment = deployment
         self.run_dir = run_dir
+        self.keep = keep
         self.simulated = cfg.simulated
         self.router_url = deployment.router_url
         self.worker_urls = {role: [p.url for p in deployment.servers(role)] for role in ("prefill", "decode")}
@@ -128,23 +121,129 @@ class LiveCluster:
         self.kv_check: KVTransferCheck | None = None
         self.handoffs: dict[str, float] = {}
         self._collected: set[str] = set()
+        self._stack = ExitStack()
+        self._steps: dict[str, ExitStack] = {}
+        self._undo_errors: list[str] = []
+
+    # ---------------------------------------------------------------- the stack of undos
+    def __enter__(self) -> LiveCluster:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _step(self, name: str) -> ExitStack:
+        """The undo stack of a new step, itself on the cluster's stack."""
+        stack = ExitStack()
+        self._steps[name] = stack
+        self._stack.callback(self._close_step, name)
+        return stack
+
+    def _undo_with(self, stack: ExitStack, what: str, fn: Callable[[], object]) -> None:
+        """Push an undo that never stops the ones after it: its error is kept and raised once all have run."""
+        def run() -> None:
+            try:
+                fn()
+            except Exception as exc:  # keep going: every other undo must still run
+                self._undo_errors.append(f"{what}: {exc}")
+        stack.callback(run)
+
+    def _close_step(self, name: str) -> None:
+        stack = self._steps.pop(name, None)
+        if stack is not None:
+            stack.close()
+
+    def _raise_undo_errors(self) -> None:
+        errors, self._undo_errors = self._undo_errors, []
+        if errors:
+            raise ClusterError("teardown incomplete:\n" + "\n".join(f"  {e}" for e in errors))
+
+    def undo(self, step: str) -> None:
+        """Undo one step now (its processes stopped and logs collected, its containers removed, ...)."""
+        self._close_step(step)
+        self._raise_undo_errors()
+
+    def close(self) -> None:
+        """Undo every step taken, in reverse; errors raised together after all were tried."""
+        self._stack.close()
+        self._raise_undo_errors()
+
+    def detach(self) -> None:
+        """Leave the cluster running from now on (`sglang-pd up`, --keep-cluster): closing only disconnects."""
+        self.keep = True
+
+    def bring_up(self, *, smoke: bool = True) -> LiveCluster:
+        """Every step in order: what `sglang-pd up`, the self-tests and the benchmarks run (the fixtures take the
+        same steps one by one). ``smoke=False`` stops at a ready router (a cluster meant to fail requests)."""
+        self.connect()
+        self.precheck()
+        self.prepare_containers()
+        self.start("prefill")
+        self.start("decode")
+        self.wait_healthy(("prefill", "decode"))
+        self.start_router()
+        if smoke:
+            self.smoke()
+        return self
 
     # ---------------------------------------------------------------- bring-up steps
     def connect(self) -> None:
-        self.hosts = connect_nodes(self.cfg, [*self.deployment.nodes, *(c.node for c in self.deployment.containers)])
+        """Every node connected and answering, in parallel; undone by marking the run stopped and disconnecting."""
+        undo = self._step("connect")
+        self._undo_with(undo, "state file", lambda: None if self.keep else self._write_state(stopped=True))
+        self._undo_with(undo, "disconnect", self.disconnect)
+        self._undo_with(undo, "logs", lambda: self.snapshot_logs() if self.keep else None)
+        dep = self.deployment
+        self._write_state()
+        self.hosts = connect_nodes(self.cfg, [*dep.nodes, *(c.node for c in dep.containers)])
         self.runtime = runtime_of(self.cfg, self.hosts)
         self._write_state()
-        self._precheck_devices()
 
-    def _precheck_devices(self) -> None:
-        """The GPU devices the containers get exist on their nodes (real engine; the simulator needs none)."""
-        if self.simulated:
-            return
-        missing = [f"  node {c.node} ({c.role}): {d} does not exist ($.config.container_config.device_list)"
-                   for c in self.deployment.containers for d in c.devices
-                   if self.hosts[c.node].run(["test", "-e", d], timeout=30).exit_status != 0]
-        if missing:
-            raise ClusterError("GPU devices missing:\n" + "\n".join(dict.fromkeys(missing)))
+    def precheck(self) -> KVTransferCheck:
+        """The deployment's planned prechecks, all nodes at once: GPU devices, then the KV transfer (RDMA devices
+        or the engine loading, side services). Each failure names node, config key and what the node said."""
+        by_node: dict[str, list[plan_mod.Precheck]] = {}
+        for check in self.deployment.prechecks:
+            by_node.setdefault(check.node, []).append(check)
+        outcomes = []
+        for _, found, exc in on_each(lambda node: self._run_prechecks(by_node[node]), sorted(by_node)):
+            if exc is not None:
+                raise exc
+            outcomes += found
+        for kind, title in (("devices", "GPU devices missing"),
+                            ("kv_transfer", f"KV transfer ({self.cfg.kv_transfer.backend}) precheck failed")):
+            problems = [text for check, ok, text in outcomes if check.kind == kind and not ok]
+            if problems:
+                raise ClusterError(f"{title}:\n" + "\n".join(problems))
+        kv = self.cfg.kv_transfer
+        check = KVTransferCheck(kv.backend, kv.ib_devices, plan_mod.kv_env(self.cfg))
+        for node in plan_mod.worker_nodes(self.deployment):
+            found = [text for c, _, text in outcomes if c.node == node and c.kind == "kv_transfer"]
+            check.findings[node] = "; ".join(found) or "checked in the worker container at start"
+        self.kv_check = check
+        return check
+
+    def _run_prechecks(self, checks: list[plan_mod.Precheck]) -> list[tuple[plan_mod.Precheck, bool, str]]:
+        """(check, passed, what it found) for one node's checks, in turn."""
+        out = []
+        for check in checks:
+            result = self.hosts[check.node].run(list(check.argv), timeout=60)
+            if result.exit_status == 0:
+                seen = result.stdout.strip().splitlines()
+                out.append((check, True, check.passed + (f": {seen[-1]}" if seen else "")))
+            else:
+                said = result.stderr.strip().splitlines()[-5:] or ["timed out" if result.exit_status == 124 else
+                                                                     f"exit status {result.exit_status}"]
+                out.append((check, False, f"  {check.failed}:\n" + _indent(said)))
+        return out
+
+    def prepare_containers(self) -> None:
+        """One container per logical node (docker runtime); undone by removing them all."""
+        undo = self._step("containers")
+        self._undo_with(undo, "containers", lambda: None if self.keep else self.runtime.teardown())
+        if self.simulated and isinstance(self.runtime, DockerRuntime):
+            self._check_sim_image()
+        self.runtime.prepare(self.deployment.containers)
 
     def nic_error_counters(self, root: str = IB_SYSFS) -> dict[str, int]:
         """`node:device/port/counter` -> value of the error counters of the configured RDMA devices on every
@@ -161,54 +260,6 @@ class LiveCluster:
                 if name.rsplit("/", 1)[-1] in NIC_ERROR_COUNTERS and value.isdigit():
                     out[f"{node}:{name}"] = int(value)
         return out
-
-    def precheck_kv_transfer(self) -> KVTransferCheck:
-        """The engine can work on every worker node: IB devices present (real engine), the engine loads (sim)."""
-        kv = self.cfg.kv_transfer
-        check = KVTransferCheck(kv.backend, kv.ib_devices, plan_mod.kv_env(self.cfg))
-        workers = sorted({p.node for p in self.deployment.processes if p.role in ("prefill", "decode")})
-        problems = []
-        for node in workers:
-            host = self.hosts[node]
-            if not self.simulated and kv.backend in ("mooncake", "nixl", "mori") and kv.ib_devices:
-                missing = [d for d in kv.ib_devices
-                           if host.run(["test", "-e", f"/sys/class/infiniband/{d}"], timeout=30).exit_status != 0]
-                if missing:
-                    problems.append(f"  node {node}: RDMA device(s) {', '.join(missing)} not in /sys/class/infiniband "
-                                    f"($.config.kv_transfer.ib_devices, default $.config.nccl_ib_hca)")
-                    continue
-                check.findings[node] = f"RDMA devices present: {', '.join(kv.ib_devices)}"
-            elif self.simulated and self.cfg.runtime == "process":
-                probe = (f"from pytest_sglang_pd.kv_transfer import open_engine\n"
-                         f"e = open_engine({kv.backend!r}, hostname={plan_mod.bind_host(node)!r})\n"
-                         f"print(e.name, e.protocol); e.close()\n")
-                python = self.deployment.processes[0].argv[0]
-                result = host.run([python, "-c", probe], timeout=60)
-                if result.exit_status != 0:
-                    problems.append(f"  node {node}: the {kv.backend} transfer engine does not load:\n"
-                                    + _indent(result.stderr.strip().splitlines()[-5:]))
-                    continue
-                check.findings[node] = f"engine loads: {result.stdout.strip().splitlines()[-1]}"
-            else:
-                check.findings[node] = "checked in the worker container at start"
-        for node in workers:
-            for key, address in side_services(check.env):
-                reached = self.hosts[node].run(["timeout", "5", "bash", "-c", 'exec 3<>"/dev/tcp/$1/$2"', "bash",
-                                                *address.rsplit(":", 1)], timeout=30)
-                if reached.exit_status != 0:
-                    problems.append(f"  node {node}: {key} service at {address} not reachable "
-                                    f"($.config.kv_transfer.env.{key}): {reached.stderr.strip() or 'timed out'}")
-                else:
-                    check.findings[node] += f"; {key} {address} reachable"
-        if problems:
-            raise ClusterError(f"KV transfer ({kv.backend}) precheck failed:\n" + "\n".join(problems))
-        self.kv_check = check
-        return check
-
-    def prepare_containers(self) -> None:
-        if self.simulated and isinstance(self.runtime, DockerRuntime):
-            self._check_sim_image()
-        self.runtime.prepare(self.deployment.containers)
 
     def _check_sim_image(self) -> None:
         """The simulated workers in the image must be this suite's: an image built from other sources is stale.
@@ -228,23 +279,29 @@ class LiveCluster:
                                "(rebuild it: scripts/build_sim_image.sh):\n" + "\n".join(stale))
 
     def start(self, role: str) -> list[RunningProcess]:
-        """Start every process of a role, in parallel across nodes; roll back this role's processes on failure."""
+        """Start every process of a role, all nodes at once; undone by stopping them together (logs collected)."""
+        undo = self._step(role)
+        self._undo_with(undo, role, lambda: self._stop_role(role))
         specs = self.deployment.role(role)
         t0 = time.monotonic()
-        with ThreadPoolExecutor(max_workers=max(1, min(len(specs), 16))) as pool:
-            futures = [(s, pool.submit(self.runtime.start, s)) for s in specs]
         errors = []
-        for spec, fut in futures:
-            if fut.exception() is None:
-                self.procs[spec.key] = fut.result()
+        for spec, rp, exc in on_each(self.runtime.start, specs):
+            if exc is None:
+                self.procs[spec.key] = rp
             else:
-                errors.append(f"  {role} {spec.key} on node {spec.node}: {fut.exception()}")
+                errors.append(f"  {role} {spec.key} on node {spec.node}: {exc}")
         self._write_state()
         if errors:
-            self.stop(role)
             raise ClusterError(f"{role}: {len(errors)} of {len(specs)} process(es) failed to start:\n" + "\n".join(errors))
         self.startup_seconds[f"{role}_launch"] = round(time.monotonic() - t0, 3)
         return [self.procs[s.key] for s in specs]
+
+    def start_router(self) -> dict:
+        """The router started and ready on /readiness; undone (with any benchmark process) by stopping it."""
+        self.start("router")
+        undo = self._steps["router"]
+        self._undo_with(undo, "bench", lambda: self._stop_role("bench"))
+        return self.wait_router_ready()
 
     def wait_healthy(self, roles: Iterable[str], deadline_s: float | None = None) -> None:
         """Poll /health of every instance of the roles until all answer 200; any exit fails at once."""
@@ -303,8 +360,10 @@ class LiveCluster:
 
     def check_alive(self) -> None:
         """Fail at once when any started process has exited, naming its role and node, with its log tail."""
-        for rp in self.procs.values():
-            code = self.runtime.exit_code(rp)
+        procs = list(self.procs.values())
+        for rp, code, exc in on_each(self.runtime.exit_code, procs):
+            if exc is not None:
+                raise exc
             if code is not None:
                 raise ClusterError(f"{rp.spec.role} {rp.spec.key} on node {rp.spec.node} exited with code {code}\n"
                                    f"  command: {shlex.join(redact.argv(rp.spec.argv))}\n" + self._tail_block(rp))
@@ -366,8 +425,7 @@ class LiveCluster:
     # ---------------------------------------------------------------- teardown
     def snapshot_logs(self) -> None:
         """Copy every log as it is now (the processes keep running: --keep-cluster)."""
-        for key in self.procs:
-            self.collect(key)
+        on_each(self.collect, list(self.procs))
         self._collected.clear()
 
     def collect(self, key: str) -> None:
@@ -383,44 +441,20 @@ class LiveCluster:
         except (hosts_mod.HostError, OSError) as exc:
             log.warning("could not collect the log of %s on %s: %s", key, rp.spec.node, exc)
 
-    def stop(self, role: str) -> list[str]:
-        """Collect the logs of a role's processes, then stop them (SIGTERM, grace, SIGKILL). Returns errors."""
-        errors = []
-        for key, rp in list(self.procs.items()):
-            if rp.spec.role != role:
-                continue
-            try:
-                self.runtime.stop(rp)
-            except Exception as exc:  # keep going: every other process must still be stopped
-                errors.append(f"{role} {key} on {rp.spec.node}: {exc}")
-            self.collect(key)
-        return errors
-
-    def remove_containers(self) -> None:
-        if self.runtime is not None:
-            self.runtime.teardown()
-
-    def mark_stopped(self) -> None:
-        self._write_state(stopped=True)
+    def _stop_role(self, role: str) -> None:
+        """Stop a role's processes together (SIGTERM to all, one grace, SIGKILL), then collect their logs at once."""
+        if self.keep:
+            return
+        procs = [rp for rp in self.procs.values() if rp.spec.role == role]
+        errors = self.runtime.stop_all(procs) if procs else []
+        on_each(self.collect, [rp.spec.key for rp in procs])
+        if errors:
+            raise ClusterError("; ".join(errors))
 
     def disconnect(self) -> None:
         for host in self.hosts.values():
             host.close()
         self.hosts = {}
-
-    def teardown(self) -> None:
-        """Everything in reverse order; every step is tried, errors are raised together at the end."""
-        errors = []
-        for role in ("bench", "router", "decode", "prefill"):
-            errors += self.stop(role)
-        for step in (self.remove_containers, self.disconnect):
-            try:
-                step()
-            except Exception as exc:
-                errors.append(str(exc))
-        self._write_state(stopped=True)
-        if errors:
-            raise ClusterError("teardown incomplete:\n" + "\n".join(f"  {e}" for e in errors))
 
     def _write_state(self, stopped: bool = False) -> None:
         """What runs where, so `sglang-pd down` can stop a kept cluster later."""
@@ -474,7 +508,7 @@ def facts_of(cluster: LiveCluster | ExternalCluster, *, versions: bool = True) -
     collected and (``versions``: once the workers are ready) the version each role's workers report."""
     dep = cluster.deployment
     logs = {} if dep is None else {spec.key: log_destination(cluster.run_dir, spec)
-                                   for spec in (*dep.processes, *plan_mod.bench_processes(dep))}
+                                   for spec in (*dep.processes, *dep.bench)}
     return ClusterFacts(router_url=cluster.router_url, model=dep.model.id if dep else None,
                         startup_seconds=dict(cluster.startup_seconds),
                         worker_versions=worker_versions(cluster.worker_urls) if versions else {}, log_files=logs)
@@ -534,25 +568,6 @@ def _indent(lines: Iterable[str], prefix: str = "    ") -> str:
     return "\n".join(prefix + line for line in lines)
 
 
-def bring_up(cfg: ClusterConfig, deployment: Deployment, run_dir: Path) -> LiveCluster:
-    """Every step at once, for the CLI (`sglang-pd up`); on any failure everything started is torn down."""
-    cluster = LiveCluster(cfg, deployment, run_dir)
-    try:
-        cluster.connect()
-        cluster.precheck_kv_transfer()
-        cluster.prepare_containers()
-        cluster.start("prefill")
-        cluster.start("decode")
-        cluster.wait_healthy(("prefill", "decode"))
-        cluster.start("router")
-        cluster.wait_router_ready()
-        cluster.smoke()
-    except BaseException:
-        cluster.teardown()
-        raise
-    return cluster
-
-
 def down(state_path: Path) -> list[str]:
     """Stop what a kept run left running, from its cluster-state.json; returns what was stopped."""
     from . import config as config_mod
@@ -571,12 +586,14 @@ def down(state_path: Path) -> list[str]:
                     stopped.append(f"container {found.name} on {c['node']}")
         else:
             dep = plan_mod.plan(cfg, state["model"], run_id=state["run_id"])
-            specs = {s.key: s for s in (*dep.processes, *plan_mod.bench_processes(dep))}
-            for p in reversed(state["processes"]):
-                host = hosts[p["node"]]
-                if p["pid"] and host.group_alive(p["pid"]):
-                    runtime.stop(RunningProcess(specs[p["key"]], host, p["pid"], None, None, 0.0))
-                    stopped.append(f"{p['role']} {p['key']} on {p['node']} (pid {p['pid']})")
+            specs = {s.key: s for s in (*dep.processes, *dep.bench)}
+            running = [RunningProcess(specs[p["key"]], hosts[p["node"]], p["pid"], None, None, 0.0)
+                       for p in state["processes"] if p["pid"]]
+            running = [rp for rp, alive, _ in on_each(lambda rp: rp.host.group_alive(rp.pid), running) if alive]
+            errors = runtime.stop_all(running)
+            if errors:
+                raise ClusterError("could not stop:\n" + "\n".join(f"  {e}" for e in errors))
+            stopped += [f"{rp.spec.role} {rp.spec.key} on {rp.spec.node} (pid {rp.pid})" for rp in running]
     finally:
         runtime.teardown()
         for h in hosts.values():

@@ -40,8 +40,7 @@ def model_under_test(request: pytest.FixtureRequest, cluster_config: ClusterConf
 
 @pytest.fixture(scope="session")
 def deployment(cluster_config: ClusterConfig, model_under_test: str, suite_run: SuiteRun) -> plan_mod.Deployment:
-    return plan_mod.plan(cluster_config, model_under_test, run_id=suite_run.run_id,
-                         python=plan_mod.node_python(cluster_config))
+    return plan_mod.plan(cluster_config, model_under_test, run_id=suite_run.run_id)
 
 
 def _run_dir(suite_run: SuiteRun, cfg: ClusterConfig, model: str) -> Path:
@@ -62,23 +61,17 @@ def _tell_report(request: pytest.FixtureRequest, facts: ClusterFacts) -> None:
     report.of(request.config).add_cluster(facts)
 
 
-def _undo(suite_run: SuiteRun, step) -> None:
-    if not suite_run.keep_cluster:
-        with _as_failure():
-            step()
-
-
 @contextmanager
-def _setting_up(undo: Callable[[], None]) -> Iterator[None]:
-    """One role's set-up. When it fails, undo runs at once and the set-up's error is raised first; an undo that
-    fails as well is told after it, never instead of it."""
+def _setting_up(cluster: LiveCluster, step: str) -> Iterator[None]:
+    """One step's set-up. When it fails, the step is undone at once and the set-up's error is raised first; an
+    undo that fails as well is told after it, never instead of it."""
     try:
         with _as_failure():
             yield
     except BaseException as first:
         try:
             with _as_failure():
-                undo()
+                cluster.undo(step)
         except pytest.fail.Exception as second:
             if isinstance(first, pytest.fail.Exception):
                 raise pytest.fail.Exception(first_error_first(first.msg, second.msg), pytrace=False) from None
@@ -86,83 +79,69 @@ def _setting_up(undo: Callable[[], None]) -> Iterator[None]:
         raise
 
 
+def _step_fixture(cluster: LiveCluster, step: str, set_up: Callable[[], object]) -> Iterator:
+    """The body of a role fixture: enter one step of the cluster (undone at once if it fails), yield, undo it."""
+    try:
+        with _setting_up(cluster, step):
+            value = set_up()
+        yield value
+    finally:
+        with _as_failure():
+            cluster.undo(step)
+
+
 @pytest.fixture(scope="session")
 def cluster_nodes(request: pytest.FixtureRequest, cluster_config: ClusterConfig, deployment: plan_mod.Deployment,
                   model_under_test: str, suite_run: SuiteRun) -> Iterator[LiveCluster]:
-    """Every node of the deployment connected and answering (in parallel); disconnected at the end."""
-    cluster = LiveCluster(cluster_config, deployment, _run_dir(suite_run, cluster_config, model_under_test))
+    """Every node of the deployment connected and answering (in parallel); disconnected at the end, after every
+    later step was undone (the run's state file then says stopped)."""
+    cluster = LiveCluster(cluster_config, deployment, _run_dir(suite_run, cluster_config, model_under_test),
+                          keep=suite_run.keep_cluster)
     suite_run.clusters.append(cluster)
     _tell_report(request, facts_of(cluster, versions=False))  # a failed bring-up still links the logs collected
-
-    def disconnect() -> None:
-        if suite_run.keep_cluster:
-            cluster.snapshot_logs()
-        else:
-            cluster.mark_stopped()
-        cluster.disconnect()
-
-    with _setting_up(disconnect):
-        cluster.connect()
     try:
+        with _setting_up(cluster, "connect"):
+            cluster.connect()
         yield cluster
     finally:
-        disconnect()
+        with _as_failure():
+            cluster.close()
 
 
 @pytest.fixture(scope="session")
 def kv_transfer(cluster_nodes: LiveCluster) -> KVTransferCheck:
-    """The transfer backend checked on every worker node (IB devices / engine loads) before anything starts."""
+    """The deployment's prechecks on every node at once (GPU and RDMA devices, the engine loads, side services)."""
     with _as_failure():
-        return cluster_nodes.precheck_kv_transfer()
-
-
-def _role_fixture(suite_run: SuiteRun, set_up: Callable[[], object], undo: Callable[[], None]) -> Iterator:
-    """The body of a role fixture: set up (undone at once on failure), yield, undo at the end."""
-    with _setting_up(lambda: _undo(suite_run, undo)):
-        value = set_up()
-    try:
-        yield value
-    finally:
-        _undo(suite_run, undo)
+        return cluster_nodes.precheck()
 
 
 @pytest.fixture(scope="session")
-def node_containers(cluster_nodes: LiveCluster, kv_transfer: KVTransferCheck, suite_run: SuiteRun) -> Iterator[LiveCluster]:
+def node_containers(cluster_nodes: LiveCluster, kv_transfer: KVTransferCheck) -> Iterator[LiveCluster]:
     """One container per logical node (docker runtime; nothing for plain processes); removed at the end."""
-    def prepare() -> LiveCluster:
-        cluster_nodes.prepare_containers()
-        return cluster_nodes
-
-    yield from _role_fixture(suite_run, prepare, cluster_nodes.remove_containers)
+    yield from _step_fixture(cluster_nodes, "containers", lambda: cluster_nodes.prepare_containers() or cluster_nodes)
 
 
 @pytest.fixture(scope="session")
-def prefill_group(node_containers: LiveCluster, suite_run: SuiteRun) -> Iterator[list]:
-    """The prefill instances launched (parallel across nodes); stopped, logs collected, at the end."""
-    yield from _role_fixture(suite_run, lambda: node_containers.start("prefill"),
-                             lambda: _raise_all(node_containers.stop("prefill")))
+def prefill_group(node_containers: LiveCluster) -> Iterator[list]:
+    """The prefill instances launched (parallel across nodes); stopped together, logs collected, at the end."""
+    yield from _step_fixture(node_containers, "prefill", lambda: node_containers.start("prefill"))
 
 
 @pytest.fixture(scope="session")
-def decode_group(node_containers: LiveCluster, prefill_group: list, suite_run: SuiteRun) -> Iterator[list]:
+def decode_group(node_containers: LiveCluster, prefill_group: list) -> Iterator[list]:
     """The decode instances launched, then prefill and decode waited on together until all are healthy."""
     def start() -> list:
         procs = node_containers.start("decode")
         node_containers.wait_healthy(("prefill", "decode"))
         return procs
 
-    yield from _role_fixture(suite_run, start, lambda: _raise_all(node_containers.stop("decode")))
+    yield from _step_fixture(node_containers, "decode", start)
 
 
 @pytest.fixture(scope="session")
-def proxy_router(node_containers: LiveCluster, decode_group: list, suite_run: SuiteRun) -> Iterator[dict]:
+def proxy_router(node_containers: LiveCluster, decode_group: list) -> Iterator[dict]:
     """The sglang router in PD mode, ready on /readiness with every instance healthy; stopped at the end."""
-    def start() -> dict:
-        node_containers.start("router")
-        return node_containers.wait_router_ready()
-
-    yield from _role_fixture(suite_run, start,
-                             lambda: _raise_all(node_containers.stop("router") + node_containers.stop("bench")))
+    yield from _step_fixture(node_containers, "router", node_containers.start_router)
 
 
 @pytest.fixture(scope="session")
@@ -182,8 +161,3 @@ def pd_cluster(request: pytest.FixtureRequest, suite_run: SuiteRun, cluster_conf
             cluster.smoke()
     _tell_report(request, facts_of(cluster))
     return cluster
-
-
-def _raise_all(errors: list[str]) -> None:
-    if errors:
-        raise ClusterError("teardown incomplete:\n" + "\n".join(f"  {e}" for e in errors))

@@ -219,11 +219,15 @@ KEEPALIVE_S = 30  # keeps an idle connection alive through NAT and firewalls dur
 
 
 def _before_command(exc: BaseException) -> bool:
-    """Whether an SSH error came from opening the session, before the command was sent."""
+    """Whether an SSH error came from opening the session, before the command was sent (nothing ran)."""
     if isinstance(exc, paramiko.ChannelException):
         return True
-    text = str(exc).lower()
-    return isinstance(exc, paramiko.SSHException) and ("not active" in text or "unable to open channel" in text)
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name in ("open_session", "open_channel"):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 class SSHHost(Host):
@@ -277,7 +281,7 @@ class SSHHost(Host):
                 except (OSError, EOFError, paramiko.SSHException) as exc:
                     self._connection.close()
                     raise HostUnreachable(
-                        f"{self.name}: cannot connect over ssh to {self._target}: {exc or type(exc).__name__}"
+                        f"{self.name}: cannot connect over ssh to {self._target}: {str(exc) or type(exc).__name__}"
                     ) from None
                 self._connection.transport.set_keepalive(KEEPALIVE_S)
         return self._connection
@@ -309,7 +313,7 @@ class SSHHost(Host):
                     continue
                 raise HostUnreachable(
                     f"{self.name}: ssh connection to {self._target} lost during `{shlex.join(argv)[:200]}`: "
-                    f"{exc or type(exc).__name__}"
+                    f"{str(exc) or type(exc).__name__}"
                 ) from None
         if result.exited != 0 and time.monotonic() - started >= timeout:
             # invoke reports a timeout only once its timer thread has finished killing the command; a run that

@@ -6,7 +6,7 @@ import re
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from secrets import token_hex
 from typing import Mapping
@@ -71,6 +71,22 @@ class ProcessSpec:
 
 
 @dataclass(frozen=True)
+class Precheck:
+    """A command run on a node before anything starts; exit status 0 means the node passes.
+
+    ``kind`` groups the checks ("devices": the GPUs the containers get; "kv_transfer": RDMA devices,
+    the engine loading, side services); ``passed`` / ``failed`` say what either outcome means, the
+    failure with the config key that set it up.
+    """
+
+    node: str
+    kind: str
+    argv: tuple[str, ...]
+    passed: str
+    failed: str
+
+
+@dataclass(frozen=True)
 class Deployment:
     """Everything that runs for one model: containers and processes, in start order."""
 
@@ -83,6 +99,9 @@ class Deployment:
     processes: tuple[ProcessSpec, ...]
     router_url: str
     kv_backend: str
+    python: str = "python3"  # what every planned process of the suite runs with on its node
+    bench: tuple[ProcessSpec, ...] = ()  # the sglang benchmark tools, one per test and concurrency
+    prechecks: tuple[Precheck, ...] = ()  # run on the nodes before anything starts
 
     def role(self, role: str) -> tuple[ProcessSpec, ...]:
         return tuple(p for p in self.processes if p.role == role)
@@ -286,10 +305,12 @@ def _router_argv(cfg: ClusterConfig, model: ModelConfig, prefills: tuple[_Instan
     return tuple(argv)
 
 
-def plan(cfg: ClusterConfig, model: ModelConfig | str, *, run_id: str, python: str = "python3") -> Deployment:
-    """The deployment of one model: every container and process, with argv, env, port and log path."""
+def plan(cfg: ClusterConfig, model: ModelConfig | str, *, run_id: str) -> Deployment:
+    """The deployment of one model: every container and process, with argv, env, port and log path, the
+    benchmark commands and the prechecks, all with the python the nodes run (``node_python``)."""
     if isinstance(model, str):
         model = cfg.model(model)
+    python = node_python(cfg)
     docker = cfg.runtime == "docker"
     log_dir = f"{cfg.log_dir.rstrip('/')}/{run_id}"
     base_env = {**node_env(cfg), **kv_env(cfg)}
@@ -332,9 +353,10 @@ def plan(cfg: ClusterConfig, model: ModelConfig | str, *, run_id: str, python: s
     router_url = f"http://{cfg.router_node}:{cfg.router_port}"
     if cfg.bench_client == "sglang" or any(t.bench_client == "sglang" for t in model.tests):
         container("bench", "bench", cfg.benchmark_node)
-    return Deployment(run_id=run_id, model=model, engine=cfg.engine, runtime=cfg.runtime, log_dir=log_dir,
-                      containers=tuple(containers), processes=tuple(processes), router_url=router_url,
-                      kv_backend=cfg.kv_transfer.backend)
+    dep = Deployment(run_id=run_id, model=model, engine=cfg.engine, runtime=cfg.runtime, log_dir=log_dir,
+                     containers=tuple(containers), processes=tuple(processes), router_url=router_url,
+                     kv_backend=cfg.kv_transfer.backend, python=python)
+    return replace(dep, bench=_bench_processes(dep), prechecks=prechecks(cfg, dep))
 
 
 def bench_output_path(dep: Deployment, test: InferenceTest, concurrency: int) -> str:
@@ -378,7 +400,7 @@ def gsm8k_argv(dep: Deployment, test: InferenceTest, concurrency: int, *, python
     return tuple(argv)
 
 
-def bench_processes(dep: Deployment, *, python: str = "python3") -> tuple[ProcessSpec, ...]:
+def _bench_processes(dep: Deployment) -> tuple[ProcessSpec, ...]:
     """The benchmark commands the sglang bench client runs on the benchmark node, one per test and concurrency."""
     out = []
     bench = next((c for c in dep.containers if c.key == "bench"), None)
@@ -389,7 +411,73 @@ def bench_processes(dep: Deployment, *, python: str = "python3") -> tuple[Proces
         for conc in test.max_concurrency:
             make = gsm8k_argv if test.kind == "gsm8k" else bench_serving_argv
             key = f"bench_{test.name}_c{conc}"
-            out.append(ProcessSpec(key=key, role="bench", node=node, argv=make(dep, test, conc, python=python),
+            out.append(ProcessSpec(key=key, role="bench", node=node, argv=make(dep, test, conc, python=dep.python),
                                    env={"HF_HUB_OFFLINE": "1"}, port=None, log_path=f"{dep.log_dir}/{key}.log",
                                    container=bench.key if bench else None, host=node))
+    return tuple(out)
+
+
+# Side services a transfer backend can be configured to use (Mooncake's master / metadata server, etcd).
+SIDE_SERVICE_ENV = ("MOONCAKE_MASTER", "MOONCAKE_TE_META_DATA_SERVER", "MOONCAKE_METADATA_SERVER", "ETCD_ENDPOINTS")
+_ADDRESS = re.compile(r"^(?:[a-z0-9+]+://)?([A-Za-z0-9.-]+):(\d{1,5})(?:/.*)?$")
+IB_SYSFS = "/sys/class/infiniband"
+# $@: paths; fails naming those that do not exist
+_ALL_EXIST = 'm=""; for p; do [ -e "$p" ] || m="$m $p"; done; [ -z "$m" ] || { echo "missing:$m" >&2; exit 1; }'
+_TCP_CONNECT = 'exec 3<>"/dev/tcp/$1/$2"'
+
+
+def side_services(env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(env key, host:port) of every side service the transfer's env names (P2P handshake needs none)."""
+    out = []
+    for key in SIDE_SERVICE_ENV:
+        for value in filter(None, (v.strip() for v in env.get(key, "").split(","))):
+            m = _ADDRESS.match(value)
+            if m:
+                out.append((key, f"{m.group(1)}:{m.group(2)}"))
+    return out
+
+
+def worker_nodes(dep: Deployment) -> list[str]:
+    """The nodes that run prefill or decode processes, sorted."""
+    return sorted({p.node for p in dep.processes if p.role in ("prefill", "decode")})
+
+
+def prechecks(cfg: ClusterConfig, dep: Deployment) -> tuple[Precheck, ...]:
+    """What must hold on the nodes before anything starts: the containers' GPU devices exist (real engine), the
+    RDMA devices of the transfer exist (real engine) or the engine loads (simulated plain processes), and every
+    side service the transfer's env names is reachable from each worker node."""
+    out = []
+    if not cfg.simulated:
+        devices: dict[str, list[str]] = {}
+        roles: dict[str, list[str]] = {}
+        for c in dep.containers:
+            devices[c.node] = list(dict.fromkeys([*devices.get(c.node, []), *c.devices]))
+            roles[c.node] = list(dict.fromkeys([*roles.get(c.node, []), c.role]))
+        for node, paths in devices.items():
+            if paths:
+                out.append(Precheck(node, "devices", ("sh", "-c", _ALL_EXIST, "sh", *paths),
+                                    f"GPU devices present: {', '.join(paths)}",
+                                    f"node {node} ({', '.join(roles[node])}): GPU device(s) do not exist "
+                                    "($.config.container_config.device_list)"))
+    kv = cfg.kv_transfer
+    env = kv_env(cfg)
+    for node in worker_nodes(dep):
+        if not cfg.simulated and kv.backend in ("mooncake", "nixl", "mori") and kv.ib_devices:
+            out.append(Precheck(node, "kv_transfer",
+                                ("sh", "-c", _ALL_EXIST, "sh", *(f"{IB_SYSFS}/{d}" for d in kv.ib_devices)),
+                                f"RDMA devices present: {', '.join(kv.ib_devices)}",
+                                f"node {node}: RDMA device(s) not in {IB_SYSFS} "
+                                "($.config.kv_transfer.ib_devices, default $.config.nccl_ib_hca)"))
+        elif cfg.simulated and cfg.runtime == "process":
+            out.append(Precheck(node, "kv_transfer",
+                                (dep.python, "-m", "pytest_sglang_pd.kv_transfer", "probe", "--backend", kv.backend,
+                                 "--hostname", bind_host(node)),
+                                "engine loads", f"node {node}: the {kv.backend} transfer engine does not load "
+                                "($.config.kv_transfer.backend)"))
+        for key, address in side_services(env):
+            out.append(Precheck(node, "kv_transfer", ("timeout", "5", "bash", "-c", _TCP_CONNECT, "bash",
+                                                      *address.rsplit(":", 1)),
+                                f"{key} {address} reachable",
+                                f"node {node}: {key} service at {address} not reachable "
+                                f"($.config.kv_transfer.env.{key})"))
     return tuple(out)

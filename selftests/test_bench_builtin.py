@@ -12,8 +12,9 @@ import pytest
 from pytest_sglang_pd import gating
 from pytest_sglang_pd.bench import builtin, workloads
 from pytest_sglang_pd.config import InferenceTest, Threshold
+from pytest_sglang_pd.cluster import LiveCluster
 from pytest_sglang_pd.textgen import tokenizer
-from selftests.sim_cluster import SimCluster, sim_cluster
+from selftests.live import sim_cluster
 
 SIM_ACCURACY = 0.5
 FAST = ["--sim-speedup", "20", "--sim-kv-payload-bytes-per-token", "64", "--sim-accuracy", str(SIM_ACCURACY)]
@@ -26,13 +27,13 @@ GSM8K = InferenceTest(name="gsm8k", kind="gsm8k", dataset=None, num_questions=60
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[SimCluster]:
-    with sim_cluster(1, 1, backend="mooncake", worker_args=FAST) as c:
+def cluster(tmp_path_factory) -> Iterator[LiveCluster]:
+    with sim_cluster(tmp_path_factory.mktemp("cluster"), 1, 1, backend="mooncake", worker_args=FAST) as c:
         yield c
 
 
 @pytest.mark.integration
-def test_random_uses_the_servers_token_counts_and_measures_every_request(cluster: SimCluster) -> None:
+def test_random_uses_the_servers_token_counts_and_measures_every_request(cluster: LiveCluster) -> None:
     seen: list[tuple[int, int]] = []
     result = builtin.run(cluster.router_url, RANDOM, 8, timeout_s=120, progress=lambda d, n, e: seen.append((d, n)))
     prompts = workloads.prompts_for(RANDOM)
@@ -51,7 +52,7 @@ def test_random_uses_the_servers_token_counts_and_measures_every_request(cluster
 
 
 @pytest.mark.integration
-def test_shared_prefix_hits_the_cache_after_the_first_prompt_of_a_group(cluster: SimCluster) -> None:
+def test_shared_prefix_hits_the_cache_after_the_first_prompt_of_a_group(cluster: LiveCluster) -> None:
     result = builtin.run(cluster.router_url, SHARED, 1, timeout_s=120)
     assert result.failed == 0, result.errors
     records = result.records
@@ -63,7 +64,7 @@ def test_shared_prefix_hits_the_cache_after_the_first_prompt_of_a_group(cluster:
 
 
 @pytest.mark.integration
-def test_gsm8k_accuracy_follows_the_sims_accuracy_and_gates_both_ways(cluster: SimCluster) -> None:
+def test_gsm8k_accuracy_follows_the_sims_accuracy_and_gates_both_ways(cluster: LiveCluster) -> None:
     result = builtin.run(cluster.router_url, GSM8K, 16, timeout_s=120)
     assert result.failed == 0, result.errors
     accuracy = result.metrics["accuracy"]
@@ -78,7 +79,7 @@ def test_gsm8k_accuracy_follows_the_sims_accuracy_and_gates_both_ways(cluster: S
 
 
 @pytest.mark.integration
-def test_poisson_request_rate_spaces_the_requests(cluster: SimCluster) -> None:
+def test_poisson_request_rate_spaces_the_requests(cluster: LiveCluster) -> None:
     rate = 20.0
     test = replace(RANDOM, num_prompts=10, output_length=4, request_rate=rate, seed=3)
     result = builtin.run(cluster.router_url, test, 10, timeout_s=60)
@@ -88,8 +89,8 @@ def test_poisson_request_rate_spaces_the_requests(cluster: SimCluster) -> None:
 
 
 @pytest.mark.integration
-def test_failed_requests_are_counted_with_their_errors() -> None:
-    with sim_cluster(1, 1, backend="mooncake", worker_args=FAST, prefill_args=["--sim-fault", "kv_fail_fraction=0.5"]) as c:
+def test_failed_requests_are_counted_with_their_errors(tmp_path) -> None:
+    with sim_cluster(tmp_path, 1, 1, backend="mooncake", worker_args=FAST, prefill_args=["--sim-fault", "kv_fail_fraction=0.5"]) as c:
         test = replace(RANDOM, num_prompts=16)
         result = builtin.run(c.router_url, test, 8, timeout_s=120)
     assert result.num_requests == 16 and len(result.records) == 16

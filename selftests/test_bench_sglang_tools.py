@@ -134,7 +134,7 @@ def test_bench_serving_runs_the_planned_command_and_reads_its_output_file(tmp_pa
 def test_gsm8k_reads_the_collected_log(tmp_path: Path) -> None:
     dep = _deployment()
     test = dep.model.tests[0]
-    spec = next(s for s in plan_mod.bench_processes(dep) if s.key == "bench_gsm8k_c64")
+    spec = next(s for s in dep.bench if s.key == "bench_gsm8k_c64")
     target = RecordingTarget(dep, {spec.log_path: "loading...\n" + GSM8K_OUTPUT})
     result = sglang_tools.run(target, test, 64, timeout_s=60, artifacts_dir=tmp_path)
     assert result.tool == "sglang.test.few_shot_gsm8k" and result.metrics["accuracy"] == 0.95

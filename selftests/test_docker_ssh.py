@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from selftests.configs import REPO, sim_config
+from selftests.live import killed_while_loading
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.ssh]
 
@@ -93,39 +94,14 @@ def test_wrong_key_fails_at_once_naming_node_user_port_and_key(pytester, tmp_pat
 
 def test_worker_killed_during_readiness_is_named_with_its_exit_code(tmp_path, sshd, docker_engine, sim_image):
     config = ssh_config(tmp_path, sshd, sim_image, ssh=key_in_config(sshd), sim={"startup_delay_s": "30"})
-    results = tmp_path / "results"
-    suite = subprocess.Popen(["python3", "-m", "pytest", str(REPO / "tests" / "test_cluster.py"),
-                              f"--cluster-config={config}", f"--results-dir={results}", "--run-id=run",
-                              "-p", "no:cacheprovider"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             cwd=REPO)
-    try:
-        decode, group = _recorded(results, "decode")
-        time.sleep(1.0)  # the worker is loading (startup delay): the suite waits for /health
-        docker_engine.containers.get(decode).exec_run(["pkill", "-KILL", "-P", str(group)])
-        killed = time.monotonic()
-        out, _ = suite.communicate(timeout=120)
-        elapsed = time.monotonic() - killed
-    finally:
-        if suite.poll() is None:
-            suite.kill()
-    assert suite.returncode == 1, out
+
+    def kill(record: dict, state: dict) -> None:  # the worker is the child of the recorded exit-status wrapper
+        container = next(c["name"] for c in state["containers"] if c["key"] == record["key"])
+        docker_engine.containers.get(container).exec_run(["pkill", "-KILL", "-P", str(record["pid"])])
+
+    code, out, elapsed = killed_while_loading(config, tmp_path / "results", kill)
+    assert code == 1, out
     assert f"decode decode_0 on node {sshd.nodes[1]} exited with code 137" in out
     assert "last 50 lines of" in out
     assert elapsed < 10, f"the run ended {elapsed:.1f} s after the decode worker was killed"
     assert_nothing_left(docker_engine, config, sshd)
-
-
-def _recorded(results: Path, role: str, timeout: float = 90) -> tuple[str, int]:
-    """(container name, process group) of a role's first process, once the run's state file records it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            state = json.loads((results / "run" / "cluster-state.json").read_text())
-        except (OSError, ValueError):
-            state = {}
-        containers = {c["key"]: c["name"] for c in state.get("containers", [])}
-        for p in state.get("processes", []):
-            if p["role"] == role and p["pid"]:
-                return containers[f"{role}_0"], p["pid"]
-        time.sleep(0.1)
-    raise AssertionError(f"no {role} process recorded in {results} after {timeout} s")

@@ -17,11 +17,9 @@ from pathlib import Path
 import pytest
 
 from selftests.configs import REPO, free_port, raw, sim_config
+from selftests.live import CLUSTER_TESTS, alive, killed_while_loading, recorded, start_suite
 
 pytestmark = pytest.mark.integration  # simulated clusters brought up and torn down (processes, sshd, Docker)
-
-CLUSTER_TESTS = str(REPO / "tests" / "test_cluster.py")
-
 
 def run_suite(pytester: pytest.Pytester, config: Path, results: Path, *args: str, timeout: float = 240):
     return pytester.runpytest_subprocess(CLUSTER_TESTS, f"--cluster-config={config}", f"--results-dir={results}",
@@ -30,16 +28,6 @@ def run_suite(pytester: pytest.Pytester, config: Path, results: Path, *args: str
 
 def state(results: Path) -> dict:
     return json.loads((results / "run" / "cluster-state.json").read_text())
-
-
-def alive(pid: int) -> bool:
-    """Whether a process of that pid (or its process group) still exists and is not a zombie."""
-    out = subprocess.run(["ps", "-e", "-o", "pid=,pgid=,stat="], capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        p, g, stat = line.split(None, 2)
-        if str(pid) in (p, g) and not stat.startswith("Z"):
-            return True
-    return False
 
 
 def assert_nothing_left(results: Path) -> None:
@@ -89,15 +77,16 @@ def test_worker_crash_at_start_names_role_node_and_log_tail(pytester, tmp_path):
 _FAILING_TEARDOWN = """
 from pytest_sglang_pd import cluster
 
-_stop = cluster.LiveCluster.stop
+_stop_role = cluster.LiveCluster._stop_role
 
 
-def stop(self, role):
-    errors = _stop(self, role)
-    return errors + (["decode decode_0 on 127.0.0.1: injected teardown failure"] if role == "decode" else [])
+def stop_role(self, role):
+    _stop_role(self, role)
+    if role == "decode":
+        raise cluster.ClusterError("decode decode_0 on 127.0.0.1: injected teardown failure")
 
 
-cluster.LiveCluster.stop = stop
+cluster.LiveCluster._stop_role = stop_role
 """
 
 
@@ -122,40 +111,15 @@ def test_teardown_error_after_a_failed_bring_up_is_told_after_the_first_error(py
     assert_nothing_left(results)
 
 
-def _start_suite(config: Path, results: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pytest", CLUSTER_TESTS, f"--cluster-config={config}",
-                             f"--results-dir={results}", "--run-id=run", "-p", "no:cacheprovider"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
-
-
-def _wait_for_pid(results: Path, role: str, timeout: float = 60) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            for p in state(results)["processes"]:
-                if p["role"] == role and p["pid"]:
-                    return p["pid"]
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"no {role} process recorded in {results} after {timeout} s")
-
-
 def test_killing_decode_while_waiting_for_readiness_fails_within_5_seconds(tmp_path):
     results = tmp_path / "results"
-    suite = _start_suite(sim_config(tmp_path, sim={"startup_delay_s": "30"}), results)
-    try:
-        group = _wait_for_pid(results, "decode")
-        time.sleep(1.0)  # the workers are loading (startup delay): the suite is waiting for /health
-        worker = int(subprocess.run(["pgrep", "-P", str(group)], capture_output=True, text=True).stdout.split()[0])
-        os.kill(worker, signal.SIGKILL)
-        killed = time.monotonic()
-        out, _ = suite.communicate(timeout=60)
-        elapsed = time.monotonic() - killed
-    finally:
-        if suite.poll() is None:
-            suite.kill()
-    assert suite.returncode == 1, out
+
+    def kill(record: dict, _state: dict) -> None:
+        worker = subprocess.run(["pgrep", "-P", str(record["pid"])], capture_output=True, text=True).stdout.split()[0]
+        os.kill(int(worker), signal.SIGKILL)
+
+    code, out, elapsed = killed_while_loading(sim_config(tmp_path, sim={"startup_delay_s": "30"}), results, kill)
+    assert code == 1, out
     assert "decode decode_0 on node 127.0.0.1 exited with code 137" in out
     assert "last 50 lines of" in out and "decode_0.log" in out
     assert elapsed < 5, f"the run ended {elapsed:.1f} s after the decode worker was killed"
@@ -166,9 +130,9 @@ def test_killing_decode_while_waiting_for_readiness_fails_within_5_seconds(tmp_p
                                         (signal.SIGTERM, "received signal SIGTERM")], ids=["ctrl-c", "jenkins-abort"])
 def test_interrupt_during_bring_up_tears_everything_down(tmp_path, sig, shown):
     results = tmp_path / "results"
-    suite = _start_suite(sim_config(tmp_path, sim={"startup_delay_s": "30"}), results)
+    suite = start_suite(sim_config(tmp_path, sim={"startup_delay_s": "30"}), results)
     try:
-        _wait_for_pid(results, "decode")
+        recorded(results, "decode")
         suite.send_signal(sig)
         out, _ = suite.communicate(timeout=60)
     finally:
@@ -264,19 +228,22 @@ def test_real_engine_prechecks_name_the_node_and_config_key(tmp_path):
               "container_config": {"device_list": ["/dev/null", "/dev/no-such-gpu"], "volume_dict": {}, "env_dict": {}},
               "kv_transfer": {"ib_devices": ["no_such_rdma0"]}})
     cfg = config.from_dict(data)
-    cluster = LiveCluster(cfg, plan.plan(cfg, "llama-70b", run_id="r"), tmp_path / "run")
-    with pytest.raises(ClusterError) as info:
+    with LiveCluster(cfg, plan.plan(cfg, "llama-70b", run_id="r"), tmp_path / "run") as cluster:
         cluster.connect()
-    assert "node 127.0.0.2 (prefill): /dev/no-such-gpu does not exist ($.config.container_config.device_list)" in str(info.value)
-    assert "/dev/null" not in str(info.value)
+        with pytest.raises(ClusterError) as info:
+            cluster.precheck()
+    text = str(info.value)
+    assert text.startswith("GPU devices missing:")
+    assert ("node 127.0.0.2 (prefill, router, bench): GPU device(s) do not exist "
+            "($.config.container_config.device_list):\n    missing: /dev/no-such-gpu") in text
+    assert "/dev/null" not in text
     cfg = config.from_dict({**data, "config": {**c, "container_config": {"device_list": [], "volume_dict": {}, "env_dict": {}}}})
-    cluster = LiveCluster(cfg, plan.plan(cfg, "llama-70b", run_id="r"), tmp_path / "run")
-    cluster.connect()
-    try:
-        with pytest.raises(ClusterError, match=r"node 127.0.0.3: RDMA device\(s\) no_such_rdma0 not in /sys/class/infiniband"):
-            cluster.precheck_kv_transfer()
-    finally:
-        cluster.disconnect()
+    with LiveCluster(cfg, plan.plan(cfg, "llama-70b", run_id="r"), tmp_path / "run") as cluster:
+        cluster.connect()
+        with pytest.raises(ClusterError, match=r"node 127.0.0.3: RDMA device\(s\) not in /sys/class/infiniband "
+                                               r"\(\$.config.kv_transfer.ib_devices.*\n    missing: /sys/class/infiniband/no_such_rdma0"):
+            cluster.precheck()
+    assert json.loads((tmp_path / "run" / "cluster-state.json").read_text())["stopped"] is True
 
 
 def test_cleanup_stops_kept_runs_of_the_config(pytester, tmp_path):
@@ -305,12 +272,9 @@ def test_kv_side_service_is_checked_from_every_worker_node(tmp_path):
     def precheck(env: dict) -> LiveCluster:
         path = sim_config(tmp_path, prefill=("127.0.0.2",), decode=("127.0.0.3",), kv_transfer={"env": env})
         cfg = config.load(path)
-        cluster = LiveCluster(cfg, plan.plan(cfg, "llama-8b", run_id="r", python=sys.executable), tmp_path / "run")
-        cluster.connect()
-        try:
-            cluster.precheck_kv_transfer()
-        finally:
-            cluster.disconnect()
+        with LiveCluster(cfg, plan.plan(cfg, "llama-8b", run_id="r"), tmp_path / "run") as cluster:
+            cluster.connect()
+            cluster.precheck()
         return cluster
 
     try:

@@ -137,7 +137,7 @@ def test_every_router_argv_is_accepted_by_the_installed_sglang_router(name, layo
 
 def test_bench_commands_for_the_sglang_tools():
     dep = plan.plan(reference_config(), "llama-70b", run_id="r")
-    bench = {p.key: p for p in plan.bench_processes(dep)}
+    bench = {p.key: p for p in dep.bench}
     rnd = bench["bench_bench_serv_random_c64"].argv
     assert rnd[:3] == ("python3", "-m", "sglang.bench_serving")
     assert rnd[rnd.index("--dataset-name") + 1] == "random-ids"  # random without --dataset-path runs offline

@@ -11,9 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from pytest_sglang_pd.cluster import LiveCluster
 from pytest_sglang_pd.sim.pd import HEADER
 from pytest_sglang_pd.textgen import tokenizer
-from selftests.sim_cluster import SimCluster, sim_cluster
+from selftests.live import log_tail, sim_cluster
 
 pytestmark = pytest.mark.integration  # sim worker processes behind the real router, KV through the real engines
 
@@ -44,7 +45,7 @@ def prompt_of(n: int, seed: int) -> str:
     return tokenizer.random_text(n, random.Random(seed))
 
 
-def exercise_apis(cluster: SimCluster) -> int:
+def exercise_apis(cluster: LiveCluster) -> int:
     """/generate, /v1/completions, /v1/chat/completions, streamed and not; returns prompt tokens sent."""
     url, sent_tokens = cluster.router_url, 0
     for stream in (False, True):
@@ -86,38 +87,38 @@ def exercise_apis(cluster: SimCluster) -> int:
 
 
 @pytest.mark.parametrize("backend", ["mooncake", "nixl", "tcp"])
-def test_1p1d_apis_and_verified_handoffs(backend):
-    with sim_cluster(1, 1, backend=backend, worker_args=FAST) as cluster:
+def test_1p1d_apis_and_verified_handoffs(backend, tmp_path):
+    with sim_cluster(tmp_path, 1, 1, backend=backend, worker_args=FAST) as cluster:
         ready = requests.get(cluster.router_url + "/readiness", timeout=5).json()
         assert ready["status"] == "ready"
         prompt_tokens = exercise_apis(cluster)
         requests_sent = 6
-        for role_urls in (cluster.prefill_urls, cluster.decode_urls):
+        for role_urls in (cluster.worker_urls["prefill"], cluster.worker_urls["decode"]):
             assert total(role_urls, "kv_transfer_handoffs_total") == requests_sent
             assert total(role_urls, "kv_transfer_bytes_total") == requests_sent * HEADER.size + prompt_tokens * PAYLOAD
             assert total(role_urls, "kv_transfer_failures_total") == 0
-        info = requests.get(cluster.decode_urls[0] + "/server_info", timeout=5).json()
+        info = requests.get(cluster.worker_urls["decode"][0] + "/server_info", timeout=5).json()
         assert info["disaggregation_mode"] == "decode" and info["disaggregation_transfer_backend"] == backend
         assert info["sim"]["engine"] == backend and info["sim"]["simulated"] is True
-        assert f'engine="{backend}"' in requests.get(cluster.prefill_urls[0] + "/metrics", timeout=5).text
+        assert f'engine="{backend}"' in requests.get(cluster.worker_urls["prefill"][0] + "/metrics", timeout=5).text
 
 
-def test_2p2d_spreads_requests_and_counts_every_handoff():
-    with sim_cluster(2, 2, backend="mooncake", worker_args=FAST,
+def test_2p2d_spreads_requests_and_counts_every_handoff(tmp_path):
+    with sim_cluster(tmp_path, 2, 2, backend="mooncake", worker_args=FAST,
                      router_args=["--policy", "round_robin"]) as cluster:
         body = {"text": prompt_of(30, 1), "sampling_params": {"max_new_tokens": 4}}
         with ThreadPoolExecutor(8) as pool:
             codes = list(pool.map(lambda _: requests.post(cluster.router_url + "/generate", json=body,
                                                           timeout=30).status_code, range(16)))
         assert codes == [200] * 16
-        assert total(cluster.prefill_urls, "kv_transfer_handoffs_total") == 16
-        assert total(cluster.decode_urls, "kv_transfer_handoffs_total") == 16
-        assert total(cluster.decode_urls, "kv_transfer_bytes_total") == 16 * (HEADER.size + 30 * PAYLOAD)
-        assert all(metric(url, "kv_transfer_handoffs_total") > 0 for url in cluster.prefill_urls + cluster.decode_urls)
+        assert total(cluster.worker_urls["prefill"], "kv_transfer_handoffs_total") == 16
+        assert total(cluster.worker_urls["decode"], "kv_transfer_handoffs_total") == 16
+        assert total(cluster.worker_urls["decode"], "kv_transfer_bytes_total") == 16 * (HEADER.size + 30 * PAYLOAD)
+        assert all(metric(url, "kv_transfer_handoffs_total") > 0 for url in cluster.worker_urls["prefill"] + cluster.worker_urls["decode"])
 
 
-def test_200_streamed_requests_at_concurrency_32_all_verified_through_mooncake():
-    with sim_cluster(1, 1, backend="mooncake", worker_args=FAST) as cluster:
+def test_200_streamed_requests_at_concurrency_32_all_verified_through_mooncake(tmp_path):
+    with sim_cluster(tmp_path, 1, 1, backend="mooncake", worker_args=FAST) as cluster:
         def one(index: int) -> int:
             body = {"text": prompt_of(64, index), "sampling_params": {"max_new_tokens": 16, "ignore_eos": True},
                     "stream": True}
@@ -127,50 +128,51 @@ def test_200_streamed_requests_at_concurrency_32_all_verified_through_mooncake()
         with ThreadPoolExecutor(32) as pool:
             completions = list(pool.map(one, range(200)))
         assert completions == [16] * 200
-        decode = cluster.decode_urls[0]
+        decode = cluster.worker_urls["decode"][0]
         assert metric(decode, "kv_transfer_handoffs_total") == 200
         assert metric(decode, "kv_transfer_failures_total") == 0
         assert metric(decode, "kv_transfer_bytes_total") == 200 * (HEADER.size + 64 * PAYLOAD)
-        assert metric(cluster.prefill_urls[0], "kv_transfer_handoffs_total") == 200
+        assert metric(cluster.worker_urls["prefill"][0], "kv_transfer_handoffs_total") == 200
 
 
-def test_failed_transfer_names_engine_and_peer():
-    with sim_cluster(1, 1, backend="mooncake", worker_args=FAST,
+def test_failed_transfer_names_engine_and_peer(tmp_path):
+    with sim_cluster(tmp_path, 1, 1, backend="mooncake", worker_args=FAST,
                      prefill_args=["--sim-fault", "kv_fail_fraction=1"]) as cluster:
         response = requests.post(cluster.router_url + "/generate", timeout=30,
                                  json={"text": "hello there", "sampling_params": {"max_new_tokens": 4}})
         assert response.status_code >= 500
-        session = requests.get(cluster.decode_urls[0] + "/server_info", timeout=5).json()["sim"]["engine_session"]
-        decode_log = cluster.proc("decode_0").tail(50)
+        session = requests.get(cluster.worker_urls["decode"][0] + "/server_info", timeout=5).json()["sim"]["engine_session"]
+        decode_log = log_tail(cluster, "decode_0", 50)
         assert re.search(rf"mooncake transfer to {re.escape(session)} failed", decode_log), decode_log
         assert f"mooncake transfer to {session} failed" in response.text, response.text
-        failures = metric(cluster.prefill_urls[0], "kv_transfer_failures_total")
+        failures = metric(cluster.worker_urls["prefill"][0], "kv_transfer_failures_total")
         assert failures >= 1  # the router retries a failed request (5 times by default)
-        assert metric(cluster.decode_urls[0], "kv_transfer_failures_total") == failures
-        assert metric(cluster.decode_urls[0], "kv_transfer_handoffs_total") == 0
+        assert metric(cluster.worker_urls["decode"][0], "kv_transfer_failures_total") == failures
+        assert metric(cluster.worker_urls["decode"][0], "kv_transfer_handoffs_total") == 0
 
 
-def test_refused_bootstrap_aborts_with_connection_refused():
-    with sim_cluster(1, 1, backend="tcp", worker_args=FAST, prefill_args=["--sim-fault", "refuse_bootstrap"],
+def test_refused_bootstrap_aborts_with_connection_refused(tmp_path):
+    with sim_cluster(tmp_path, 1, 1, backend="tcp", worker_args=FAST, prefill_args=["--sim-fault", "refuse_bootstrap"],
                      router_args=["--disable-retries"],
                      env={"SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT": "1"}) as cluster:
         body = {"text": "hello there", "sampling_params": {"max_new_tokens": 4}}
         response = requests.post(cluster.router_url + "/generate", json=body, timeout=30)
         assert response.status_code >= 500, response.text
-        decode_log = cluster.proc("decode_0").tail(30)
-        assert f"bootstrap server 127.0.0.1:{cluster.bootstrap_ports[0]} of the prefill refused" in decode_log
+        decode_log = log_tail(cluster, "decode_0", 30)
+        bootstrap = cluster.deployment.servers("prefill")[0].bootstrap_port
+        assert f"bootstrap server 127.0.0.1:{bootstrap} of the prefill refused" in decode_log
         assert "Connect call failed" in decode_log
         # the prefill never hears from the decode and gives the room up after the bootstrap timeout
-        assert "KVPoll.Bootstrapping" in cluster.proc("prefill_0").tail(30) + response.text
+        assert "KVPoll.Bootstrapping" in log_tail(cluster, "prefill_0", 30) + response.text
 
 
-def test_decode_without_prefill_request_times_out_in_waiting_for_input():
+def test_decode_without_prefill_request_times_out_in_waiting_for_input(tmp_path):
     env = {"SGLANG_DISAGGREGATION_WAITING_TIMEOUT": "1"}
-    with sim_cluster(1, 1, backend="tcp", worker_args=FAST, env=env) as cluster:
+    with sim_cluster(tmp_path, 1, 1, backend="tcp", worker_args=FAST, env=env) as cluster:
         body = {"text": "hello there", "sampling_params": {"max_new_tokens": 4}, "bootstrap_host": "127.0.0.1",
-                "bootstrap_port": cluster.bootstrap_ports[0], "bootstrap_room": 12345}
+                "bootstrap_port": cluster.deployment.servers("prefill")[0].bootstrap_port, "bootstrap_room": 12345}
         started = time.monotonic()
-        response = requests.post(cluster.decode_urls[0] + "/generate", json=body, timeout=30)
+        response = requests.post(cluster.worker_urls["decode"][0] + "/generate", json=body, timeout=30)
         assert time.monotonic() - started < 10
         assert response.status_code == 500
         finish = response.json()["meta_info"]["finish_reason"]

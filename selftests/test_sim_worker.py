@@ -15,7 +15,7 @@ import requests
 
 from pytest_sglang_pd.textgen import tokenizer
 from selftests.configs import free_port
-from selftests.sim_cluster import sim_worker
+from selftests.one_worker import sim_worker
 
 pytestmark = pytest.mark.integration  # sim worker processes over real HTTP
 

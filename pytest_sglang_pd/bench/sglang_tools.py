@@ -31,9 +31,8 @@ def bench_spec(target: BenchTarget, test: InferenceTest, concurrency: int) -> pl
     if dep is None:
         raise BenchToolError(f"test {test.name!r} uses bench_client \"sglang\", which runs in the deployment's benchmark "
                              "container; with --router-url there is none. Set \"bench_client\": \"builtin\" for it.")
-    python = dep.router.argv[0]
     key = f"bench_{test.name}_c{concurrency}"
-    for spec in plan_mod.bench_processes(dep, python=python):
+    for spec in dep.bench:
         if spec.key == key:
             return spec
     raise BenchToolError(f"the plan has no benchmark process {key!r} (is bench_client \"sglang\" set for {test.name!r}?)")
