@@ -361,9 +361,7 @@ class LiveCluster:
     def check_alive(self) -> None:
         """Fail at once when any started process has exited, naming its role and node, with its log tail."""
         procs = list(self.procs.values())
-        for rp, code, exc in on_each(self.runtime.exit_code, procs):
-            if exc is not None:
-                raise exc
+        for rp, code in zip(procs, self.runtime.exit_codes(procs)):
             if code is not None:
                 raise ClusterError(f"{rp.spec.role} {rp.spec.key} on node {rp.spec.node} exited with code {code}\n"
                                    f"  command: {shlex.join(redact.argv(rp.spec.argv))}\n" + self._tail_block(rp))

@@ -116,6 +116,24 @@ class Runtime(ABC):
         recorded = self._recorded_exit(rp)  # it may have exited between the two looks
         return _KILLED_WITHOUT_STATUS if recorded is None else recorded
 
+    def exit_codes(self, rps: Sequence[RunningProcess]) -> list[int | None]:
+        """``exit_code`` of each process, all nodes at once (one command per node where the runtime can)."""
+        groups: dict[int, list[int]] = {}
+        for index, rp in enumerate(rps):
+            groups.setdefault(id(rp.host), []).append(index)
+        codes: list[int | None] = [None] * len(rps)
+        for indices, found, exc in on_each(lambda indices: self._exit_codes_on([rps[i] for i in indices]),
+                                           list(groups.values())):
+            if exc is not None:
+                raise exc
+            for i, code in zip(indices, found):
+                codes[i] = code
+        return codes
+
+    def _exit_codes_on(self, rps: Sequence[RunningProcess]) -> list[int | None]:
+        """The exit codes of processes that share one Host."""
+        return [self.exit_code(rp) for rp in rps]
+
     def _recorded_exit(self, rp: RunningProcess) -> int | None:
         """The status the wrapper wrote beside the log on the node (containers bind-mount the log folder)."""
         status = self._node(rp.spec).run(["cat", "--", _exit_path(rp.spec.log_path)], timeout=30)
@@ -184,8 +202,31 @@ class Runtime(ABC):
             raise RuntimeStopError("teardown left processes behind:\n" + "\n".join(f"  {e}" for e in errors))
 
 
+# $@: pairs of exit-status file and pid; prints per pair the recorded status, "running" or "gone" (shell
+# builtins only: one command per node per poll, however many processes it runs)
+_EXIT_CODES = r"""
+alive() { [ -r "/proc/$1/status" ] || return 1
+  while read -r k v rest; do [ "$k" = "State:" ] && { [ "$v" != Z ]; return; }; done < "/proc/$1/status"; return 1; }
+while [ $# -ge 2 ]; do f=$1; p=$2; shift 2
+  if [ -s "$f" ]; then read -r s < "$f"; echo "$s"
+  elif alive "$p"; then echo running
+  elif [ -s "$f" ]; then read -r s < "$f"; echo "$s"
+  else echo gone; fi
+done
+"""
+
+
 class ProcessRuntime(Runtime):
     """Each process is spawned directly on its node."""
+
+    def _exit_codes_on(self, rps: Sequence[RunningProcess]) -> list[int | None]:
+        pairs = [arg for rp in rps for arg in (_exit_path(rp.spec.log_path), str(rp.pid))]
+        result = rps[0].host.run(["sh", "-c", _EXIT_CODES, "sh", *pairs], timeout=30).check()
+        lines = result.stdout.split()
+        if len(lines) != len(rps):
+            return super()._exit_codes_on(rps)
+        return [None if line == "running" else int(line) if line.isdigit() else _KILLED_WITHOUT_STATUS
+                for line in lines]
 
     def _spawn(self, proc, argv, secret_env) -> RunningProcess:
         node = self._node(proc)

@@ -79,6 +79,18 @@ def test_process_start_poll_stop_leaves_no_process(process_runtime, tmp_path):
     process_runtime.stop(rp)  # idempotent
 
 
+def test_exit_codes_of_many_processes_in_one_look_per_node(process_runtime, tmp_path):
+    node = next(iter(process_runtime.hosts))
+    running = process_runtime.start(process_spec(tmp_path, "exec sleep 60", key="prefill_0", node=node))
+    failed = process_runtime.start(process_spec(tmp_path, "exit 3", key="decode_0", node=node))
+    killed = process_runtime.start(process_spec(tmp_path, "exec sleep 60", key="decode_1", node=node))
+    process_runtime.stop(killed, grace_s=5)
+    wait_for_exit(process_runtime, failed)
+    assert process_runtime.exit_codes([running, failed, killed]) == [None, 3, 143]
+    process_runtime.stop(running, grace_s=5)
+    assert process_runtime.exit_codes([running]) == [143]
+
+
 def test_process_exit_code_log_tail_and_collect_log(process_runtime, tmp_path):
     node = next(iter(process_runtime.hosts))
     rp = process_runtime.start(process_spec(tmp_path, "echo starting; echo 'boom: no GPU' >&2; exit 3", node=node))
