@@ -128,6 +128,7 @@ def test_a_run_writes_report_html_results_json_and_junit_properties(pytester: py
     assert set(cluster["worker_versions"]) == {"prefill", "decode"}  # what the workers' /server_info said
     assert {"prefill", "decode", "router"} <= set(cluster["startup_seconds"])
     assert cluster["router_url"].startswith("http://127.0.0.1:")
+    assert cluster["runtime"] == "process" and cluster["image"] is None  # plain processes run no image
 
     html = (run_dir / "report.html").read_text()
     assert "SIMULATED" in html and "Inference tests" in html and "Concurrency sweeps" in html

@@ -187,7 +187,7 @@ class RunReport:
                 "engine": cfg.engine if cfg else None,
                 "runtime": cfg.runtime if cfg else None,
                 "transport": cfg.transport if cfg else None,
-                "image": cfg.container_image if cfg else None,
+                "image": cfg.container_image if cfg and cfg.runtime == "docker" else None,  # none for processes
                 "kv_transfer": cfg.kv_transfer.backend if cfg else None,
                 "prefill_nodes": list(cfg.prefill_nodes) if cfg else [],
                 "decode_nodes": list(cfg.decode_nodes) if cfg else [],
