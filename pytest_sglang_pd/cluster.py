@@ -29,7 +29,7 @@ from .config import ClusterConfig
 from .facts import ClusterFacts
 from .plan import Deployment, ProcessSpec
 from .image import SOURCE_LABEL, source_digest
-from .parallel import on_each
+from .parallel import all_of, on_each
 from .runtime import DockerRuntime, RunningProcess, Runtime, runtime_for
 
 log = logging.getLogger(__name__)
@@ -205,11 +205,8 @@ class LiveCluster:
         by_node: dict[str, list[plan_mod.Precheck]] = {}
         for check in self.deployment.prechecks:
             by_node.setdefault(check.node, []).append(check)
-        outcomes = []
-        for _, found, exc in on_each(lambda node: self._run_prechecks(by_node[node]), sorted(by_node)):
-            if exc is not None:
-                raise exc
-            outcomes += found
+        outcomes = [outcome for found in all_of(lambda node: self._run_prechecks(by_node[node]), sorted(by_node))
+                    for outcome in found]
         for kind, title in (("devices", "GPU devices missing"),
                             ("kv_transfer", f"KV transfer ({self.cfg.kv_transfer.backend}) precheck failed")):
             problems = [text for check, ok, text in outcomes if check.kind == kind and not ok]
@@ -587,7 +584,7 @@ def down(state_path: Path) -> list[str]:
             specs = {s.key: s for s in (*dep.processes, *dep.bench)}
             running = [RunningProcess(specs[p["key"]], hosts[p["node"]], p["pid"], None, None, 0.0)
                        for p in state["processes"] if p["pid"]]
-            running = [rp for rp, alive, _ in on_each(lambda rp: rp.host.group_alive(rp.pid), running) if alive]
+            running = [rp for rp, alive in zip(running, all_of(lambda rp: rp.host.group_alive(rp.pid), running)) if alive]
             errors = runtime.stop_all(running)
             if errors:
                 raise ClusterError("could not stop:\n" + "\n".join(f"  {e}" for e in errors))

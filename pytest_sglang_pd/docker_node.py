@@ -51,9 +51,12 @@ class DockerNode:
     def _checked(self, *args: str, timeout: float = DOCKER_TIMEOUT_S, stdin: str | None = None) -> CommandResult:
         result = self.docker(*args, timeout=timeout, stdin=stdin)
         if result.exit_status != 0:
-            tail = "\n".join(result.stderr.strip().splitlines()[-10:])
-            raise DockerError(f"{self.name}: `docker {shlex.join(args)}` exited with status {result.exit_status}: {tail}")
+            self._fail(args, result)
         return result
+
+    def _fail(self, args: Sequence[str], result: CommandResult) -> None:
+        tail = "\n".join(result.stderr.strip().splitlines()[-10:])
+        raise DockerError(f"{self.name}: `docker {shlex.join(args)}` exited with status {result.exit_status}: {tail}")
 
     def server_version(self) -> str:
         """The engine's version; raises DockerError when the CLI or the engine is not there."""
@@ -61,11 +64,12 @@ class DockerNode:
 
     def image_labels(self, image: str) -> dict[str, str] | None:
         """The labels of a local image; None when the node does not have it."""
-        result = self.docker("image", "inspect", "--format", "{{json .Config.Labels}}", image, timeout=30)
+        args = ("image", "inspect", "--format", "{{json .Config.Labels}}", image)
+        result = self.docker(*args, timeout=30)
         if result.exit_status != 0:
             if "no such image" in result.stderr.lower():
                 return None
-            self._checked("image", "inspect", image, timeout=30)  # raises with docker's words
+            self._fail(args, result)
         return json.loads(result.stdout or "null") or {}
 
     def containers(self, *, labels: Mapping[str, str] | None = None, name: str | None = None) -> list[ContainerInfo]:
@@ -102,11 +106,12 @@ class DockerNode:
 
     def remove(self, container_id: str) -> bool:
         """Force-remove a container; False when it was already gone."""
-        result = self.docker("rm", "-f", container_id, timeout=60)
-        if result.exit_status != 0 and "no such container" in result.stderr.lower():
-            return False
+        args = ("rm", "-f", container_id)
+        result = self.docker(*args, timeout=60)
         if result.exit_status != 0:
-            self._checked("rm", "-f", container_id, timeout=60)
+            if "no such container" in result.stderr.lower():
+                return False
+            self._fail(args, result)
         return True
 
     def exec(self, container_id: str, argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None,

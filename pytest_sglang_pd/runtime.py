@@ -122,11 +122,9 @@ class Runtime(ABC):
         for index, rp in enumerate(rps):
             groups.setdefault(id(rp.host), []).append(index)
         codes: list[int | None] = [None] * len(rps)
-        for indices, found, exc in on_each(lambda indices: self._exit_codes_on([rps[i] for i in indices]),
-                                           list(groups.values())):
-            if exc is not None:
-                raise exc
-            for i, code in zip(indices, found):
+        found = all_of(lambda indices: self._exit_codes_on([rps[i] for i in indices]), list(groups.values()))
+        for indices, group_codes in zip(groups.values(), found):
+            for i, code in zip(indices, group_codes):
                 codes[i] = code
         return codes
 
@@ -219,12 +217,15 @@ done
 class ProcessRuntime(Runtime):
     """Each process is spawned directly on its node."""
 
+    def exit_code(self, rp: RunningProcess) -> int | None:
+        return self._exit_codes_on([rp])[0]
+
     def _exit_codes_on(self, rps: Sequence[RunningProcess]) -> list[int | None]:
         pairs = [arg for rp in rps for arg in (_exit_path(rp.spec.log_path), str(rp.pid))]
         result = rps[0].host.run(["sh", "-c", _EXIT_CODES, "sh", *pairs], timeout=30).check()
         lines = result.stdout.split()
         if len(lines) != len(rps):
-            return super()._exit_codes_on(rps)
+            raise HostError(f"{rps[0].host.name}: exit status check printed {result.stdout!r} for {len(rps)} processes")
         return [None if line == "running" else int(line) if line.isdigit() else _KILLED_WITHOUT_STATUS
                 for line in lines]
 
@@ -314,8 +315,8 @@ class DockerRuntime(Runtime):
         nodes = sorted({c.node for c in containers})
         all_of(self.engine, nodes)
         images = sorted({(c.node, c.image) for c in containers})
-        missing = [f"  image {image} on node {node}" for (node, image), labels, _ in
-                   on_each(lambda pair: self.engine(pair[0]).image_labels(pair[1]), images) if labels is None]
+        labels = all_of(lambda pair: self.engine(pair[0]).image_labels(pair[1]), images)
+        missing = [f"  image {image} on node {node}" for (node, image), found in zip(images, labels) if found is None]
         if missing:
             raise ImageMissing(
                 "container images missing (build with scripts/build_sim_image.sh or docker pull):\n"
