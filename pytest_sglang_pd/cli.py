@@ -11,7 +11,7 @@ from typing import Sequence
 
 from . import config as config_mod
 from . import plan as plan_mod
-from . import redact
+from . import nic, redact
 from .hosts import HostError
 from .runtime import RuntimeFailure
 
@@ -71,10 +71,31 @@ def _load(path: str) -> config_mod.ClusterConfig:
         raise SystemExit(1) from None
 
 
+def warning_lines(cfg: config_mod.ClusterConfig, models: Sequence[str] | None = None) -> list[str]:
+    """The config's warnings; with ``models``, those of the cluster and of these models only."""
+    mine = [config_mod.json_path("$.benchmark_params", m) for m in models or ()]
+    return [f"warning: {w}" for w in cfg.warnings
+            if models is None or not w.path.startswith("$.benchmark_params") or w.path.startswith(tuple(mine))]
+
+
+def nic_text(cfg: config_mod.ClusterConfig) -> str | None:
+    """What the config's nic_type adds to the plan."""
+    profile = nic.profile(cfg.nic_type)
+    if profile is None:
+        return None
+    mounts = plan_mod.nic_mounts(cfg)
+    return (f"nic_type {cfg.nic_type}: {profile.vendor}, verbs provider {profile.provider}, GID index "
+            f"{plan_mod.gid_index(cfg) if plan_mod.gid_index(cfg) is not None else 'unset'}, "
+            + (f"{len(mounts)} provider file(s) mounted into each worker container" if mounts
+               else "no provider mounts" + (" (simulated workers)" if cfg.simulated and profile.mounts else "")))
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     print(f"{cfg.source}: OK ({len(cfg.prefill_nodes)} prefill, {len(cfg.decode_nodes)} decode node(s); "
           f"models: {', '.join(cfg.model_ids)}; engine {cfg.engine}, runtime {cfg.runtime}, kv {cfg.kv_transfer.backend})")
+    for line in warning_lines(cfg):
+        print(line)
     return 0
 
 
@@ -90,9 +111,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     deps = [plan_mod.plan(cfg, m, run_id=args.run_id) for m in models]
     access = node_access(cfg, [s.node for d in deps for s in (*d.processes, *d.containers, *d.bench)])
     if args.format == "json":
-        print(json.dumps({"nodes": access, "models": {d.model.id: deployment_json(d) for d in deps}}, indent=2))
+        print(json.dumps({"nodes": access, "warnings": [str(w) for w in cfg.warnings],
+                          "models": {d.model.id: deployment_json(d) for d in deps}}, indent=2))
     else:
-        print("\n\n".join([access_text(access), *(deployment_text(d) for d in deps)]))
+        head = "\n".join(filter(None, [access_text(access), nic_text(cfg), *warning_lines(cfg, models)]))
+        print("\n\n".join([head, *(deployment_text(d) for d in deps)]))
     return 0
 
 
@@ -182,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a cluster config; list every problem")
     p.add_argument("config")
     p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("schema", help="print the config format's JSON Schema (made from the keys' descriptions)")
+    p.set_defaults(func=lambda args: print(json.dumps(config_mod.schema(), indent=2)) or 0)
+    p = sub.add_parser("keys", help="print the table of every config key: kind, default, range, where it takes effect")
+    p.set_defaults(func=lambda args: print(config_mod.key_table(), end="") or 0)
     p = sub.add_parser("plan", help="print the containers and commands the suite would run on each node")
     p.add_argument("config")
     p.add_argument("--model", help="only this model id")

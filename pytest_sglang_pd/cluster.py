@@ -24,11 +24,12 @@ import requests
 
 from . import hosts as hosts_mod
 from . import plan as plan_mod
-from . import prom, redact
+from . import prom, redact, sse
 from .config import ClusterConfig
 from .facts import ClusterFacts
 from .plan import Deployment, ProcessSpec
 from .image import SOURCE_LABEL, source_digest
+from .nic import IB_SYSFS
 from .parallel import all_of, on_each
 from .runtime import DockerRuntime, RunningProcess, Runtime, runtime_for
 
@@ -54,7 +55,6 @@ class KVTransferCheck:
 
 
 # RDMA port error counters (sysfs, per device and port) that a healthy link keeps at zero.
-IB_SYSFS = plan_mod.IB_SYSFS
 NIC_ERROR_COUNTERS = ("symbol_error", "link_error_recovery", "link_downed", "port_rcv_errors",
                       "port_rcv_remote_physical_errors", "port_rcv_switch_relay_errors", "port_xmit_discards",
                       "port_xmit_constraint_errors", "port_rcv_constraint_errors", "local_link_integrity_errors",
@@ -207,7 +207,7 @@ class LiveCluster:
             by_node.setdefault(check.node, []).append(check)
         outcomes = [outcome for found in all_of(lambda node: self._run_prechecks(by_node[node]), sorted(by_node))
                     for outcome in found]
-        for kind, title in (("devices", "GPU devices missing"),
+        for kind, title in (("devices", "GPU devices missing"), ("nic", "NIC verbs provider missing"),
                             ("kv_transfer", f"KV transfer ({self.cfg.kv_transfer.backend}) precheck failed")):
             problems = [text for check, ok, text in outcomes if check.kind == kind and not ok]
             if problems:
@@ -539,8 +539,7 @@ def _get_ok(url: str) -> bool:
 def _finish_reason(text: str, stream: bool) -> dict:
     try:
         if stream:
-            chunks = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
-            chunks = [c for c in chunks if c and c != "[DONE]"]
+            chunks = sse.payloads(text.encode())
             last = json.loads(chunks[-1]) if chunks else {}
         else:
             last = json.loads(text)

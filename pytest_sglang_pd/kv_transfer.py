@@ -27,11 +27,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from .nic import IB_SYSFS
+
 log = logging.getLogger("pytest_sglang_pd.kv_transfer")
 
 BACKENDS = ("mooncake", "mooncake_tcp", "nixl", "tcp")
 
-INFINIBAND_SYSFS = "/sys/class/infiniband"
 NIXL_TRANSFER_TIMEOUT_S = 30.0
 TCP_CONNECT_TIMEOUT_S = 5.0
 TCP_TRANSFER_TIMEOUT_S = 30.0
@@ -281,7 +282,7 @@ class TransferEngine(ABC):
 
 def _rdma_devices() -> list[str]:
     try:
-        return sorted(os.listdir(INFINIBAND_SYSFS))
+        return sorted(os.listdir(IB_SYSFS))
     except OSError:
         return []
 
@@ -330,7 +331,7 @@ class MooncakeEngine(TransferEngine):
             return "tcp", ""
         if not wanted:
             asked = f"devices {list(ib_devices)} not" if ib_devices else "no RDMA device"
-            log.info("mooncake: %s found in %s -> protocol tcp (as sglang's MC_FORCE_TCP)", asked, INFINIBAND_SYSFS)
+            log.info("mooncake: %s found in %s -> protocol tcp (as sglang's MC_FORCE_TCP)", asked, IB_SYSFS)
             return "tcp", ""
         log.info("mooncake: protocol rdma on %s", ",".join(wanted))
         return "rdma", ",".join(wanted) if ib_devices else ""
@@ -375,7 +376,7 @@ class MooncakeEngine(TransferEngine):
 def _import_nixl() -> Any:
     if not _rdma_devices() and "UCX_MODULES" not in os.environ:
         # UCX's InfiniBand module pulls in a second libnl copy whose destructor segfaults at exit.
-        log.info("nixl: no RDMA device in %s -> UCX_MODULES=^ib (UCX without its InfiniBand module)", INFINIBAND_SYSFS)
+        log.info("nixl: no RDMA device in %s -> UCX_MODULES=^ib (UCX without its InfiniBand module)", IB_SYSFS)
         os.environ["UCX_MODULES"] = "^ib"
     try:
         from nixl_cu12 import _api

@@ -12,10 +12,9 @@ from secrets import token_hex
 from typing import Mapping
 
 from . import config as config_mod
+from . import nic
+from .nic import IB_SYSFS
 from .config import ClusterConfig, InferenceTest, ModelConfig, Problem
-
-ROLES = ("prefill", "decode", "router", "bench")
-
 
 @dataclass(frozen=True)
 class ContainerSpec:
@@ -74,8 +73,8 @@ class ProcessSpec:
 class Precheck:
     """A command run on a node before anything starts; exit status 0 means the node passes.
 
-    ``kind`` groups the checks ("devices": the GPUs the containers get; "kv_transfer": RDMA devices,
-    the engine loading, side services); ``passed`` / ``failed`` say what either outcome means, the
+    ``kind`` groups the checks ("devices": the GPUs the containers get; "nic": the nic_type's verbs
+    provider on the host; "kv_transfer": RDMA devices, the engine loading, side services); ``passed`` / ``failed`` say what either outcome means, the
     failure with the config key that set it up.
     """
 
@@ -231,11 +230,25 @@ def node_env(cfg: ClusterConfig) -> dict[str, str]:
         "NCCL_SOCKET_IFNAME": cfg.nccl_socket_ifname,
         "GLOO_SOCKET_IFNAME": cfg.gloo_socket_ifname,
         "GLOO_TCP_IFNAME": cfg.gloo_tcp_ifname,
-        "NCCL_IB_GID_INDEX": None if cfg.nccl_ib_gid_index is None else str(cfg.nccl_ib_gid_index),
+        "NCCL_IB_GID_INDEX": None if gid_index(cfg) is None else str(gid_index(cfg)),
         "NCCL_DEBUG": cfg.nccl_debug,
     }
     env.update({k: v for k, v in named.items() if v})
     return env
+
+
+def gid_index(cfg: ClusterConfig) -> int | None:
+    """The RoCE GID index: the config's, else the one its nic_type needs."""
+    if cfg.nccl_ib_gid_index is not None:
+        return cfg.nccl_ib_gid_index
+    profile = nic.profile(cfg.nic_type)
+    return profile.gid_index if profile else None
+
+
+def nic_mounts(cfg: ClusterConfig) -> tuple[str, ...]:
+    """The host files of the nic_type's verbs provider, mounted into worker containers (real engine only)."""
+    profile = nic.profile(cfg.nic_type)
+    return profile.mounts if profile and not cfg.simulated else ()
 
 
 def kv_env(cfg: ClusterConfig) -> dict[str, str]:
@@ -244,8 +257,8 @@ def kv_env(cfg: ClusterConfig) -> dict[str, str]:
     env: dict[str, str] = {}
     if kv.backend == "nixl" and kv.ib_devices:
         env["UCX_NET_DEVICES"] = ",".join(d if ":" in d else f"{d}:1" for d in kv.ib_devices)
-    if kv.backend in ("mooncake", "mooncake_tcp") and cfg.nccl_ib_gid_index is not None:
-        env["MC_GID_INDEX"] = str(cfg.nccl_ib_gid_index)
+    if kv.backend in ("mooncake", "mooncake_tcp") and gid_index(cfg) is not None:
+        env["MC_GID_INDEX"] = str(gid_index(cfg))
     env.update(kv.env)
     return env
 
@@ -267,6 +280,7 @@ def _worker_argv(cfg: ClusterConfig, model: ModelConfig, inst: _Instance, member
     argv += ["--host", bind_host(member.node), "--port", str(inst.port),
              "--tp-size", str(tp),
              "--mem-fraction-static", str(model.memory_fraction),
+             "--tokenizer-mode", model.tokenizer_mode,
              "--schedule-policy", POLICY_TO_SCHEDULE[policy],
              "--log-level", cfg.log_level,
              "--enable-metrics", "--trust-remote-code"]
@@ -322,6 +336,8 @@ def plan(cfg: ClusterConfig, model: ModelConfig | str, *, run_id: str) -> Deploy
         if not docker:
             return None
         volumes = dict(cfg.container.volume_dict)
+        if role in ("prefill", "decode"):
+            volumes.update({path: path for path in nic_mounts(cfg) if path not in volumes})
         if not any(log_dir == v or log_dir.startswith(v.rstrip("/") + "/") for v in volumes.values()):
             volumes[cfg.log_dir] = cfg.log_dir
         containers.append(ContainerSpec(
@@ -420,7 +436,6 @@ def _bench_processes(dep: Deployment) -> tuple[ProcessSpec, ...]:
 # Side services a transfer backend can be configured to use (Mooncake's master / metadata server, etcd).
 SIDE_SERVICE_ENV = ("MOONCAKE_MASTER", "MOONCAKE_TE_META_DATA_SERVER", "MOONCAKE_METADATA_SERVER", "ETCD_ENDPOINTS")
 _ADDRESS = re.compile(r"^(?:[a-z0-9+]+://)?([A-Za-z0-9.-]+):(\d{1,5})(?:/.*)?$")
-IB_SYSFS = "/sys/class/infiniband"
 # $@: paths; fails naming those that do not exist
 _ALL_EXIST = 'm=""; for p; do [ -e "$p" ] || m="$m $p"; done; [ -z "$m" ] || { echo "missing:$m" >&2; exit 1; }'
 _TCP_CONNECT = 'exec 3<>"/dev/tcp/$1/$2"'
@@ -468,7 +483,13 @@ def prechecks(cfg: ClusterConfig, dep: Deployment) -> tuple[Precheck, ...]:
                                 f"RDMA devices present: {', '.join(kv.ib_devices)}",
                                 f"node {node}: RDMA device(s) not in {IB_SYSFS} "
                                 "($.config.kv_transfer.ib_devices, default $.config.nccl_ib_hca)"))
-        elif cfg.simulated and cfg.runtime == "process":
+        if nic_mounts(cfg):
+            profile = nic.profile(cfg.nic_type)
+            out.append(Precheck(node, "nic", ("sh", "-c", _ALL_EXIST, "sh", *nic_mounts(cfg)),
+                                f"{profile.vendor} verbs provider ({profile.provider}) on the host",
+                                f"node {node}: the {profile.provider} verbs provider files of nic_type "
+                                f"{cfg.nic_type!r} are missing on the host ($.config.nic_type)"))
+        if cfg.simulated and cfg.runtime == "process":
             out.append(Precheck(node, "kv_transfer",
                                 (dep.python, "-m", "pytest_sglang_pd.kv_transfer", "probe", "--backend", kv.backend,
                                  "--hostname", bind_host(node)),

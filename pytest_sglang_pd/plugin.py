@@ -50,7 +50,7 @@ def _config_path(config: pytest.Config) -> str | None:
 
 def _percent_arg(value: str) -> float:
     try:
-        pct = float(value.strip().rstrip("%"))
+        pct = config_mod.percent(value)
     except ValueError:
         raise pytest.UsageError(f"--perf-tolerance expects a percentage such as 10 or 10%, got {value!r}") from None
     if pct < 0:

@@ -24,10 +24,6 @@ def samples(text: str, name: str) -> list[tuple[str, float]]:
     return out
 
 
-def total(text: str, name: str) -> float:
-    return sum(v for _, v in samples(text, name))
-
-
 def scrape(urls_by_role: Mapping[str, Sequence[str]], names: Sequence[str]) -> dict[str, dict[str, float]]:
     """Per role, each metric's total over the role's workers' /metrics; a metric no worker exposes is absent."""
     out: dict[str, dict[str, float]] = {}

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 MASK = "***"
-_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY|ACCESS_KEY|CREDENTIAL", re.IGNORECASE)
+SECRET_NAME_PATTERN = r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY|ACCESS_KEY|CREDENTIAL"  # in a variable name
+_SECRET_NAME = re.compile(SECRET_NAME_PATTERN, re.IGNORECASE)
 SECRET_FLAGS = ("--api-key", "--hf-token", "--token", "--admin-api-key")
 
 
@@ -33,11 +34,3 @@ def argv(args: Sequence[str]) -> list[str]:
         else:
             out.append(a)
     return out
-
-
-def text(value: str, secrets: Iterable[str]) -> str:
-    """`value` with every known secret value replaced by the mask."""
-    for s in secrets:
-        if s and len(s) >= 4:
-            value = value.replace(s, MASK)
-    return value

@@ -62,3 +62,15 @@ def test_plan_unknown_model_and_bad_config_exit_1(tmp_path):
     assert r.returncode == 1 and "unknown model 'gpt-9'" in r.stderr and "llama-70b" in r.stderr
     r = sglang_pd("plan", str(TEMPLATE))
     assert r.returncode == 1 and "13 problems" in r.stderr
+
+
+def test_validate_warns_of_keys_that_have_no_effect_and_keys_prints_the_table():
+    r = sglang_pd("validate", str(CONFIGS / "mi35x-example.json"))
+    assert r.returncode == 0
+    assert 'warning: $.benchmark_params["llama-70b"].inference_poll_iterations: is read but has no effect' in r.stdout
+    r = sglang_pd("plan", str(CONFIGS / "mi35x-example.json"), "--model", "llama-70b")
+    assert "nic_type ainic: AMD Pensando Pollara (AINIC), verbs provider ionic, GID index 1" in r.stdout
+    assert "[precheck nic] node=mi35x-node01" in r.stdout
+    table = sglang_pd("keys").stdout
+    assert "| `config.prefill_serv_port` | port | required | >= 1 and <= 65535 | prefill worker argv --port |" in table
+    assert json.loads(sglang_pd("schema").stdout)["properties"]["config"]["required"][0] == "prefill_node_list"

@@ -87,3 +87,10 @@ def test_xdist_without_router_url_is_refused(pytester: pytest.Pytester):
     result = pytester.runpytest_subprocess(SUITE, "--cluster-config=local-sim.json", "-n", "2")
     assert result.ret == 4
     assert "--router-url" in result.stderr.str() and "sglang-pd up" in result.stderr.str()
+
+
+def test_the_run_header_warns_of_keys_that_have_no_effect(pytester: pytest.Pytester):
+    result = pytester.runpytest_subprocess(SUITE, "--cluster-config=mi35x-example.json", "--collect-only")
+    header = [line for line in result.outlines if line.startswith("sglang-pd: warning: ")]
+    assert header[0].startswith('sglang-pd: warning: $.benchmark_params["llama-70b"].inference_poll_iterations: '
+                                "is read but has no effect: ") and "timeouts.benchmark_s" in header[0]

@@ -12,24 +12,13 @@ from typing import Callable
 
 import aiohttp
 
+from .. import sse
 from ..config import InferenceTest
 from .result import BenchResult, RequestRecord, aggregate, first_errors
 from .workloads import INVALID_ANSWER, Prompt, answer_value, prompts_for
 
 Progress = Callable[[int, int, float], None]  # (completed or failed so far, total, elapsed seconds)
 ERROR_BODY_CHARS = 300
-
-
-def _sse_events(buffer: bytearray) -> list[bytes]:
-    """Cut complete ``data: ...`` events out of ``buffer`` (in place); the rest waits for more bytes."""
-    events = []
-    while (end := buffer.find(b"\n\n")) >= 0:
-        block = bytes(buffer[:end])
-        del buffer[:end + 2]
-        for line in block.splitlines():
-            if line.startswith(b"data:"):
-                events.append(line[5:].strip())
-    return events
 
 
 def _abort_message(finish_reason: object) -> str | None:
@@ -58,8 +47,8 @@ async def send_request(session: aiohttp.ClientSession, url: str, prompt: Prompt)
             buffer = bytearray()
             async for chunk in resp.content.iter_any():
                 buffer += chunk
-                for event in _sse_events(buffer):
-                    if event == b"[DONE]":
+                for event in sse.take_events(buffer):
+                    if event == sse.DONE:
                         continue
                     data = json.loads(event)
                     if "error" in data:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Iterable
 
 import numpy as np
 
-LATENCY_STATS = ("mean", "median", "std", "p90", "p95", "p99")
 
 
 @dataclass
@@ -120,23 +119,3 @@ def first_errors(records: list[RequestRecord], limit: int = 20) -> list[str]:
             counts[r.error or "unknown error"] = counts.get(r.error or "unknown error", 0) + 1
     ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
     return [f"{n} x {err}" if n > 1 else err for err, n in ranked]
-
-
-def to_jsonable(result: BenchResult, *, with_records: bool = False) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "tool": result.tool,
-        "command": result.command,
-        "num_requests": result.num_requests,
-        "metrics": result.metrics,
-        "totals": result.totals,
-        "errors": result.errors,
-        "artifacts": result.artifacts,
-    }
-    if with_records:
-        data["records"] = [
-            {"success": r.success, "prompt_tokens": r.prompt_tokens, "output_tokens": r.output_tokens,
-             "cached_tokens": r.cached_tokens, "ttft_s": r.ttft_s, "latency_s": r.latency_s,
-             "itl_s": r.itl_s, "error": r.error}
-            for r in result.records
-        ]
-    return data

@@ -17,14 +17,14 @@ from typing import Any, Protocol
 
 import pytest
 
-from .. import __version__, gating
+from .. import __version__, gating, redact
 from ..bench.result import BenchResult
 from ..config import ClusterConfig, InferenceCase
 from ..facts import ClusterFacts
 from ..failures import first_error_first
 from . import html, results
 
-REDACT_PATTERNS = (r"(?i).*(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY|ACCESS_KEY|CREDENTIAL).*",)
+REDACT_PATTERNS = (rf"(?i).*({redact.SECRET_NAME_PATTERN}).*",)
 VERSION_PACKAGES = ("pytest", "pytest-html", "sglang-router", "aiohttp", "mooncake-transfer-engine-non-cuda")
 
 

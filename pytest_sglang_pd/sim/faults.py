@@ -17,9 +17,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass
 
-FAULT_NAMES = ("crash_after", "hang", "slow", "kv_fail_fraction", "refuse_bootstrap", "clear")
-
-
 @dataclass
 class Faults:
     crash_after: int | None = None

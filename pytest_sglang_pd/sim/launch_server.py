@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("--model-path", "--model", dest="model_path", required=True)
     a("--tokenizer-path", default=None)
+    a("--tokenizer-mode", choices=("auto", "slow"), default="auto")
     a("--served-model-name", default=None)
     a("--context-length", type=int, default=None)
     a("--trust-remote-code", action="store_true")

@@ -1,0 +1,629 @@
+"""The cluster config: load (JSON or YAML), validate (JSON Schema + ranges + cross-field checks), type.
+
+Every key is described once, on its dataclass field (``keys.key``): the reading, the schema
+(``schema()``) and the docs' key table (``key_table()``) come from those descriptions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import getpass
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import jsonschema
+import yaml
+
+from .. import metrics, nic
+from .keys import (ARGS, CSV, INT, INT_OR_LIST, LIST_MAP, NODES, NUMBER, OBJECT, PERCENT, RATE, STRING, STRING_MAP,
+                   TEXT, Key, Problem, choice, count, json_path, key, port, read, to_float, to_percent)
+from . import keys as keys_mod
+
+PLACEHOLDER = "<changeme>"
+USER_TOKEN = "{user-id}"
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = PACKAGE_DIR / "schemas" / "cluster_config.schema.json"
+CONFIG_DIR = PACKAGE_DIR / "cluster_configs"
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+# --------------------------------------------------------------------------------------- errors
+class ConfigError(Exception):
+    """Every problem of one config file at once."""
+
+    def __init__(self, source: str, problems: list[Problem]):
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {len(problems)} problem{'s' if len(problems) != 1 else ''}"]
+        lines += [f"  - {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+# --------------------------------------------------------------------------------------- types
+# Each keyed field is the one description of its key (keys.py): JSON key, kind, default, range, effect.
+POLICIES = ("cache_aware", "fcfs", "round_robin", "random", "power_of_two")
+WORKER_ARGV = "worker argv"
+NOT_SEEN_BY_WORKERS = "the suite's own setting"
+
+
+@dataclass(frozen=True)
+class Threshold:
+    metric: str  # as the user wrote it
+    canonical: str  # the metric the suite measures (metrics.METRICS)
+    value: float
+    direction: str  # "max" (upper bound) | "min" (lower bound)
+    explicit: bool  # written as {"min": x} / {"max": x}
+
+
+@dataclass(frozen=True)
+class InferenceTest:
+    EXTRA_KEYS = (
+        Key("type", choice("gsm8k", "bench_serving"), "which benchmark (else told from the name and data_set_name)"),
+        Key("data_set_name", choice("random", "random-ids", "generated-shared-prefix", "sharegpt", "synthetic"),
+            "bench_serving --dataset-name (synthetic = random)"),
+        Key("expected_results", OBJECT, "dtype key (the model's dtype) -> metric -> limit: the test's gates"),
+    )
+    name: str
+    kind: str  # "gsm8k" | "bench_serving"
+    dataset: str | None  # bench_serving --dataset-name: random | random-ids | generated-shared-prefix | sharegpt
+    backend: str = key("backend", "sglang", choice("sglang", "sglang-oai", "sglang-oai-chat"),
+                       "bench_serving --backend (the builtin client: which API it streams)")
+    bench_client: str = key("bench_client", "sglang", choice("sglang", "builtin"),
+                            "sglang: SGLang's own bench_serving / few_shot_gsm8k; builtin: the suite's client",
+                            default_doc="config.bench_client")
+    num_prompts: int = count("num_prompts", 1000, "bench_serving --num-prompts")
+    num_questions: int = count("num_questions", 200, "few_shot_gsm8k --num-questions")
+    num_shots: int = key("num_shots", 5, INT, "few_shot_gsm8k --num-shots", minimum=0)
+    data_path: str | None = key("data_path", None, STRING, "few_shot_gsm8k --data-path (a GSM8K jsonl on the bench node)")
+    dataset_path: str | None = key("dataset_path", None, STRING, "bench_serving --dataset-path")
+    max_concurrency: tuple[int, ...] = key("max_concurrency", (64,), INT_OR_LIST,
+                                           "bench_serving --max-concurrency; a list is a sweep, one test each",
+                                           minimum=1, default_doc="the model's max_concurrency")
+    request_rate: float = key("request_rate", math.inf, RATE, "bench_serving --request-rate",
+                              minimum=0, exclusive_minimum=True, default_doc='"inf"')
+    input_length: int = count("input_length", 1024, "bench_serving --random-input-len")
+    output_length: int = count("output_length", 1024, "bench_serving --random-output-len")
+    random_range_ratio: float = key("random_range_ratio", 0.0, NUMBER, "bench_serving --random-range-ratio",
+                                    minimum=0, maximum=1)
+    gsp_num_groups: int = count("gsp_num_groups", 1, "bench_serving --gsp-num-groups")
+    gsp_prompts_per_group: int = count("gsp_prompts_per_group", 16, "bench_serving --gsp-prompts-per-group")
+    gsp_system_prompt_len: int = key("gsp_system_prompt_len", 0, INT, "bench_serving --gsp-system-prompt-len",
+                                     minimum=0)
+    gsp_question_len: int = count("gsp_question_len", 1024, "bench_serving --gsp-question-len")
+    gsp_output_len: int = count("gsp_output_len", 1024, "bench_serving --gsp-output-len")
+    seed: int = key("seed", 1, INT, "bench_serving --seed (the builtin client's prompts too)", minimum=0)
+    warmup_requests: int = key("warmup_requests", 1, INT, "bench_serving --warmup-requests", minimum=0)
+    tolerance_pct: float | None = key("tolerance", None, PERCENT, "slack on every limit of the test, in percent",
+                                      minimum=0, default_doc="--perf-tolerance, else 0")
+    allow_failed_requests: int = key("allow_failed_requests", 0, INT, "failed requests the test tolerates",
+                                     minimum=0)
+    thresholds: tuple[Threshold, ...] = ()
+
+    @property
+    def is_sweep(self) -> bool:
+        return len(self.max_concurrency) > 1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    EXTRA_KEYS = (Key("inference_tests", OBJECT, "test name -> inference test", required=True),)
+    id: str
+    model: str = key("model", kind=TEXT, effect=f"{WORKER_ARGV} --model-path; bench_serving --model", required=True)
+    backend: str = key("backend", "sglang", choice("sglang"), "the serving engine (SGLang)")
+    max_concurrency: int = count("max_concurrency", 64, "the default max_concurrency of the model's tests")
+    prefill_policy: str = key("prefill_policy", "cache_aware", choice(*POLICIES),
+                              "router --prefill-policy; prefill workers' --schedule-policy")
+    decode_policy: str = key("decode_policy", "cache_aware", choice(*POLICIES),
+                             "router --decode-policy; decode workers' --schedule-policy")
+    tensor_parallelism: int = count("tensor_parallelism", 8, f"{WORKER_ARGV} --tp-size (x nodes in multi_node)")
+    memory_fraction: float = key("memory_fraction", 0.7, NUMBER, f"{WORKER_ARGV} --mem-fraction-static",
+                                 minimum=0, exclusive_minimum=True, maximum=1)
+    tokenizer_mode: str = key("tokenizer_mode", "auto", choice("auto", "slow"), f"{WORKER_ARGV} --tokenizer-mode")
+    inference_poll_iterations: int = count(
+        "inference_poll_iterations", 16, "",
+        ignored="the suite follows each benchmark's own process and bounds it by config.timeouts.benchmark_s "
+                "instead of polling its log a number of times")
+    dtype: str = key("dtype", "auto", TEXT, "selects the expected_results entry the tests gate on (the workers "
+                                            "load the checkpoint's dtype; add --dtype to server_args to force one)")
+    server_args: tuple[str, ...] = key("server_args", (), ARGS, f"appended to every {WORKER_ARGV}")
+    prefill_server_args: tuple[str, ...] = key("prefill_server_args", (), ARGS, f"appended to the prefill {WORKER_ARGV}")
+    decode_server_args: tuple[str, ...] = key("decode_server_args", (), ARGS, f"appended to the decode {WORKER_ARGV}")
+    sim_model_profile: str | None = key("sim_model_profile", None, STRING,
+                                        "simulator --sim-model-profile (else told from the model path)")
+    tests: tuple[InferenceTest, ...] = ()
+
+
+@dataclass(frozen=True)
+class SSHSettings:
+    user: str | None = key("user", None, STRING, "the SSH login", default_doc="~/.ssh/config, else your user")
+    key_file: str | None = key("key_file", None, STRING, "the private key (~ expanded); must exist",
+                               default_doc="~/.ssh/config, the agent, the default keys")
+    port: int | None = port("port", None, "the SSH port", default_doc="~/.ssh/config, else 22")
+    connect_timeout: float = key("connect_timeout", 10.0, NUMBER, "seconds to open a connection",
+                                 minimum=0, exclusive_minimum=True)
+
+
+@dataclass(frozen=True)
+class KVTransferSettings:
+    backend: str = key("backend", "mooncake", choice("mooncake", "nixl", "mooncake_tcp", "mori", "tcp"),
+                       f"{WORKER_ARGV} --disaggregation-transfer-backend (tcp: the simulator's own sockets)")
+    ib_devices: tuple[str, ...] = key("ib_devices", (), CSV, f"{WORKER_ARGV} --disaggregation-ib-device; "
+                                      "NIXL's UCX_NET_DEVICES; the device precheck",
+                                      default_doc="nccl_ib_hca, else nccl_ib_hca_list")
+    bootstrap_port: int = port("bootstrap_port", 8998, f"prefill {WORKER_ARGV} --disaggregation-bootstrap-port "
+                                                       "(+1 per further prefill instance on one node)")
+    env: Mapping[str, str] = key("env", {}, STRING_MAP, "extra environment of every worker (MC_*, UCX_*, ...)")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    server_start_s: float = key("server_start_s", 1800.0, NUMBER, "each worker's readiness deadline; router "
+                                "--worker-startup-timeout-secs", minimum=0, exclusive_minimum=True)
+    router_ready_s: float = key("router_ready_s", 600.0, NUMBER, "the router's readiness deadline",
+                                minimum=0, exclusive_minimum=True)
+    benchmark_s: float = key("benchmark_s", 7200.0, NUMBER, "each benchmark's deadline",
+                             minimum=0, exclusive_minimum=True)
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    gpu: str = key("gpu", "MI355X", STRING, "simulator --sim-gpu (MI300X, MI325X, MI355X, H100, H200, B200)")
+    speedup: float = key("speedup", 1.0, NUMBER, "simulator --sim-speedup (simulated time runs this much faster)",
+                         minimum=0, exclusive_minimum=True)
+    startup_delay_s: float = key("startup_delay_s", 0.0, NUMBER, "simulator --sim-startup-delay (model loading)",
+                                 minimum=0)
+    kv_payload_bytes_per_token: int = count("kv_payload_bytes_per_token", 64,
+                                            "simulator --sim-kv-payload-bytes-per-token (bytes moved per token)")
+    seed: int = key("seed", 0, INT, "simulator --sim-seed", minimum=0)
+    accuracy: float = key("accuracy", 1.0, NUMBER, "simulator --sim-accuracy (fraction of right gsm8k answers)",
+                          minimum=0, maximum=1)
+    faults: Mapping[str, tuple[str, ...]] = key("faults", {}, LIST_MAP, "simulator --sim-fault per role "
+                                                "(prefill, decode) or process (prefill_0): see docs/simulator.md")
+
+
+@dataclass(frozen=True)
+class ContainerConfig:
+    device_list: tuple[str, ...] = key("device_list", (), ARGS, "docker run --device of every container")
+    volume_dict: Mapping[str, str] = key("volume_dict", {}, STRING_MAP, "docker run -v host:container")
+    env_dict: Mapping[str, str] = key("env_dict", {}, STRING_MAP, "environment of every container and process")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    EXTRA_KEYS = (port("proxy_router_serv_port", None, "must equal proxy_router_port (the seed format names "
+                                                       "the one router port twice)").metadata["key"],)
+    prefill_nodes: tuple[str, ...] = key("prefill_node_list", kind=NODES, effect="one prefill instance per node "
+                                         "(per_node) or one over all (multi_node)", required=True)
+    decode_nodes: tuple[str, ...] = key("decode_node_list", kind=NODES, effect="the decode instances, likewise",
+                                        required=True)
+    router_node: str = key("proxy_router_node", kind=TEXT, effect="where the router runs", required=True)
+    prefill_port: int = port("prefill_serv_port", dataclasses.MISSING, f"prefill {WORKER_ARGV} --port", required=True)
+    decode_port: int = port("decode_serv_port", dataclasses.MISSING, f"decode {WORKER_ARGV} --port", required=True)
+    router_port: int = port("proxy_router_port", dataclasses.MISSING, "router --port", required=True)
+    source: str = "<config>"
+    models: tuple[ModelConfig, ...] = ()
+    warnings: tuple[Problem, ...] = ()  # keys read but not honoured
+    container_image: str = key("container_image", "", TEXT, "the image of every container (runtime docker)")
+    container_name: str = key("container_name", "sglang_container", TEXT,
+                              "the containers' name prefix (<name>-<run id>-<role>-<i>)")
+    benchmark_node: str = key("benchmark_serv_node", None, TEXT, "where the benchmark clients run",
+                              default_doc="proxy_router_node")
+    nnodes: int | None = count("nnodes", None, "checked against the node lists")
+    hf_token_file: str | None = key("hf_token_file", None, STRING, "HF_TOKEN of the workers, read on each node "
+                                    "(never on a command line)")
+    shm_size: str | None = key("shm_size", None, STRING, "docker run --shm-size")
+    log_dir: str = key("log_dir", "/tmp/sglang-pd-logs", TEXT, "each process's log folder on its node")
+    log_level: str = key("log_level", "info", choice("debug", "info", "warning", "error", "critical"),
+                         "--log-level of workers and router")
+    nic_type: str | None = key("nic_type", None, STRING, "the NIC's verbs provider: its library mounts, GID "
+                               "index and device check (ainic, bnxt, mlx5; docs/nic-types.md)")
+    nccl_ib_hca_list: tuple[str, ...] = key("nccl_ib_hca_list", (), CSV, "NCCL_IB_HCA where nccl_ib_hca is unset")
+    nccl_ib_hca: tuple[str, ...] = key("nccl_ib_hca", (), CSV, "NCCL_IB_HCA of every container; "
+                                       "kv_transfer.ib_devices' default")
+    nccl_socket_ifname: str | None = key("nccl_socket_ifname", None, STRING, "NCCL_SOCKET_IFNAME")
+    gloo_socket_ifname: str | None = key("gloo_socket_ifname", None, STRING, "GLOO_SOCKET_IFNAME")
+    gloo_tcp_ifname: str | None = key("gloo_tcp_ifname", None, STRING, "GLOO_TCP_IFNAME")
+    nccl_ib_gid_index: int | None = key("nccl_ib_gid_index", None, INT, "NCCL_IB_GID_INDEX; Mooncake's MC_GID_INDEX",
+                                        minimum=0, default_doc="the nic_type's, else unset")
+    nccl_debug: str | None = key("nccl_debug", None, choice("VERSION", "WARN", "INFO", "TRACE", "ERROR", "version",
+                                                            "warn", "info", "trace", "error"), "NCCL_DEBUG")
+    prefill_coordinator_addr: str | None = key("prefill_coordinator_addr", None, STRING,
+                                               f"prefill {WORKER_ARGV} --dist-init-addr (multi_node)")
+    decode_coordinator_addr: str | None = key("decode_coordinator_addr", None, STRING,
+                                              f"decode {WORKER_ARGV} --dist-init-addr (multi_node)")
+    prefill_coordinator_port: int = port("prefill_coordinator_port", 40001, "the prefill --dist-init-addr port")
+    decode_coordinator_port: int = port("decode_coordinator_port", 40002, "the decode --dist-init-addr port")
+    container: ContainerConfig = key("container_config", section=ContainerConfig)
+    engine: str = key("engine", "sglang", choice("sglang", "sim"), "sim: the simulated worker instead of "
+                      "sglang.launch_server")
+    runtime: str = key("runtime", "docker", choice("docker", "process"), "process: plain processes instead of "
+                       "one container per logical node")
+    transport: str = key("transport", "ssh", choice("ssh", "local"), "local: every node is this machine")
+    bench_client: str = key("bench_client", "sglang", choice("sglang", "builtin"), "the tests' default bench_client",
+                            default_doc="builtin with engine sim, else sglang")
+    python: str | None = key("python", None, STRING, "the python of every planned process",
+                             default_doc="python3 (this interpreter on local clusters)")
+    ssh: SSHSettings = key("ssh", section=SSHSettings)
+    kv_transfer: KVTransferSettings = key("kv_transfer", section=KVTransferSettings)
+    instance_layout: str = key("instance_layout", "per_node", choice("per_node", "multi_node"),
+                               "per_node: each node an instance of TP = tensor_parallelism; multi_node: each "
+                               "group one instance over its nodes")
+    gpus_per_node: int = count("gpus_per_node", 8, "tensor_parallelism must fit")
+    router_prometheus_port: int = port("router_prometheus_port", 29000, "router --prometheus-port")
+    router_args: tuple[str, ...] = key("router_args", (), ARGS, "appended to the router argv")
+    timeouts: Timeouts = key("timeouts", section=Timeouts)
+    sim: SimSettings = key("sim", section=SimSettings)
+
+    def model(self, model_id: str) -> ModelConfig:
+        for m in self.models:
+            if m.id == model_id:
+                return m
+        raise KeyError(f"no model {model_id!r} in {self.source} (have: {', '.join(self.model_ids)})")
+
+    @property
+    def model_ids(self) -> tuple[str, ...]:
+        return tuple(m.id for m in self.models)
+
+    @property
+    def simulated(self) -> bool:
+        return self.engine == "sim"
+
+
+@dataclass(frozen=True)
+class InferenceCase:
+    """One test of the validation suite: a model, one of its inference tests, one concurrency."""
+
+    model: ModelConfig
+    test: InferenceTest
+    concurrency: int
+
+    @property
+    def id(self) -> str:
+        """``<model>-<test>``, with ``-c<N>`` per concurrency of a sweep (the pytest id, the results.json id)."""
+        base = f"{self.model.id}-{self.test.name}"
+        return f"{base}-c{self.concurrency}" if self.test.is_sweep else base
+
+
+def cases(cfg: ClusterConfig) -> list[InferenceCase]:
+    """Every case of a config: model by model, test by test, each concurrency of a sweep."""
+    return [InferenceCase(m, t, c) for m in cfg.models for t in m.tests for c in t.max_concurrency]
+
+
+Check = Callable[[ClusterConfig], list[Problem]]  # more problems of a typed config (the plan's, for one)
+
+
+# --------------------------------------------------------------------------------------- loading
+def resolve_path(name: str | Path) -> Path:
+    """A config path as given, or a bare file name looked up in the shipped cluster_configs/."""
+    path = Path(name)
+    if path.exists() or path.is_absolute() or len(path.parts) > 1:
+        return path
+    shipped = CONFIG_DIR / path
+    return shipped if shipped.exists() else path
+
+
+def load(name: str | Path, *, user: str | None = None, checks: Sequence[Check] = ()) -> ClusterConfig:
+    """Load, validate and type a cluster config; raises ConfigError listing every problem (those ``checks``
+    find too: ``plan.load_config`` adds the plan's)."""
+    path = resolve_path(name)
+    source = str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(source, [Problem("$", f"cannot read the config file: {exc.strerror}")]) from None
+    raw = parse_text(text, source)
+    return from_dict(raw, source=source, user=user, checks=checks)
+
+
+def parse_text(text: str, source: str) -> Any:
+    if source.endswith((".yaml", ".yml")):
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(source, [Problem("$", f"not valid YAML: {exc}")]) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(source, [Problem("$", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")]) from None
+
+
+def from_dict(raw: Any, *, source: str = "<config>", user: str | None = None,
+              checks: Sequence[Check] = ()) -> ClusterConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [Problem("$", f"the config must be an object with 'config' and 'benchmark_params', got {type(raw).__name__}")])
+    raw = substitute_user(raw, user or getpass.getuser())
+    problems = [Problem(p, f"still holds the placeholder {PLACEHOLDER}: fill it in") for p in placeholder_paths(raw)]
+    problems += schema_problems(raw, skip=set(p.path for p in problems))
+    if problems:
+        raise ConfigError(source, problems)
+    cfg, problems = _build(raw, source)
+    problems += cross_field_problems(cfg)
+    for check in checks:
+        problems += check(cfg)
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
+
+
+def substitute_user(value: Any, user: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(USER_TOKEN, user)
+    if isinstance(value, list):
+        return [substitute_user(v, user) for v in value]
+    if isinstance(value, dict):
+        return {substitute_user(k, user): substitute_user(v, user) for k, v in value.items()}
+    return value
+
+
+def _walk(value: Any, path: str = "$") -> Iterator[tuple[str, Any]]:
+    yield path, value
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _walk(v, json_path(path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _walk(v, f"{path}[{i}]")
+
+
+def placeholder_paths(raw: Any) -> list[str]:
+    return [p for p, v in _walk(raw) if isinstance(v, str) and PLACEHOLDER in v]
+
+
+# --------------------------------------------------------------------------------------- schema
+_THRESHOLD = {
+    "x-expect": 'a number, or {"min": x} / {"max": x}',
+    "anyOf": [NUMBER.schema, {"type": "object", "additionalProperties": False, "minProperties": 1,
+                              "maxProperties": 1, "properties": {"min": NUMBER.schema, "max": NUMBER.schema}}],
+}
+
+
+def schema() -> dict:
+    """The JSON Schema of the config format, made from the keys' descriptions."""
+    test = keys_mod.schema_of(InferenceTest, {"expected_results": {
+        "type": "object", "additionalProperties": {"type": "object", "additionalProperties": _THRESHOLD}}})
+    model = keys_mod.schema_of(ModelConfig, {"inference_tests": {
+        "type": "object", "minProperties": 1, "additionalProperties": test}})
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "pytest-sglang-pd cluster config",
+        "description": "The CVS sglang_disagg_pd cluster config format, with optional pytest-sglang-pd extensions. "
+                       'Numbers may be written as strings ("8"). Generated from the keys\' descriptions '
+                       "(sglang-pd schema).",
+        "type": "object", "additionalProperties": False, "required": ["config", "benchmark_params"],
+        "properties": {"config": keys_mod.schema_of(ClusterConfig),
+                       "benchmark_params": {"type": "object", "minProperties": 1, "additionalProperties": model}},
+    }
+
+
+def key_table() -> str:
+    """The docs' table of every key (Markdown), from the keys' descriptions."""
+    lines = ["| key | kind | default | range | effect |", "|---|---|---|---|---|"]
+    for prefix, cls in (("config", ClusterConfig), ("benchmark_params.<model>", ModelConfig),
+                        ("benchmark_params.<model>.inference_tests.<test>", InferenceTest)):
+        for where, kind, default, rng, effect in keys_mod.table_rows(cls, prefix):
+            cells = (f"`{where}`", kind, f"`{default}`" if default and default != "required" else default, rng, effect)
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def schema_problems(raw: Any, skip: set[str] = frozenset()) -> list[Problem]:
+    validator = jsonschema.Draft202012Validator(schema())
+    problems: list[Problem] = []
+    for err in sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path))):
+        path = "$"
+        for part in err.absolute_path:
+            path = json_path(path, part)
+        if path in skip:
+            continue
+        if err.validator == "additionalProperties":
+            problems += _unknown_keys(err, path)
+        else:
+            problems.append(Problem(path, _describe(err)))
+    return problems
+
+
+def _unknown_keys(err: jsonschema.ValidationError, path: str) -> list[Problem]:
+    known = list(err.schema.get("properties", {}))
+    out = []
+    for name in err.instance:
+        if name in known:
+            continue
+        hint = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; known keys here: {', '.join(sorted(known))}"
+        out.append(Problem(json_path(path, name), f"unknown key {name!r}{suggestion}"))
+    return out
+
+
+def _describe(err: jsonschema.ValidationError) -> str:
+    expect = err.schema.get("x-expect") if isinstance(err.schema, dict) else None
+    if expect:
+        return f"expected {expect}, got {json.dumps(err.instance)}"
+    if err.validator == "enum":
+        return f"{json.dumps(err.instance)} is not one of {', '.join(map(json.dumps, err.validator_value))}"
+    if err.validator == "required":
+        return err.message.replace("is a required property", "is required but missing")
+    if err.validator in ("minItems", "minProperties") and not err.instance:
+        return "must not be empty"
+    return err.message
+
+
+# --------------------------------------------------------------------------------------- typing
+percent = to_percent  # a percentage as the config and the command line write it: 10, "10" or "10%"
+
+
+def _build(raw: dict, source: str) -> tuple[ClusterConfig, list[Problem]]:
+    c = raw["config"]
+    problems: list[Problem] = []
+    values = read(ClusterConfig, c, "$.config", problems)
+    bench_client = values["bench_client"] if c.get("bench_client") else (
+        "builtin" if values["engine"] == "sim" else "sglang")
+    kv = values["kv_transfer"]
+    if not (c.get("kv_transfer") or {}).get("ib_devices"):
+        kv = dataclasses.replace(kv, ib_devices=values["nccl_ib_hca"] or values["nccl_ib_hca_list"])
+    ssh = values["ssh"]
+    if ssh.key_file:
+        ssh = dataclasses.replace(ssh, key_file=os.path.expanduser(ssh.key_file))
+    serv_port = values.pop("proxy_router_serv_port")
+    models = []
+    for model_id, m in raw["benchmark_params"].items():
+        model, model_problems = _build_model(model_id, m, bench_client)
+        models.append(model)
+        problems += model_problems
+    cfg = ClusterConfig(**{**values, "source": source, "bench_client": bench_client, "kv_transfer": kv, "ssh": ssh,
+                           "benchmark_node": values["benchmark_node"] or values["router_node"],
+                           "models": tuple(models)})
+    cfg = dataclasses.replace(cfg, warnings=tuple(ignored_keys(raw) + nic_warnings(cfg)))
+    if serv_port is not None and serv_port != cfg.router_port:
+        problems.append(Problem("$.config.proxy_router_serv_port",
+                                f"{serv_port} differs from proxy_router_port {cfg.router_port}: "
+                                "both name the one port the router serves on"))
+    return cfg, problems
+
+
+def ignored_keys(raw: Mapping) -> list[Problem]:
+    """A warning for every key the config sets that the suite reads but cannot honour."""
+    out = keys_mod.ignored_keys(ClusterConfig, raw.get("config"), "$.config")
+    for model_id, m in (raw.get("benchmark_params") or {}).items():
+        base = json_path("$.benchmark_params", model_id)
+        out += keys_mod.ignored_keys(ModelConfig, m, base)
+        for name, t in (m.get("inference_tests") or {}).items():
+            out += keys_mod.ignored_keys(InferenceTest, t, json_path(json_path(base, "inference_tests"), name))
+    return out
+
+
+def nic_warnings(cfg: ClusterConfig) -> list[Problem]:
+    """A GID index that differs from the one the config's nic_type needs."""
+    try:
+        profile = nic.profile(cfg.nic_type)
+    except KeyError:
+        return []  # a problem of cross_field_problems
+    if profile and profile.gid_index is not None and cfg.nccl_ib_gid_index not in (None, profile.gid_index):
+        return [Problem("$.config.nccl_ib_gid_index",
+                        f"{cfg.nccl_ib_gid_index} is kept, but {profile.vendor} NICs (nic_type {cfg.nic_type!r}) "
+                        f"need GID index {profile.gid_index} (RoCE v2); unset it to use {profile.gid_index}")]
+    return []
+
+
+def _classify(name: str, t: Mapping) -> tuple[str, str | None, str | None]:
+    """(kind, dataset, problem) of an inference test from its name and keys."""
+    if t.get("type") == "gsm8k" or (name.lower().startswith("gsm8k") and t.get("type") is None):
+        return "gsm8k", None, None
+    dataset = t.get("data_set_name")
+    if any(k.startswith("gsp_") for k in t) or "shared_prefix" in name.lower():
+        if dataset not in (None, "generated-shared-prefix"):
+            return "bench_serving", dataset, f"has gsp_* parameters but data_set_name {dataset!r}"
+        return "bench_serving", "generated-shared-prefix", None
+    if dataset == "synthetic":
+        dataset = "random"
+    if dataset is None:
+        return "bench_serving", None, ("cannot tell which benchmark this is: set \"data_set_name\" "
+                                      "(random, random-ids, generated-shared-prefix, sharegpt) or \"type\": \"gsm8k\"")
+    return "bench_serving", dataset, None
+
+
+def _build_model(model_id: str, m: Mapping, bench_client: str) -> tuple[ModelConfig, list[Problem]]:
+    base = json_path("$.benchmark_params", model_id)
+    problems: list[Problem] = []
+    values = read(ModelConfig, m, base, problems)
+    values.pop("inference_tests")
+    tests = []
+    for name, t in m["inference_tests"].items():
+        tpath = json_path(json_path(base, "inference_tests"), name)
+        kind, dataset, problem = _classify(name, t)
+        if problem:
+            problems.append(Problem(tpath, problem))
+        tv = read(InferenceTest, t, tpath, problems,
+                  defaults={"max_concurrency": (values["max_concurrency"],), "bench_client": bench_client})
+        for extra in ("type", "data_set_name"):
+            tv.pop(extra)
+        thresholds, tproblems = _thresholds(tv.pop("expected_results") or {}, values["dtype"],
+                                            json_path(tpath, "expected_results"))
+        problems += tproblems
+        tests.append(InferenceTest(name=name, kind=kind, dataset=dataset, thresholds=thresholds, **tv))
+    return ModelConfig(id=model_id, tests=tuple(tests), **values), problems
+
+
+def _thresholds(expected: Mapping, dtype: str, path: str) -> tuple[tuple[Threshold, ...], list[Problem]]:
+    problems = []
+    for dtype_key, table in expected.items():
+        for metric in table:
+            if metrics.canonical(metric) is None:
+                hint = difflib.get_close_matches(metric, metrics.known_names(), n=1, cutoff=0.6)
+                more = f"; did you mean {hint[0]!r}?" if hint else ""
+                problems.append(Problem(json_path(json_path(path, dtype_key), metric),
+                                        f"the suite cannot measure {metric!r}{more}"))
+    if not expected:
+        return (), problems
+    if dtype not in expected:
+        problems.append(Problem(path, f"no entry for the model's dtype {dtype!r} (have: {', '.join(expected)}); "
+                                      "set the model's \"dtype\" or add that key"))
+        return (), problems
+    out = []
+    for metric, spec in expected[dtype].items():
+        canon = metrics.canonical(metric)
+        if canon is None:
+            continue
+        if isinstance(spec, dict):
+            (direction, value), = spec.items()
+            out.append(Threshold(metric, canon, to_float(value), direction, True))
+        else:
+            out.append(Threshold(metric, canon, to_float(spec), metrics.METRICS[canon].direction, False))
+    return tuple(out), problems
+
+
+# --------------------------------------------------------------------------------------- cross-field
+def cross_field_problems(cfg: ClusterConfig) -> list[Problem]:
+    """Problems between fields; those that need the plan (two services on one port) are plan.plan_problems."""
+    c = "$.config"
+    problems: list[Problem] = []
+    if cfg.nnodes is not None and cfg.nnodes != len(cfg.prefill_nodes) + len(cfg.decode_nodes):
+        problems.append(Problem(f"{c}.nnodes", f"{cfg.nnodes} does not match the node lists: "
+                                               f"{len(cfg.prefill_nodes)} prefill + {len(cfg.decode_nodes)} decode = "
+                                               f"{len(cfg.prefill_nodes) + len(cfg.decode_nodes)}"))
+    if cfg.instance_layout == "multi_node":
+        for role, nodes in (("prefill", cfg.prefill_nodes), ("decode", cfg.decode_nodes)):
+            if len(set(nodes)) != len(nodes):
+                problems.append(Problem(f"{c}.{role}_node_list", "multi_node layout: a node may appear only once"))
+            if len(nodes) > 1 and not getattr(cfg, f"{role}_coordinator_addr"):
+                problems.append(Problem(f"{c}.{role}_coordinator_addr",
+                                        f"multi_node layout with {len(nodes)} {role} nodes needs a coordinator address"))
+    if cfg.transport == "ssh" and cfg.ssh.key_file and not os.path.isfile(cfg.ssh.key_file):
+        problems.append(Problem(f"{c}.ssh.key_file", f"{cfg.ssh.key_file}: no such file on this machine "
+                                "(the private key the suite logs in with)"))
+    try:
+        nic.profile(cfg.nic_type)
+    except KeyError:
+        problems.append(Problem(f"{c}.nic_type", f"unknown NIC type {cfg.nic_type!r}; known: {', '.join(nic.known_types())}"))
+    if cfg.runtime == "docker" and not cfg.container_image:
+        problems.append(Problem(f"{c}.container_image", "runtime docker needs a container image"))
+    if cfg.kv_transfer.backend == "tcp" and not cfg.simulated:
+        problems.append(Problem(f"{c}.kv_transfer.backend", "'tcp' is the simulator's own socket transfer; "
+                                                            "real sglang workers need mooncake, nixl, mooncake_tcp or mori"))
+    if cfg.kv_transfer.backend == "mori" and cfg.simulated:
+        problems.append(Problem(f"{c}.kv_transfer.backend", "the simulated worker supports mooncake, mooncake_tcp, nixl and tcp, not mori"))
+    for m in cfg.models:
+        mpath = json_path("$.benchmark_params", m.id)
+        if not _ID_PATTERN.match(m.id):
+            problems.append(Problem(mpath, f"model id {m.id!r} cannot be used in test ids: use letters, digits, '.', '_' or '-'"))
+        if m.tensor_parallelism > cfg.gpus_per_node:
+            problems.append(Problem(f"{mpath}.tensor_parallelism",
+                                    f"{m.tensor_parallelism} does not fit gpus_per_node {cfg.gpus_per_node}"))
+        for role in ("prefill", "decode"):
+            nodes = cfg.prefill_nodes if role == "prefill" else cfg.decode_nodes
+            n = 1 if cfg.instance_layout == "multi_node" else len(nodes)
+            if getattr(m, f"{role}_policy") == "power_of_two" and n < 2:
+                problems.append(Problem(f"{mpath}.{role}_policy",
+                                        f"power_of_two needs at least 2 {role} instances, the config has {n}"))
+        for t in m.tests:
+            tpath = json_path(f"{mpath}.inference_tests", t.name)
+            if not _ID_PATTERN.match(t.name):
+                problems.append(Problem(tpath, f"test name {t.name!r} cannot be used in test ids"))
+            if len(set(t.max_concurrency)) != len(t.max_concurrency):
+                problems.append(Problem(f"{tpath}.max_concurrency", "lists a value twice"))
+    return problems
