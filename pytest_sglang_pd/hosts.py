@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import fabric
 import invoke
@@ -345,41 +345,25 @@ class SSHHost(Host):
             self._connection.close()
 
 
-def host_for(
-    node: str,
-    *,
-    transport: str,
-    user: str | None = None,
-    key_file: str | None = None,
-    port: int | None = None,
-    connect_timeout: float = 10,
-) -> Host:
-    """The Host for a node: transport "local" (this machine) or "ssh"."""
+def host_for(node: str, *, transport: str, **ssh: Any) -> Host:
+    """The Host for a node: transport "local" (this machine) or "ssh" (``ssh``: SSHHost's keyword settings)."""
     if transport == "local":
         return LocalHost(node)
     if transport == "ssh":
-        return SSHHost(node, user=user, key_file=key_file, port=port, connect_timeout=connect_timeout)
+        return SSHHost(node, **ssh)
     raise ValueError(f"unknown transport {transport!r} (expected 'local' or 'ssh')")
 
 
-def connect_all(
-    nodes: Sequence[str],
-    *,
-    transport: str,
-    user: str | None = None,
-    key_file: str | None = None,
-    port: int | None = None,
-    connect_timeout: float = 10,
-) -> dict[str, Host]:
-    """Connect every node in parallel and run `true` on it.
+def connect_all(nodes: Sequence[str], *, transport: str, **ssh: Any) -> dict[str, Host]:
+    """Connect every node in parallel and run `true` on it (``ssh``: SSHHost's keyword settings).
 
     Any failure raises ONE HostUnreachable that lists every failing node with its error;
     the connections already opened are closed first.
     """
+    connect_timeout = ssh.get("connect_timeout", 10)
 
     def connect(node: str) -> Host:
-        host = host_for(node, transport=transport, user=user, key_file=key_file, port=port,
-                        connect_timeout=connect_timeout)
+        host = host_for(node, transport=transport, **ssh)
         try:
             host.run(["true"], timeout=connect_timeout + 20).check()
         except BaseException:

@@ -244,7 +244,7 @@ def test_every_kind_of_import_is_read():
     assert read("plan", "config", "from .config import")  # relative, at module level
     assert read("report", "pytest_sglang_pd", "from .. import")  # two levels up: the package's __init__
     assert read("report", "gating", "from .. import")  # a module named in `from .. import`
-    assert read("sim.server", "kv_transfer", "from pytest_sglang_pd.kv_transfer import")  # absolute
+    assert read("sim.worker", "kv_transfer", "from pytest_sglang_pd.kv_transfer import")  # absolute
     assert read("cli", "cluster", "from . import cluster")  # lazy, inside a function
     assert read("bench.sglang_tools", "bench.target", "from .target import")  # under `if TYPE_CHECKING:`
 
@@ -308,7 +308,7 @@ def test_an_import_of_the_pytest_face_from_config_is_caught_with_file_and_line(t
 
 @pytest.mark.parametrize("file, code, arrow", [
     ("gating.py", "def lazy():\n    from .fixtures import suite_run\n", "gating -> fixtures"),
-    ("bench/builtin.py", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..sim import server\n",
+    ("bench/builtin.py", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..sim import worker\n",
      "bench -> sim"),
     ("sim/output.py", "import pytest_sglang_pd.bench.result\n", "sim -> bench"),
     ("report/html.py", "from pytest_sglang_pd.cluster import LiveCluster\n", "report -> cluster"),

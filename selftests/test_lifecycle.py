@@ -216,7 +216,7 @@ def test_cli_up_then_tests_against_its_router_url_then_down(pytester, tmp_path):
 
 
 def test_real_engine_prechecks_name_the_node_and_config_key(tmp_path):
-    """Missing GPU devices and RDMA devices are found on the node before any container or process starts."""
+    """Missing GPU devices, NIC provider files and RDMA devices are found on the node before anything starts."""
     from pytest_sglang_pd import config, plan
     from pytest_sglang_pd.cluster import ClusterError, LiveCluster
 
@@ -237,7 +237,15 @@ def test_real_engine_prechecks_name_the_node_and_config_key(tmp_path):
     assert ("node 127.0.0.2 (prefill, router, bench): GPU device(s) do not exist "
             "($.config.container_config.device_list):\n    missing: /dev/no-such-gpu") in text
     assert "/dev/null" not in text
-    cfg = config.from_dict({**data, "config": {**c, "container_config": {"device_list": [], "volume_dict": {}, "env_dict": {}}}})
+    no_gpus = {"device_list": [], "volume_dict": {}, "env_dict": {}}
+    cfg = config.from_dict({**data, "config": {**c, "container_config": no_gpus}})  # nic_type ainic: no ionic here
+    with LiveCluster(cfg, plan.plan(cfg, "llama-70b", run_id="r"), tmp_path / "run") as cluster:
+        cluster.connect()
+        with pytest.raises(ClusterError, match=r"NIC verbs provider missing:\n  node 127.0.0.2: the ionic verbs provider "
+                                               r"files of nic_type 'ainic' are missing on the host \(\$.config.nic_type\):"
+                                               r"\n    missing: /usr/lib/x86_64-linux-gnu/libionic.so.1 "):
+            cluster.precheck()
+    cfg = config.from_dict({**data, "config": {**c, "container_config": no_gpus, "nic_type": "mlx5"}})
     with LiveCluster(cfg, plan.plan(cfg, "llama-70b", run_id="r"), tmp_path / "run") as cluster:
         cluster.connect()
         with pytest.raises(ClusterError, match=r"node 127.0.0.3: RDMA device\(s\) not in /sys/class/infiniband "

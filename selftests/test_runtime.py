@@ -45,6 +45,13 @@ def wait_for_exit(runtime, rp, timeout: float = 10) -> int:
     return code
 
 
+def wait_for_log(runtime, rp, text: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in runtime.log_tail(rp, lines=5):
+        assert time.monotonic() < deadline, f"{rp.spec.key} did not log {text!r} within {timeout} s"
+        time.sleep(0.05)
+
+
 def assert_process_gone(pid: int) -> None:
     result = LocalHost().run(["ps", "-o", "pid=,stat=", "-g", str(pid)])
     live = [line for line in result.stdout.splitlines() if not line.split()[1].startswith("Z")]
@@ -83,7 +90,8 @@ def test_exit_codes_of_many_processes_in_one_look_per_node(process_runtime, tmp_
     node = next(iter(process_runtime.hosts))
     running = process_runtime.start(process_spec(tmp_path, "exec sleep 60", key="prefill_0", node=node))
     failed = process_runtime.start(process_spec(tmp_path, "exit 3", key="decode_0", node=node))
-    killed = process_runtime.start(process_spec(tmp_path, "exec sleep 60", key="decode_1", node=node))
+    killed = process_runtime.start(process_spec(tmp_path, "echo up; exec sleep 60", key="decode_1", node=node))
+    wait_for_log(process_runtime, killed, "up")  # a SIGTERM before the command runs meets only the exit recorder
     process_runtime.stop(killed, grace_s=5)
     wait_for_exit(process_runtime, failed)
     assert process_runtime.exit_codes([running, failed, killed]) == [None, 3, 143]

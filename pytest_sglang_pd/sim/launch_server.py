@@ -163,7 +163,8 @@ async def _wait_for_ranks(args: argparse.Namespace, stop: asyncio.Event) -> asyn
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from pytest_sglang_pd.sim.server import SimWorker  # noqa: PLC0415 (rank > 0 processes need none of it)
+    from pytest_sglang_pd.sim.api import build_app  # noqa: PLC0415 (rank > 0 processes need none of it)
+    from pytest_sglang_pd.sim.worker import SimWorker  # noqa: PLC0415
 
     stop = asyncio.Event()
     _install_stop(stop)
@@ -173,7 +174,7 @@ async def _serve(args: argparse.Namespace) -> int:
     log.info("simulating %s on %d x %s, role %s, speedup %g, KV capacity %d tokens", profile.name,
              worker.perf.gpus, gpu.name, args.disaggregation_mode, args.sim_speedup, worker.scheduler.capacity_tokens)
     ranks = await _wait_for_ranks(args, stop)
-    runner = web.AppRunner(worker.app, access_log=None, shutdown_timeout=0.5)
+    runner = web.AppRunner(build_app(worker), access_log=None, shutdown_timeout=0.5)
     try:
         if args.sim_startup_delay > 0:
             try:
