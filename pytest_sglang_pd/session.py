@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from .config import ClusterConfig, InferenceCase, cases
+from .report import case_of
 
 if TYPE_CHECKING:
     from .cluster import LiveCluster
@@ -82,13 +83,12 @@ class SuiteRun:
 
 
 def model_of(item: pytest.Item) -> str | None:
-    callspec = getattr(item, "callspec", None)
-    if callspec is None:
-        return None
-    case = callspec.params.get("inference_case")
-    if isinstance(case, InferenceCase):
+    """The model a suite test item is about: its inference case's, or the cluster test's model_under_test."""
+    case = case_of(item)
+    if case is not None:
         return case.model.id
-    return callspec.params.get("model_under_test")
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("model_under_test") if callspec else None
 
 
 suite_run_key = pytest.StashKey[SuiteRun]()

@@ -55,7 +55,8 @@ class RunInfo(Protocol):
     baseline: gating.Baseline | None
 
 
-def _case_of(item: pytest.Item) -> InferenceCase | None:
+def case_of(item: pytest.Item) -> InferenceCase | None:
+    """The inference case a suite test item runs (None for the cluster tests)."""
     callspec = getattr(item, "callspec", None)
     case = callspec.params.get("inference_case") if callspec else None
     return case if isinstance(case, InferenceCase) else None
@@ -107,7 +108,7 @@ class RunReport:
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
         report = yield
-        case = _case_of(item)
+        case = case_of(item)
         if case is None:
             return report
         measured = item.stash.get(measured_key, None)
