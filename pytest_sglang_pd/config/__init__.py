@@ -340,15 +340,24 @@ def from_dict(raw: Any, *, source: str = "<config>", user: str | None = None,
     raw = substitute_user(raw, user or getpass.getuser())
     problems = [Problem(p, f"still holds the placeholder {PLACEHOLDER}: fill it in") for p in placeholder_paths(raw)]
     problems += schema_problems(raw, skip=set(p.path for p in problems))
-    if problems:
-        raise ConfigError(source, problems)
-    cfg, problems = _build(raw, source)
-    problems += cross_field_problems(cfg)
-    for check in checks:
-        problems += check(cfg)
+    try:  # the later stages too, so that one run lists every problem of the file
+        cfg, more = _build(raw, source)
+        more += cross_field_problems(cfg)
+        for check in checks:
+            more += check(cfg)
+    except (KeyError, TypeError, AttributeError, ValueError):
+        if not problems:
+            raise
+        more = []  # the file's shape is too broken to type; the problems above say why
+    problems += [p for p in more if not _under(p.path, [q.path for q in problems])]
     if problems:
         raise ConfigError(source, problems)
     return cfg
+
+
+def _under(path: str, reported: Sequence[str]) -> bool:
+    """Whether a problem at ``path`` is already told by one at it or above it."""
+    return any(path == r or path.startswith((r + ".", r + "[")) for r in reported)
 
 
 def substitute_user(value: Any, user: str) -> Any:
@@ -419,6 +428,8 @@ def schema_problems(raw: Any, skip: set[str] = frozenset()) -> list[Problem]:
         path = "$"
         for part in err.absolute_path:
             path = json_path(path, part)
+        if err.validator == "required":
+            path = json_path(path, err.message.split("'")[1])  # the missing key itself
         if path in skip:
             continue
         if err.validator == "additionalProperties":
@@ -447,7 +458,7 @@ def _describe(err: jsonschema.ValidationError) -> str:
     if err.validator == "enum":
         return f"{json.dumps(err.instance)} is not one of {', '.join(map(json.dumps, err.validator_value))}"
     if err.validator == "required":
-        return err.message.replace("is a required property", "is required but missing")
+        return "is required but missing"
     if err.validator in ("minItems", "minProperties") and not err.instance:
         return "must not be empty"
     return err.message
@@ -578,6 +589,23 @@ def _thresholds(expected: Mapping, dtype: str, path: str) -> tuple[tuple[Thresho
 
 
 # --------------------------------------------------------------------------------------- cross-field
+def _gpu_budget_problems(cfg: ClusterConfig) -> list[Problem]:
+    """A node listed again whose instances need more GPUs than it has: named at the entry that overflows it."""
+    out = []
+    seen: dict[str, int] = {}  # node -> instances so far
+    for role, nodes in (("prefill", cfg.prefill_nodes), ("decode", cfg.decode_nodes)):
+        for i, node in enumerate(nodes):
+            seen[node] = seen.get(node, 0) + 1
+            over = [m for m in cfg.models if seen[node] > 1 and seen[node] * m.tensor_parallelism > cfg.gpus_per_node]
+            if over:
+                tps = ", ".join(f"{m.id} tensor_parallelism {m.tensor_parallelism}" for m in over)
+                out.append(Problem(f"$.config.{role}_node_list[{i}]",
+                                   f"node {node} is listed again: {seen[node]} instances there need "
+                                   f"{max(seen[node] * m.tensor_parallelism for m in over)} GPUs ({tps}), "
+                                   f"gpus_per_node is {cfg.gpus_per_node}"))
+    return out
+
+
 def cross_field_problems(cfg: ClusterConfig) -> list[Problem]:
     """Problems between fields; those that need the plan (two services on one port) are plan.plan_problems."""
     c = "$.config"
@@ -593,6 +621,8 @@ def cross_field_problems(cfg: ClusterConfig) -> list[Problem]:
             if len(nodes) > 1 and not getattr(cfg, f"{role}_coordinator_addr"):
                 problems.append(Problem(f"{c}.{role}_coordinator_addr",
                                         f"multi_node layout with {len(nodes)} {role} nodes needs a coordinator address"))
+    if not cfg.simulated and cfg.instance_layout == "per_node":
+        problems += _gpu_budget_problems(cfg)
     if cfg.transport == "ssh" and cfg.ssh.key_file and not os.path.isfile(cfg.ssh.key_file):
         problems.append(Problem(f"{c}.ssh.key_file", f"{cfg.ssh.key_file}: no such file on this machine "
                                 "(the private key the suite logs in with)"))
