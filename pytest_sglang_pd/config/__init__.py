@@ -349,7 +349,8 @@ def from_dict(raw: Any, *, source: str = "<config>", user: str | None = None,
         if not problems:
             raise
         more = []  # the file's shape is too broken to type; the problems above say why
-    problems += [p for p in more if not _under(p.path, [q.path for q in problems])]
+    # a later stage's problem already told above, or one about a value that is still a placeholder, is not new
+    problems += [p for p in more if not _under(p.path, [q.path for q in problems]) and PLACEHOLDER not in p.message]
     if problems:
         raise ConfigError(source, problems)
     return cfg
