@@ -21,6 +21,8 @@ from .session import SuiteRun, suite_run_key
 if TYPE_CHECKING:
     from .gating import Baseline
 
+SUITE_DIR = Path(__file__).resolve().parent / "suite"  # the validation tests, shipped with the package
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("sglang-pd", "SGLang prefill/decode cluster validation")
@@ -69,13 +71,16 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(str(exc)) from None
     worker = getattr(config, "workerinput", None)
     run_id = config.getoption("run_id") or (worker or {}).get("sglang_pd_run_id") or plan_mod.default_run_id()
-    results = config.getoption("results_dir") or os.environ.get("SGLANG_PD_RESULTS_DIR") or Path(config.rootpath, "reports")
+    results = (config.getoption("results_dir") or os.environ.get("SGLANG_PD_RESULTS_DIR")
+               or Path(config.invocation_params.dir, "reports"))
     router_url = config.getoption("router_url")
     if cluster_config is not None and not router_url and getattr(config.option, "numprocesses", None) \
             and not config.option.collectonly:
         raise pytest.UsageError(
             "-n (pytest-xdist) would bring up one cluster per worker on the same nodes and ports: run without -n, "
             "or bring the cluster up once (sglang-pd up CONFIG) and run the workers against it with --router-url")
+    if cluster_config is not None:
+        _collect_the_suite(config)
     run = SuiteRun(cluster_config=cluster_config, results_root=Path(results), run_id=run_id,
                    keep_cluster=config.getoption("keep_cluster"), router_url=router_url,
                    perf_tolerance_pct=config.getoption("perf_tolerance"), baseline=_baseline(config.getoption("baseline")))
@@ -88,6 +93,18 @@ def pytest_configure(config: pytest.Config) -> None:
     from . import fixtures
 
     config.pluginmanager.register(fixtures, "sglang_pd_fixtures")
+
+
+def _collect_the_suite(config: pytest.Config) -> None:
+    """With a cluster config and no test paths named, collect the suite's own tests, wherever pytest runs.
+
+    pytest settles its rootdir before this plugin's options exist: ``--cluster-config /dir/my.json`` (the
+    space form) reads as a test path there, so the rootdir becomes /dir, the checkout's ``testpaths`` are
+    not read, and the working folder would be collected instead. The paths pytest falls back to (the
+    invocation folder, testpaths) are therefore replaced by the suite's folder; paths the user names stay.
+    """
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
+        config.args[:] = [str(SUITE_DIR)]
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -63,7 +63,7 @@ def alive(pid: int) -> bool:
     return False
 
 
-CLUSTER_TESTS = str(REPO / "tests" / "test_cluster.py")
+CLUSTER_TESTS = str(REPO / "pytest_sglang_pd" / "suite" / "test_cluster.py")
 
 
 def start_suite(config: Path, results: Path) -> subprocess.Popen:

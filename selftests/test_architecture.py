@@ -26,7 +26,7 @@ ARCHITECTURE_DOC = REPO / "docs" / "architecture.md"
 LEAVES = frozenset({"__init__", "metrics", "redact", "prom", "failures", "parallel", "image", "kv_transfer", "textgen",
                     "facts", "sse", "nic"})
 # The pytest face: nothing imports it but itself.
-PYTEST_FACE = frozenset({"plugin", "session", "fixtures"})
+PYTEST_FACE = frozenset({"plugin", "session", "fixtures", "suite"})
 # The chain of the data flow: config -> plan -> live cluster (hosts, docker_node, runtime, cluster) -> bench
 # -> gating -> report. The faces on top (the CLI, the pytest face) may import all of it.
 CHAIN = frozenset({"config", "plan", "hosts", "docker_node", "runtime", "cluster", "bench", "gating", "report"})
@@ -46,6 +46,7 @@ MAY_IMPORT: Mapping[str, frozenset[str]] = {
     "session": CHAIN,
     "fixtures": CHAIN | {"session"},
     "plugin": CHAIN | {"session", "fixtures"},
+    "suite": CHAIN,  # the validation tests themselves (suite/test_*.py)
 }
 
 

@@ -19,7 +19,7 @@ from selftests.live import killed_while_loading
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.ssh]
 
-SUITE = str(REPO / "tests")
+SUITE = str(REPO / "pytest_sglang_pd" / "suite")
 
 
 def ssh_config(tmp_path: Path, sshd, image: str, *, ssh: dict, **overrides) -> Path:
@@ -71,7 +71,7 @@ def test_key_only_in_ssh_config(pytester, tmp_path, sshd, docker_engine, sim_ima
     (pytester.path / ".ssh" / "config").write_text(
         f"Host {' '.join(sshd.nodes)}\n  User {sshd.user}\n  Port {sshd.port}\n  IdentityFile {sshd.key_file}\n")
     config = ssh_config(tmp_path, sshd, sim_image, ssh={})
-    result = run(pytester, config, tmp_path / "results", str(REPO / "tests" / "test_cluster.py"))
+    result = run(pytester, config, tmp_path / "results", str(REPO / "pytest_sglang_pd" / "suite" / "test_cluster.py"))
     result.assert_outcomes(passed=4, skipped=1)
     assert_nothing_left(docker_engine, config, sshd)
 
@@ -81,7 +81,7 @@ def test_wrong_key_fails_at_once_naming_node_user_port_and_key(pytester, tmp_pat
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong)], check=True)
     config = ssh_config(tmp_path, sshd, sim_image, ssh=key_in_config(sshd, str(wrong)))
     started = time.monotonic()
-    result = run(pytester, config, tmp_path / "results", str(REPO / "tests" / "test_cluster.py"))
+    result = run(pytester, config, tmp_path / "results", str(REPO / "pytest_sglang_pd" / "suite" / "test_cluster.py"))
     elapsed = time.monotonic() - started
     out = result.stdout.str()
     assert result.ret == 1

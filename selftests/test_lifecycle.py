@@ -97,7 +97,7 @@ def test_teardown_error_after_a_failed_bring_up_is_told_after_the_first_error(py
     config.write_text(json.dumps(data))
     pytester.makepyfile(failing_teardown=_FAILING_TEARDOWN)  # a teardown that fails, on top of the real one
     results = tmp_path / "results"
-    result = pytester.runpytest_subprocess(str(REPO / "tests"), f"--cluster-config={config}",
+    result = pytester.runpytest_subprocess(str(REPO / "pytest_sglang_pd" / "suite"), f"--cluster-config={config}",
                                            f"--results-dir={results}", "--run-id=run", "-p", "no:cacheprovider",
                                            "-p", "failing_teardown", timeout=240)
     out = result.stdout.str()
@@ -318,7 +318,7 @@ def test_hf_token_reaches_the_workers_and_nothing_else(pytester, tmp_path):
     token_file.write_text(token + "\n")
     results = tmp_path / "results"
     config = sim_config(tmp_path, hf_token_file=str(token_file), tests=("gsm8k",))
-    result = pytester.runpytest_subprocess(str(REPO / "tests"), f"--cluster-config={config}", f"--results-dir={results}",
+    result = pytester.runpytest_subprocess(str(REPO / "pytest_sglang_pd" / "suite"), f"--cluster-config={config}", f"--results-dir={results}",
                                            "--run-id=run", "--keep-cluster", "-k", "kv_handoff or gsm8k", timeout=240)
     try:
         result.assert_outcomes(passed=2)
@@ -353,7 +353,7 @@ def test_unreachable_node_fails_fast_naming_it(pytester, tmp_path, sshd):
 def test_benchmark_reports_the_kv_transfer_from_the_workers_counters(pytester, tmp_path):
     results = tmp_path / "results"
     config = sim_config(tmp_path, tests=("bench_serv_random",))
-    result = pytester.runpytest_subprocess(str(REPO / "tests"), f"--cluster-config={config}", f"--results-dir={results}",
+    result = pytester.runpytest_subprocess(str(REPO / "pytest_sglang_pd" / "suite"), f"--cluster-config={config}", f"--results-dir={results}",
                                            "--run-id=run", "-k", "random", timeout=240)
     result.assert_outcomes(passed=1)
     test = json.loads((results / "run" / "results.json").read_text())["tests"][0]

@@ -184,7 +184,7 @@ def test_both_faces_report_the_plans_problem_as_the_config_error(pytester: pytes
     path = _port_clash(tmp_path)
     validate = subprocess.run(["sglang-pd", "validate", str(path)], capture_output=True, text=True, timeout=60)
     assert validate.returncode == 1 and PORT_CLASH in validate.stderr and "2 problems" in validate.stderr
-    run = pytester.runpytest_subprocess(str(REPO / "tests"), f"--cluster-config={path}", "--collect-only")
+    run = pytester.runpytest_subprocess(str(REPO / "pytest_sglang_pd" / "suite"), f"--cluster-config={path}", "--collect-only")
     assert run.ret == 4  # a usage error at configure time
     err = run.stderr.str()
     assert PORT_CLASH in err and "2 problems" in err

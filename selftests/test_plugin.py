@@ -8,7 +8,7 @@ from selftests.configs import REPO, TEMPLATE, raw, write
 
 pytestmark = pytest.mark.integration  # each test runs the suite in a pytest subprocess
 
-SUITE = str(REPO / "tests")
+SUITE = str(REPO / "pytest_sglang_pd" / "suite")
 
 
 def collected(result) -> list[str]:
@@ -21,13 +21,13 @@ def test_ids_select_by_model_and_test(pytester: pytest.Pytester):
     ids = collected(result)
     for model in ("llama-70b", "deepseek-r1"):
         for test in ("gsm8k", "bench_serv_random"):
-            assert f"tests/test_inference.py::test_inference[{model}-{test}]" in ids
+            assert f"pytest_sglang_pd/suite/test_inference.py::test_inference[{model}-{test}]" in ids
     only = collected(pytester.runpytest_subprocess(SUITE, "--cluster-config=mi35x-example.json",
                                                    "--collect-only", "-q", "-k", "deepseek-r1"))
     assert only and all("deepseek-r1" in i for i in only)
     both = collected(pytester.runpytest_subprocess(SUITE, "--cluster-config=mi35x-example.json",
                                                    "--collect-only", "-q", "-k", "llama-70b and gsm8k"))
-    assert both == ["tests/test_inference.py::test_inference[llama-70b-gsm8k]"]
+    assert both == ["pytest_sglang_pd/suite/test_inference.py::test_inference[llama-70b-gsm8k]"]
 
 
 def test_one_models_tests_run_before_the_next_models_deployment(pytester: pytest.Pytester):
@@ -41,8 +41,8 @@ def test_concurrency_sweep_is_one_case_per_value(pytester: pytest.Pytester, tmp_
     data["benchmark_params"]["llama-8b"]["inference_tests"]["bench_serv_random"]["max_concurrency"] = ["4", "16"]
     path = write(tmp_path, data)
     ids = collected(pytester.runpytest_subprocess(SUITE, f"--cluster-config={path}", "--collect-only", "-q", "-k", "random"))
-    assert ids == ["tests/test_inference.py::test_inference[llama-8b-bench_serv_random-c4]",
-                   "tests/test_inference.py::test_inference[llama-8b-bench_serv_random-c16]"]
+    assert ids == ["pytest_sglang_pd/suite/test_inference.py::test_inference[llama-8b-bench_serv_random-c4]",
+                   "pytest_sglang_pd/suite/test_inference.py::test_inference[llama-8b-bench_serv_random-c16]"]
 
 
 def test_config_error_stops_at_configure_with_every_problem_and_exit_4(pytester: pytest.Pytester):

@@ -71,7 +71,7 @@ def test_a_baseline_that_is_not_a_results_file_is_refused(tmp_path: Path) -> Non
 
 # ------------------------------------------------------------------ a whole run through the plugin and pytest-html
 
-INFERENCE_TESTS = str(REPO / "tests" / "test_inference.py")
+INFERENCE_TESTS = str(REPO / "pytest_sglang_pd" / "suite" / "test_inference.py")
 
 
 def _config(tmp_path: Path, mean_tpot_ms: str, **sim: object) -> Path:
