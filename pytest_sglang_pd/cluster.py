@@ -207,7 +207,8 @@ class LiveCluster:
             by_node.setdefault(check.node, []).append(check)
         outcomes = [outcome for found in all_of(lambda node: self._run_prechecks(by_node[node]), sorted(by_node))
                     for outcome in found]
-        for kind, title in (("devices", "GPU devices missing"), ("nic", "NIC verbs provider missing"),
+        for kind, title in (("paths", "Paths unusable"), ("devices", "GPU devices missing"),
+                            ("nic", "NIC verbs provider missing"),
                             ("kv_transfer", f"KV transfer ({self.cfg.kv_transfer.backend}) precheck failed")):
             problems = [text for check, ok, text in outcomes if check.kind == kind and not ok]
             if problems:

@@ -439,6 +439,10 @@ _ADDRESS = re.compile(r"^(?:[a-z0-9+]+://)?([A-Za-z0-9.-]+):(\d{1,5})(?:/.*)?$")
 # $@: paths; fails naming those that do not exist
 _ALL_EXIST = 'm=""; for p; do [ -e "$p" ] || m="$m $p"; done; [ -z "$m" ] || { echo "missing:$m" >&2; exit 1; }'
 _TCP_CONNECT = 'exec 3<>"/dev/tcp/$1/$2"'
+# $1: a folder to create and write; then files to read (never printed)
+_PATHS_USABLE = ('d=$1; shift; mkdir -p -- "$d" 2>/dev/null && [ -w "$d" ] || { echo "log folder $d: cannot be '
+                 'created or written" >&2; exit 1; }; for f; do [ -r "$f" ] || { echo "$f: not readable" >&2; '
+                 'exit 1; }; done')
 
 
 def side_services(env: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -460,8 +464,15 @@ def worker_nodes(dep: Deployment) -> list[str]:
 def prechecks(cfg: ClusterConfig, dep: Deployment) -> tuple[Precheck, ...]:
     """What must hold on the nodes before anything starts: the containers' GPU devices exist (real engine), the
     RDMA devices of the transfer exist (real engine) or the engine loads (simulated plain processes), and every
-    side service the transfer's env names is reachable from each worker node."""
+    side service the transfer's env names is reachable from each worker node; first of all, that each node can
+    write its log folder and read the secret files its processes get."""
     out = []
+    for node in dict.fromkeys(p.node for p in (*dep.processes, *dep.bench)):
+        secrets = sorted({f for p in dep.processes if p.node == node for f in p.secret_env_files.values()})
+        out.append(Precheck(node, "paths", ("sh", "-c", _PATHS_USABLE, "sh", dep.log_dir, *secrets),
+                            "log folder writable" + (", secret files readable" if secrets else ""),
+                            f"node {node}: the log folder ($.config.log_dir) cannot be written"
+                            + (" or a secret file ($.config.hf_token_file) cannot be read" if secrets else "")))
     if not cfg.simulated:
         devices: dict[str, list[str]] = {}
         roles: dict[str, list[str]] = {}

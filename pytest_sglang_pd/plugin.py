@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -73,6 +74,7 @@ def pytest_configure(config: pytest.Config) -> None:
     run_id = config.getoption("run_id") or (worker or {}).get("sglang_pd_run_id") or plan_mod.default_run_id()
     results = (config.getoption("results_dir") or os.environ.get("SGLANG_PD_RESULTS_DIR")
                or Path(config.invocation_params.dir, "reports"))
+    _usable_folder(Path(results), "--results-dir")
     router_url = config.getoption("router_url")
     if cluster_config is not None and not router_url and getattr(config.option, "numprocesses", None) \
             and not config.option.collectonly:
@@ -111,6 +113,16 @@ def _collect_the_suite(config: pytest.Config) -> None:
 def pytest_configure_node(node) -> None:
     """xdist controller: every worker uses the controller's run id (one run folder)."""
     node.workerinput["sglang_pd_run_id"] = node.config.stash[suite_run_key].run_id
+
+
+def _usable_folder(path: Path, option: str) -> None:
+    """A usage error naming the folder and the reason when it cannot be created or written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise pytest.UsageError(f"{option} {path}: cannot be created or written ({exc.strerror or exc})") from None
 
 
 def _baseline(path: str | None) -> Baseline | None:

@@ -220,11 +220,12 @@ def test_real_engine_prechecks_name_the_node_and_config_key(tmp_path):
     from pytest_sglang_pd import config, plan
     from pytest_sglang_pd.cluster import ClusterError, LiveCluster
 
+    (tmp_path / "token").write_text("hf_not_a_real_token")
     data = raw("mi35x-example.json")
     c = data["config"]
     c.update({"transport": "local", "prefill_node_list": ["127.0.0.2"], "decode_node_list": ["127.0.0.3"],
               "proxy_router_node": "127.0.0.2", "benchmark_serv_node": "127.0.0.2", "nnodes": "2",
-              "log_dir": str(tmp_path / "logs"),
+              "log_dir": str(tmp_path / "logs"), "hf_token_file": str(tmp_path / "token"),
               "container_config": {"device_list": ["/dev/null", "/dev/no-such-gpu"], "volume_dict": {}, "env_dict": {}},
               "kv_transfer": {"ib_devices": ["no_such_rdma0"]}})
     cfg = config.from_dict(data)
@@ -252,6 +253,24 @@ def test_real_engine_prechecks_name_the_node_and_config_key(tmp_path):
                                                r"\(\$.config.kv_transfer.ib_devices.*\n    missing: /sys/class/infiniband/no_such_rdma0"):
             cluster.precheck()
     assert json.loads((tmp_path / "run" / "cluster-state.json").read_text())["stopped"] is True
+
+
+def test_an_unwritable_log_dir_or_unreadable_token_file_is_named_before_anything_starts(tmp_path):
+    from pytest_sglang_pd import config, plan
+    from pytest_sglang_pd.cluster import ClusterError, LiveCluster
+
+    (tmp_path / "a-file").write_text("")
+    data = raw("local-sim.json")
+    data["config"].update({"log_dir": str(tmp_path / "a-file" / "logs"), "hf_token_file": str(tmp_path / "no-token")})
+    cfg = config.from_dict(data)
+    with LiveCluster(cfg, plan.plan(cfg, cfg.model_ids[0], run_id="r"), tmp_path / "run") as cluster:
+        cluster.connect()
+        with pytest.raises(ClusterError) as info:
+            cluster.precheck()
+    text = str(info.value)
+    assert text.startswith("Paths unusable:\n  node 127.0.0.1: the log folder ($.config.log_dir) cannot be written "
+                           "or a secret file ($.config.hf_token_file) cannot be read")
+    assert f"log folder {tmp_path}/a-file/logs/r: cannot be created or written" in text
 
 
 def test_cleanup_stops_kept_runs_of_the_config(pytester, tmp_path):

@@ -94,3 +94,16 @@ def test_the_run_header_warns_of_keys_that_have_no_effect(pytester: pytest.Pytes
     header = [line for line in result.outlines if line.startswith("sglang-pd: warning: ")]
     assert header[0].startswith('sglang-pd: warning: $.benchmark_params["llama-70b"].inference_poll_iterations: '
                                 "is read but has no effect: ") and "timeouts.benchmark_s" in header[0]
+
+
+@pytest.mark.parametrize("where", ["/proc/sglang-reports", "below-a-file"])
+def test_an_unusable_results_dir_is_a_usage_error_naming_it(pytester: pytest.Pytester, where):
+    target = str(pytester.path / "a-file" / "reports") if where == "below-a-file" else where
+    (pytester.path / "a-file").write_text("")
+    result = pytester.runpytest_subprocess(SUITE, "--cluster-config=local-sim.json", "--results-dir", target,
+                                           "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.errlines if line.startswith("ERROR:")]
+    assert errors == [f"ERROR: --results-dir {target}: cannot be created or written "
+                      f"({'Not a directory' if where == 'below-a-file' else 'No such file or directory'})"]
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
