@@ -7,6 +7,7 @@ live cluster, bench, gating, report) and nothing of the package imports them.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -74,7 +75,7 @@ def pytest_configure(config: pytest.Config) -> None:
     run_id = config.getoption("run_id") or (worker or {}).get("sglang_pd_run_id") or plan_mod.default_run_id()
     results = (config.getoption("results_dir") or os.environ.get("SGLANG_PD_RESULTS_DIR")
                or Path(config.invocation_params.dir, "reports"))
-    _usable_folder(Path(results), "--results-dir")
+    _usable_folder(Path(results), "--results-dir", keep=not config.option.collectonly)
     router_url = config.getoption("router_url")
     if cluster_config is not None and not router_url and getattr(config.option, "numprocesses", None) \
             and not config.option.collectonly:
@@ -115,14 +116,18 @@ def pytest_configure_node(node) -> None:
     node.workerinput["sglang_pd_run_id"] = node.config.stash[suite_run_key].run_id
 
 
-def _usable_folder(path: Path, option: str) -> None:
-    """A usage error naming the folder and the reason when it cannot be created or written."""
+def _usable_folder(path: Path, option: str, *, keep: bool) -> None:
+    """A usage error naming the folder and the reason when it cannot be created or written; what this check
+    created is removed again unless ``keep``."""
+    first_missing = next((p for p in reversed((path, *path.parents)) if not p.exists()), None)
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as exc:
         raise pytest.UsageError(f"{option} {path}: cannot be created or written ({exc.strerror or exc})") from None
+    if first_missing is not None and not keep:
+        shutil.rmtree(first_missing, ignore_errors=True)
 
 
 def _baseline(path: str | None) -> Baseline | None:
