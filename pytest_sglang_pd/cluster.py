@@ -24,7 +24,7 @@ import requests
 
 from . import hosts as hosts_mod
 from . import plan as plan_mod
-from . import prom, redact
+from . import prom, redact, releases
 from .config import ClusterConfig
 from .facts import ClusterFacts
 from .plan import Deployment, ProcessSpec
@@ -121,6 +121,7 @@ class LiveCluster:
         self.kv_check: KVTransferCheck | None = None
         self.handoffs: dict[str, float] = {}
         self._collected: set[str] = set()
+        self._tool_versions: dict[tuple, str | None] = {}
         self._stack = ExitStack()
         self._steps: dict[str, ExitStack] = {}
         self._undo_errors: list[str] = []
@@ -412,10 +413,26 @@ class LiveCluster:
         finally:
             self.collect(spec.key)
 
+    def _bench_node(self) -> str:
+        return next((c.node for c in self.deployment.containers if c.key == "bench"), self.deployment.router.node)
+
     def fetch(self, remote_path: str, local: Path) -> None:
         """Copy a file from the benchmark node (container logs are bind mounts at the same path)."""
-        node = next((c.node for c in self.deployment.containers if c.key == "bench"), self.deployment.router.node)
-        self.hosts[node].get(remote_path, local)
+        self.hosts[self._bench_node()].get(remote_path, local)
+
+    def put(self, local: Path, remote_path: str) -> None:
+        """Copy a file to the benchmark node (into the log directory, which containers bind-mount)."""
+        self.hosts[self._bench_node()].put(local, remote_path)
+
+    def tool_version(self, spec: ProcessSpec) -> str | None:
+        """The sglang version of the python ``spec`` runs, asked where it runs (in its container, if any); cached."""
+        key = (spec.container, spec.argv[0])
+        if key not in self._tool_versions:
+            host = self.runtime.container_host(spec.container) if spec.container else self.hosts[spec.node]
+            result = host.run([spec.argv[0], *releases.PROBE], timeout=60)
+            version = result.stdout.strip() if result.exit_status == 0 else ""
+            self._tool_versions[key] = version or None
+        return self._tool_versions[key]
 
     # ---------------------------------------------------------------- teardown
     def snapshot_logs(self) -> None:
@@ -496,6 +513,11 @@ class ExternalCluster:
 
     def fetch(self, remote_path: str, local: Path) -> None:
         raise ClusterError("with --router-url the suite reaches no node")
+
+    put = fetch
+
+    def tool_version(self, spec: ProcessSpec) -> str | None:
+        return None
 
 
 def facts_of(cluster: LiveCluster | ExternalCluster, *, versions: bool = True) -> ClusterFacts:

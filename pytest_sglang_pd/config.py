@@ -68,6 +68,7 @@ class InferenceTest:
     data_path: str | None = None
     dataset_path: str | None = None
     max_concurrency: tuple[int, ...] = (64,)
+    unbounded: bool = False  # bench_serving without --max-concurrency: every prompt at once (the seed's meaning)
     request_rate: float = math.inf
     input_length: int = 1024
     output_length: int = 1024
@@ -99,6 +100,8 @@ class ModelConfig:
     tensor_parallelism: int = 8
     memory_fraction: float = 0.7
     tokenizer_mode: str = "auto"
+    tokenizer: str | None = None
+    dp_attention: int | None = None
     inference_poll_iterations: int = 16
     dtype: str = "auto"
     server_args: tuple[str, ...] = ()
@@ -185,6 +188,8 @@ class ClusterConfig:
     transport: str = "ssh"
     bench_client: str = "sglang"
     python: str | None = None
+    bench_python: str | None = None
+    sglang_version: str | None = None
     ssh: SSHSettings = SSHSettings()
     kv_transfer: KVTransferSettings = KVTransferSettings()
     instance_layout: str = "per_node"
@@ -444,6 +449,8 @@ def _build(raw: dict, source: str) -> tuple[ClusterConfig, list[Problem]]:
         transport=c.get("transport", "ssh"),
         bench_client=bench_client,
         python=c.get("python"),
+        bench_python=c.get("bench_python"),
+        sglang_version=c.get("sglang_version"),
         ssh=SSHSettings(
             user=ssh.get("user") or None,
             key_file=os.path.expanduser(ssh["key_file"]) if ssh.get("key_file") else None,
@@ -511,7 +518,13 @@ def _build_model(model_id: str, m: Mapping, bench_client: str) -> tuple[ModelCon
         kind, dataset, problem = _classify(name, t)
         if problem:
             problems.append(Problem(tpath, problem))
-        conc = t.get("max_concurrency", model_conc)
+        # bench_serving of a test without its own max_concurrency sends every prompt at once (the seed suite's command)
+        unbounded = kind == "bench_serving" and "max_concurrency" not in t
+        # generated-shared-prefix sends every group's prompts: groups x prompts per group unless num_prompts says
+        gsp = _opt(t, "gsp_num_groups", _int, InferenceTest.gsp_num_groups) * _opt(
+            t, "gsp_prompts_per_group", _int, InferenceTest.gsp_prompts_per_group)
+        num_prompts = _opt(t, "num_prompts", _int, gsp if dataset == "generated-shared-prefix" else InferenceTest.num_prompts)
+        conc = num_prompts if unbounded else t.get("max_concurrency", model_conc)
         conc = tuple(_int(x) for x in conc) if isinstance(conc, list) else (_int(conc),)
         thresholds, tproblems = _thresholds(t.get("expected_results", {}), dtype, json_path(tpath, "expected_results"))
         problems += tproblems
@@ -520,12 +533,13 @@ def _build_model(model_id: str, m: Mapping, bench_client: str) -> tuple[ModelCon
             name=name, kind=kind, dataset=dataset,
             backend=t.get("backend", "sglang"),
             bench_client=t.get("bench_client", bench_client),
-            num_prompts=_opt(t, "num_prompts", _int, d.num_prompts),
+            num_prompts=num_prompts,
             num_questions=_opt(t, "num_questions", _int, d.num_questions),
             num_shots=_opt(t, "num_shots", _int, d.num_shots),
             data_path=t.get("data_path"),
             dataset_path=t.get("dataset_path"),
             max_concurrency=conc,
+            unbounded=unbounded,
             request_rate=_opt(t, "request_rate", _float, d.request_rate),
             input_length=_opt(t, "input_length", _int, d.input_length),
             output_length=_opt(t, "output_length", _int, d.output_length),
@@ -551,6 +565,8 @@ def _build_model(model_id: str, m: Mapping, bench_client: str) -> tuple[ModelCon
         tensor_parallelism=_opt(m, "tensor_parallelism", _int, 8),
         memory_fraction=_opt(m, "memory_fraction", _float, 0.7),
         tokenizer_mode=m.get("tokenizer_mode", "auto"),
+        tokenizer=m.get("tokenizer"),
+        dp_attention=_opt(m, "dp_attention", _int),
         inference_poll_iterations=_opt(m, "inference_poll_iterations", _int, 16),
         dtype=dtype,
         server_args=tuple(m.get("server_args", ())),

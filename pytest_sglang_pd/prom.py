@@ -47,10 +47,12 @@ def scrape(urls_by_role: Mapping[str, Sequence[str]], names: Sequence[str]) -> d
 
 
 KV_COUNTERS = ("handoffs", "bytes", "failures", "seconds")  # the workers' sglang:kv_transfer_<name>_total
+TOKEN_COUNTERS = ("prompt_tokens", "cached_tokens")  # sglang:<name>_total: prompt tokens, those from the prefix cache
 
 
 def kv_counters(urls_by_role: Mapping[str, Sequence[str]]) -> dict[str, dict[str, float]]:
-    """Per role, the workers' KV transfer counters by short name (absent where the workers have none)."""
+    """Per role, the workers' KV transfer and prompt token counters by short name (absent where the workers have none)."""
     names = {f"sglang:kv_transfer_{n}_total": n for n in KV_COUNTERS}
+    names.update({f"sglang:{n}_total": n for n in TOKEN_COUNTERS})
     scraped = scrape(urls_by_role, list(names))
     return {role: {names[metric]: value for metric, value in sums.items()} for role, sums in scraped.items()}

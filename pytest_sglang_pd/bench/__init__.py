@@ -25,7 +25,9 @@ def run_benchmark(target: BenchTarget, case: InferenceCase, *, timeout_s: float,
         result = builtin.run(target.router_url, test, case.concurrency, timeout_s=timeout_s, progress=progress)
     else:
         result = sglang_tools.run(target, test, case.concurrency, timeout_s=timeout_s, artifacts_dir=artifacts_dir)
-    result.metrics.update(kv_metrics(before, prom.kv_counters(target.worker_urls)))
+    after = prom.kv_counters(target.worker_urls)
+    result.metrics.update(kv_metrics(before, after))
+    result.metrics.update({k: v for k, v in cache_metrics(before, after).items() if k not in result.metrics})
     result.metrics.update(nic_metrics(nic_before, nic_counters(), result.errors))
     return result
 
@@ -37,6 +39,15 @@ def nic_metrics(before: dict[str, int], after: dict[str, int], errors: list[str]
     grown = {name: value - before.get(name, 0) for name, value in after.items() if value > before.get(name, 0)}
     errors.extend(f"RDMA error counter {name} grew by {delta}" for name, delta in sorted(grown.items()))
     return {"nic_errors": float(sum(grown.values()))}
+
+
+def cache_metrics(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict[str, float]:
+    """`cache_hit_rate` from the prefill workers' prompt and cached token counters (bench_serving reports none)."""
+    def delta(name: str) -> float:
+        return after.get("prefill", {}).get(name, 0.0) - before.get("prefill", {}).get(name, 0.0)
+
+    prompt = delta("prompt_tokens")
+    return {"cache_hit_rate": delta("cached_tokens") / prompt} if prompt > 0 and "cached_tokens" in after.get("prefill", {}) else {}
 
 
 def kv_metrics(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict[str, float]:

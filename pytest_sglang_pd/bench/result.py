@@ -36,7 +36,7 @@ class RequestRecord:
 class BenchResult:
     """A benchmark run normalised to canonical metric names (metrics.METRICS)."""
 
-    tool: str  # "builtin" | "sglang.bench_serving" | "sglang.test.few_shot_gsm8k"
+    tool: str  # "builtin" or the SGLang module that ran, e.g. "sglang.benchmark.serving", "sglang.test.few_shot_gsm8k"
     metrics: dict[str, float]
     num_requests: int  # requests sent (warmup excluded)
     records: list[RequestRecord] = field(default_factory=list)
@@ -44,6 +44,7 @@ class BenchResult:
     errors: list[str] = field(default_factory=list)  # one line per failed request (or tool failure)
     artifacts: dict[str, str] = field(default_factory=dict)  # name -> local path
     command: str = ""  # what ran (argv with shlex.join), for the report
+    tool_version: str | None = None  # the version of the package that measured it (sglang's, or this suite's)
 
     @property
     def completed(self) -> int:

@@ -99,6 +99,12 @@ def links(files: Mapping[str, str | Path], base_dir: Path) -> str:
     return " · ".join(items)
 
 
+def tool_line(result: BenchResult) -> str:
+    """``sglang.benchmark.serving (sglang 0.5.23)``: the tool and the version of the package that measured a test."""
+    package = "pytest-sglang-pd" if result.tool == "builtin" else "sglang"
+    return f"{result.tool} ({package} {result.tool_version or 'version unknown'})"
+
+
 def case_html(result: BenchResult | None, gate: GateResult | None, *, message: str | None,
               log_files: Mapping[str, Path], base_dir: Path, simulated: bool) -> str:
     """A test's extra: verdicts, measured metrics, TTFT/TPOT histograms, the command, errors and links."""
@@ -115,6 +121,7 @@ def case_html(result: BenchResult | None, gate: GateResult | None, *, message: s
         if ttft or tpot:
             row += [charts.histogram(ttft, "TTFT distribution"), charts.histogram(tpot, "TPOT distribution")]
         parts.append('<div class="charts">' + "".join(row) + "</div>")
+        parts.append(f"<p><b>measured by</b> {escape(tool_line(result))}</p>")
         parts.append(f"<p><b>command</b></p><pre>{escape(result.command)}</pre>")
         if result.errors:
             parts.append(f"<p><b>errors</b></p><pre>{escape(chr(10).join(result.errors))}</pre>")

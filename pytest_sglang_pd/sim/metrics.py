@@ -40,6 +40,7 @@ class WorkerMetrics:
         self.labels = {"model_name": model_name, "role": role}
         self.engine = engine
         self.prompt_tokens = 0
+        self.cached_tokens = 0
         self.generation_tokens = 0
         self.kv_handoffs = 0
         self.kv_bytes = 0
@@ -65,6 +66,7 @@ class WorkerMetrics:
         for name, value in gauges.items():
             sample(name, "gauge", name.replace("_", " "), value)
         sample("prompt_tokens_total", "counter", "Number of prefill tokens processed.", self.prompt_tokens)
+        sample("cached_tokens_total", "counter", "Number of cached prompt tokens.", self.cached_tokens)
         sample("generation_tokens_total", "counter", "Number of generation tokens processed.", self.generation_tokens)
         sample("kv_transfer_handoffs_total", "counter",
                "KV payloads written (prefill) or received and checksum-verified (decode).", self.kv_handoffs, kv)

@@ -323,6 +323,7 @@ class SimWorker:
             else:
                 await self.scheduler.prefill(seq)
                 progress.cached_tokens = seq.cached_tokens
+                self.metrics.cached_tokens += seq.cached_tokens
             while True:
                 await seq.progress.wait()
                 seq.progress.clear()
@@ -355,6 +356,7 @@ class SimWorker:
                               f"{pd.bootstrap_timeout():.0f} s (KVPoll.Bootstrapping)") from None
             await self.scheduler.prefill(seq)
             progress.cached_tokens = seq.cached_tokens
+            self.metrics.cached_tokens += seq.cached_tokens
             blob = pd.build_payload(inp.room, len(inp.ids), seq.cached_tokens, progress.plan.ids[0],
                                     self.args.sim_kv_payload_bytes_per_token)
             modelled = self.perf.transfer_seconds(len(inp.ids)) * self.faults.slow / self.args.sim_speedup
