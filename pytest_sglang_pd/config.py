@@ -658,3 +658,24 @@ def cross_field_problems(cfg: ClusterConfig) -> list[Problem]:
             if not 0 <= t.random_range_ratio <= 1:
                 problems.append(Problem(f"{tpath}.random_range_ratio", f"{t.random_range_ratio} must be between 0 and 1"))
     return problems
+
+
+def capacity_warnings(cfg: ClusterConfig) -> list[Problem]:
+    """Limits that no cluster can meet at the test's concurrency (Little's law): an output throughput limit above
+    concurrency x 1000 / the mean TPOT limit (each stream makes at most 1000 / TPOT tokens per second)."""
+    warnings = []
+    for m in cfg.models:
+        for t in m.tests:
+            limits = {th.canonical: th.value for th in t.thresholds}
+            tput, tpot = limits.get("output_throughput"), limits.get("mean_tpot_ms")
+            if not tput or not tpot:
+                continue
+            for conc in t.max_concurrency:
+                ceiling = conc * 1000.0 / tpot
+                if tput > ceiling:
+                    path = json_path(json_path(json_path("$.benchmark_params", m.id), "inference_tests"), t.name)
+                    warnings.append(Problem(f"{path}.expected_results", (
+                        f"output throughput limit {tput:g} tok/s cannot be met at concurrency {conc}: with the mean "
+                        f"TPOT limit {tpot:g} ms it needs about {tput * tpot / 1000:g} requests in flight, and "
+                        f"{conc} streams make at most {ceiling:g} tok/s (Little's law)")))
+    return warnings

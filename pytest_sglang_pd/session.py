@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from .config import ClusterConfig, InferenceCase, cases
+from .config import ClusterConfig, InferenceCase, capacity_warnings, cases
 
 if TYPE_CHECKING:
     from .cluster import LiveCluster
@@ -77,7 +77,8 @@ class SuiteRun:
         if cfg is None:
             return ["sglang-pd: no cluster config"]
         return [f"sglang-pd: {cfg.source} engine={cfg.engine} runtime={cfg.runtime} transport={cfg.transport} "
-                f"kv={cfg.kv_transfer.backend} models={','.join(cfg.model_ids)} run={self.run_id}"]
+                f"kv={cfg.kv_transfer.backend} models={','.join(cfg.model_ids)} run={self.run_id}",
+                *(f"sglang-pd warning: {w}" for w in capacity_warnings(cfg))]
 
 
 def model_of(item: pytest.Item) -> str | None:

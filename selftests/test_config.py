@@ -194,3 +194,21 @@ def test_the_cases_of_a_config_are_model_by_model_test_by_test_one_per_concurren
                                                  "llama-8b-bench_serv_random-c64", "llama-8b-generated_shared_prefix"]
     sweep = [c for c in config.cases(cfg) if c.test.is_sweep]
     assert [c.concurrency for c in sweep] == [16, 64] and {c.model.id for c in sweep} == {"llama-8b"}
+
+
+def test_a_throughput_limit_that_littles_law_rules_out_is_a_warning_naming_both_figures():
+    # the seed template's bench_serv_random runs every prompt at once (no max_concurrency of its own): no warning
+    assert config.capacity_warnings(config.load("mi35x-example.json")) == []
+    data = raw("mi35x-example.json")
+    data["benchmark_params"]["llama-70b"]["inference_tests"]["bench_serv_random"]["max_concurrency"] = "64"
+    warnings = [str(w) for w in config.capacity_warnings(config.from_dict(data))]
+    assert warnings == ['$.benchmark_params["llama-70b"].inference_tests.bench_serv_random.expected_results: '
+                        "output throughput limit 21000 tok/s cannot be met at concurrency 64: with the mean TPOT "
+                        "limit 50 ms it needs about 1050 requests in flight, and 64 streams make at most 1280 tok/s "
+                        "(Little's law)"]
+
+
+def test_seed_format_bench_tests_run_unbounded_unless_they_set_a_concurrency():
+    tests = {t.name: t for t in config.load("mi35x-example.json").model("llama-70b").tests}
+    assert tests["bench_serv_random"].unbounded and tests["bench_serv_random"].max_concurrency == (3000,)
+    assert not tests["gsm8k"].unbounded and tests["gsm8k"].max_concurrency == (100,)
