@@ -28,6 +28,7 @@ from . import prom, redact, releases
 from .config import ClusterConfig
 from .facts import ClusterFacts
 from .plan import Deployment, ProcessSpec
+from .docker_node import DockerNode
 from .image import SOURCE_LABEL, source_digest
 from .parallel import all_of, on_each
 from .runtime import DockerRuntime, RunningProcess, Runtime, runtime_for
@@ -213,6 +214,7 @@ class LiveCluster:
             problems = [text for check, ok, text in outcomes if check.kind == kind and not ok]
             if problems:
                 raise ClusterError(f"{title}:\n" + "\n".join(problems))
+        self.probe_release()
         kv = self.cfg.kv_transfer
         check = KVTransferCheck(kv.backend, kv.ib_devices, plan_mod.kv_env(self.cfg))
         for node in plan_mod.worker_nodes(self.deployment):
@@ -220,6 +222,44 @@ class LiveCluster:
             check.findings[node] = "; ".join(found) or "checked in the worker container at start"
         self.kv_check = check
         return check
+
+    def probe_release(self) -> str | None:
+        """The sglang release in the workers' image or python (engine sglang), asked on the first prefill node
+        before any worker starts. The plan is made anew for it when the config names no release; a config that
+        names another fails here. None where there is no sglang to ask (the simulator)."""
+        if self.simulated:
+            return None
+        dep = self.deployment
+        node = dep.servers("prefill")[0].node
+        if self.cfg.runtime == "docker":
+            result = DockerNode(self.hosts[node]).docker("run", "--rm", "--entrypoint", dep.python,
+                                                          self.cfg.container_image, *releases.PROBE, timeout=300)
+        else:
+            result = self.hosts[node].run([dep.python, *releases.PROBE], timeout=60)
+        where = f"{self.cfg.container_image} on node {node}" if self.cfg.runtime == "docker" else f"{dep.python} on node {node}"
+        found = result.stdout.strip().splitlines()
+        if result.exit_status != 0 or not found:
+            said = "\n".join(result.stderr.strip().splitlines()[-5:])
+            raise ClusterError(f"no sglang package in {where} (exit status {result.exit_status}); "
+                               f"the workers run `{dep.python} -m sglang.launch_server`:\n{_indent(said.splitlines())}")
+        probed = found[-1].strip()
+        if self.cfg.sglang_version and not releases.same_release(probed, self.cfg.sglang_version):
+            raise ClusterError(f"$.config.sglang_version is {self.cfg.sglang_version}, but {where} has sglang "
+                               f"{probed}: set it to {probed} (or remove it: the suite plans for the release it finds)")
+        if not releases.same_release(probed, dep.sglang_version):
+            log.info("planning anew for sglang %s (%s)", probed, where)
+            self.deployment = plan_mod.plan(self.cfg, dep.model, run_id=dep.run_id, sglang_version=probed)
+        return probed
+
+    def confirm_release(self) -> dict[str, str]:
+        """The workers' /server_info versions, which must be the release the commands were planned for."""
+        versions = worker_versions(self.worker_urls)
+        wrong = {role: v for role, v in versions.items() if not releases.same_release(v, self.deployment.sglang_version)}
+        if wrong:
+            told = ", ".join(f"{role} workers report {v}" for role, v in sorted(wrong.items()))
+            raise ClusterError(f"the commands were planned for sglang {self.deployment.sglang_version}, but on "
+                               f"/server_info the {told}: set $.config.sglang_version to the release the workers run")
+        return versions
 
     def _run_prechecks(self, checks: list[plan_mod.Precheck]) -> list[tuple[plan_mod.Precheck, bool, str]]:
         """(check, passed, what it found) for one node's checks, in turn."""
@@ -319,6 +359,7 @@ class LiveCluster:
         self._wait(probe, deadline_s, "timeouts.server_start_s",
                    lambda: [(s.key, f"{s.role} {s.key} on node {s.node}: {s.url}{s.health_path} not healthy")
                             for s in pending.values()])
+        self.confirm_release()
 
     def wait_router_ready(self) -> dict:
         """Poll the router's /readiness until every instance is healthy there (/health is 200 with zero workers)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import json
 from pathlib import Path
 from typing import Any
@@ -74,3 +75,19 @@ def sim_config(tmp_path: Path, *, prefill: tuple[str, ...] = ("127.0.0.1",), dec
     if tests is not None:
         model["inference_tests"] = {k: v for k, v in model["inference_tests"].items() if k in tests}
     return write(tmp_path, data)
+
+
+def tools_venv() -> Path:
+    """The venv of the real SGLang client tools: $BENCH_TOOLS_VENV, else .bench-tools in the repository."""
+    venv = Path(os.environ.get("BENCH_TOOLS_VENV", ".bench-tools"))
+    return venv if venv.is_absolute() else REPO / venv
+
+
+def tools_python() -> str:
+    """Its python; the calling test skips, saying how to build it, where there is none (CI builds it)."""
+    import pytest
+
+    python = tools_venv() / "bin" / "python"
+    if not python.exists():
+        pytest.skip(f"no SGLang tools venv at {python.parent.parent}: build it with scripts/setup --bench-tools")
+    return str(python)

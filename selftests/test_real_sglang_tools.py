@@ -9,25 +9,20 @@ saying so. ``scripts/setup --dev`` (what CI runs) builds it, so nothing skips th
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from pytest_sglang_pd.report import results
-from selftests.configs import REPO, sim_config
+from selftests.configs import REPO, sim_config, tools_python
 
 pytestmark = pytest.mark.integration
-TOOLS_VENV = Path(os.environ.get("BENCH_TOOLS_VENV", REPO / ".bench-tools"))
 INFERENCE_TESTS = str(REPO / "tests" / "test_inference.py")
 
 
 @pytest.fixture(scope="module")
 def bench_python() -> str:
-    python = (TOOLS_VENV if TOOLS_VENV.is_absolute() else REPO / TOOLS_VENV) / "bin" / "python"
-    if not python.exists():
-        pytest.skip(f"no SGLang tools venv at {python.parent.parent}: build it with scripts/setup --bench-tools")
-    return str(python)
+    return tools_python()
 
 
 def test_the_shipped_tools_config_passes_through_the_real_bench_serving_and_few_shot_gsm8k(
