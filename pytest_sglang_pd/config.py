@@ -195,7 +195,9 @@ class ClusterConfig:
     instance_layout: str = "per_node"
     gpus_per_node: int = 8
     router_prometheus_port: int = 29000
-    router_args: tuple[str, ...] = ()
+    router_args: tuple[str, ...] = ()  # router_args, then router.args
+    router_package: str = "sglang-router"
+    router_python: str | None = None
     timeouts: Timeouts = Timeouts()
     sim: SimSettings = SimSettings()
 
@@ -466,7 +468,9 @@ def _build(raw: dict, source: str) -> tuple[ClusterConfig, list[Problem]]:
         instance_layout=c.get("instance_layout", "per_node"),
         gpus_per_node=_opt(c, "gpus_per_node", _int, 8),
         router_prometheus_port=_opt(c, "router_prometheus_port", _int, 29000),
-        router_args=tuple(c.get("router_args", ())),
+        router_args=(*c.get("router_args", ()), *c.get("router", {}).get("args", ())),
+        router_package=c.get("router", {}).get("package", "sglang-router"),
+        router_python=c.get("router", {}).get("python"),
         timeouts=Timeouts(
             server_start_s=_opt(t, "server_start_s", _float, defaults_t.server_start_s),
             router_ready_s=_opt(t, "router_ready_s", _float, defaults_t.router_ready_s),

@@ -295,9 +295,14 @@ def _worker_argv(cfg: ClusterConfig, model: ModelConfig, inst: _Instance, member
     return tuple(argv)
 
 
+# the entry point of each router package: sglang-router (in images, module sglang_router) or its successor smg
+ROUTER_ENTRY = {"sglang-router": ("-m", "sglang_router.launch_router"), "smg": ("-m", "smg", "launch")}
+ROUTER_STARTUP_CHECK_S = 1  # how often the router retries a worker's registration (smg's default is 30 s)
+
+
 def _router_argv(cfg: ClusterConfig, model: ModelConfig, prefills: tuple[_Instance, ...],
                  decodes: tuple[_Instance, ...], python: str) -> tuple[str, ...]:
-    argv = [python, "-m", "sglang_router.launch_router", "--pd-disaggregation"]
+    argv = [cfg.router_python or python, *ROUTER_ENTRY[cfg.router_package], "--pd-disaggregation"]
     for inst in prefills:
         argv += ["--prefill", f"http://{inst.head}:{inst.port}", str(inst.bootstrap_port)]
     for inst in decodes:
@@ -307,6 +312,7 @@ def _router_argv(cfg: ClusterConfig, model: ModelConfig, prefills: tuple[_Instan
              "--host", bind_host(cfg.router_node), "--port", str(cfg.router_port),
              "--prometheus-port", str(cfg.router_prometheus_port),
              "--worker-startup-timeout-secs", str(int(cfg.timeouts.server_start_s)),
+             "--worker-startup-check-interval", str(ROUTER_STARTUP_CHECK_S),
              "--log-level", cfg.log_level if cfg.log_level != "critical" else "error",
              *cfg.router_args]
     return tuple(argv)

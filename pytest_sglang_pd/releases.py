@@ -10,8 +10,14 @@ import re
 
 KNOWN = ("0.5.7", "0.5.23")
 DEFAULT = "0.5.23"  # planned when neither the config nor a probe says otherwise
-# how a python names the installed sglang package's version (prints it; exits 1 when sglang is absent)
-PROBE = ("-c", "import importlib.metadata as m; print(m.version('sglang'))")
+
+
+def version_probe(package: str) -> tuple[str, ...]:
+    """Arguments for a python that print the installed ``package``'s version (it exits 1 where it is absent)."""
+    return ("-c", f"import importlib.metadata as m; print(m.version({package!r}))")
+
+
+PROBE = version_probe("sglang")
 
 
 def parse(version: str) -> tuple[int, ...]:

@@ -45,6 +45,8 @@ class BenchResult:
     artifacts: dict[str, str] = field(default_factory=dict)  # name -> local path
     command: str = ""  # what ran (argv with shlex.join), for the report
     tool_version: str | None = None  # the version of the package that measured it (sglang's, or this suite's)
+    router: str | None = None  # "<package> <version>" of the router it went through
+    workers: dict[str, dict] = field(default_factory=dict)  # worker URL -> role, requests (its own count), router_requests
 
     @property
     def completed(self) -> int:

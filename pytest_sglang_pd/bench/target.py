@@ -16,6 +16,8 @@ class BenchTarget(Protocol):
     deployment: Deployment | None  # None when --router-url points at an existing cluster
     simulated: bool
     worker_urls: dict[str, list[str]]
+    router_version: str | None  # "<package> <version>" (None: not known, e.g. behind --router-url)
+    router_metrics_url: str | None  # the router's Prometheus /metrics (None: not known)
 
     def run_bench_command(self, spec: ProcessSpec, timeout_s: float) -> tuple[int, str]: ...
 

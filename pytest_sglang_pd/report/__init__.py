@@ -194,6 +194,7 @@ class RunReport:
                 "router_node": cfg.router_node if cfg else None,
                 "benchmark_node": cfg.benchmark_node if cfg else None,
                 "router_url": router_url,
+                "router": next((c.router for c in self.clusters.values() if c.router), None),
                 "startup_seconds": startup,
                 "worker_versions": worker_versions,
             },

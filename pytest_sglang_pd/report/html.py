@@ -100,9 +100,10 @@ def links(files: Mapping[str, str | Path], base_dir: Path) -> str:
 
 
 def tool_line(result: BenchResult) -> str:
-    """``sglang.benchmark.serving (sglang 0.5.23)``: the tool and the version of the package that measured a test."""
+    """``sglang.benchmark.serving (sglang 0.5.23) through router smg 1.13.0``: what measured a test, and the router."""
     package = "pytest-sglang-pd" if result.tool == "builtin" else "sglang"
-    return f"{result.tool} ({package} {result.tool_version or 'version unknown'})"
+    through = f" through router {result.router}" if result.router else ""
+    return f"{result.tool} ({package} {result.tool_version or 'version unknown'}){through}"
 
 
 def case_html(result: BenchResult | None, gate: GateResult | None, *, message: str | None,
@@ -144,7 +145,8 @@ def summary_html(run: Mapping[str, Any], tests: list[Mapping[str, Any]], *, log_
         ("config", c.get("config")), ("engine", c.get("engine")), ("runtime", c.get("runtime")),
         ("transport", c.get("transport")), ("image", c.get("image")), ("KV transfer", c.get("kv_transfer")),
         ("prefill nodes", ", ".join(c.get("prefill_nodes", []))), ("decode nodes", ", ".join(c.get("decode_nodes", []))),
-        ("router", c.get("router_url") or c.get("router_node")), ("benchmark node", c.get("benchmark_node")),
+        ("router", " ".join(filter(None, (c.get("router_url") or c.get("router_node"), c.get("router") and f"({c['router']})")))),
+        ("benchmark node", c.get("benchmark_node")),
         ("startup", ", ".join(f"{k} {v:.1f} s" for k, v in c.get("startup_seconds", {}).items())),
         ("run id", run["run_id"]),
         ("tolerance", "per test" if run["tolerance_pct"] is None else f"{run['tolerance_pct']:g}% (--perf-tolerance)"),
