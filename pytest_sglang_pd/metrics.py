@@ -43,6 +43,7 @@ def _catalog() -> dict[str, Metric]:
         Metric("router_retries", "", "max", "router retries to workers (smg_worker_retries_total)"),
         Metric("router_cb_open", "", "max", "workers whose circuit breaker is not closed after the benchmark"),
         Metric("router_rendezvous_failures", "", "max", "PD rendezvous failures the router counted (smg)"),
+        Metric("mean_router_prefill_ms", "ms", "max", "mean prefill duration the router measured (smg_pd_prefill_duration_seconds)"),
         Metric("nic_errors", "", "max", "growth of the worker nodes' RDMA port error counters during the benchmark"),
         Metric("kv_transfer_throughput", "B/s", "min", "KV bytes per second of transfer time (prefill side)"),
     ]

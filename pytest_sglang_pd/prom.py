@@ -108,4 +108,6 @@ def router_summary(samples: Sequence[Sample]) -> dict[str, dict[str, float]]:
         "retries": by("smg_worker_retries_total", "worker_type"),
         "cb_state": by("smg_worker_cb_state", "worker"),
         "rendezvous_failures": by("smg_pd_rendezvous_failures_total", "leg"),
+        "prefill_seconds": {"sum": total(samples, "smg_pd_prefill_duration_seconds_sum") or 0.0,  # smg only
+                            "count": total(samples, "smg_pd_prefill_duration_seconds_count") or 0.0},
     }

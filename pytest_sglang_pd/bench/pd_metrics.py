@@ -91,7 +91,7 @@ def queue_leaks(read: Callable[[], Workers], errors: list[str], *, drain_s: floa
 def router_metrics(before: Mapping[str, Mapping[str, float]] | None, after: Mapping[str, Mapping[str, float]] | None,
                    result: BenchResult) -> dict[str, float]:
     """The router's counters over the benchmark: errors and retries (per worker type in totals), circuits open,
-    rendezvous failures; each worker's routed requests into ``result.workers``."""
+    rendezvous failures, the mean prefill time (smg); each worker's routed requests into ``result.workers``."""
     if after is None:
         return {}
     before = before or {}
@@ -104,6 +104,10 @@ def router_metrics(before: Mapping[str, Mapping[str, float]] | None, after: Mapp
             result.totals[f"router_{kind}_{worker_type or 'all'}"] = n
     for url, n in grown("requests").items():
         result.workers.setdefault(url, {})["router_requests"] = n
-    return {"router_errors": sum(grown("errors").values()), "router_retries": sum(grown("retries").values()),
-            "router_cb_open": float(sum(1 for v in after["cb_state"].values() if v != 0)),
-            "router_rendezvous_failures": sum(grown("rendezvous_failures").values())}
+    out = {"router_errors": sum(grown("errors").values()), "router_retries": sum(grown("retries").values()),
+           "router_cb_open": float(sum(1 for v in after["cb_state"].values() if v != 0)),
+           "router_rendezvous_failures": sum(grown("rendezvous_failures").values())}
+    prefill = grown("prefill_seconds")
+    if prefill["count"] > 0:
+        out["mean_router_prefill_ms"] = prefill["sum"] / prefill["count"] * 1000
+    return out
