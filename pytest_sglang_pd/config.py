@@ -631,6 +631,8 @@ def cross_field_problems(cfg: ClusterConfig) -> list[Problem]:
                                 "(the private key the suite logs in with)"))
     if cfg.runtime == "docker" and not cfg.container_image:
         problems.append(Problem(f"{c}.container_image", "runtime docker needs a container image"))
+    if cfg.router_package == "smg" and "--mini-lb" in cfg.router_args:
+        problems.append(Problem(f"{c}.router_args", "smg has no --mini-lb (sglang-router 0.3.2 had it)"))
     if cfg.kv_transfer.backend == "tcp" and not cfg.simulated:
         problems.append(Problem(f"{c}.kv_transfer.backend", "'tcp' is the simulator's own socket transfer; "
                                                             "real sglang workers need mooncake, nixl, mooncake_tcp or mori"))

@@ -212,3 +212,15 @@ def test_seed_format_bench_tests_run_unbounded_unless_they_set_a_concurrency():
     tests = {t.name: t for t in config.load("mi35x-example.json").model("llama-70b").tests}
     assert tests["bench_serv_random"].unbounded and tests["bench_serv_random"].max_concurrency == (3000,)
     assert not tests["gsm8k"].unbounded and tests["gsm8k"].max_concurrency == (100,)
+
+
+def test_router_package_python_and_args_and_a_flag_smg_lacks():
+    data = raw("local-sim.json")
+    data["config"].update(router_args=["--mini-lb"], router={"package": "smg", "python": "/opt/smg/bin/python",
+                                                             "args": ["--policy", "random"]})
+    with pytest.raises(config.ConfigError) as info:
+        config.from_dict(data)
+    assert [str(p) for p in info.value.problems] == ["$.config.router_args: smg has no --mini-lb (sglang-router 0.3.2 had it)"]
+    data["config"]["router_args"] = []
+    cfg = config.from_dict(data)
+    assert (cfg.router_package, cfg.router_python, cfg.router_args) == ("smg", "/opt/smg/bin/python", ("--policy", "random"))

@@ -227,3 +227,14 @@ def test_both_faces_report_the_plans_problem_as_the_config_error(pytester: pytes
     err = run.stderr.str()
     assert PORT_CLASH in err and "2 problems" in err
     assert re.sub(r"\s+", " ", validate.stderr.strip()) in re.sub(r"\s+", " ", err)  # the same ConfigError
+
+
+def test_the_router_entry_point_follows_the_package():
+    data = raw("local-sim.json")
+    default = plan.plan(config.from_dict(data), "llama-8b", run_id="r").router.argv
+    assert default[1:3] == ("-m", "sglang_router.launch_router")
+    data["config"]["router"] = {"package": "smg", "python": "/opt/smg/bin/python"}
+    argv = plan.plan(config.from_dict(data), "llama-8b", run_id="r").router.argv
+    assert argv[:4] == ("/opt/smg/bin/python", "-m", "smg", "launch")
+    for a in (default, argv):  # smg's default retry of 30 s would hold up every bring-up
+        assert a[a.index("--worker-startup-check-interval") + 1] == "1"
