@@ -34,6 +34,8 @@ def _catalog() -> dict[str, Metric]:
         Metric("kv_transfer_failures", "", "max", "failed KV transfers and bootstraps, prefill and decode side "
                "(sglang:num_transfer_failed_reqs_total + sglang:num_bootstrap_failed_reqs_total)"),
         Metric("kv_transfer_bytes", "B", "min", "KV bytes moved prefill -> decode (sglang:kv_transfer_total_mb_sum)"),
+        Metric("kv_transfer_failures_prefill", "", "max", "failed KV transfers and bootstraps the prefill side counted"),
+        Metric("kv_transfer_failures_decode", "", "max", "failed KV transfers and bootstraps the decode side counted"),
         Metric("mean_kv_transfer_ms", "ms", "max", "mean KV transfer time of a request (prefill side)"),
         Metric("mean_kv_bootstrap_ms", "ms", "max", "mean wait of a prefill for its decode's bootstrap"),
         Metric("mean_kv_alloc_ms", "ms", "max", "mean wait for KV room on the decode"),

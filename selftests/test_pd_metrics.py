@@ -47,7 +47,8 @@ def test_kv_metrics_from_the_real_histograms_and_counters():
     after = _workers(kv_transfers=14, kv_latency_ms=70, kv_total_mb=7, transfer_failed=2, kv_bootstrap_ms=8,
                      kv_bootstraps=4)
     got = pd_metrics.kv_metrics(before, after)
-    assert got == {"kv_handoffs": 4, "kv_transfer_failures": 1, "kv_transfer_bytes": 2 * 1024 * 1024,
+    assert got == {"kv_handoffs": 4, "kv_transfer_failures": 1, "kv_transfer_failures_prefill": 1,
+                   "kv_transfer_failures_decode": 0, "kv_transfer_bytes": 2 * 1024 * 1024,
                    "kv_transfer_throughput": 2 * 1024 * 1024 / 0.02, "mean_kv_transfer_ms": 5.0,
                    "mean_kv_bootstrap_ms": 2.0}
     assert pd_metrics.kv_metrics({}, {"prefill": {"http://p:1": {"requests": 3}}}) == {}  # no PD metrics: not measured

@@ -39,6 +39,7 @@ def run_benchmark(target: BenchTarget, case: InferenceCase, *, timeout_s: float,
         for url, values in by_url.items():
             routed = values.get("requests", 0.0) - before.get(role, {}).get(url, {}).get("requests", 0.0)
             result.workers[url] = {"role": role, "requests": routed}
+    pd_metrics.per_prefill(before, after, result)
     found = {**pd_metrics.kv_metrics(before, after), **pd_metrics.cache_metrics(before, after),
              **pd_metrics.router_metrics(router_before, router_after, result),
              **pd_metrics.idle_workers(before, after, (router_after or {}).get("requests"), result.errors),

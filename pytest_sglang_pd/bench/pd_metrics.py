@@ -29,10 +29,11 @@ def kv_metrics(before: Workers, after: Workers) -> dict[str, float]:
     """The KV transfers of a benchmark (warmup included); {} where the workers export no PD metrics."""
     if not prom.exports_pd(after):
         return {}
-    failures = [_delta(before, after, role, name) for role in ("prefill", "decode")
-                for name in ("transfer_failed", "bootstrap_failed")]
-    out = {"kv_handoffs": _delta(before, after, "prefill", "kv_transfers") or 0.0,
-           "kv_transfer_failures": sum(f for f in failures if f is not None)}
+    out = {"kv_handoffs": _delta(before, after, "prefill", "kv_transfers") or 0.0}
+    for role in ("prefill", "decode"):  # per role, as each side counts its own
+        failed = [_delta(before, after, role, name) for name in ("transfer_failed", "bootstrap_failed")]
+        out[f"kv_transfer_failures_{role}"] = sum(f for f in failed if f is not None)
+    out["kv_transfer_failures"] = out["kv_transfer_failures_prefill"] + out["kv_transfer_failures_decode"]
     megabytes, latency_ms = _delta(before, after, "prefill", "kv_total_mb"), _delta(before, after, "prefill", "kv_latency_ms")
     if megabytes is not None:
         out["kv_transfer_bytes"] = megabytes * 1024 * 1024
@@ -44,6 +45,17 @@ def kv_metrics(before: Workers, after: Workers) -> dict[str, float]:
                  or _mean(before, after, "prefill", "kv_alloc_ms", "kv_allocs")}
     out.update({k: v for k, v in breakdown.items() if v is not None})
     return out
+
+
+def per_prefill(before: Workers, after: Workers, result: BenchResult) -> None:
+    """Each prefill worker's KV transfers and their mean time into ``result.workers`` (SGLang's labels name no
+    decode peer, so this is as close to a prefill -> decode pair as the metrics go)."""
+    for url, now in after.get("prefill", {}).items():
+        then = before.get("prefill", {}).get(url, {})
+        n = now.get("kv_transfers", 0.0) - then.get("kv_transfers", 0.0)
+        if n > 0:
+            ms = now.get("kv_latency_ms", 0.0) - then.get("kv_latency_ms", 0.0)
+            result.workers.setdefault(url, {}).update(kv_transfers=n, mean_kv_transfer_ms=ms / n)
 
 
 def cache_metrics(before: Workers, after: Workers) -> dict[str, float]:
