@@ -79,3 +79,15 @@ def test_an_idle_decode_is_named_from_the_workers_counters_behind_either_router(
             assert pd_metrics.idle_workers(before, after, router_after["requests"], errors) == {"idle_workers": 1.0}
             assert errors[0].startswith(f"decode worker {idle} received no requests while its 1 peer(s) served 8 "
                                         "(its own sglang:num_requests_total)"), (package, errors)
+
+
+def test_smg_counts_a_prefill_whose_bootstrap_port_refuses_as_a_rendezvous_failure(tmp_path: Path) -> None:
+    path = sim_config(tmp_path)
+    data = json.loads(path.read_text())
+    data["config"]["sim"]["faults"] = {"prefill": ["refuse_bootstrap"]}
+    path.write_text(json.dumps(data))
+    cfg = plan.load_config(_with_router(path, package="smg", python=smg_python()))
+    with LiveCluster(cfg, plan.plan(cfg, "llama-8b", run_id="rdv"), tmp_path / "run") as cluster:
+        cluster.bring_up(smoke=False)  # smg probes the bootstrap port at registration, warns, and still uses it
+        got = pd_metrics.router_metrics(None, prom.router_metrics(cluster.router_metrics_url), BenchResult("builtin", {}, 0))
+    assert got["router_rendezvous_failures"] >= 1
