@@ -6,8 +6,8 @@ A 1P1D sim cluster (Llama-3.3-70B, TP8, MI355X, speedup 1) behind the real sglan
 streamed /generate requests at each concurrency (2 x concurrency requests, at least 4). Modelled
 TPOT = decode step time at batch = concurrency with the mean context (input + output / 2);
 modelled TTFT = one unloaded prefill + the KV transfer. Then each engine moves larger payloads
-at concurrency 16, and the prefill's kv_transfer_bytes_total / kv_transfer_seconds_total is its
-measured rate.
+at concurrency 16, and the prefill's sglang:kv_transfer_total_mb / kv_transfer_latency_ms sums (SGLang's
+histograms; the latency includes the modelled transfer time the sim waits out) give its rate.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 import aiohttp
-import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pytest_sglang_pd import prom  # noqa: E402
 from pytest_sglang_pd.sim import catalog  # noqa: E402
 from pytest_sglang_pd.textgen import tokenizer  # noqa: E402
 from pytest_sglang_pd.sim.perf_model import PerfModel  # noqa: E402
@@ -75,8 +75,7 @@ def cpu_seconds(groups: list[int]) -> float:
 
 
 def metric(url: str, name: str) -> float:
-    text = requests.get(url + "/metrics", timeout=5).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(f"sglang:{name}{{"))
+    return prom.total(prom.fetch(url + "/metrics"), f"sglang:{name}") or 0.0
 
 
 def fidelity(args: argparse.Namespace) -> None:
@@ -109,7 +108,7 @@ def engine_rates(args: argparse.Namespace) -> None:
     payload = args.kv_payload_bytes_per_token
     print(f"\n# KV bytes/s per engine: 1P1D, concurrency 16, 64 requests, input {args.input_len} tokens x "
           f"{payload} payload bytes per token ({args.input_len * payload / 2**20:.1f} MiB per handoff), speedup 50")
-    print("| engine | handoffs | MiB moved | engine seconds | MiB/s (engine time) |")
+    print("| engine | handoffs | MiB moved | transfer seconds | MiB/s (transfer time) |")
     print("|---|---|---|---|---|")
     for backend in ("mooncake", "nixl", "tcp"):
         extra = [*MODEL_ARGS, "--sim-speedup", "50", "--sim-kv-payload-bytes-per-token", str(payload)]
@@ -117,9 +116,9 @@ def engine_rates(args: argparse.Namespace) -> None:
                                                                 worker_args=extra) as cluster:
             asyncio.run(run_load(cluster.router_url, 16, 64, args.input_len, 4))
             prefill: str = cluster.worker_urls["prefill"][0]
-            moved = metric(prefill, "kv_transfer_bytes_total")
-            seconds = metric(prefill, "kv_transfer_seconds_total")
-            handoffs = metric(cluster.worker_urls["decode"][0], "kv_transfer_handoffs_total")
+            moved = metric(prefill, "kv_transfer_total_mb_sum") * 2**20
+            seconds = metric(prefill, "kv_transfer_latency_ms_sum") / 1000
+            handoffs = metric(prefill, "kv_transfer_latency_ms_count")
             print(f"| {backend} | {handoffs:.0f} | {moved / 2**20:.1f} | {seconds:.3f} | {moved / 2**20 / seconds:.0f} |")
 
 

@@ -36,12 +36,16 @@ def deployment_json(dep: plan_mod.Deployment) -> dict:
         "prechecks": [{"node": c.node, "kind": c.kind, "argv": list(c.argv), "passed": c.passed, "failed": c.failed}
                       for c in dep.prechecks],
         "router_url": dep.router_url,
+        "sglang_version": dep.sglang_version,
+        "tests": {t.name: {"concurrency": list(t.max_concurrency), "unbounded": t.unbounded}
+                  for t in dep.model.tests},
     }
 
 
 def deployment_text(dep: plan_mod.Deployment) -> str:
     lines = [f"model {dep.model.id} ({dep.model.model}): engine {dep.engine}, runtime {dep.runtime}, "
-             f"kv {dep.kv_backend}, router {dep.router_url}"]
+             f"kv {dep.kv_backend}, router {dep.router_url}, planned for sglang {dep.sglang_version}"]
+    lines += [f"  test {t.name}: {concurrency_text(t)}" for t in dep.model.tests]
     containers = {c.key: c for c in dep.containers}
     for p in (*dep.processes, *dep.bench):
         lines.append(f"  [{p.key}] role={p.role} node={p.node}" + (f" port={p.port}" if p.port else ""))
@@ -62,13 +66,21 @@ def deployment_text(dep: plan_mod.Deployment) -> str:
     return "\n".join(lines)
 
 
+def concurrency_text(test: config_mod.InferenceTest) -> str:
+    """The concurrency a test runs at, e.g. ``concurrency 3000 (no --max-concurrency: every prompt at once)``."""
+    values = ", ".join(str(c) for c in test.max_concurrency)
+    return f"concurrency {values}" + (" (no --max-concurrency: every prompt at once)" if test.unbounded else "")
+
+
 def _load(path: str) -> config_mod.ClusterConfig:
-    """The config with the plan's checks too (as the pytest plugin loads it); every problem, then exit 1."""
+    """The config with the plan's checks too (as the pytest plugin loads it); every problem, then exit 1.
+    Warnings (limits that cannot be met) go to stderr."""
     try:
-        return plan_mod.load_config(path)
+        cfg = plan_mod.load_config(path)
     except config_mod.ConfigError as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(1) from None
+    return cfg
 
 
 def warning_lines(cfg: config_mod.ClusterConfig, models: Sequence[str] | None = None) -> list[str]:
@@ -95,7 +107,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"{cfg.source}: OK ({len(cfg.prefill_nodes)} prefill, {len(cfg.decode_nodes)} decode node(s); "
           f"models: {', '.join(cfg.model_ids)}; engine {cfg.engine}, runtime {cfg.runtime}, kv {cfg.kv_transfer.backend})")
     for line in warning_lines(cfg):
-        print(line)
+        print(line, file=sys.stderr)
     return 0
 
 

@@ -24,10 +24,11 @@ import requests
 
 from . import hosts as hosts_mod
 from . import plan as plan_mod
-from . import prom, redact, sse
+from . import prom, redact, releases, sse
 from .config import ClusterConfig
 from .facts import ClusterFacts
 from .plan import Deployment, ProcessSpec
+from .docker_node import DockerNode
 from .image import SOURCE_LABEL, source_digest
 from .nic import IB_SYSFS
 from .parallel import all_of, on_each
@@ -119,8 +120,11 @@ class LiveCluster:
         self.startup_seconds: dict[str, float] = {}
         self.log_files: dict[str, Path] = {}
         self.kv_check: KVTransferCheck | None = None
-        self.handoffs: dict[str, float] = {}
+        self.handoffs: float | None = None  # KV transfers of the smoke requests
         self._collected: set[str] = set()
+        self._tool_versions: dict[tuple, str | None] = {}
+        self.router_version: str | None = None  # "<package> <version>" once the router is up
+        self.router_metrics_url = f"http://{cfg.router_node}:{cfg.router_prometheus_port}/metrics"
         self._stack = ExitStack()
         self._steps: dict[str, ExitStack] = {}
         self._undo_errors: list[str] = []
@@ -213,6 +217,7 @@ class LiveCluster:
             problems = [text for check, ok, text in outcomes if check.kind == kind and not ok]
             if problems:
                 raise ClusterError(f"{title}:\n" + "\n".join(problems))
+        self.probe_release()
         kv = self.cfg.kv_transfer
         check = KVTransferCheck(kv.backend, kv.ib_devices, plan_mod.kv_env(self.cfg))
         for node in plan_mod.worker_nodes(self.deployment):
@@ -220,6 +225,44 @@ class LiveCluster:
             check.findings[node] = "; ".join(found) or "checked in the worker container at start"
         self.kv_check = check
         return check
+
+    def probe_release(self) -> str | None:
+        """The sglang release in the workers' image or python (engine sglang), asked on the first prefill node
+        before any worker starts. The plan is made anew for it when the config names no release; a config that
+        names another fails here. None where there is no sglang to ask (the simulator)."""
+        if self.simulated:
+            return None
+        dep = self.deployment
+        node = dep.servers("prefill")[0].node
+        if self.cfg.runtime == "docker":
+            result = DockerNode(self.hosts[node]).docker("run", "--rm", "--entrypoint", dep.python,
+                                                          self.cfg.container_image, *releases.PROBE, timeout=300)
+        else:
+            result = self.hosts[node].run([dep.python, *releases.PROBE], timeout=60)
+        where = f"{self.cfg.container_image} on node {node}" if self.cfg.runtime == "docker" else f"{dep.python} on node {node}"
+        found = result.stdout.strip().splitlines()
+        if result.exit_status != 0 or not found:
+            said = "\n".join(result.stderr.strip().splitlines()[-5:])
+            raise ClusterError(f"no sglang package in {where} (exit status {result.exit_status}); "
+                               f"the workers run `{dep.python} -m sglang.launch_server`:\n{_indent(said.splitlines())}")
+        probed = found[-1].strip()
+        if self.cfg.sglang_version and not releases.same_release(probed, self.cfg.sglang_version):
+            raise ClusterError(f"$.config.sglang_version is {self.cfg.sglang_version}, but {where} has sglang "
+                               f"{probed}: set it to {probed} (or remove it: the suite plans for the release it finds)")
+        if not releases.same_release(probed, dep.sglang_version):
+            log.info("planning anew for sglang %s (%s)", probed, where)
+            self.deployment = plan_mod.plan(self.cfg, dep.model, run_id=dep.run_id, sglang_version=probed)
+        return probed
+
+    def confirm_release(self) -> dict[str, str]:
+        """The workers' /server_info versions, which must be the release the commands were planned for."""
+        versions = worker_versions(self.worker_urls)
+        wrong = {role: v for role, v in versions.items() if not releases.same_release(v, self.deployment.sglang_version)}
+        if wrong:
+            told = ", ".join(f"{role} workers report {v}" for role, v in sorted(wrong.items()))
+            raise ClusterError(f"the commands were planned for sglang {self.deployment.sglang_version}, but on "
+                               f"/server_info the {told}: set $.config.sglang_version to the release the workers run")
+        return versions
 
     def _run_prechecks(self, checks: list[plan_mod.Precheck]) -> list[tuple[plan_mod.Precheck, bool, str]]:
         """(check, passed, what it found) for one node's checks, in turn."""
@@ -294,12 +337,21 @@ class LiveCluster:
         self.startup_seconds[f"{role}_launch"] = round(time.monotonic() - t0, 3)
         return [self.procs[s.key] for s in specs]
 
+    def _probe(self, host: hosts_mod.Host, python: str, package: str) -> str | None:
+        result = host.run([python, *releases.version_probe(package)], timeout=60)
+        found = result.stdout.strip().splitlines() if result.exit_status == 0 else []
+        return found[-1].strip() if found else None
+
     def start_router(self) -> dict:
         """The router started and ready on /readiness; undone (with any benchmark process) by stopping it."""
         self.start("router")
         undo = self._steps["router"]
         self._undo_with(undo, "bench", lambda: self._stop_role("bench"))
-        return self.wait_router_ready()
+        ready = self.wait_router_ready()
+        spec, package = self.deployment.router, self.cfg.router_package
+        host = self.runtime.container_host(spec.container) if spec.container else self.hosts[spec.node]
+        self.router_version = f"{package} {self._probe(host, spec.argv[0], package) or '(version unknown)'}"
+        return ready
 
     def wait_healthy(self, roles: Iterable[str], deadline_s: float | None = None) -> None:
         """Poll /health of every instance of the roles until all answer 200; any exit fails at once."""
@@ -319,6 +371,7 @@ class LiveCluster:
         self._wait(probe, deadline_s, "timeouts.server_start_s",
                    lambda: [(s.key, f"{s.role} {s.key} on node {s.node}: {s.url}{s.health_path} not healthy")
                             for s in pending.values()])
+        self.confirm_release()
 
     def wait_router_ready(self) -> dict:
         """Poll the router's /readiness until every instance is healthy there (/health is 200 with zero workers)."""
@@ -372,7 +425,7 @@ class LiveCluster:
         return f"  last {LOG_TAIL_LINES} lines of {rp.spec.log_path} ({rp.spec.role} on {rp.spec.node}):\n" + _indent(
             strip_ansi(tail).rstrip().splitlines(), "    | ")
 
-    def smoke(self) -> dict[str, float]:
+    def smoke(self) -> float | None:
         """A non-streamed and a streamed /generate through the router that must cross prefill -> decode."""
         before = handoffs(self.worker_urls)
         body = {"text": "The capital of France is", "sampling_params": {"max_new_tokens": 8, "temperature": 0}}
@@ -391,11 +444,11 @@ class LiveCluster:
                                    + "\n".join(self._tail_block(rp) for rp in self.procs.values()
                                                if rp.spec.role in ("prefill", "decode")))
         after = handoffs(self.worker_urls)
-        self.handoffs = {role: after.get(role, 0) - before.get(role, 0) for role in ("prefill", "decode")}
-        if self.simulated and min(self.handoffs.values()) < 2:
-            raise ClusterError(f"smoke requests completed but the KV handoff was not seen in the workers' "
-                               f"sglang:kv_transfer_handoffs_total: prefill +{self.handoffs['prefill']:g}, decode +{self.handoffs['decode']:g} "
-                               "(expected +2 on each side)")
+        self.handoffs = None if after is None else after - (before or 0.0)
+        if self.handoffs is not None and self.handoffs < 2:
+            raise ClusterError(f"smoke requests completed but the prefill workers' sglang:kv_transfer_latency_ms "
+                               f"counted {self.handoffs:g} KV transfers (expected +2): the requests were served "
+                               "without a KV transfer prefill -> decode")
         return self.handoffs
 
     # ---------------------------------------------------------------- benchmarks (BenchTarget)
@@ -413,10 +466,24 @@ class LiveCluster:
         finally:
             self.collect(spec.key)
 
+    def _bench_node(self) -> str:
+        return next((c.node for c in self.deployment.containers if c.key == "bench"), self.deployment.router.node)
+
     def fetch(self, remote_path: str, local: Path) -> None:
         """Copy a file from the benchmark node (container logs are bind mounts at the same path)."""
-        node = next((c.node for c in self.deployment.containers if c.key == "bench"), self.deployment.router.node)
-        self.hosts[node].get(remote_path, local)
+        self.hosts[self._bench_node()].get(remote_path, local)
+
+    def put(self, local: Path, remote_path: str) -> None:
+        """Copy a file to the benchmark node (into the log directory, which containers bind-mount)."""
+        self.hosts[self._bench_node()].put(local, remote_path)
+
+    def tool_version(self, spec: ProcessSpec) -> str | None:
+        """The sglang version of the python ``spec`` runs, asked where it runs (in its container, if any); cached."""
+        key = (spec.container, spec.argv[0])
+        if key not in self._tool_versions:
+            host = self.runtime.container_host(spec.container) if spec.container else self.hosts[spec.node]
+            self._tool_versions[key] = self._probe(host, spec.argv[0], "sglang")
+        return self._tool_versions[key]
 
     # ---------------------------------------------------------------- teardown
     def snapshot_logs(self) -> None:
@@ -498,6 +565,14 @@ class ExternalCluster:
     def fetch(self, remote_path: str, local: Path) -> None:
         raise ClusterError("with --router-url the suite reaches no node")
 
+    put = fetch
+
+    def tool_version(self, spec: ProcessSpec) -> str | None:
+        return None
+
+    router_version = None
+    router_metrics_url = None
+
 
 def facts_of(cluster: LiveCluster | ExternalCluster, *, versions: bool = True) -> ClusterFacts:
     """What the report gets to know of a cluster: its router, start-up seconds, where each process's log is
@@ -505,7 +580,7 @@ def facts_of(cluster: LiveCluster | ExternalCluster, *, versions: bool = True) -
     dep = cluster.deployment
     logs = {} if dep is None else {spec.key: log_destination(cluster.run_dir, spec)
                                    for spec in (*dep.processes, *dep.bench)}
-    return ClusterFacts(router_url=cluster.router_url, model=dep.model.id if dep else None,
+    return ClusterFacts(router_url=cluster.router_url, model=dep.model.id if dep else None, router=cluster.router_version,
                         startup_seconds=dict(cluster.startup_seconds),
                         worker_versions=worker_versions(cluster.worker_urls) if versions else {}, log_files=logs)
 
@@ -525,9 +600,11 @@ def worker_versions(worker_urls: dict[str, list[str]]) -> dict[str, str]:
     return out
 
 
-def handoffs(worker_urls: dict[str, list[str]]) -> dict[str, float]:
-    """KV handoffs counted so far on each side (0 where the workers expose no counter: real sglang)."""
-    return {role: sums.get("handoffs", 0.0) for role, sums in prom.kv_counters(worker_urls).items()}
+def handoffs(worker_urls: dict[str, list[str]]) -> float | None:
+    """KV transfers the prefill workers counted so far (sglang:kv_transfer_latency_ms_count); None where they export
+    no PD metrics (started without --enable-metrics)."""
+    metrics = prom.worker_metrics(worker_urls)
+    return prom.role_sum(metrics, "prefill", "kv_transfers") or (0.0 if prom.exports_pd(metrics) else None)
 
 
 def _get_ok(url: str) -> bool:

@@ -17,6 +17,7 @@ class ClusterFacts:
 
     router_url: str
     model: str | None = None  # None: a cluster behind --router-url, not deployed by this run
+    router: str | None = None  # "<package> <version>" of the router this run started (None behind --router-url)
     startup_seconds: Mapping[str, float] = field(default_factory=dict)  # step -> seconds it took
     worker_versions: Mapping[str, str] = field(default_factory=dict)  # role -> version its workers report
     log_files: Mapping[str, Path] = field(default_factory=dict)  # process key -> its log in the run folder

@@ -25,7 +25,7 @@ class Verdict:
     expected: float
     direction: str  # "max" | "min"
     tolerance_pct: float
-    source: str  # "threshold" | "baseline" | "requests"
+    source: str  # "threshold" | "baseline" | "requests" | "pd"
     passed: bool
     message: str  # the failure line, or a short "ok" line
 
@@ -131,10 +131,26 @@ def check_requests(result: BenchResult, allowed_failures: int) -> Verdict:
                    "requests", passed, message)
 
 
+def check_pd(result: BenchResult) -> list[Verdict]:
+    """What fails a PD run whatever its limits (a failing verdict each, none when all is well): requests served with
+    no KV transfer (a silent fallback to non-PD serving), and requests left in the decode queues (they hold KV slots)."""
+    out = []
+    handoffs, leaks = result.metrics.get("kv_handoffs"), result.metrics.get("kv_queue_leaks")
+    if handoffs == 0 and result.completed > 0:
+        out.append(Verdict("kv_handoffs", "kv_handoffs", 0.0, 1.0, 1.0, "min", 0.0, "pd", False,
+                           f"no KV transfer for {result.completed} completed requests (kv_handoffs 0): the cluster "
+                           "served them without prefill -> decode, a silent fallback to non-PD serving"))
+    if leaks:
+        out.append(Verdict("kv_queue_leaks", "kv_queue_leaks", leaks, 0.0, 0.0, "max", 0.0, "pd", False,
+                           f"{leaks:g} requests left in the decode prealloc / transfer queues after the benchmark "
+                           "(a leak: they hold KV slots)"))
+    return out
+
+
 def evaluate(case_id: str, test: InferenceTest, result: BenchResult, *, tol_pct: float,
              baseline: Mapping[str, float] | None = None, baseline_name: str = "baseline") -> GateResult:
     """All verdicts of one case: the request count, every threshold, every baseline comparison."""
-    verdicts = [check_requests(result, test.allow_failed_requests)]
+    verdicts = [check_requests(result, test.allow_failed_requests), *check_pd(result)]
     for t in test.thresholds:
         verdicts.append(check(t.metric, t.canonical, result.metrics.get(t.canonical), t.value, t.direction, tol_pct))
     if baseline:

@@ -29,11 +29,25 @@ def _catalog() -> dict[str, Metric]:
         Metric("invalid", "", "max", "fraction of answers without a number (gsm8k)"),
         Metric("latency", "s", "max", "wall time of the gsm8k run"),
         Metric("cache_hit_rate", "", "min", "fraction of prompt tokens served from the prefix cache"),
-        Metric("kv_handoffs", "", "min", "KV handoffs decode verified during the benchmark (warmup included)"),
-        Metric("kv_transfer_failures", "", "max", "failed KV transfers, prefill and decode side"),
-        Metric("kv_transfer_bytes", "B", "min", "KV bytes the engine moved prefill -> decode"),
+        Metric("kv_handoffs", "", "min", "KV transfers the prefill workers made during the benchmark (warmup included; "
+               "sglang:kv_transfer_latency_ms_count)"),
+        Metric("kv_transfer_failures", "", "max", "failed KV transfers and bootstraps, prefill and decode side "
+               "(sglang:num_transfer_failed_reqs_total + sglang:num_bootstrap_failed_reqs_total)"),
+        Metric("kv_transfer_bytes", "B", "min", "KV bytes moved prefill -> decode (sglang:kv_transfer_total_mb_sum)"),
+        Metric("kv_transfer_failures_prefill", "", "max", "failed KV transfers and bootstraps the prefill side counted"),
+        Metric("kv_transfer_failures_decode", "", "max", "failed KV transfers and bootstraps the decode side counted"),
+        Metric("mean_kv_transfer_ms", "ms", "max", "mean KV transfer time of a request (prefill side)"),
+        Metric("mean_kv_bootstrap_ms", "ms", "max", "mean wait of a prefill for its decode's bootstrap"),
+        Metric("mean_kv_alloc_ms", "ms", "max", "mean wait for KV room on the decode"),
+        Metric("kv_queue_leaks", "req", "max", "requests left in the decode prealloc / transfer queues after the benchmark"),
+        Metric("idle_workers", "", "max", "workers that received no request while a peer of their role did"),
+        Metric("router_errors", "", "max", "router errors to workers (smg_worker_errors_total)"),
+        Metric("router_retries", "", "max", "router retries to workers (smg_worker_retries_total)"),
+        Metric("router_cb_open", "", "max", "workers whose circuit breaker is not closed after the benchmark"),
+        Metric("router_rendezvous_failures", "", "max", "PD rendezvous failures the router counted (smg)"),
+        Metric("mean_router_prefill_ms", "ms", "max", "mean prefill duration the router measured (smg_pd_prefill_duration_seconds)"),
         Metric("nic_errors", "", "max", "growth of the worker nodes' RDMA port error counters during the benchmark"),
-        Metric("kv_transfer_throughput", "B/s", "min", "KV bytes per second of the engine's own transfer time"),
+        Metric("kv_transfer_throughput", "B/s", "min", "KV bytes per second of transfer time (prefill side)"),
     ]
     for lat in _LATENCIES:
         for stat in _STATS:

@@ -12,9 +12,10 @@ from secrets import token_hex
 from typing import Mapping
 
 from . import config as config_mod
-from . import nic
+from . import nic, releases
 from .nic import IB_SYSFS
 from .config import ClusterConfig, InferenceTest, ModelConfig, Problem
+from .textgen.tokenizer import tokenizer_dir
 
 @dataclass(frozen=True)
 class ContainerSpec:
@@ -99,6 +100,8 @@ class Deployment:
     router_url: str
     kv_backend: str
     python: str = "python3"  # what every planned process of the suite runs with on its node
+    bench_python: str = "python3"  # what runs SGLang's benchmark tools on the benchmark node
+    sglang_version: str = releases.DEFAULT  # the SGLang release every command is planned for
     bench: tuple[ProcessSpec, ...] = ()  # the sglang benchmark tools, one per test and concurrency
     prechecks: tuple[Precheck, ...] = ()  # run on the nodes before anything starts
 
@@ -263,7 +266,8 @@ def kv_env(cfg: ClusterConfig) -> dict[str, str]:
     return env
 
 
-def _worker_argv(cfg: ClusterConfig, model: ModelConfig, inst: _Instance, member: _Member, python: str) -> tuple[str, ...]:
+def _worker_argv(cfg: ClusterConfig, model: ModelConfig, inst: _Instance, member: _Member, python: str,
+                 release: str) -> tuple[str, ...]:
     kv = cfg.kv_transfer
     module = SIM_WORKER_MODULE if cfg.simulated else SGLANG_WORKER_MODULE
     policy = model.prefill_policy if inst.role == "prefill" else model.decode_policy
@@ -284,6 +288,8 @@ def _worker_argv(cfg: ClusterConfig, model: ModelConfig, inst: _Instance, member
              "--schedule-policy", POLICY_TO_SCHEDULE[policy],
              "--log-level", cfg.log_level,
              "--enable-metrics", "--trust-remote-code"]
+    if model.dp_attention:
+        argv += releases.dp_attention_args(release, model.dp_attention)
     if multi:
         coord = getattr(cfg, f"{inst.role}_coordinator_addr") or inst.head
         argv += ["--nnodes", str(len(inst.members)), "--node-rank", str(member.rank),
@@ -302,9 +308,14 @@ def _worker_argv(cfg: ClusterConfig, model: ModelConfig, inst: _Instance, member
     return tuple(argv)
 
 
+# the entry point of each router package: sglang-router (in images, module sglang_router) or its successor smg
+ROUTER_ENTRY = {"sglang-router": ("-m", "sglang_router.launch_router"), "smg": ("-m", "smg", "launch")}
+ROUTER_STARTUP_CHECK_S = 1  # how often the router retries a worker's registration (smg's default is 30 s)
+
+
 def _router_argv(cfg: ClusterConfig, model: ModelConfig, prefills: tuple[_Instance, ...],
                  decodes: tuple[_Instance, ...], python: str) -> tuple[str, ...]:
-    argv = [python, "-m", "sglang_router.launch_router", "--pd-disaggregation"]
+    argv = [cfg.router_python or python, *ROUTER_ENTRY[cfg.router_package], "--pd-disaggregation"]
     for inst in prefills:
         argv += ["--prefill", f"http://{inst.head}:{inst.port}", str(inst.bootstrap_port)]
     for inst in decodes:
@@ -314,17 +325,20 @@ def _router_argv(cfg: ClusterConfig, model: ModelConfig, prefills: tuple[_Instan
              "--host", bind_host(cfg.router_node), "--port", str(cfg.router_port),
              "--prometheus-port", str(cfg.router_prometheus_port),
              "--worker-startup-timeout-secs", str(int(cfg.timeouts.server_start_s)),
+             "--worker-startup-check-interval", str(ROUTER_STARTUP_CHECK_S),
              "--log-level", cfg.log_level if cfg.log_level != "critical" else "error",
              *cfg.router_args]
     return tuple(argv)
 
 
-def plan(cfg: ClusterConfig, model: ModelConfig | str, *, run_id: str) -> Deployment:
+def plan(cfg: ClusterConfig, model: ModelConfig | str, *, run_id: str, sglang_version: str | None = None) -> Deployment:
     """The deployment of one model: every container and process, with argv, env, port and log path, the
-    benchmark commands and the prechecks, all with the python the nodes run (``node_python``)."""
+    benchmark commands and the prechecks, all with the python the nodes run (``node_python``), for the SGLang
+    release ``sglang_version`` (else the config's ``sglang_version``, else ``releases.DEFAULT``)."""
     if isinstance(model, str):
         model = cfg.model(model)
     python = node_python(cfg)
+    release = sglang_version or cfg.sglang_version or releases.DEFAULT
     docker = cfg.runtime == "docker"
     log_dir = f"{cfg.log_dir.rstrip('/')}/{run_id}"
     base_env = {**node_env(cfg), **kv_env(cfg)}
@@ -354,7 +368,7 @@ def plan(cfg: ClusterConfig, model: ModelConfig | str, *, run_id: str) -> Deploy
             key = f"{inst.role}_{inst.index}" + (f"_rank{member.rank}" if member.rank else "")
             processes.append(ProcessSpec(
                 key=key, role=inst.role, node=member.node,
-                argv=_worker_argv(cfg, model, inst, member, python),
+                argv=_worker_argv(cfg, model, inst, member, python, release),
                 env=base_env, port=inst.port, log_path=f"{log_dir}/{key}.log",
                 container=container(key, inst.role, member.node), host=inst.head,
                 instance=inst.index, node_rank=member.rank,
@@ -371,26 +385,47 @@ def plan(cfg: ClusterConfig, model: ModelConfig | str, *, run_id: str) -> Deploy
         container("bench", "bench", cfg.benchmark_node)
     dep = Deployment(run_id=run_id, model=model, engine=cfg.engine, runtime=cfg.runtime, log_dir=log_dir,
                      containers=tuple(containers), processes=tuple(processes), router_url=router_url,
-                     kv_backend=cfg.kv_transfer.backend, python=python)
-    return replace(dep, bench=_bench_processes(dep), prechecks=prechecks(cfg, dep))
+                     kv_backend=cfg.kv_transfer.backend, python=python,
+                     bench_python=cfg.bench_python or python, sglang_version=release)
+    return replace(dep, bench=_bench_processes(dep, _bench_tokenizer(cfg, model)), prechecks=prechecks(cfg, dep))
 
 
 def bench_output_path(dep: Deployment, test: InferenceTest, concurrency: int) -> str:
     return f"{dep.log_dir}/bench/{dep.model.id}-{test.name}-c{concurrency}.jsonl"
 
 
-def bench_serving_argv(dep: Deployment, test: InferenceTest, concurrency: int, *, python: str = "python3") -> tuple[str, ...]:
-    """`sglang.bench_serving` against the router; its JSON line goes to bench_output_path()."""
+def gsm8k_data_path(dep: Deployment, test: InferenceTest) -> str | None:
+    """few_shot_gsm8k's --data-path: the test's, else (simulated) the simulator's questions the suite writes there."""
+    if test.data_path or dep.engine != "sim":
+        return test.data_path
+    return f"{dep.log_dir}/bench/{dep.model.id}-{test.name}-questions.jsonl"
+
+
+def _bench_tokenizer(cfg: ClusterConfig, model: ModelConfig) -> str:
+    """bench_serving's --tokenizer: the model's, else the simulated model's (plain processes share this package),
+    else the model path the workers load."""
+    if model.tokenizer:
+        return model.tokenizer
+    if cfg.simulated and cfg.runtime == "process":
+        return str(tokenizer_dir())
+    return model.model
+
+
+def bench_serving_argv(dep: Deployment, test: InferenceTest, concurrency: int, tokenizer: str) -> tuple[str, ...]:
+    """bench_serving (the planned release's module) against the router; its JSON line goes to bench_output_path().
+    A test without its own max_concurrency runs without --max-concurrency: every prompt at once."""
     router = dep.router
     dataset = test.dataset
     if dataset == "random" and not test.dataset_path:
         dataset = "random-ids"  # random needs the ShareGPT download; random-ids runs offline
-    argv = [python, "-m", "sglang.bench_serving", "--backend", test.backend,
-            "--host", router.host, "--port", str(router.port), "--model", dep.model.model,
-            "--dataset-name", dataset, "--num-prompts", str(test.num_prompts),
-            "--max-concurrency", str(concurrency), "--request-rate", str(test.request_rate),
-            "--seed", str(test.seed), "--warmup-requests", str(test.warmup_requests),
-            "--output-file", bench_output_path(dep, test, concurrency), "--output-details"]
+    argv = [dep.bench_python, "-m", releases.bench_serving_module(dep.sglang_version), "--backend", test.backend,
+            "--host", router.host, "--port", str(router.port), "--model", dep.model.model, "--tokenizer", tokenizer,
+            "--dataset-name", dataset, "--num-prompts", str(test.num_prompts)]
+    if not test.unbounded:
+        argv += ["--max-concurrency", str(concurrency)]
+    argv += ["--request-rate", str(test.request_rate),
+             "--seed", str(test.seed), "--warmup-requests", str(test.warmup_requests),
+             "--output-file", bench_output_path(dep, test, concurrency), "--output-details"]
     if dataset == "generated-shared-prefix":
         argv += ["--gsp-num-groups", str(test.gsp_num_groups),
                  "--gsp-prompts-per-group", str(test.gsp_prompts_per_group),
@@ -405,30 +440,34 @@ def bench_serving_argv(dep: Deployment, test: InferenceTest, concurrency: int, *
     return tuple(argv)
 
 
-def gsm8k_argv(dep: Deployment, test: InferenceTest, concurrency: int, *, python: str = "python3") -> tuple[str, ...]:
-    """`sglang.test.few_shot_gsm8k` against the router (it prints Accuracy / Invalid / Latency / Output throughput)."""
+def gsm8k_argv(dep: Deployment, test: InferenceTest, concurrency: int) -> tuple[str, ...]:
+    """`sglang.test.few_shot_gsm8k` against the router (it prints Accuracy / Invalid / Latency / Output throughput),
+    with the --host form of the planned release."""
     router = dep.router
-    argv = [python, "-m", "sglang.test.few_shot_gsm8k", "--num-questions", str(test.num_questions),
+    argv = [dep.bench_python, "-m", "sglang.test.few_shot_gsm8k", "--num-questions", str(test.num_questions),
             "--num-shots", str(test.num_shots), "--parallel", str(concurrency),
-            "--host", f"http://{router.host}", "--port", str(router.port)]
-    if test.data_path:
-        argv += ["--data-path", test.data_path]
+            "--host", releases.gsm8k_host(dep.sglang_version, router.host), "--port", str(router.port)]
+    data_path = gsm8k_data_path(dep, test)
+    if data_path:
+        argv += ["--data-path", data_path]
     return tuple(argv)
 
 
-def _bench_processes(dep: Deployment) -> tuple[ProcessSpec, ...]:
-    """The benchmark commands the sglang bench client runs on the benchmark node, one per test and concurrency."""
+def _bench_processes(dep: Deployment, tokenizer: str) -> tuple[ProcessSpec, ...]:
+    """The benchmark commands the sglang bench client runs on the benchmark node, one per test and concurrency.
+    HF_HUB_OFFLINE=1 only where the tokenizer is a local directory (a hub id may need a download)."""
     out = []
     bench = next((c for c in dep.containers if c.key == "bench"), None)
     node = bench.node if bench else dep.router.node
+    env = {"HF_HUB_OFFLINE": "1"} if tokenizer.startswith("/") else {}
     for test in dep.model.tests:
         if test.bench_client != "sglang":
             continue
         for conc in test.max_concurrency:
-            make = gsm8k_argv if test.kind == "gsm8k" else bench_serving_argv
+            argv = gsm8k_argv(dep, test, conc) if test.kind == "gsm8k" else bench_serving_argv(dep, test, conc, tokenizer)
             key = f"bench_{test.name}_c{conc}"
-            out.append(ProcessSpec(key=key, role="bench", node=node, argv=make(dep, test, conc, python=dep.python),
-                                   env={"HF_HUB_OFFLINE": "1"}, port=None, log_path=f"{dep.log_dir}/{key}.log",
+            out.append(ProcessSpec(key=key, role="bench", node=node, argv=argv,
+                                   env=env, port=None, log_path=f"{dep.log_dir}/{key}.log",
                                    container=bench.key if bench else None, host=node))
     return tuple(out)
 

@@ -1,52 +1,113 @@
-"""Reading Prometheus text exposition: a metric summed over its label sets, over a role's workers, and the
-workers' KV transfer counters."""
+"""Prometheus /metrics read with prometheus_client's own parser: every sample of a target, and the workers' PD
+metrics and the router's ``smg_*`` metrics by the names real SGLang 0.5.23 and its router export."""
 
 from __future__ import annotations
 
-import re
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import requests
-
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
-
-
-def samples(text: str, name: str) -> list[tuple[str, float]]:
-    """(label block, value) of every sample of `name`."""
-    out = []
-    for line in text.splitlines():
-        m = _SAMPLE.match(line)
-        if m and m.group(1) == name:
-            try:
-                out.append((m.group(2) or "", float(m.group(3))))
-            except ValueError:
-                continue
-    return out
+from prometheus_client.parser import text_string_to_metric_families
 
 
-def scrape(urls_by_role: Mapping[str, Sequence[str]], names: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Per role, each metric's total over the role's workers' /metrics; a metric no worker exposes is absent."""
-    out: dict[str, dict[str, float]] = {}
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    labels: Mapping[str, str]
+    value: float
+
+
+def parse(text: str) -> list[Sample]:
+    """Every sample of a text exposition (histograms as their _bucket / _sum / _count samples)."""
+    return [Sample(s.name, dict(s.labels), float(s.value))
+            for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def fetch(url: str) -> list[Sample] | None:
+    """The samples of ``url`` (a /metrics URL); None when it does not answer or is no exposition."""
+    try:
+        resp = requests.get(url, timeout=5)
+        return parse(resp.text) if resp.ok else None
+    except (requests.RequestException, ValueError):
+        return None
+
+
+def total(samples: Sequence[Sample], name: str) -> float | None:
+    """The sum of every sample of ``name`` over its label sets; None when there is none."""
+    values = [s.value for s in samples if s.name == name]
+    return sum(values) if values else None
+
+
+# the workers' metrics the suite reads, by short name (SGLang 0.5.23's metrics_collector.py)
+WORKER_METRICS = {
+    "kv_transfers": "sglang:kv_transfer_latency_ms_count",  # prefill side: one observation per KV transfer
+    "kv_latency_ms": "sglang:kv_transfer_latency_ms_sum",
+    "kv_total_mb": "sglang:kv_transfer_total_mb_sum",
+    "kv_bootstrap_ms": "sglang:kv_transfer_bootstrap_ms_sum",
+    "kv_bootstraps": "sglang:kv_transfer_bootstrap_ms_count",
+    "kv_alloc_ms": "sglang:kv_transfer_alloc_ms_sum",
+    "kv_allocs": "sglang:kv_transfer_alloc_ms_count",
+    "transfer_failed": "sglang:num_transfer_failed_reqs_total",
+    "bootstrap_failed": "sglang:num_bootstrap_failed_reqs_total",
+    "requests": "sglang:num_requests_total",
+    "prompt_tokens": "sglang:prompt_tokens_total",
+    "cached_tokens": "sglang:cached_tokens_total",
+    "prefill_bootstrap_queue": "sglang:num_prefill_bootstrap_queue_reqs",
+    "prefill_inflight_queue": "sglang:num_prefill_inflight_queue_reqs",
+    "decode_prealloc_queue": "sglang:num_decode_prealloc_queue_reqs",
+    "decode_transfer_queue": "sglang:num_decode_transfer_queue_reqs",
+}
+PD_EXPORTED = ("kv_transfers", "transfer_failed", "prefill_bootstrap_queue", "decode_transfer_queue")
+
+
+def worker_metrics(urls_by_role: Mapping[str, Sequence[str]]) -> dict[str, dict[str, dict[str, float]]]:
+    """role -> worker URL -> short name -> value, for each worker that answered (a metric it lacks is absent)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
     for role, urls in urls_by_role.items():
-        sums: dict[str, float] = {}
+        out[role] = {}
         for url in urls:
-            try:
-                text = requests.get(f"{url}/metrics", timeout=5).text
-            except requests.RequestException:
-                continue
-            for name in names:
-                found = samples(text, name)
-                if found:
-                    sums[name] = sums.get(name, 0.0) + sum(v for _, v in found)
-        out[role] = sums
+            samples = fetch(f"{url}/metrics")
+            if samples is not None:
+                found = {short: total(samples, name) for short, name in WORKER_METRICS.items()}
+                out[role][url] = {k: v for k, v in found.items() if v is not None}
     return out
 
 
-KV_COUNTERS = ("handoffs", "bytes", "failures", "seconds")  # the workers' sglang:kv_transfer_<name>_total
+def role_sum(metrics: Mapping[str, Mapping[str, Mapping[str, float]]], role: str, name: str) -> float | None:
+    """One metric summed over a role's workers; None when none of them has it."""
+    values = [w[name] for w in metrics.get(role, {}).values() if name in w]
+    return sum(values) if values else None
 
 
-def kv_counters(urls_by_role: Mapping[str, Sequence[str]]) -> dict[str, dict[str, float]]:
-    """Per role, the workers' KV transfer counters by short name (absent where the workers have none)."""
-    names = {f"sglang:kv_transfer_{n}_total": n for n in KV_COUNTERS}
-    scraped = scrape(urls_by_role, list(names))
-    return {role: {names[metric]: value for metric, value in sums.items()} for role, sums in scraped.items()}
+def exports_pd(metrics: Mapping[str, Mapping[str, Mapping[str, float]]]) -> bool:
+    """Whether any worker exports SGLang's PD metrics (else every KV figure is 'not measured')."""
+    return any(name in w for role in metrics.values() for w in role.values() for name in PD_EXPORTED)
+
+
+# the router's (sglang-router 0.3.2 and smg 1.13.0 both export only smg_*; smg adds per-worker request counts)
+def router_metrics(url: str) -> dict[str, dict[str, float]] | None:
+    """``router_summary`` of the router's /metrics; None when it does not answer."""
+    samples = fetch(url)
+    return None if samples is None else router_summary(samples)
+
+
+def router_summary(samples: Sequence[Sample]) -> dict[str, dict[str, float]]:
+    """short name -> key (worker URL or worker type) -> value of the router's smg_* samples."""
+    def by(name: str, label: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for s in samples:
+            if s.name == name:
+                key = s.labels.get(label, "")
+                out[key] = out.get(key, 0.0) + s.value
+        return out
+
+    requests_total = by("smg_worker_requests_total", "worker")  # smg only
+    return {
+        "requests": requests_total or by("smg_worker_cb_outcomes_total", "worker"),  # both: outcomes per worker
+        "errors": by("smg_worker_errors_total", "worker_type"),
+        "retries": by("smg_worker_retries_total", "worker_type"),
+        "cb_state": by("smg_worker_cb_state", "worker"),
+        "rendezvous_failures": by("smg_pd_rendezvous_failures_total", "leg"),
+        "prefill_seconds": {"sum": total(samples, "smg_pd_prefill_duration_seconds_sum") or 0.0,  # smg only
+                            "count": total(samples, "smg_pd_prefill_duration_seconds_count") or 0.0},
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import json
 from pathlib import Path
 from typing import Any
@@ -74,3 +75,32 @@ def sim_config(tmp_path: Path, *, prefill: tuple[str, ...] = ("127.0.0.1",), dec
     if tests is not None:
         model["inference_tests"] = {k: v for k, v in model["inference_tests"].items() if k in tests}
     return write(tmp_path, data)
+
+
+def _venv(variable: str, default: str) -> Path:
+    venv = Path(os.environ.get(variable, default))
+    return venv if venv.is_absolute() else REPO / venv
+
+
+def tools_venv() -> Path:
+    """The venv of the real SGLang client tools: $BENCH_TOOLS_VENV, else .bench-tools in the repository."""
+    return _venv("BENCH_TOOLS_VENV", ".bench-tools")
+
+
+def _python_of(venv: Path, what: str, option: str) -> str:
+    """The venv's python; the calling test skips, saying how to build it, where there is none (CI builds it)."""
+    import pytest
+
+    python = venv / "bin" / "python"
+    if not python.exists():
+        pytest.skip(f"no {what} venv at {venv}: build it with scripts/setup {option}")
+    return str(python)
+
+
+def tools_python() -> str:
+    return _python_of(tools_venv(), "SGLang tools", "--bench-tools")
+
+
+def smg_python() -> str:
+    """The python of the smg router's own venv ($SMG_VENV, else .smg in the repository)."""
+    return _python_of(_venv("SMG_VENV", ".smg"), "smg router", "--dev")

@@ -118,6 +118,12 @@ class RecordingTarget:
             raise FileNotFoundError(remote_path)
         local.write_text(self.files[remote_path])
 
+    def put(self, local: Path, remote_path: str) -> None:
+        self.files[remote_path] = local.read_text()
+
+    def tool_version(self, spec: ProcessSpec) -> str:
+        return "0.5.23"
+
 
 def test_bench_serving_runs_the_planned_command_and_reads_its_output_file(tmp_path: Path) -> None:
     dep = _deployment()
@@ -127,6 +133,7 @@ def test_bench_serving_runs_the_planned_command_and_reads_its_output_file(tmp_pa
     result = sglang_tools.run(target, test, 64, timeout_s=60, artifacts_dir=tmp_path)
     assert target.ran[0].key == "bench_bench_serv_random_c64"
     assert "--max-concurrency 64" in result.command and "--output-file " + out in result.command
+    assert result.tool == "sglang.benchmark.serving" and result.tool_version == "0.5.23"
     assert result.metrics["completed"] == 2
     assert Path(result.artifacts["output_file"]).read_text().strip() == json.dumps(BENCH_SERVING_LINE)
 
@@ -147,7 +154,7 @@ def test_a_failing_tool_says_what_ran_where_with_its_exit_code_and_tail(tmp_path
     with pytest.raises(BenchToolError) as info:
         sglang_tools.run(target, dep.model.tests[1], 8, timeout_s=60, artifacts_dir=tmp_path)
     text = str(info.value)
-    assert "python3 -m sglang.bench_serving" in text and "exited with code 1 on 10.0.0.3" in text
+    assert "python3 -m sglang.benchmark.serving" in text and "exited with code 1 on 10.0.0.3" in text
     assert "ConnectionRefusedError" in text
 
 

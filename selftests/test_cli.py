@@ -55,6 +55,16 @@ def test_plan_text_for_one_model_shows_containers_and_commands():
     assert "model deepseek-r1" in r.stdout and "llama-70b" not in r.stdout
     assert "$ python3 -m sglang.launch_server" in r.stdout and "container sglang-container-RUN-ID-prefill-0" in r.stdout
     assert "HF_TOKEN=*** (read on the node from" in r.stdout
+    assert "planned for sglang 0.5.23" in r.stdout
+    assert "test bench_serv_random: concurrency 3000 (no --max-concurrency: every prompt at once)" in r.stdout
+    assert "test gsm8k: concurrency 100\n" in r.stdout
+
+
+def test_validate_warns_of_a_limit_that_cannot_be_met(tmp_path):
+    data = raw("mi35x-example.json")
+    data["benchmark_params"]["llama-70b"]["inference_tests"]["bench_serv_random"]["max_concurrency"] = "64"
+    r = sglang_pd("validate", str(write(tmp_path, data)))
+    assert r.returncode == 0 and "warning: " in r.stderr and "21000 tok/s cannot be met at concurrency 64" in r.stderr
 
 
 def test_plan_unknown_model_and_bad_config_exit_1(tmp_path):
@@ -67,7 +77,7 @@ def test_plan_unknown_model_and_bad_config_exit_1(tmp_path):
 def test_validate_warns_of_keys_that_have_no_effect_and_keys_prints_the_table():
     r = sglang_pd("validate", str(CONFIGS / "mi35x-example.json"))
     assert r.returncode == 0
-    assert 'warning: $.benchmark_params["llama-70b"].inference_poll_iterations: is read but has no effect' in r.stdout
+    assert 'warning: $.benchmark_params["llama-70b"].inference_poll_iterations: is read but has no effect' in r.stderr
     r = sglang_pd("plan", str(CONFIGS / "mi35x-example.json"), "--model", "llama-70b")
     assert "nic_type ainic: AMD Pensando Pollara (AINIC), verbs provider ionic, GID index 1" in r.stdout
     assert "[precheck nic] node=mi35x-node01" in r.stdout

@@ -348,3 +348,33 @@ def test_a_node_listed_twice_needs_the_gpus_of_both_instances(tmp_path):
     for model in data["benchmark_params"].values():
         model["tensor_parallelism"] = "4"  # two TP4 instances fit one 8-GPU node
     config.from_dict(data)
+
+
+def test_a_throughput_limit_that_littles_law_rules_out_is_a_warning_naming_both_figures():
+    # the seed template's bench_serv_random runs every prompt at once (no max_concurrency of its own): no warning
+    assert config.capacity_warnings(config.load("mi35x-example.json")) == []
+    data = raw("mi35x-example.json")
+    data["benchmark_params"]["llama-70b"]["inference_tests"]["bench_serv_random"]["max_concurrency"] = "64"
+    warnings = [str(w) for w in config.capacity_warnings(config.from_dict(data))]
+    assert warnings == ['$.benchmark_params["llama-70b"].inference_tests.bench_serv_random.expected_results: '
+                        "output throughput limit 21000 tok/s cannot be met at concurrency 64: with the mean TPOT "
+                        "limit 50 ms it needs about 1050 requests in flight, and 64 streams make at most 1280 tok/s "
+                        "(Little's law)"]
+
+
+def test_seed_format_bench_tests_run_unbounded_unless_they_set_a_concurrency():
+    tests = {t.name: t for t in config.load("mi35x-example.json").model("llama-70b").tests}
+    assert tests["bench_serv_random"].unbounded and tests["bench_serv_random"].max_concurrency == (3000,)
+    assert not tests["gsm8k"].unbounded and tests["gsm8k"].max_concurrency == (100,)
+
+
+def test_router_package_python_and_args_and_a_flag_smg_lacks():
+    data = raw("local-sim.json")
+    data["config"].update(router_args=["--mini-lb"], router={"package": "smg", "python": "/opt/smg/bin/python",
+                                                             "args": ["--policy", "random"]})
+    with pytest.raises(config.ConfigError) as info:
+        config.from_dict(data)
+    assert [str(p) for p in info.value.problems] == ["$.config.router_args: smg has no --mini-lb (sglang-router 0.3.2 had it)"]
+    data["config"]["router_args"] = []
+    cfg = config.from_dict(data)
+    assert (cfg.router_package, cfg.router_python, cfg.router_args) == ("smg", "/opt/smg/bin/python", ("--policy", "random"))

@@ -377,8 +377,15 @@ def test_benchmark_reports_the_kv_transfer_from_the_workers_counters(pytester, t
     result.assert_outcomes(passed=1)
     test = json.loads((results / "run" / "results.json").read_text())["tests"][0]
     m = test["metrics"]
-    assert m["kv_handoffs"] == 128 + 1  # num_prompts + the warmup request, each a verified handoff on decode
-    assert m["kv_transfer_failures"] == 0 and m["kv_transfer_throughput"] > 0
+    assert m["kv_handoffs"] == 128 + 1  # num_prompts + the warmup request, each a KV transfer of the prefill
+    assert m["kv_transfer_failures"] == 0 and m["kv_transfer_throughput"] > 0 and m["kv_queue_leaks"] == 0
+    assert m["mean_kv_transfer_ms"] > 0 and m["mean_kv_bootstrap_ms"] >= 0 and m["mean_kv_alloc_ms"] >= 0
+    assert m["router_errors"] == 0 and m["router_cb_open"] == 0
+    assert {w["role"] for w in test["workers"].values()} == {"prefill", "decode"}
+    assert all(w["requests"] == 129 and w["router_requests"] > 0 for w in test["workers"].values()), test["workers"]
+    prefill = next(w for w in test["workers"].values() if w["role"] == "prefill")
+    assert prefill["kv_transfers"] == 129 and prefill["mean_kv_transfer_ms"] > 0
+    assert m["kv_transfer_failures_prefill"] == m["kv_transfer_failures_decode"] == 0  # gateable per role
     assert m["kv_transfer_bytes"] >= 129 * 256 * 64  # >= 256 prompt tokens x 64 payload bytes per token each
     assert any(v["metric"] == "kv_transfer_failures" and v["passed"] for v in test["verdicts"])
 

@@ -12,6 +12,7 @@ from sglang_router.launch_router import parse_router_args
 
 from pytest_sglang_pd import config, plan
 from pytest_sglang_pd.cli import deployment_json
+from pytest_sglang_pd.textgen.tokenizer import tokenizer_dir
 from selftests.configs import CONFIGS, REPO, raw, write
 
 GOLDENS = os.path.join(os.path.dirname(__file__), "goldens")
@@ -138,14 +139,51 @@ def test_every_router_argv_is_accepted_by_the_installed_sglang_router(name, layo
 def test_bench_commands_for_the_sglang_tools():
     dep = plan.plan(reference_config(), "llama-70b", run_id="r")
     bench = {p.key: p for p in dep.bench}
-    rnd = bench["bench_bench_serv_random_c64"].argv
-    assert rnd[:3] == ("python3", "-m", "sglang.bench_serving")
+    # the seed format: bench_serv_random sets no max_concurrency of its own, so every prompt goes at once
+    rnd = bench["bench_bench_serv_random_c3000"].argv
+    assert rnd[:3] == ("python3", "-m", "sglang.benchmark.serving") and "--max-concurrency" not in rnd
     assert rnd[rnd.index("--dataset-name") + 1] == "random-ids"  # random without --dataset-path runs offline
-    assert rnd[rnd.index("--output-file") + 1] == "/home/sgl/LOGS/sglang/r/bench/llama-70b-bench_serv_random-c64.jsonl"
+    assert rnd[rnd.index("--output-file") + 1] == "/home/sgl/LOGS/sglang/r/bench/llama-70b-bench_serv_random-c3000.jsonl"
     assert rnd[rnd.index("--random-range-ratio") + 1] == "0.5"
+    assert rnd[rnd.index("--tokenizer") + 1] == dep.model.model  # the model path the workers load
+    assert "HF_HUB_OFFLINE" not in bench["bench_bench_serv_random_c3000"].env  # a hub id may need a download
     gsm = bench["bench_gsm8k_c100"].argv
     assert gsm[:3] == ("python3", "-m", "sglang.test.few_shot_gsm8k")
-    assert gsm[gsm.index("--parallel") + 1] == "100" and gsm[gsm.index("--host") + 1] == "http://mi35x-node01"
+    # 0.5.23 adds the scheme itself: --host http://node would become http://http://node
+    assert gsm[gsm.index("--parallel") + 1] == "100" and gsm[gsm.index("--host") + 1] == "mi35x-node01"
+
+
+def test_bench_commands_of_a_0_5_7_image():
+    data = raw("mi35x-example.json")
+    data["config"]["sglang_version"] = "0.5.7"
+    dep = plan.plan(config.from_dict(data), "llama-70b", run_id="r")
+    assert dep.sglang_version == "0.5.7"
+    bench = {p.key: p.argv for p in dep.bench}
+    assert bench["bench_bench_serv_random_c3000"][2] == "sglang.bench_serving"
+    gsm = bench["bench_gsm8k_c100"]
+    assert gsm[gsm.index("--host") + 1] == "http://mi35x-node01"  # 0.5.7 concatenates f"{host}:{port}"
+
+
+def test_a_test_that_sets_its_concurrency_passes_it():
+    data = raw("mi35x-example.json")
+    data["benchmark_params"]["llama-70b"]["inference_tests"]["bench_serv_random"]["max_concurrency"] = "64"
+    dep = plan.plan(config.from_dict(data), "llama-70b", run_id="r")
+    rnd = next(p.argv for p in dep.bench if p.key == "bench_bench_serv_random_c64")
+    assert rnd[rnd.index("--max-concurrency") + 1] == "64"
+
+
+def test_bench_python_and_local_tokenizer():
+    data = raw("local-sim.json")
+    data["config"].update(bench_client="sglang", bench_python="/opt/tools/bin/python")
+    cfg = config.from_dict(data)
+    dep = plan.plan(cfg, "llama-8b", run_id="r")
+    bench = {p.key: p for p in dep.bench}
+    rnd = bench["bench_bench_serv_random_c32"]
+    assert rnd.argv[0] == "/opt/tools/bin/python" and dep.python != "/opt/tools/bin/python"
+    assert rnd.argv[rnd.argv.index("--tokenizer") + 1] == str(tokenizer_dir())  # the simulated model's, local
+    assert rnd.env == {"HF_HUB_OFFLINE": "1"}
+    gsm = bench["bench_gsm8k_c32"].argv
+    assert gsm[gsm.index("--data-path") + 1] == f"{dep.log_dir}/bench/llama-8b-gsm8k-questions.jsonl"
 
 
 def test_all_shipped_configs_plan():
@@ -189,3 +227,14 @@ def test_both_faces_report_the_plans_problem_as_the_config_error(pytester: pytes
     err = run.stderr.str()
     assert PORT_CLASH in err and "2 problems" in err
     assert re.sub(r"\s+", " ", validate.stderr.strip()) in re.sub(r"\s+", " ", err)  # the same ConfigError
+
+
+def test_the_router_entry_point_follows_the_package():
+    data = raw("local-sim.json")
+    default = plan.plan(config.from_dict(data), "llama-8b", run_id="r").router.argv
+    assert default[1:3] == ("-m", "sglang_router.launch_router")
+    data["config"]["router"] = {"package": "smg", "python": "/opt/smg/bin/python"}
+    argv = plan.plan(config.from_dict(data), "llama-8b", run_id="r").router.argv
+    assert argv[:4] == ("/opt/smg/bin/python", "-m", "smg", "launch")
+    for a in (default, argv):  # smg's default retry of 30 s would hold up every bring-up
+        assert a[a.index("--worker-startup-check-interval") + 1] == "1"

@@ -127,6 +127,7 @@ def test_a_run_writes_report_html_results_json_and_junit_properties(pytester: py
     assert [v["metric"] for v in failing] == ["mean_tpot_ms"]
     cluster = data["cluster"]  # the live layer's facts, collected once the cluster was ready
     assert set(cluster["worker_versions"]) == {"prefill", "decode"}  # what the workers' /server_info said
+    assert cluster["router"] == "sglang-router 0.3.2" and all(t["router"] == "sglang-router 0.3.2" for t in data["tests"])
     assert {"prefill", "decode", "router"} <= set(cluster["startup_seconds"])
     assert cluster["router_url"].startswith("http://127.0.0.1:")
     assert cluster["runtime"] == "process" and cluster["image"] is None  # plain processes run no image

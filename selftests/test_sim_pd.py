@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from pytest_sglang_pd import prom
 from pytest_sglang_pd.cluster import LiveCluster
 from pytest_sglang_pd.sim.pd import HEADER
 from pytest_sglang_pd.textgen import tokenizer
@@ -22,11 +23,12 @@ PAYLOAD = 64  # --sim-kv-payload-bytes-per-token of these clusters
 FAST = ["--sim-speedup", "20", "--sim-kv-payload-bytes-per-token", str(PAYLOAD)]
 
 
+MB = 1024 * 1024
+
+
 def metric(url: str, name: str) -> float:
-    """Sum of all samples of ``sglang:<name>`` at ``url``/metrics."""
-    text = requests.get(url + "/metrics", timeout=5).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(f"sglang:{name}{{"))
+    """Sum of all samples of ``sglang:<name>`` at ``url``/metrics (read with prometheus_client's parser), 0 if none."""
+    return prom.total(prom.fetch(url + "/metrics"), f"sglang:{name}") or 0.0
 
 
 def total(urls: list[str], name: str) -> float:
@@ -93,14 +95,19 @@ def test_1p1d_apis_and_verified_handoffs(backend, tmp_path):
         assert ready["status"] == "ready"
         prompt_tokens = exercise_apis(cluster)
         requests_sent = 6
-        for role_urls in (cluster.worker_urls["prefill"], cluster.worker_urls["decode"]):
-            assert total(role_urls, "kv_transfer_handoffs_total") == requests_sent
-            assert total(role_urls, "kv_transfer_bytes_total") == requests_sent * HEADER.size + prompt_tokens * PAYLOAD
-            assert total(role_urls, "kv_transfer_failures_total") == 0
+        prefill, decode = cluster.worker_urls["prefill"], cluster.worker_urls["decode"]
+        # SGLang's names: the KV transfer histograms on the prefill side only
+        assert total(prefill, "kv_transfer_latency_ms_count") == requests_sent
+        assert total(prefill, "kv_transfer_total_mb_sum") * MB == pytest.approx(
+            requests_sent * HEADER.size + prompt_tokens * PAYLOAD)
+        assert total(decode, "kv_transfer_latency_ms_count") == 0
+        assert total(decode, "num_requests_total") == requests_sent
+        assert total(prefill + decode, "num_transfer_failed_reqs_total") == 0
         info = requests.get(cluster.worker_urls["decode"][0] + "/server_info", timeout=5).json()
         assert info["disaggregation_mode"] == "decode" and info["disaggregation_transfer_backend"] == backend
         assert info["sim"]["engine"] == backend and info["sim"]["simulated"] is True
-        assert f'engine="{backend}"' in requests.get(cluster.worker_urls["prefill"][0] + "/metrics", timeout=5).text
+        latency = [s for s in prom.fetch(prefill[0] + "/metrics") if s.name == "sglang:kv_transfer_latency_ms_count"]
+        assert [(s.labels["engine_type"], s.labels["tp_rank"]) for s in latency] == [("prefill", "0")]
 
 
 def test_2p2d_spreads_requests_and_counts_every_handoff(tmp_path):
@@ -111,10 +118,12 @@ def test_2p2d_spreads_requests_and_counts_every_handoff(tmp_path):
             codes = list(pool.map(lambda _: requests.post(cluster.router_url + "/generate", json=body,
                                                           timeout=30).status_code, range(16)))
         assert codes == [200] * 16
-        assert total(cluster.worker_urls["prefill"], "kv_transfer_handoffs_total") == 16
-        assert total(cluster.worker_urls["decode"], "kv_transfer_handoffs_total") == 16
-        assert total(cluster.worker_urls["decode"], "kv_transfer_bytes_total") == 16 * (HEADER.size + 30 * PAYLOAD)
-        assert all(metric(url, "kv_transfer_handoffs_total") > 0 for url in cluster.worker_urls["prefill"] + cluster.worker_urls["decode"])
+        assert total(cluster.worker_urls["prefill"], "kv_transfer_latency_ms_count") == 16
+        assert total(cluster.worker_urls["decode"], "num_requests_total") == 16
+        assert total(cluster.worker_urls["prefill"], "kv_transfer_total_mb_sum") * MB == pytest.approx(
+            16 * (HEADER.size + 30 * PAYLOAD))
+        assert all(metric(url, "kv_transfer_latency_ms_count") > 0 for url in cluster.worker_urls["prefill"])
+        assert all(metric(url, "num_requests_total") > 0 for url in cluster.worker_urls["decode"])
 
 
 def test_200_streamed_requests_at_concurrency_32_all_verified_through_mooncake(tmp_path):
@@ -128,11 +137,11 @@ def test_200_streamed_requests_at_concurrency_32_all_verified_through_mooncake(t
         with ThreadPoolExecutor(32) as pool:
             completions = list(pool.map(one, range(200)))
         assert completions == [16] * 200
-        decode = cluster.worker_urls["decode"][0]
-        assert metric(decode, "kv_transfer_handoffs_total") == 200
-        assert metric(decode, "kv_transfer_failures_total") == 0
-        assert metric(decode, "kv_transfer_bytes_total") == 200 * (HEADER.size + 64 * PAYLOAD)
-        assert metric(cluster.worker_urls["prefill"][0], "kv_transfer_handoffs_total") == 200
+        decode, prefill = cluster.worker_urls["decode"][0], cluster.worker_urls["prefill"][0]
+        assert metric(prefill, "kv_transfer_latency_ms_count") == 200
+        assert metric(decode, "num_transfer_failed_reqs_total") == metric(prefill, "num_transfer_failed_reqs_total") == 0
+        assert metric(prefill, "kv_transfer_total_mb_sum") * MB == pytest.approx(200 * (HEADER.size + 64 * PAYLOAD))
+        assert metric(decode, "num_decode_transfer_queue_reqs") == metric(decode, "num_decode_prealloc_queue_reqs") == 0
 
 
 def test_failed_transfer_names_engine_and_peer(tmp_path):
@@ -145,10 +154,10 @@ def test_failed_transfer_names_engine_and_peer(tmp_path):
         decode_log = log_tail(cluster, "decode_0", 50)
         assert re.search(rf"mooncake transfer to {re.escape(session)} failed", decode_log), decode_log
         assert f"mooncake transfer to {session} failed" in response.text, response.text
-        failures = metric(cluster.worker_urls["prefill"][0], "kv_transfer_failures_total")
+        failures = metric(cluster.worker_urls["prefill"][0], "num_transfer_failed_reqs_total")
         assert failures >= 1  # the router retries a failed request (5 times by default)
-        assert metric(cluster.worker_urls["decode"][0], "kv_transfer_failures_total") == failures
-        assert metric(cluster.worker_urls["decode"][0], "kv_transfer_handoffs_total") == 0
+        assert metric(cluster.worker_urls["decode"][0], "num_transfer_failed_reqs_total") == failures
+        assert metric(cluster.worker_urls["prefill"][0], "kv_transfer_latency_ms_count") == 0
 
 
 def test_refused_bootstrap_aborts_with_connection_refused(tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .. import prom
 from ..config import InferenceCase
-from . import builtin, sglang_tools
+from . import builtin, pd_metrics, sglang_tools
 from .builtin import Progress
 from .result import BenchResult, RequestRecord
 from .sglang_tools import BenchToolError
@@ -17,15 +17,34 @@ __all__ = ["BenchResult", "BenchTarget", "BenchToolError", "Progress", "RequestR
 
 def run_benchmark(target: BenchTarget, case: InferenceCase, *, timeout_s: float, artifacts_dir: Path,
                   progress: Progress | None = None) -> BenchResult:
-    """Run ``case`` against ``target`` with the tool its test names (bench_client builtin | sglang)."""
+    """Run ``case`` against ``target`` with the tool its test names (bench_client builtin | sglang), then add what
+    the workers' and the router's metrics say of the PD path (``pd_metrics``)."""
     test = case.test
     nic_counters = getattr(target, "nic_error_counters", dict)  # RDMA port error counters (real clusters)
-    before, nic_before = prom.kv_counters(target.worker_urls), nic_counters()
+    router_url = getattr(target, "router_metrics_url", None)
+
+    def workers() -> pd_metrics.Workers:
+        return prom.worker_metrics(target.worker_urls)
+
+    before, nic_before = workers(), nic_counters()
+    router_before = prom.router_metrics(router_url) if router_url else None
     if test.bench_client == "builtin":
         result = builtin.run(target.router_url, test, case.concurrency, timeout_s=timeout_s, progress=progress)
     else:
         result = sglang_tools.run(target, test, case.concurrency, timeout_s=timeout_s, artifacts_dir=artifacts_dir)
-    result.metrics.update(kv_metrics(before, prom.kv_counters(target.worker_urls)))
+    result.router = target.router_version
+    after = workers()
+    router_after = prom.router_metrics(router_url) if router_url else None
+    for role, by_url in after.items():
+        for url, values in by_url.items():
+            routed = values.get("requests", 0.0) - before.get(role, {}).get(url, {}).get("requests", 0.0)
+            result.workers[url] = {"role": role, "requests": routed}
+    pd_metrics.per_prefill(before, after, result)
+    found = {**pd_metrics.kv_metrics(before, after), **pd_metrics.cache_metrics(before, after),
+             **pd_metrics.router_metrics(router_before, router_after, result),
+             **pd_metrics.idle_workers(before, after, (router_after or {}).get("requests"), result.errors),
+             **pd_metrics.queue_leaks(workers, result.errors)}
+    result.metrics.update({k: v for k, v in found.items() if k not in result.metrics})
     result.metrics.update(nic_metrics(nic_before, nic_counters(), result.errors))
     return result
 
@@ -37,20 +56,3 @@ def nic_metrics(before: dict[str, int], after: dict[str, int], errors: list[str]
     grown = {name: value - before.get(name, 0) for name, value in after.items() if value > before.get(name, 0)}
     errors.extend(f"RDMA error counter {name} grew by {delta}" for name, delta in sorted(grown.items()))
     return {"nic_errors": float(sum(grown.values()))}
-
-
-def kv_metrics(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict[str, float]:
-    """The KV transfer of a benchmark (warmup included) from the workers' counters; {} where they have none."""
-    if "handoffs" not in after.get("decode", {}):
-        return {}
-
-    def delta(role: str, name: str) -> float:
-        return after.get(role, {}).get(name, 0.0) - before.get(role, {}).get(name, 0.0)
-
-    seconds = delta("prefill", "seconds")
-    return {
-        "kv_handoffs": delta("decode", "handoffs"),
-        "kv_transfer_failures": delta("prefill", "failures") + delta("decode", "failures"),
-        "kv_transfer_bytes": delta("decode", "bytes"),
-        "kv_transfer_throughput": delta("prefill", "bytes") / seconds if seconds > 0 else 0.0,
-    }

@@ -12,7 +12,7 @@ from typing import Callable
 
 import aiohttp
 
-from .. import sse
+from .. import __version__, sse
 from ..config import InferenceTest
 from .result import BenchResult, RequestRecord, aggregate, first_errors
 from .workloads import INVALID_ANSWER, Prompt, answer_value, prompts_for
@@ -138,7 +138,7 @@ def run(router_url: str, test: InferenceTest, concurrency: int, *, timeout_s: fl
     command = (f"builtin client: POST {url}/generate (stream), {workload}, {len(prompts)} requests, "
                f"max concurrency {concurrency}, request rate {rate}/s, seed {test.seed}, warmup {test.warmup_requests}")
     return BenchResult(tool="builtin", metrics=metrics, num_requests=len(prompts), records=records, totals=totals,
-                       errors=warnings + first_errors(records), command=command)
+                       errors=warnings + first_errors(records), command=command, tool_version=__version__)
 
 
 def score_answers(prompts: list[Prompt], records: list[RequestRecord], duration_s: float) -> dict[str, float]:

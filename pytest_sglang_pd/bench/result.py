@@ -35,7 +35,7 @@ class RequestRecord:
 class BenchResult:
     """A benchmark run normalised to canonical metric names (metrics.METRICS)."""
 
-    tool: str  # "builtin" | "sglang.bench_serving" | "sglang.test.few_shot_gsm8k"
+    tool: str  # "builtin" or the SGLang module that ran, e.g. "sglang.benchmark.serving", "sglang.test.few_shot_gsm8k"
     metrics: dict[str, float]
     num_requests: int  # requests sent (warmup excluded)
     records: list[RequestRecord] = field(default_factory=list)
@@ -43,6 +43,9 @@ class BenchResult:
     errors: list[str] = field(default_factory=list)  # one line per failed request (or tool failure)
     artifacts: dict[str, str] = field(default_factory=dict)  # name -> local path
     command: str = ""  # what ran (argv with shlex.join), for the report
+    tool_version: str | None = None  # the version of the package that measured it (sglang's, or this suite's)
+    router: str | None = None  # "<package> <version>" of the router it went through
+    workers: dict[str, dict] = field(default_factory=dict)  # worker URL -> role, requests (its own count), router_requests
 
     @property
     def completed(self) -> int:

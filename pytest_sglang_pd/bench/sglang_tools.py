@@ -11,13 +11,12 @@ from .. import metrics as metrics_mod
 from .. import plan as plan_mod
 from .. import redact
 from ..config import InferenceTest
+from ..textgen import arithmetic
 from .result import BenchResult, RequestRecord
 
 if TYPE_CHECKING:
     from .target import BenchTarget
 
-BENCH_SERVING = "sglang.bench_serving"
-FEW_SHOT_GSM8K = "sglang.test.few_shot_gsm8k"
 # few_shot_gsm8k's printed lines -> canonical metric
 GSM8K_LINES = {"Accuracy": "accuracy", "Invalid": "invalid", "Latency": "latency", "Output throughput": "output_throughput"}
 
@@ -43,9 +42,10 @@ def run(target: BenchTarget, test: InferenceTest, concurrency: int, *, timeout_s
     spec = bench_spec(target, test, concurrency)
     command = shlex.join(redact.argv(spec.argv))
     artifacts_dir.mkdir(parents=True, exist_ok=True)
+    artifacts = _write_gsm8k_data(target, test, artifacts_dir)
+    tool, version = spec.argv[2], target.tool_version(spec)
     code, tail = target.run_bench_command(spec, timeout_s)
     log = artifacts_dir / Path(spec.log_path).name
-    artifacts = {}
     try:
         target.fetch(spec.log_path, log)
         artifacts["log"] = str(log)
@@ -57,8 +57,8 @@ def run(target: BenchTarget, test: InferenceTest, concurrency: int, *, timeout_s
     if test.kind == "gsm8k":
         metrics = parse_gsm8k_output(output, command)
         metrics["completed"] = float(test.num_questions)  # it counts no failures: they abort it or score as invalid
-        return BenchResult(tool=FEW_SHOT_GSM8K, metrics=metrics, num_requests=test.num_questions,
-                           artifacts=artifacts, command=command)
+        return BenchResult(tool=tool, metrics=metrics, num_requests=test.num_questions,
+                           artifacts=artifacts, command=command, tool_version=version)
     remote = plan_mod.bench_output_path(target.deployment, test, concurrency)
     local = artifacts_dir / Path(remote).name
     try:
@@ -66,10 +66,24 @@ def run(target: BenchTarget, test: InferenceTest, concurrency: int, *, timeout_s
     except (OSError, RuntimeError) as exc:
         raise BenchToolError(f"{command}\nfinished but its --output-file {remote} could not be copied from {spec.node}: {exc}") from None
     artifacts["output_file"] = str(local)
-    result = parse_bench_serving_line(last_json_line(local.read_text(), remote), num_prompts=test.num_prompts)
+    result = parse_bench_serving_line(last_json_line(local.read_text(), remote), num_prompts=test.num_prompts, tool=tool)
     result.artifacts.update(artifacts)
-    result.command = command
+    result.command, result.tool_version = command, version
     return result
+
+
+def _write_gsm8k_data(target: BenchTarget, test: InferenceTest, artifacts_dir: Path) -> dict[str, str]:
+    """The simulator's questions as the GSM8K file the planned --data-path names, on the benchmark node."""
+    remote = plan_mod.gsm8k_data_path(target.deployment, test) if test.kind == "gsm8k" else None
+    if not remote or remote == test.data_path:
+        return {}
+    local = artifacts_dir / Path(remote).name
+    local.write_text(arithmetic.gsm8k_jsonl(max(test.num_questions, test.num_shots), test.seed))
+    try:
+        target.put(local, remote)
+    except (OSError, RuntimeError) as exc:
+        raise BenchToolError(f"the gsm8k questions could not be written to {remote} on the benchmark node: {exc}") from None
+    return {"gsm8k_data": str(local)}
 
 
 def last_json_line(text: str, source: str) -> dict[str, Any]:
@@ -83,7 +97,7 @@ def last_json_line(text: str, source: str) -> dict[str, Any]:
         raise BenchToolError(f"the last line of {source} is not JSON ({exc.msg}): {lines[-1][:200]}") from None
 
 
-def parse_bench_serving_line(line: dict[str, Any], *, num_prompts: int) -> BenchResult:
+def parse_bench_serving_line(line: dict[str, Any], *, num_prompts: int, tool: str = "sglang.bench_serving") -> BenchResult:
     """A BenchResult from bench_serving's JSON line: the tool's own aggregates, plus per-request records
     from --output-details (flat or under "details"; a record's latency is ttft + the sum of its ITLs,
     the details carry no latency)."""
@@ -99,7 +113,7 @@ def parse_bench_serving_line(line: dict[str, Any], *, num_prompts: int) -> Bench
     details = line.get("details", line)
     records = _records(details)
     errors = [e for e in details.get("errors") or [] if e]
-    return BenchResult(tool=BENCH_SERVING, metrics=metrics, num_requests=max(num_prompts, len(records)),
+    return BenchResult(tool=tool, metrics=metrics, num_requests=max(num_prompts, len(records)),
                        records=records, totals=totals, errors=errors[:20])
 
 

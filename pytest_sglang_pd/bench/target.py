@@ -16,7 +16,14 @@ class BenchTarget(Protocol):
     deployment: Deployment | None  # None when --router-url points at an existing cluster
     simulated: bool
     worker_urls: dict[str, list[str]]
+    router_version: str | None  # "<package> <version>" (None: not known, e.g. behind --router-url)
+    router_metrics_url: str | None  # the router's Prometheus /metrics (None: not known)
 
     def run_bench_command(self, spec: ProcessSpec, timeout_s: float) -> tuple[int, str]: ...
 
     def fetch(self, remote_path: str, local: Path) -> None: ...
+
+    def put(self, local: Path, remote_path: str) -> None: ...
+
+    def tool_version(self, spec: ProcessSpec) -> str | None:
+        """The sglang package version of the python ``spec`` runs on the benchmark node (None: not installed)."""

@@ -21,8 +21,8 @@ import jsonschema
 import yaml
 
 from .. import metrics, nic
-from .keys import (ARGS, CSV, INT, INT_OR_LIST, LIST_MAP, NODES, NUMBER, OBJECT, PERCENT, RATE, STRING, STRING_MAP,
-                   TEXT, Key, Problem, choice, count, json_path, key, port, read, to_float, to_percent)
+from .keys import (ARGS, CSV, INT, INT_OR_LIST, LIST_MAP, NODES, NUMBER, OBJECT, PERCENT, RATE, RELEASE, STRING,
+                   STRING_MAP, TEXT, Key, Problem, choice, count, json_path, key, port, read, to_float, to_percent)
 from . import keys as keys_mod
 
 PLACEHOLDER = "<changeme>"
@@ -77,14 +77,16 @@ class InferenceTest:
     bench_client: str = key("bench_client", "sglang", choice("sglang", "builtin"),
                             "sglang: SGLang's own bench_serving / few_shot_gsm8k; builtin: the suite's client",
                             default_doc="config.bench_client")
-    num_prompts: int = count("num_prompts", 1000, "bench_serving --num-prompts")
+    num_prompts: int = count("num_prompts", 1000, "bench_serving --num-prompts",
+                             default_doc="1000; generated-shared-prefix: gsp_num_groups x gsp_prompts_per_group")
     num_questions: int = count("num_questions", 200, "few_shot_gsm8k --num-questions")
     num_shots: int = key("num_shots", 5, INT, "few_shot_gsm8k --num-shots", minimum=0)
     data_path: str | None = key("data_path", None, STRING, "few_shot_gsm8k --data-path (a GSM8K jsonl on the bench node)")
     dataset_path: str | None = key("dataset_path", None, STRING, "bench_serving --dataset-path")
     max_concurrency: tuple[int, ...] = key("max_concurrency", (64,), INT_OR_LIST,
                                            "bench_serving --max-concurrency; a list is a sweep, one test each",
-                                           minimum=1, default_doc="the model's max_concurrency")
+                                           minimum=1, default_doc="gsm8k: the model's max_concurrency; bench_serving: "
+                                           "none, every prompt at once (the seed suite's command)")
     request_rate: float = key("request_rate", math.inf, RATE, "bench_serving --request-rate",
                               minimum=0, exclusive_minimum=True, default_doc='"inf"')
     input_length: int = count("input_length", 1024, "bench_serving --random-input-len")
@@ -104,6 +106,7 @@ class InferenceTest:
     allow_failed_requests: int = key("allow_failed_requests", 0, INT, "failed requests the test tolerates",
                                      minimum=0)
     thresholds: tuple[Threshold, ...] = ()
+    unbounded: bool = False  # bench_serving without --max-concurrency: every prompt at once (the seed's meaning)
 
     @property
     def is_sweep(self) -> bool:
@@ -125,6 +128,11 @@ class ModelConfig:
     memory_fraction: float = key("memory_fraction", 0.7, NUMBER, f"{WORKER_ARGV} --mem-fraction-static",
                                  minimum=0, exclusive_minimum=True, maximum=1)
     tokenizer_mode: str = key("tokenizer_mode", "auto", choice("auto", "slow"), f"{WORKER_ARGV} --tokenizer-mode")
+    tokenizer: str | None = key("tokenizer", None, TEXT, "bench_serving --tokenizer: a tokenizer folder on the "
+                                "benchmark node; HF_HUB_OFFLINE=1 for the tools only when it is a local folder",
+                                default_doc="the model path the workers load")
+    dp_attention: int | None = count("dp_attention", None, f"DP attention ranks per worker instance: {WORKER_ARGV} "
+                                     "--attn-dp-size N (0.5.23) or --dp-size N --enable-dp-attention (0.5.7)")
     inference_poll_iterations: int = count(
         "inference_poll_iterations", 16, "",
         ignored="the suite follows each benchmark's own process and bounds it by config.timeouts.benchmark_s "
@@ -195,6 +203,16 @@ class ContainerConfig:
 
 
 @dataclass(frozen=True)
+class RouterSettings:
+    package: str = key("package", "sglang-router", choice("sglang-router", "smg"),
+                       "sglang-router (what images ship: python -m sglang_router.launch_router) or its successor "
+                       "smg (python -m smg launch)")
+    python: str | None = key("python", None, TEXT, "the python that has the router package",
+                             default_doc="the nodes' python")
+    args: tuple[str, ...] = key("args", (), ARGS, "extra router flags (after router_args)")
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     EXTRA_KEYS = (port("proxy_router_serv_port", None, "must equal proxy_router_port (the seed format names "
                                                        "the one router port twice)").metadata["key"],)
@@ -249,6 +267,12 @@ class ClusterConfig:
                             default_doc="builtin with engine sim, else sglang")
     python: str | None = key("python", None, STRING, "the python of every planned process",
                              default_doc="python3 (this interpreter on local clusters)")
+    bench_python: str | None = key("bench_python", None, TEXT, "the python that runs SGLang's bench_serving / "
+                                   "few_shot_gsm8k on the benchmark node", default_doc="the nodes' python")
+    sglang_version: str | None = key("sglang_version", None, RELEASE, "the SGLang release every command is planned "
+                                     "for (bench_serving's module, few_shot_gsm8k's --host form, the DP-attention "
+                                     "flags); a probed release that differs is an error",
+                                     default_doc="probed from the nodes' python or image before the workers start")
     ssh: SSHSettings = key("ssh", section=SSHSettings)
     kv_transfer: KVTransferSettings = key("kv_transfer", section=KVTransferSettings)
     instance_layout: str = key("instance_layout", "per_node", choice("per_node", "multi_node"),
@@ -256,7 +280,8 @@ class ClusterConfig:
                                "group one instance over its nodes")
     gpus_per_node: int = count("gpus_per_node", 8, "tensor_parallelism must fit")
     router_prometheus_port: int = port("router_prometheus_port", 29000, "router --prometheus-port")
-    router_args: tuple[str, ...] = key("router_args", (), ARGS, "appended to the router argv")
+    router_args: tuple[str, ...] = key("router_args", (), ARGS, "appended to the router argv (then router.args)")
+    router: RouterSettings = key("router", section=RouterSettings)
     timeouts: Timeouts = key("timeouts", section=Timeouts)
     sim: SimSettings = key("sim", section=SimSettings)
 
@@ -273,6 +298,14 @@ class ClusterConfig:
     @property
     def simulated(self) -> bool:
         return self.engine == "sim"
+
+    @property
+    def router_package(self) -> str:
+        return self.router.package
+
+    @property
+    def router_python(self) -> str | None:
+        return self.router.python
 
 
 @dataclass(frozen=True)
@@ -487,10 +520,11 @@ def _build(raw: dict, source: str) -> tuple[ClusterConfig, list[Problem]]:
         model, model_problems = _build_model(model_id, m, bench_client)
         models.append(model)
         problems += model_problems
+    values["router_args"] = (*values["router_args"], *values["router"].args)
     cfg = ClusterConfig(**{**values, "source": source, "bench_client": bench_client, "kv_transfer": kv, "ssh": ssh,
                            "benchmark_node": values["benchmark_node"] or values["router_node"],
                            "models": tuple(models)})
-    cfg = dataclasses.replace(cfg, warnings=tuple(ignored_keys(raw) + nic_warnings(cfg)))
+    cfg = dataclasses.replace(cfg, warnings=tuple(ignored_keys(raw) + nic_warnings(cfg) + capacity_warnings(cfg)))
     if serv_port is not None and serv_port != cfg.router_port:
         problems.append(Problem("$.config.proxy_router_serv_port",
                                 f"{serv_port} differs from proxy_router_port {cfg.router_port}: "
@@ -552,6 +586,10 @@ def _build_model(model_id: str, m: Mapping, bench_client: str) -> tuple[ModelCon
             problems.append(Problem(tpath, problem))
         tv = read(InferenceTest, t, tpath, problems,
                   defaults={"max_concurrency": (values["max_concurrency"],), "bench_client": bench_client})
+        if t.get("num_prompts") is None and dataset == "generated-shared-prefix":  # every group's prompts
+            tv["num_prompts"] = tv["gsp_num_groups"] * tv["gsp_prompts_per_group"]
+        if kind == "bench_serving" and t.get("max_concurrency") is None:  # the seed suite: every prompt at once
+            tv.update(unbounded=True, max_concurrency=(tv["num_prompts"],))
         for extra in ("type", "data_set_name"):
             tv.pop(extra)
         thresholds, tproblems = _thresholds(tv.pop("expected_results") or {}, values["dtype"],
@@ -631,6 +669,8 @@ def cross_field_problems(cfg: ClusterConfig) -> list[Problem]:
         nic.profile(cfg.nic_type)
     except KeyError:
         problems.append(Problem(f"{c}.nic_type", f"unknown NIC type {cfg.nic_type!r}; known: {', '.join(nic.known_types())}"))
+    if cfg.router_package == "smg" and "--mini-lb" in cfg.router_args:
+        problems.append(Problem(f"{c}.router_args", "smg has no --mini-lb (sglang-router 0.3.2 had it)"))
     if cfg.runtime == "docker" and not cfg.container_image:
         problems.append(Problem(f"{c}.container_image", "runtime docker needs a container image"))
     if cfg.kv_transfer.backend == "tcp" and not cfg.simulated:
@@ -658,3 +698,24 @@ def cross_field_problems(cfg: ClusterConfig) -> list[Problem]:
             if len(set(t.max_concurrency)) != len(t.max_concurrency):
                 problems.append(Problem(f"{tpath}.max_concurrency", "lists a value twice"))
     return problems
+
+
+def capacity_warnings(cfg: ClusterConfig) -> list[Problem]:
+    """Limits that no cluster can meet at the test's concurrency (Little's law): an output throughput limit above
+    concurrency x 1000 / the mean TPOT limit (each stream makes at most 1000 / TPOT tokens per second)."""
+    warnings = []
+    for m in cfg.models:
+        for t in m.tests:
+            limits = {th.canonical: th.value for th in t.thresholds}
+            tput, tpot = limits.get("output_throughput"), limits.get("mean_tpot_ms")
+            if not tput or not tpot:
+                continue
+            for conc in t.max_concurrency:
+                ceiling = conc * 1000.0 / tpot
+                if tput > ceiling:
+                    path = json_path(json_path(json_path("$.benchmark_params", m.id), "inference_tests"), t.name)
+                    warnings.append(Problem(f"{path}.expected_results", (
+                        f"output throughput limit {tput:g} tok/s cannot be met at concurrency {conc}: with the mean "
+                        f"TPOT limit {tpot:g} ms it needs about {tput * tpot / 1000:g} requests in flight, and "
+                        f"{conc} streams make at most {ceiling:g} tok/s (Little's law)")))
+    return warnings

@@ -84,6 +84,8 @@ LIST_MAP = Kind("object of string lists",
                 {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}},
                 lambda v: {k: tuple(x) for k, x in v.items()})
 OBJECT = Kind("object", {"type": "object"}, dict)
+RELEASE = Kind("release", {"type": "string", "pattern": r"^v?[0-9]+[.][0-9]+"}, str,
+               'an SGLang release such as "0.5.23"')
 
 
 def choice(*values: str) -> Kind:

@@ -98,7 +98,7 @@ class RunReport:
         """Keep a case's measurement and verdicts for the report hooks; each metric and verdict becomes a JUnit property."""
         item.stash[measured_key] = Measured(result, gate)
         if result is not None:
-            item.user_properties.append(("tool", result.tool))
+            item.user_properties.append(("tool", html.tool_line(result)))
             for name, value in sorted(result.metrics.items()):
                 item.user_properties.append((name, f"{value:.6g}"))
         for v in gate.verdicts if gate else ():
@@ -195,6 +195,7 @@ class RunReport:
                 "router_node": cfg.router_node if cfg else None,
                 "benchmark_node": cfg.benchmark_node if cfg else None,
                 "router_url": router_url,
+                "router": next((c.router for c in self.clusters.values() if c.router), None),
                 "startup_seconds": startup,
                 "worker_versions": worker_versions,
             },

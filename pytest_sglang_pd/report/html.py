@@ -99,6 +99,13 @@ def links(files: Mapping[str, str | Path], base_dir: Path) -> str:
     return " · ".join(items)
 
 
+def tool_line(result: BenchResult) -> str:
+    """``sglang.benchmark.serving (sglang 0.5.23) through router smg 1.13.0``: what measured a test, and the router."""
+    package = "pytest-sglang-pd" if result.tool == "builtin" else "sglang"
+    through = f" through router {result.router}" if result.router else ""
+    return f"{result.tool} ({package} {result.tool_version or 'version unknown'}){through}"
+
+
 def case_html(result: BenchResult | None, gate: GateResult | None, *, message: str | None,
               log_files: Mapping[str, Path], base_dir: Path, simulated: bool) -> str:
     """A test's extra: verdicts, measured metrics, TTFT/TPOT histograms, the command, errors and links."""
@@ -115,6 +122,7 @@ def case_html(result: BenchResult | None, gate: GateResult | None, *, message: s
         if ttft or tpot:
             row += [charts.histogram(ttft, "TTFT distribution"), charts.histogram(tpot, "TPOT distribution")]
         parts.append('<div class="charts">' + "".join(row) + "</div>")
+        parts.append(f"<p><b>measured by</b> {escape(tool_line(result))}</p>")
         parts.append(f"<p><b>command</b></p><pre>{escape(result.command)}</pre>")
         if result.errors:
             parts.append(f"<p><b>errors</b></p><pre>{escape(chr(10).join(result.errors))}</pre>")
@@ -137,7 +145,8 @@ def summary_html(run: Mapping[str, Any], tests: list[Mapping[str, Any]], *, log_
         ("config", c.get("config")), ("engine", c.get("engine")), ("runtime", c.get("runtime")),
         ("transport", c.get("transport")), ("image", c.get("image")), ("KV transfer", c.get("kv_transfer")),
         ("prefill nodes", ", ".join(c.get("prefill_nodes", []))), ("decode nodes", ", ".join(c.get("decode_nodes", []))),
-        ("router", c.get("router_url") or c.get("router_node")), ("benchmark node", c.get("benchmark_node")),
+        ("router", " ".join(filter(None, (c.get("router_url") or c.get("router_node"), c.get("router") and f"({c['router']})")))),
+        ("benchmark node", c.get("benchmark_node")),
         ("startup", ", ".join(f"{k} {v:.1f} s" for k, v in c.get("startup_seconds", {}).items())),
         ("run id", run["run_id"]),
         ("tolerance", "per test" if run["tolerance_pct"] is None else f"{run['tolerance_pct']:g}% (--perf-tolerance)"),

@@ -26,12 +26,13 @@ def case_entry(*, case_id: str, nodeid: str, model: str, test: str, kind: str, d
         "id": case_id, "nodeid": nodeid, "model": model, "test": test, "kind": kind, "dataset": dataset,
         "concurrency": concurrency, "bench_client": bench_client, "outcome": outcome,
         "duration_s": round(duration_s, 3), "message": message,
-        "tool": None, "command": None, "num_requests": None, "failed_requests": None,
-        "metrics": {}, "totals": {}, "verdicts": [], "errors": [], "artifacts": {},
+        "tool": None, "tool_version": None, "router": None, "command": None, "num_requests": None, "failed_requests": None,
+        "metrics": {}, "totals": {}, "workers": {}, "verdicts": [], "errors": [], "artifacts": {},
     }
     if result is not None:
-        entry.update(tool=result.tool, command=result.command, num_requests=result.num_requests,
-                     failed_requests=result.failed, metrics=_finite(result.metrics), totals=_finite(result.totals),
+        entry.update(tool=result.tool, tool_version=result.tool_version, router=result.router, command=result.command,
+                     num_requests=result.num_requests, failed_requests=result.failed, metrics=_finite(result.metrics), totals=_finite(result.totals),
+                     workers={url: dict(w) for url, w in result.workers.items()},
                      errors=list(result.errors), artifacts=dict(result.artifacts))
     if gate is not None:
         entry["verdicts"] = [asdict(v) for v in gate.verdicts]

@@ -100,7 +100,7 @@ class API:
         gauges = {"num_running_reqs": s.num_running, "num_queue_reqs": s.num_queued,
                   "cache_hit_rate": s.cache_hit_rate, "gen_throughput": self.worker.gen_throughput(),
                   "token_usage": s.reserved / s.capacity_tokens if s.capacity_tokens else 0.0}
-        return web.Response(text=self.worker.metrics.render(gauges), content_type="text/plain")
+        return web.Response(text=self.worker.metrics.render({**gauges, **self.worker.queue_reqs}), content_type="text/plain")
 
     async def _get_faults(self, _: web.Request) -> web.Response:
         return web.json_response(self.worker.faults.as_dict())

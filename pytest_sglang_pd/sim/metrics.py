@@ -1,86 +1,105 @@
-"""The simulated worker's Prometheus metrics: SGLang's ``sglang:`` names, rendered as text format."""
+"""The simulated worker's Prometheus metrics: SGLang 0.5.23's names, types, labels and buckets, produced with
+``prometheus_client`` as SGLang does (``sglang/srt/observability/metrics_collector.py``).
+
+Scheduler metrics carry ``model_name, engine_type, tp_rank, pp_rank, moe_ep_rank`` (one simulated process is the
+first attention-TP rank of its instance, the one that exports); tokenizer metrics ``model_name, engine_type``.
+As in SGLang the KV transfer latency, size and speed histograms are observed on the prefill side only; the sim
+observes ``kv_transfer_bootstrap_ms`` on prefill (its wait for the decode's KV destination) and
+``kv_transfer_alloc_ms`` on decode (its wait for KV room), where it can tell them apart.
+"""
 
 from __future__ import annotations
 
-import bisect
-from dataclasses import dataclass, field
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-# SGLang's default buckets (python/sglang/srt/metrics/collector.py)
+# SGLang's buckets
 TTFT_BUCKETS = (0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 20.0, 40.0, 60.0, 80.0, 120.0, 160.0)
 ITL_BUCKETS = (0.002, 0.004, 0.006, 0.008, 0.010, 0.015, 0.020, 0.025, 0.030, 0.035, 0.040, 0.060, 0.080,
                0.100, 0.200, 0.400, 0.600, 0.800, 1.0, 2.0, 4.0, 6.0, 8.0)
-
-
-@dataclass
-class Histogram:
-    buckets: tuple[float, ...]
-    counts: list[int] = field(default_factory=list)
-    total: float = 0.0
-    count: int = 0
-
-    def __post_init__(self) -> None:
-        self.counts = [0] * len(self.buckets)
-
-    def observe(self, value: float) -> None:
-        index = bisect.bisect_left(self.buckets, value)
-        if index < len(self.counts):
-            self.counts[index] += 1
-        self.total += value
-        self.count += 1
-
-
-def _labels(labels: dict[str, str]) -> str:
-    return "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+LATENCY_MS_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+SPEED_GB_S_BUCKETS = (0.1, 0.5, 1, 5, 10, 25, 50, 100, 200, 400)
+TOTAL_MB_BUCKETS = (1, 5, 10, 50, 100, 500, 1000, 5000, 10000)
+PHASE_MS_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
+ENGINE_TYPE = {"prefill": "prefill", "decode": "decode", "null": "unified"}
+# gauges of the PD queues each role has
+QUEUES = {"prefill": ("num_prefill_bootstrap_queue_reqs", "num_prefill_inflight_queue_reqs"),
+          "decode": ("num_decode_prealloc_queue_reqs", "num_decode_transfer_queue_reqs")}
+MB = 1024 * 1024
 
 
 class WorkerMetrics:
-    """Counters and histograms of one worker; gauges are passed in at render time."""
+    """One worker's collectors in a registry of its own; ``render`` is its /metrics text."""
 
     def __init__(self, role: str, model_name: str, engine: str) -> None:
-        self.labels = {"model_name": model_name, "role": role}
-        self.engine = engine
-        self.prompt_tokens = 0
-        self.generation_tokens = 0
-        self.kv_handoffs = 0
-        self.kv_bytes = 0
-        self.kv_failures = 0
-        self.kv_seconds = 0.0
-        self.ttft = Histogram(TTFT_BUCKETS)
-        self.itl = Histogram(ITL_BUCKETS)
+        self.role, self.engine = role, engine
+        self.registry = CollectorRegistry()
+        self.generation_tokens = 0  # also read for the gen_throughput gauge
+        tokenizer = {"model_name": model_name, "engine_type": ENGINE_TYPE.get(role, role)}
+        self.labels = {**tokenizer, "tp_rank": "0", "pp_rank": "0", "moe_ep_rank": "0"}
+        r, sched, tok = self.registry, list(self.labels), list(tokenizer)
 
-    def record_transfer(self, nbytes: int, seconds: float) -> None:
-        self.kv_handoffs += 1
-        self.kv_bytes += nbytes
-        self.kv_seconds += seconds
+        self._prompt = Counter("sglang:prompt_tokens", "Number of prefill tokens processed.", tok, registry=r).labels(**tokenizer)
+        self._generated = Counter("sglang:generation_tokens", "Number of generation tokens processed.", tok,
+                                  registry=r).labels(**tokenizer)
+        self._cached = Counter("sglang:cached_tokens", "Number of cached prompt tokens by source (device/host/storage).",
+                               [*tok, "cache_source"], registry=r).labels(**tokenizer, cache_source="device")
+        self._requests = Counter("sglang:num_requests", "Number of requests processed.", tok, registry=r).labels(**tokenizer)
+        self.ttft = Histogram("sglang:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
+                              tok, buckets=TTFT_BUCKETS, registry=r).labels(**tokenizer)
+        self.itl = Histogram("sglang:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
+                             tok, buckets=ITL_BUCKETS, registry=r).labels(**tokenizer)
+
+        def histogram(name: str, doc: str, buckets: tuple) -> Histogram:
+            return Histogram(f"sglang:{name}", doc, sched, buckets=buckets, registry=r)
+
+        self._latency = histogram("kv_transfer_latency_ms", "Histogram of KV cache transfer latency in ms.", LATENCY_MS_BUCKETS)
+        self._speed = histogram("kv_transfer_speed_gb_s", "Histogram of KV cache transfer speed in GB/s.", SPEED_GB_S_BUCKETS)
+        self._total = histogram("kv_transfer_total_mb", "Histogram of KV cache transfer size in MB.", TOTAL_MB_BUCKETS)
+        self._bootstrap = histogram("kv_transfer_bootstrap_ms", "Histogram of KV transfer bootstrap time in ms.", PHASE_MS_BUCKETS)
+        self._alloc = histogram("kv_transfer_alloc_ms", "Histogram of KV transfer allocation waiting time in ms.",
+                                PHASE_MS_BUCKETS)
+        self._transfer_failed = Counter("sglang:num_transfer_failed_reqs", "The number of transfer failed requests.",
+                                        sched, registry=r).labels(**self.labels)
+        self._bootstrap_failed = Counter("sglang:num_bootstrap_failed_reqs", "The number of bootstrap failed requests.",
+                                         sched, registry=r).labels(**self.labels)
+        self._gauges = {name: Gauge(f"sglang:{name}", name.replace("_", " "), sched, registry=r)
+                        for name in (*QUEUES.get(role, ()), "num_running_reqs", "num_queue_reqs", "cache_hit_rate",
+                                     "gen_throughput", "token_usage")}
+
+    def request(self, prompt_tokens: int) -> None:
+        self._requests.inc()
+        self._prompt.inc(prompt_tokens)
+
+    def cached(self, tokens: int) -> None:
+        self._cached.inc(tokens)
+
+    def generated(self, tokens: int) -> None:
+        self.generation_tokens += tokens
+        self._generated.inc(tokens)
+
+    def transfer(self, nbytes: int, seconds: float) -> None:
+        """A KV write of the prefill side (decode's receipt is no observation, as in SGLang)."""
+        if self.role != "prefill":
+            return
+        self._latency.labels(**self.labels).observe(seconds * 1000)
+        self._total.labels(**self.labels).observe(nbytes / MB)
+        if seconds > 0:
+            self._speed.labels(**self.labels).observe(nbytes / MB / 1024 / seconds)
+
+    def bootstrap_wait(self, seconds: float) -> None:
+        self._bootstrap.labels(**self.labels).observe(seconds * 1000)
+
+    def alloc_wait(self, seconds: float) -> None:
+        self._alloc.labels(**self.labels).observe(seconds * 1000)
+
+    def transfer_failed(self) -> None:
+        self._transfer_failed.inc()
+
+    def bootstrap_failed(self) -> None:
+        self._bootstrap_failed.inc()
 
     def render(self, gauges: dict[str, float]) -> str:
-        base = _labels(self.labels)
-        kv = _labels({**self.labels, "engine": self.engine})
-        lines: list[str] = []
-
-        def sample(name: str, kind: str, help_text: str, value: float, labels: str = base) -> None:
-            lines.extend([f"# HELP sglang:{name} {help_text}", f"# TYPE sglang:{name} {kind}",
-                          f"sglang:{name}{labels} {value}"])
-
         for name, value in gauges.items():
-            sample(name, "gauge", name.replace("_", " "), value)
-        sample("prompt_tokens_total", "counter", "Number of prefill tokens processed.", self.prompt_tokens)
-        sample("generation_tokens_total", "counter", "Number of generation tokens processed.", self.generation_tokens)
-        sample("kv_transfer_handoffs_total", "counter",
-               "KV payloads written (prefill) or received and checksum-verified (decode).", self.kv_handoffs, kv)
-        sample("kv_transfer_bytes_total", "counter", "Bytes moved by the KV transfer engine.", self.kv_bytes, kv)
-        sample("kv_transfer_failures_total", "counter", "Failed KV transfers.", self.kv_failures, kv)
-        sample("kv_transfer_seconds_total", "counter", "Seconds spent in KV transfer writes.", self.kv_seconds, kv)
-        for name, help_text, histogram in (
-            ("time_to_first_token_seconds", "Histogram of time to first token in seconds.", self.ttft),
-            ("inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", self.itl),
-        ):
-            lines += [f"# HELP sglang:{name} {help_text}", f"# TYPE sglang:{name} histogram"]
-            cumulative = 0
-            for bound, count in zip(histogram.buckets, histogram.counts, strict=True):
-                cumulative += count
-                lines.append(f"sglang:{name}_bucket{_labels({**self.labels, 'le': str(bound)})} {cumulative}")
-            lines.append(f"sglang:{name}_bucket{_labels({**self.labels, 'le': '+Inf'})} {histogram.count}")
-            lines.append(f"sglang:{name}_sum{base} {histogram.total}")
-            lines.append(f"sglang:{name}_count{base} {histogram.count}")
-        return "\n".join(lines) + "\n"
+            if name in self._gauges:
+                self._gauges[name].labels(**self.labels).set(value)
+        return generate_latest(self.registry).decode()

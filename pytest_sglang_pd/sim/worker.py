@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 from pytest_sglang_pd.kv_transfer import KVTransferError, TransferEngine, open_engine
 from pytest_sglang_pd.sim import pd
@@ -55,6 +57,7 @@ class SimWorker:
         self.engine: TransferEngine | None = None
         self.metrics = WorkerMetrics(self.role, self.served_model_name, "none")
         self.rooms = pd.RoomTable()
+        self.queue_reqs: collections.Counter[str] = collections.Counter()
         self.bootstrap: pd.BootstrapServer | None = None
         self.handoff: pd.DecodeHandoff | None = None
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kv-write")
@@ -115,6 +118,15 @@ class SimWorker:
             self._throughput_mark = (now, tokens)
         return (tokens - before) / (now - then) if now > then else 0.0
 
+    @contextmanager
+    def _queued(self, queue: str) -> Iterator[None]:
+        """A request in one of the PD queues SGLang exports as gauges (sglang:<queue>), while the block runs."""
+        self.queue_reqs[queue] += 1
+        try:
+            yield
+        finally:
+            self.queue_reqs[queue] -= 1
+
     async def set_fault(self, spec: str) -> dict:
         """Apply a ``--sim-fault`` spec at run time (ValueError for a bad one); the faults now in force."""
         self.faults.apply(spec)
@@ -126,7 +138,7 @@ class SimWorker:
         return self.faults.as_dict()
 
     def _on_tokens(self, seq: Sequence, count: int) -> None:
-        self.metrics.generation_tokens += count
+        self.metrics.generated(count)
         times = seq.token_times
         if len(times) == 1:
             self.metrics.ttft.observe(times[0] - seq.arrival)
@@ -173,7 +185,7 @@ class SimWorker:
         reserve = len(inp.ids) + (1 if self.role == "prefill" else inp.max_new_tokens)
         seq = Sequence(inp.rid, inp.ids, plan.num_tokens, reserve)
         progress = Progress(0, plan, len(inp.ids), 0, time.monotonic())
-        self.metrics.prompt_tokens += len(inp.ids)
+        self.metrics.request(len(inp.ids))
         try:
             if self.role == "prefill":
                 await self._prefill_and_send(inp, seq, progress)
@@ -185,6 +197,7 @@ class SimWorker:
             else:
                 await self.scheduler.prefill(seq)
                 progress.cached_tokens = seq.cached_tokens
+                self.metrics.cached(seq.cached_tokens)
             while True:
                 await seq.progress.wait()
                 seq.progress.clear()
@@ -211,21 +224,27 @@ class SimWorker:
         room = self.rooms.get(inp.room)
         try:
             try:
-                destination = await asyncio.wait_for(asyncio.shield(room.destination), pd.bootstrap_timeout())
+                with self._queued("num_prefill_bootstrap_queue_reqs"):
+                    waited = time.monotonic()
+                    destination = await asyncio.wait_for(asyncio.shield(room.destination), pd.bootstrap_timeout())
+                    self.metrics.bootstrap_wait(time.monotonic() - waited)
             except TimeoutError:
+                self.metrics.bootstrap_failed()
                 raise Aborted(f"prefill: no decode registered a KV destination for room {inp.room} within "
                               f"{pd.bootstrap_timeout():.0f} s (KVPoll.Bootstrapping)") from None
             await self.scheduler.prefill(seq)
             progress.cached_tokens = seq.cached_tokens
+            self.metrics.cached(seq.cached_tokens)
             blob = pd.build_payload(inp.room, len(inp.ids), seq.cached_tokens, progress.plan.ids[0],
                                     self.args.sim_kv_payload_bytes_per_token)
             modelled = self.perf.transfer_seconds(len(inp.ids)) * self.faults.slow / self.args.sim_speedup
             started = time.monotonic()
             try:
-                result = await pd.write_room(self.engine, destination, blob, executor=self.executor,
-                                             refuse=self.faults.fails_transfer(inp.room, self.args.sim_seed))
+                with self._queued("num_prefill_inflight_queue_reqs"):
+                    result = await pd.write_room(self.engine, destination, blob, executor=self.executor,
+                                                 refuse=self.faults.fails_transfer(inp.room, self.args.sim_seed))
             except KVTransferError as error:
-                self.metrics.kv_failures += 1
+                self.metrics.transfer_failed()
                 reason = f"prefill: KV transfer of room {inp.room} failed: {error}"
                 if not room.outcome.done():
                     room.outcome.set_result({"status": "failed", "reason": reason})
@@ -233,7 +252,7 @@ class SimWorker:
             remaining = modelled - (time.monotonic() - started)
             if remaining > 0:
                 await asyncio.sleep(remaining)
-            self.metrics.record_transfer(result.bytes, result.seconds)
+            self.metrics.transfer(result.bytes, time.monotonic() - started)
             if not room.outcome.done():
                 room.outcome.set_result({"status": "success", "bytes": result.bytes, "seconds": result.seconds,
                                          "engine": result.engine})
@@ -246,14 +265,17 @@ class SimWorker:
             raise Aborted("decode: the request has no bootstrap_host/bootstrap_room; a decode worker serves requests "
                           "from the PD router (sglang_router --pd-disaggregation)", 400)
         port = inp.bootstrap_port or self.args.disaggregation_bootstrap_port
-        await self.scheduler.reserve(seq)
+        with self._queued("num_decode_prealloc_queue_reqs"):
+            waited = time.monotonic()
+            await self.scheduler.reserve(seq)
+            self.metrics.alloc_wait(time.monotonic() - waited)
         try:
-            header, nbytes, seconds = await self.handoff.receive(
-                inp.bootstrap_host, port, inp.room, len(inp.ids), self.args.sim_kv_payload_bytes_per_token)
+            with self._queued("num_decode_transfer_queue_reqs"):
+                header, _, _ = await self.handoff.receive(
+                    inp.bootstrap_host, port, inp.room, len(inp.ids), self.args.sim_kv_payload_bytes_per_token)
         except pd.HandoffError as error:
-            self.metrics.kv_failures += 1
+            self.metrics.transfer_failed()
             raise Aborted(str(error)) from None
-        self.metrics.record_transfer(nbytes, seconds)
         progress.cached_tokens = header.cached_tokens
         self.scheduler.start_decode(seq, time.monotonic())
 

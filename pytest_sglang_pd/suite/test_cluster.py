@@ -37,19 +37,19 @@ def test_router_ready_with_every_worker(pd_cluster, cluster_config):
 
 
 def test_kv_handoff(pd_cluster):
-    """A request through the router crosses prefill -> decode: both sides count one more handoff."""
-    if pd_cluster.deployment is None or not pd_cluster.simulated:
+    """A request through the router crosses prefill -> decode: the prefill counts one more KV transfer
+    (sglang:kv_transfer_latency_ms, where the workers export SGLang's PD metrics)."""
+    before = handoffs(pd_cluster.worker_urls)
+    if before is None:
         r = requests.post(f"{pd_cluster.router_url}/generate", timeout=600,
                           json={"text": "Hello", "sampling_params": {"max_new_tokens": 4}})
         assert r.status_code == 200 and r.json()["meta_info"]["finish_reason"]["type"] != "abort", r.text[:500]
         return
-    before = handoffs(pd_cluster.worker_urls)
     r = requests.post(f"{pd_cluster.router_url}/generate", timeout=120,
                       json={"text": "Hello there", "sampling_params": {"max_new_tokens": 4}})
     assert r.status_code == 200, r.text[:500]
     assert r.json()["meta_info"]["finish_reason"]["type"] != "abort", r.text[:500]
-    after = handoffs(pd_cluster.worker_urls)
-    assert after["prefill"] - before["prefill"] == 1 and after["decode"] - before["decode"] == 1, (before, after)
+    assert handoffs(pd_cluster.worker_urls) - before == 1
 
 
 def test_rdma_devices_present(request, cluster_config, suite_run, model_under_test):

@@ -7,6 +7,7 @@ steps and result: the builtin benchmark client asks them, the simulated model an
 
 from __future__ import annotations
 
+import json
 import random
 import re
 
@@ -83,3 +84,13 @@ def solve(question: str) -> tuple[list[str], int] | None:
             steps.append(f"{value} * {times} = {value * int(times)}.")
             value *= int(times)
     return steps, value
+
+
+def gsm8k_jsonl(n: int, seed: int) -> str:
+    """``n`` of ``make_questions``' problems as a GSM8K test file: one ``{"question", "answer"}`` JSON line each,
+    the answer its worked steps ending in ``#### N`` (what few_shot_gsm8k's --data-path reads)."""
+    lines = []
+    for question, value in make_questions(n, seed):
+        steps, _ = solve(question)
+        lines.append(json.dumps({"question": question, "answer": " ".join(steps) + f"\n#### {value}"}))
+    return "\n".join(lines) + "\n"
