@@ -16,6 +16,7 @@ import pytest
 
 from . import config as config_mod
 from . import plan as plan_mod
+from .gating import BASELINE_TOLERANCE_PCT
 from .session import SuiteRun, suite_run_key
 
 if TYPE_CHECKING:
@@ -29,9 +30,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--keep-cluster", action="store_true", help="leave the cluster running after the run")
     group.addoption("--router-url", metavar="URL", help="run against an already running cluster's router; start nothing")
     group.addoption("--results-dir", metavar="DIR", help="where each run's folder goes (default: reports/)")
-    group.addoption("--perf-tolerance", metavar="PCT", type=_percent_arg,
+    group.addoption("--perf-tolerance", metavar="PCT", type=_percent("--perf-tolerance"),
                     help="tolerance in percent applied to every threshold (default: per test, else 0)")
     group.addoption("--baseline", metavar="RESULTS_JSON", help="fail on a regression beyond tolerance against an earlier results.json")
+    group.addoption("--baseline-tolerance", metavar="PCT", type=_percent("--baseline-tolerance"),
+                    help=f"how much worse than the baseline a metric may be, in percent "
+                         f"(default {BASELINE_TOLERANCE_PCT:g}; --perf-tolerance is for the absolute limits)")
     group.addoption("--run-id", metavar="ID", help="the run id (default: a timestamp and a random suffix)")
     parser.addini("cluster_config", "default cluster config when --cluster-config is not given")
 
@@ -48,14 +52,18 @@ def _config_path(config: pytest.Config) -> str | None:
     return str(beside) if beside.exists() else ini
 
 
-def _percent_arg(value: str) -> float:
-    try:
-        pct = float(value.strip().rstrip("%"))
-    except ValueError:
-        raise pytest.UsageError(f"--perf-tolerance expects a percentage such as 10 or 10%, got {value!r}") from None
-    if pct < 0:
-        raise pytest.UsageError(f"--perf-tolerance must not be negative, got {value!r}")
-    return pct
+def _percent(option: str):
+    """An argparse type for ``option``: a non-negative percentage, ``10`` or ``10%``."""
+    def parse(value: str) -> float:
+        try:
+            pct = float(value.strip().rstrip("%"))
+        except ValueError:
+            raise pytest.UsageError(f"{option} expects a percentage such as 10 or 10%, got {value!r}") from None
+        if pct < 0:
+            raise pytest.UsageError(f"{option} must not be negative, got {value!r}")
+        return pct
+
+    return parse
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-html's, so the report's default path applies
@@ -78,7 +86,8 @@ def pytest_configure(config: pytest.Config) -> None:
             "or bring the cluster up once (sglang-pd up CONFIG) and run the workers against it with --router-url")
     run = SuiteRun(cluster_config=cluster_config, results_root=Path(results), run_id=run_id,
                    keep_cluster=config.getoption("keep_cluster"), router_url=router_url,
-                   perf_tolerance_pct=config.getoption("perf_tolerance"), baseline=_baseline(config.getoption("baseline")))
+                   perf_tolerance_pct=config.getoption("perf_tolerance"), baseline=_baseline(config.getoption("baseline")),
+                   baseline_tolerance_pct=_or(config.getoption("baseline_tolerance"), BASELINE_TOLERANCE_PCT))
     config.stash[suite_run_key] = run
     config.pluginmanager.register(run, "sglang_pd_run")
     from . import report
@@ -94,6 +103,10 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_configure_node(node) -> None:
     """xdist controller: every worker uses the controller's run id (one run folder)."""
     node.workerinput["sglang_pd_run_id"] = node.config.stash[suite_run_key].run_id
+
+
+def _or(value, default):
+    return default if value is None else value
 
 
 def _baseline(path: str | None) -> Baseline | None:

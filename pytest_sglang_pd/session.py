@@ -33,6 +33,7 @@ class SuiteRun:
     router_url: str | None
     perf_tolerance_pct: float | None
     baseline: Baseline | None
+    baseline_tolerance_pct: float
     clusters: list[LiveCluster] = field(default_factory=list)  # brought up in this run
 
     @property

@@ -112,6 +112,12 @@ def test_a_run_writes_report_html_results_json_and_junit_properties(pytester: py
     assert "llama-8b-bench_serv_random-c4: 1 of 6 checks failed" in out
     assert "> 0.01 (expected 0.01, tolerance 0%)" in out  # e.g. "mean_tpot_ms 0.52 > 0.01 (...)"
     assert "llama-8b-bench_serv_random-c4: 24/24 requests" in out  # live progress
+    # the closing table: every gated metric against its limit, then what did not pass, then the files
+    assert "sglang-pd: measured against the limits" in out
+    row = next(line.split() for line in run.outlines if line.split()[:2] == ["bench_serv_random-c4", "mean_tpot_ms"])
+    assert row[-4:-1] == ["0.01", "ms", row[-2]] and row[-1] == "FAIL" and row[-2].startswith("-")
+    assert "not passed: llama-8b-bench_serv_random-c4 FAILED: mean_tpot_ms" in out
+    assert "  report.html: " in out and "  results.json: " in out
 
     run_dir = pytester.path / "reports" / "run-one"
     data = json.loads((run_dir / "results.json").read_text())
@@ -155,7 +161,7 @@ def test_a_baseline_regression_fails_a_run_whose_thresholds_pass(pytester: pytes
     second = _run(pytester, slow, "after", "-k", "gsm8k", f"--baseline={baseline}")
     second.assert_outcomes(failed=1)
     out = second.stdout.str()
-    assert "tokens_per_sec" in out and "(baseline " in out and "in run before, tolerance 0%)" in out
+    assert "tokens_per_sec" in out and "(baseline " in out and "in run before, -" in out and "tolerance 15%)" in out
     data = json.loads((pytester.path / "reports" / "after" / "results.json").read_text())
     jsonschema.validate(data, json.loads(results.SCHEMA_PATH.read_text()))
     assert data["baseline"] == str(baseline)

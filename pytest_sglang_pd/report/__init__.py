@@ -22,7 +22,7 @@ from ..bench.result import BenchResult
 from ..config import ClusterConfig, InferenceCase
 from ..facts import ClusterFacts
 from ..failures import first_error_first
-from . import html, results
+from . import html, results, terminal
 
 REDACT_PATTERNS = (r"(?i).*(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY|ACCESS_KEY|CREDENTIAL).*",)
 VERSION_PACKAGES = ("pytest", "pytest-html", "sglang-router", "aiohttp", "mooncake-transfer-engine-non-cuda")
@@ -53,6 +53,7 @@ class RunInfo(Protocol):
     router_url: str | None
     perf_tolerance_pct: float | None
     baseline: gating.Baseline | None
+    baseline_tolerance_pct: float
 
 
 def _case_of(item: pytest.Item) -> InferenceCase | None:
@@ -145,6 +146,28 @@ class RunReport:
         if self.entries:
             self.write()
 
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        """The closing table: every gated metric of every test against its limit, warnings, the run's files."""
+        tests = list(self.entries.values())
+        if not tests or self.config.option.verbose < -1:
+            return
+        tw = terminalreporter
+        tw.write_sep("=", "sglang-pd: measured against the limits")
+        for line, failed in terminal.table(tests):
+            tw.write_line(line, red=failed, bold=failed)
+        tol = self.run.baseline_tolerance_pct
+        for line in terminal.warnings(tests, tol):
+            tw.write_line(f"WARNING {line}", yellow=True)
+        for line in terminal.failing(tests):
+            tw.write_line(f"not passed: {line}", red=True)
+        if self.run.baseline:
+            tw.write_line(f"baseline: run {self.run.baseline.run_id} ({self.run.baseline.source}), tolerance {tol:g}%")
+        tw.write_line(f"run folder: {_shown(self.run.run_dir)}")
+        for path in (Path(self.config.option.htmlpath) if self.html_enabled else None, self.results_path,
+                     Path(self.config.option.xmlpath) if self.config.option.xmlpath else None):
+            if path is not None and path.is_file():
+                tw.write_line(f"  {path.name}: {_shown(path)}")
+
     # ------------------------------------------------------------------ data
     @property
     def simulated(self) -> bool:
@@ -200,12 +223,21 @@ class RunReport:
             "versions": versions(),
             "tolerance_pct": self.run.perf_tolerance_pct,
             "baseline": self.run.baseline.source if self.run.baseline else None,
+            "baseline_tolerance_pct": self.run.baseline_tolerance_pct if self.run.baseline else None,
             "summary": summary,
             "tests": tests,
         }
 
     def write(self) -> None:
         results.write_atomic(self.results_path, self.data())
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the working directory when it lies below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def versions() -> dict[str, str]:

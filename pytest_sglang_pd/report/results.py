@@ -27,7 +27,7 @@ def case_entry(*, case_id: str, nodeid: str, model: str, test: str, kind: str, d
         "concurrency": concurrency, "bench_client": bench_client, "outcome": outcome,
         "duration_s": round(duration_s, 3), "message": message,
         "tool": None, "command": None, "num_requests": None, "failed_requests": None,
-        "metrics": {}, "totals": {}, "verdicts": [], "errors": [], "artifacts": {},
+        "metrics": {}, "totals": {}, "verdicts": [], "baseline_changes": [], "errors": [], "artifacts": {},
     }
     if result is not None:
         entry.update(tool=result.tool, command=result.command, num_requests=result.num_requests,
@@ -35,6 +35,7 @@ def case_entry(*, case_id: str, nodeid: str, model: str, test: str, kind: str, d
                      errors=list(result.errors), artifacts=dict(result.artifacts))
     if gate is not None:
         entry["verdicts"] = [asdict(v) for v in gate.verdicts]
+        entry["baseline_changes"] = [asdict(c) for c in gate.changes]
     return entry
 
 

@@ -1,0 +1,84 @@
+"""The closing table in the terminal: per model and test, each gated metric against its limit, then the run's files."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+from . import fmt
+
+HEADER = ("test", "metric", "value", "limit", "margin", "verdict", "vs baseline")
+
+
+def margin_pct(v: Mapping[str, Any]) -> float | None:
+    """How far the value stands inside its limit, in percent of the limit (negative: beyond it)."""
+    actual, limit = v["actual"], v["limit"]
+    if actual is None or not limit:
+        return None
+    room = limit - actual if v["direction"] == "max" else actual - limit
+    return room / abs(limit) * 100
+
+
+def _limit(v: Mapping[str, Any]) -> str:
+    return ("<= " if v["direction"] == "max" else ">= ") + fmt.value(v["canonical"], v["limit"])
+
+
+def rows(test: Mapping[str, Any]) -> list[tuple[tuple[str, ...], bool]]:
+    """(cells, failed) per gated metric of one test; one row with the outcome and why when nothing was gated."""
+    name = test["id"][len(test["model"]) + 1:] if test["id"].startswith(test["model"] + "-") else test["id"]
+    changes = {c["metric"]: c for c in test.get("baseline_changes", [])}
+    baseline = {v["canonical"]: v for v in test["verdicts"] if v["source"] == "baseline"}
+    out = []
+    for v in test["verdicts"]:
+        if v["source"] == "baseline":
+            continue
+        against = baseline.get(v["canonical"]) if v["source"] == "threshold" else None
+        failed = not v["passed"] or (against is not None and not against["passed"])
+        verdict = "PASS" if not failed else ("FAIL" if not v["passed"] else "FAIL vs baseline")
+        change = changes.get(v["canonical"])
+        metric = "failed requests" if v["source"] == "requests" else v["metric"]
+        out.append(((name, metric, fmt.value(v["canonical"], v["actual"]), _limit(v), fmt.pct(margin_pct(v)), verdict,
+                     fmt.pct(change["change_pct"]) if change else ""), failed))
+    if not out:
+        why = (test.get("message") or "").strip().splitlines()
+        out.append(((name, "-", "-", "-", "-", test["outcome"].upper(), why[0][:120] if why else ""),
+                    test["outcome"] not in ("passed", "skipped")))
+    return out
+
+
+def table(tests: Iterable[Mapping[str, Any]]) -> list[tuple[str, bool]]:
+    """(line, failed) of the table, a heading line per model; columns as wide as their widest cell."""
+    by_model: dict[str, list[tuple[tuple[str, ...], bool]]] = {}
+    for t in tests:
+        by_model.setdefault(t["model"], []).extend(rows(t))
+    every = [HEADER, *(cells for found in by_model.values() for cells, _ in found)]
+    widths = [max(len(r[i]) for r in every) for i in range(len(HEADER))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  " + "  ".join(c.rjust(w) if i in (2, 3, 4, 6) else c.ljust(w)
+                                for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    out = [(line(HEADER), False)]
+    for model, found in by_model.items():
+        out.append((model, False))
+        out += [(line(cells), failed) for cells, failed in found]
+    return out
+
+
+def warnings(tests: Iterable[Mapping[str, Any]], tol_pct: float) -> list[str]:
+    """One line per ungated metric that got worse than the baseline by more than its tolerance."""
+    return [f"{t['id']}: {c['metric']} {fmt.value(c['metric'], c['before'])} -> {fmt.value(c['metric'], c['after'])} "
+            f"({fmt.pct(c['change_pct'])}), worse than the baseline by more than {tol_pct:g}%"
+            for t in tests for c in t.get("baseline_changes", []) if c["warned"]]
+
+
+def failing(tests: Iterable[Mapping[str, Any]]) -> list[str]:
+    """One line per failed or errored test naming its failing checks (the short summary may be cut to the width)."""
+    out = []
+    for t in tests:
+        if t["outcome"] in ("passed", "skipped"):
+            continue
+        names = [v["metric"] + (" vs baseline" if v["source"] == "baseline" else "") for v in t["verdicts"]
+                 if not v["passed"]]
+        first = (t.get("message") or "").strip().splitlines()
+        out.append(f"{t['id']} {t['outcome'].upper()}: " + (", ".join(names) or (first[0] if first else "")))
+    return out
