@@ -204,6 +204,8 @@ def test_cli_up_then_tests_against_its_router_url_then_down(pytester, tmp_path):
                         capture_output=True, text=True, timeout=180)
     try:
         assert up.returncode == 0, up.stderr
+        assert "llama-8b bring-up: router /readiness: done, " in up.stderr  # the stages, live
+        assert f"stop it: sglang-pd down {results / 'run'}" in up.stdout
         router = up.stdout.split("router ", 1)[1].split()[0]
         assert requests.get(f"{router}/readiness", timeout=5).status_code == 200
         external = run_suite(pytester, sim_config(tmp_path / "other"), tmp_path / "external", f"--router-url={router}")
