@@ -557,7 +557,8 @@ def facts_of(cluster: LiveCluster | ExternalCluster, *, versions: bool = True) -
                                    for spec in (*dep.processes, *dep.bench)}
     return ClusterFacts(router_url=cluster.router_url, model=dep.model.id if dep else None,
                         startup_seconds=dict(cluster.startup_seconds),
-                        worker_versions=worker_versions(cluster.worker_urls) if versions else {}, log_files=logs)
+                        worker_versions=worker_versions(cluster.worker_urls) if versions else {}, log_files=logs,
+                        started=tuple(getattr(cluster, "procs", ())))
 
 
 def worker_versions(worker_urls: dict[str, list[str]]) -> dict[str, str]:

@@ -9,6 +9,7 @@ the verdicts gating gave (``of(config).record(...)``). Everything else happens i
 from __future__ import annotations
 
 import importlib.metadata
+from html import escape
 import platform
 import time
 from dataclasses import dataclass
@@ -62,6 +63,21 @@ def _case_of(item: pytest.Item) -> InferenceCase | None:
     return case if isinstance(case, InferenceCase) else None
 
 
+def _model_of(item: pytest.Item) -> str | None:
+    case = _case_of(item)
+    callspec = getattr(item, "callspec", None)
+    return case.model.id if case else (callspec.params.get("model_under_test") if callspec else None)
+
+
+def _why(report: pytest.TestReport) -> str:
+    """The one line that says why a test did not pass (a skip's reason, a failure's message)."""
+    if isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2])
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else report.longreprtext
+    return (text or "").strip().split("\n", 1)[0]
+
+
 class RunReport:
     """The session's report object: collects one entry per inference test and writes results.json after each."""
 
@@ -72,6 +88,7 @@ class RunReport:
         self.finished_at: float | None = None
         self.entries: dict[str, dict[str, Any]] = {}  # nodeid -> results.json test entry
         self.clusters: dict[str | None, ClusterFacts] = {}  # model id (None: behind --router-url) -> facts
+        self.outcomes: dict[str, tuple[str, str]] = {}  # nodeid of every test -> (outcome, why not passed)
 
     # ------------------------------------------------------------------ paths
     @property
@@ -105,9 +122,20 @@ class RunReport:
             item.user_properties.append((f"verdict.{v.source}.{v.metric}", "pass" if v.passed else f"fail: {v.message}"))
 
     # ------------------------------------------------------------------ hooks
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Every test's outcome for the report's verdict (setup and teardown failures are errors)."""
+        before = self.outcomes.get(report.nodeid)
+        if report.when == "call" or (report.when == "setup" and not report.passed):
+            outcome = "error" if report.when == "setup" and report.failed else report.outcome
+            self.outcomes[report.nodeid] = (outcome, "" if report.passed else _why(report))
+        elif report.when == "teardown" and report.failed and (before is None or before[0] != "failed"):
+            self.outcomes[report.nodeid] = ("error", before[1] if before and before[1] else _why(report))
+
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
         report = yield
+        if self.html_enabled and (report.when == "call" or (report.when == "setup" and not report.passed)):
+            self._attach_log_links(report, _model_of(item))
         case = _case_of(item)
         if case is None:
             return report
@@ -131,6 +159,14 @@ class RunReport:
             self.write()
         return report
 
+    def _attach_log_links(self, report: pytest.TestReport, model: str | None) -> None:
+        """Each role's log in the test's Links column: those collected, and those teardown will collect."""
+        from pytest_html import extras
+
+        found = [extras.url(html.href(path, self.html_dir), name=Path(path).name.removesuffix(".log"))
+                 for _, path in sorted(self.log_files(model, running=True).items())]
+        report.extras = [*getattr(report, "extras", []), *found]
+
     def _attach_html(self, report: pytest.TestReport, case: InferenceCase, measured: Measured | None,
                      message: str | None) -> None:
         from pytest_html import extras
@@ -143,7 +179,7 @@ class RunReport:
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         self.finished_at = time.time()
-        if self.entries:
+        if self.entries or self.clusters:  # a run of the cluster tests alone has its record too
             self.write()
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
@@ -174,17 +210,40 @@ class RunReport:
         cfg = self.run.cluster_config
         return bool(cfg and cfg.simulated)
 
-    def log_files(self, model_id: str | None = None) -> dict[str, Path]:
-        """The logs collected so far of the run's clusters (of one model when given), as ``<model>/<key>`` -> path."""
+    def log_files(self, model_id: str | None = None, *, running: bool = False) -> dict[str, Path]:
+        """The logs collected so far of the run's clusters (of one model when given), as ``<model>/<key>`` -> path;
+        ``running``: also those of the processes running now, which teardown collects."""
         out = {}
         many = len(self.clusters) > 1
         for model, facts in self.clusters.items():
             if model_id is not None and model != model_id:
                 continue
             for key, path in facts.log_files.items():
-                if Path(path).is_file():
+                if Path(path).is_file() or (running and key in facts.started):
                     out[f"{model}/{key}" if many else key] = Path(path)
         return out
+
+    def problems(self) -> list[tuple[str, list[str], str]]:
+        """(tests, what failed, log links) per distinct failure: the failing checks of an inference test, else the
+        message; tests that failed alike (every test of a failed bring-up) share one entry."""
+        by_case = {e["nodeid"]: e for e in self.entries.values()}
+        merged: dict[tuple[str, ...], tuple[list[str], str]] = {}
+        for nodeid, (outcome, why) in self.outcomes.items():
+            if outcome not in ("failed", "error"):
+                continue
+            entry = by_case.get(nodeid)
+            checks = [v["message"] for v in entry["verdicts"] if not v["passed"]] if entry else []
+            messages = tuple(checks or [f"{outcome}: {why}"])
+            model = entry["model"] if entry else None
+            logs = html.links(self.log_files(model), self.html_dir) if outcome == "error" else ""
+            name = entry["id"] if entry else nodeid.rsplit("/", 1)[-1]
+            names, _ = merged.setdefault(messages, ([], logs))
+            names.append(name)
+        return [(", ".join(names), list(messages), logs) for messages, (names, logs) in merged.items()]
+
+    def counts(self) -> dict[str, int]:
+        found = [outcome for outcome, _ in self.outcomes.values()]
+        return {k: found.count(k) for k in ("passed", "failed", "error", "skipped")}
 
     def data(self) -> dict[str, Any]:
         """The results.json document."""
@@ -258,8 +317,17 @@ class HtmlSummary:
 
     def pytest_html_results_summary(self, prefix: list, summary: list, postfix: list, session: pytest.Session) -> None:
         r = self.report
-        prefix.append(html.summary_html(r.data(), list(r.entries.values()), log_files=r.log_files(),
+        tests = list(r.entries.values())
+        overall = html.overall_html(r.counts(), r.problems(), terminal.warnings(tests, r.run.baseline_tolerance_pct),
+                                    r.run.run_id)
+        prefix.append(html.summary_html(r.data(), tests, overall=overall, log_files=r.log_files(),
                                         base_dir=r.html_dir, results_json=r.results_path))
+
+    def pytest_html_results_table_html(self, report: pytest.TestReport, data: list) -> None:
+        """A skipped test's log says why in words (pytest-html shows its raw (path, line, reason) tuple)."""
+        if report.skipped and isinstance(report.longrepr, tuple) and data:
+            path, line, reason = report.longrepr
+            data[0] = escape(f"{reason}\n  at {path}:{line}\n")
 
     def pytest_html_report_title(self, report) -> None:
         title = f"SGLang PD validation — {self.report.run.run_id}"

@@ -45,9 +45,13 @@ def _finite(values: Mapping[str, float]) -> dict[str, float | None]:
 
 
 def write_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Write JSON to a temp file next to ``path``, then rename it over ``path``."""
+    """Write JSON to a temp file next to ``path``, then rename it over ``path``; readable as the run's other files
+    are (mkstemp's 0600 widened to what the umask allows)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=False, allow_nan=False)
