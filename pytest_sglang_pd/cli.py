@@ -78,12 +78,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
-    models = [args.model] if args.model else list(cfg.model_ids)
+def _unknown_model(cfg: config_mod.ClusterConfig, models: list[str]) -> bool:
+    """True (and said on stderr) when a model is not one of the config's."""
     unknown = [m for m in models if m not in cfg.model_ids]
     if unknown:
         print(f"unknown model {unknown[0]!r}; the config has: {', '.join(cfg.model_ids)}", file=sys.stderr)
+    return bool(unknown)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    models = [args.model] if args.model else list(cfg.model_ids)
+    if _unknown_model(cfg, models):
         return 1
     from .cluster import node_access
 
@@ -114,6 +120,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     model = args.model or cfg.model_ids[0]
+    if _unknown_model(cfg, [model]):
+        return 1
     run_id = args.run_id if args.run_id != PLAN_RUN_ID else plan_mod.default_run_id()
     dep = plan_mod.plan(cfg, model, run_id=run_id)
     run_dir = Path(args.results_dir) / run_id

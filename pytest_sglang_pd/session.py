@@ -65,6 +65,21 @@ class SuiteRun:
         order = {m: i for i, m in enumerate(self.cluster_config.model_ids)}
         items.sort(key=lambda item: order.get(model_of(item), -1))
 
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """A selection (-k, -m, a node id) that leaves no test: say what the config has, write no empty report."""
+        if self.cluster_config is None or session.items or not session.config.option.keyword and not \
+                session.config.option.markexpr and not session.config.args:
+            return
+        from . import report
+
+        report.of(session.config).write_no_files()
+        lines = [f"sglang-pd: the selection left no test of {self.cluster_config.source}; it has",
+                 f"  models: {', '.join(self.cluster_config.model_ids)}",
+                 "  inference test ids (-k ...): " + ", ".join(c.id for c in self.cases())]
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        for line in lines if reporter else ():
+            reporter.write_line(line, yellow=True)
+
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if not self.keep_cluster:
             return

@@ -89,6 +89,7 @@ class RunReport:
         self.entries: dict[str, dict[str, Any]] = {}  # nodeid -> results.json test entry
         self.clusters: dict[str | None, ClusterFacts] = {}  # model id (None: behind --router-url) -> facts
         self.outcomes: dict[str, tuple[str, str]] = {}  # nodeid of every test -> (outcome, why not passed)
+        self.defaulted: list[str] = []  # the report files configure() chose ("junit", "html"), not the user
 
     # ------------------------------------------------------------------ paths
     @property
@@ -203,6 +204,24 @@ class RunReport:
                      Path(self.config.option.xmlpath) if self.config.option.xmlpath else None):
             if path is not None and path.is_file():
                 tw.write_line(f"  {path.name}: {_shown(path)}")
+
+    def write_no_files(self) -> None:
+        """Nothing was selected: no empty junit.xml or report.html where configure() put them by default."""
+        from _pytest.junitxml import xml_key
+
+        xml = self.config.stash.get(xml_key, None)
+        if "junit" in self.defaulted and xml is not None:
+            self.config.pluginmanager.unregister(xml)
+            del self.config.stash[xml_key]
+        if "html" in self.defaulted:
+            from pytest_html.basereport import BaseReport
+
+            for plugin in self.config.pluginmanager.get_plugins():
+                if isinstance(plugin, BaseReport):
+                    self.config.pluginmanager.unregister(plugin)
+        run_dir = self.run.run_dir
+        if run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
 
     # ------------------------------------------------------------------ data
     @property
@@ -348,10 +367,12 @@ def configure(config: pytest.Config, run: RunInfo) -> RunReport:
     writes_reports = run.cluster_config is not None and not config.option.collectonly
     if writes_reports and not config.option.xmlpath and not hasattr(config, "workerinput"):
         config.option.xmlpath = str(run.run_dir / "junit.xml")
+        report.defaulted.append("junit")
     if config.pluginmanager.hasplugin("html"):
         if writes_reports and not config.option.htmlpath:
             config.option.htmlpath = str(run.run_dir / "report.html")
             config.option.self_contained_html = True
+            report.defaulted.append("html")
         for pattern in REDACT_PATTERNS:
             config.addinivalue_line("environment_table_redact_list", pattern)
         config.pluginmanager.register(HtmlSummary(report), "sglang_pd_html")
