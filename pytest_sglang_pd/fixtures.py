@@ -161,4 +161,7 @@ def pd_cluster(request: pytest.FixtureRequest, suite_run: SuiteRun, cluster_conf
         with _as_failure():
             cluster.smoke()
     _tell_report(request, facts_of(cluster))
+    picked = suite_run.resolve_baseline(report.of(request.config))
+    if picked:
+        terminal_say(request.config)(picked, 0)
     return cluster

@@ -32,7 +32,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--results-dir", metavar="DIR", help="where each run's folder goes (default: reports/)")
     group.addoption("--perf-tolerance", metavar="PCT", type=_percent("--perf-tolerance"),
                     help="tolerance in percent applied to every threshold (default: per test, else 0)")
-    group.addoption("--baseline", metavar="RESULTS_JSON", help="fail on a regression beyond tolerance against an earlier results.json")
+    group.addoption("--baseline", metavar="RESULTS_JSON|auto",
+                    help="fail on a regression beyond tolerance against an earlier results.json; auto: the last green "
+                         "run of --history with this run's provenance key")
+    group.addoption("--history", metavar="DIR",
+                    help="earlier runs (results.json files below DIR, e.g. a Jenkins job's archived runs) for "
+                         "--baseline auto and the report's trend (default with --baseline auto: the results dir)")
     group.addoption("--baseline-tolerance", metavar="PCT", type=_percent("--baseline-tolerance"),
                     help=f"how much worse than the baseline a metric may be, in percent "
                          f"(default {BASELINE_TOLERANCE_PCT:g}; --perf-tolerance is for the absolute limits)")
@@ -84,10 +89,16 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(
             "-n (pytest-xdist) would bring up one cluster per worker on the same nodes and ports: run without -n, "
             "or bring the cluster up once (sglang-pd up CONFIG) and run the workers against it with --router-url")
+    auto = config.getoption("baseline") == "auto"
+    history = config.getoption("history") or (results if auto else None)
+    if history is not None and not Path(history).is_dir():
+        raise pytest.UsageError(f"--history {history}: no such folder")
     run = SuiteRun(cluster_config=cluster_config, results_root=Path(results), run_id=run_id,
                    keep_cluster=config.getoption("keep_cluster"), router_url=router_url,
-                   perf_tolerance_pct=config.getoption("perf_tolerance"), baseline=_baseline(config.getoption("baseline")),
-                   baseline_tolerance_pct=_or(config.getoption("baseline_tolerance"), BASELINE_TOLERANCE_PCT))
+                   perf_tolerance_pct=config.getoption("perf_tolerance"),
+                   baseline=None if auto else _baseline(config.getoption("baseline")),
+                   baseline_tolerance_pct=_or(config.getoption("baseline_tolerance"), BASELINE_TOLERANCE_PCT),
+                   history_dir=Path(history) if history is not None else None, baseline_auto=auto)
     config.stash[suite_run_key] = run
     config.pluginmanager.register(run, "sglang_pd_run")
     from . import report

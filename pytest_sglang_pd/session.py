@@ -16,6 +16,7 @@ from .config import ClusterConfig, InferenceCase, cases
 if TYPE_CHECKING:
     from .cluster import LiveCluster
     from .gating import Baseline
+    from .report import RunReport
 
 NO_CONFIG_HINT = ("no cluster config given: pass --cluster-config=PATH (or set the ini option cluster_config). "
                   "To try the suite without GPUs, run it on the simulated cluster: "
@@ -34,11 +35,33 @@ class SuiteRun:
     perf_tolerance_pct: float | None
     baseline: Baseline | None
     baseline_tolerance_pct: float
+    history_dir: Path | None = None
+    baseline_auto: bool = False  # --baseline auto: picked from history_dir once the first cluster is ready
+    baseline_note: str | None = None  # which run --baseline auto picked, or why none
     clusters: list[LiveCluster] = field(default_factory=list)  # brought up in this run
 
     @property
     def run_dir(self) -> Path:
         return self.results_root / self.run_id
+
+    def resolve_baseline(self, run_report: RunReport) -> str | None:
+        """--baseline auto, once: the last green run of the history with this run's provenance key (known once a
+        cluster is ready: the workers' versions are part of it). Returns what was picked, or why nothing."""
+        if not self.baseline_auto or self.baseline_note is not None:
+            return None
+        from .report import history, results
+
+        key = run_report.provenance()["key"]
+        found = history.runs(self.history_dir, exclude=run_report.results_path)
+        pick = history.last_green(found, key)
+        if pick is None:
+            self.baseline_note = (f"--baseline auto: no green run of provenance key {key} among the {len(found)} "
+                                  f"finished run(s) below {self.history_dir}; this run has no baseline")
+        else:
+            self.baseline = results.load_baseline(pick.path)
+            self.baseline_note = (f"--baseline auto: run {pick.run_id} ({pick.path}), the last green run of "
+                                  f"provenance key {key}")
+        return self.baseline_note
 
     def cases(self) -> list[InferenceCase]:
         return cases(self.cluster_config) if self.cluster_config is not None else []
@@ -81,6 +104,8 @@ class SuiteRun:
             reporter.write_line(line, yellow=True)
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.baseline_note:
+            terminalreporter.write_line(f"sglang-pd: {self.baseline_note}", yellow=self.baseline is None)
         if not self.keep_cluster:
             return
         for cluster in self.clusters:

@@ -24,7 +24,10 @@ window.addEventListener("load", () => setTimeout(() => {
   const out = {
     verdict: box(document.getElementById("sglang-pd-verdict")),
     failing: box(document.getElementById("sglang-pd-failing")),
+    provenance: box(document.getElementById("sglang-pd-provenance")),
+    warnings: box(document.querySelector("ul.warnings")),
     checks: [...document.querySelectorAll("table.checks")].filter(shown).map(t => t.innerText),
+    trend: [...document.querySelectorAll("table.trend")].filter(shown).map(t => t.innerText),
     links: [...document.querySelectorAll("a[href]")].map(a => ({href: a.getAttribute("href"), text: a.innerText,
                                                                 shown: shown(a)})),
   };

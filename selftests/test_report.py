@@ -252,3 +252,63 @@ def test_a_failed_bring_up_is_an_error_in_every_report_with_the_logs_collected(p
     assert "prefill prefill_0 on node 127.0.0.1 exited with code" in html and "SIMULATED" in html
     assert _links(html, "logs/127.0.0.1/prefill-0.log")  # the log collected when the bring-up failed
     assert not _links(html, "logs/127.0.0.1/router-0.log")  # never started: no link to a log that is not there
+
+
+def _archive(history: Path, data: dict, run_id: str, finished_at: str, **changes) -> Path:
+    """An earlier run in a history folder (as a Jenkins job archives them): a real run's results.json, altered."""
+    run = json.loads(json.dumps(data))
+    run.update(run_id=run_id, finished_at=finished_at, **changes)
+    path = history / "archive" / run_id / "results.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(run))
+    return path
+
+
+@pytest.mark.integration
+def test_baseline_auto_picks_the_last_green_run_of_the_same_provenance_key(pytester: pytest.Pytester,
+                                                                          tmp_path: Path) -> None:
+    config = _config(tmp_path, mean_tpot_ms="60")
+    history = pytester.path / "reports"
+    _run(pytester, config, "first", "-k", "generated_shared_prefix").assert_outcomes(passed=1)
+    data = json.loads((history / "first" / "results.json").read_text())
+    prov, (gsp,) = data["provenance"], data["tests"]
+    # the green run of this key to pick: it completed 1/0.6 x the requests (ungated and exact: a 40% drop, a warning)
+    # at a quarter of the TTFT (gated: a regression), on another python (what changed, beside the regression)
+    better = {**gsp, "metrics": {**gsp["metrics"], "completed": gsp["metrics"]["completed"] / 0.6,
+                                 "mean_ttft_ms": gsp["metrics"]["mean_ttft_ms"] / 4}}
+    picked = _archive(history, data, "good", "2030-01-01T00:00:00Z", tests=[better],
+                      provenance={**prov, "python": "3.10.0"})
+    _archive(history, data, "failed-later", "2031-01-01T00:00:00Z",
+             summary={**data["summary"], "passed": 0, "failed": 1})  # same key, not green
+    _archive(history, data, "other-key", "2032-01-01T00:00:00Z",
+             provenance={**prov, "sglang": "prefill 0.4.0", "key": "another"})  # green, latest, another key
+
+    second = _run(pytester, config, "second", "-k", "generated_shared_prefix", "--baseline=auto",
+                  f"--history={history}")
+    second.assert_outcomes(failed=1)
+    out = second.stdout.str()
+    assert f"--baseline auto: run good ({picked}), the last green run of provenance key {prov['key']}" in out
+    assert "WARNING llama-8b-generated_shared_prefix: completed 13.33 -> 8 (-40.0%), worse than the baseline by more " \
+           "than 15%" in out
+    assert "mean_ttft_ms vs baseline" in out  # the failing check, named in the closing lines
+
+    run_dir = history / "second"
+    result = json.loads((run_dir / "results.json").read_text())
+    results.validate(result)
+    assert result["baseline"] == str(picked) and result["provenance"]["key"] == prov["key"]
+    warned = {c["metric"]: c for c in result["tests"][0]["baseline_changes"] if c["warned"]}
+    assert warned["completed"]["change_pct"] == pytest.approx(-40.0) and not warned["completed"]["gated"]
+    junit = ET.parse(run_dir / "junit.xml")
+    props = {p.get("name"): p.get("value") for p in junit.iter("property")}
+    assert props["warning.baseline.completed"] == "completed 13.33 -> 8 (-40.0%), worse than the baseline by more than 15%"
+
+    seen = probe(run_dir / "report.html")
+    assert "warning: llama-8b-generated_shared_prefix: completed 13.33 -> 8 (-40.0%)" in seen["warnings"]["text"]
+    # the trend of each gated metric over the runs of this key: first, good, failed-later, this run (not other-key)
+    rows = [line.split("\t") for line in seen["trend"][0].splitlines()]
+    ttft = next(r for r in rows if r[:2] == ["llama-8b-generated_shared_prefix", "mean_ttft_ms"])
+    assert ttft[-1].strip() == "4" and ttft[-2].count("→") == 3
+    # beside the regression: what changed between the baseline run's provenance and this run's
+    changed = seen["provenance"]
+    assert changed["text"].startswith("changed since the baseline run good") and "3.10.0" in changed["text"]
+    assert changed["top"] < seen["failing"]["bottom"] + 200

@@ -9,12 +9,13 @@ the verdicts gating gave (``of(config).record(...)``). Everything else happens i
 from __future__ import annotations
 
 import importlib.metadata
-from html import escape
+import json
 import platform
 import time
+from html import escape
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
 
 import pytest
 
@@ -23,7 +24,7 @@ from ..bench.result import BenchResult
 from ..config import ClusterConfig, InferenceCase
 from ..facts import ClusterFacts
 from ..failures import first_error_first
-from . import html, results, terminal
+from . import history, html, results, terminal
 
 REDACT_PATTERNS = (r"(?i).*(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY|ACCESS_KEY|CREDENTIAL).*",)
 VERSION_PACKAGES = ("pytest", "pytest-html", "sglang-router", "aiohttp", "mooncake-transfer-engine-non-cuda")
@@ -55,6 +56,7 @@ class RunInfo(Protocol):
     perf_tolerance_pct: float | None
     baseline: gating.Baseline | None
     baseline_tolerance_pct: float
+    history_dir: Path | None  # earlier runs: --baseline auto picks from them, the report draws their trend
 
 
 def _case_of(item: pytest.Item) -> InferenceCase | None:
@@ -121,6 +123,9 @@ class RunReport:
                 item.user_properties.append((name, f"{value:.6g}"))
         for v in gate.verdicts if gate else ():
             item.user_properties.append((f"verdict.{v.source}.{v.metric}", "pass" if v.passed else f"fail: {v.message}"))
+        for c in gate.warnings if gate else ():
+            item.user_properties.append((f"warning.baseline.{c.metric}", f"{c.message}, worse than the baseline by "
+                                                                         f"more than {self.run.baseline_tolerance_pct:g}%"))
 
     # ------------------------------------------------------------------ hooks
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -260,9 +265,44 @@ class RunReport:
             names.append(name)
         return [(", ".join(names), list(messages), logs) for messages, (names, logs) in merged.items()]
 
+    def changed_since_baseline(self, provenance: Mapping[str, Any],
+                               tests: list[Mapping[str, Any]]) -> tuple[str, list[tuple[str, Any, Any]]] | None:
+        """Beside a regression: the baseline run's id and what differs between its provenance and this run's."""
+        regressed = any(v["source"] == "baseline" and not v["passed"] for t in tests for v in t["verdicts"])
+        baseline = self.run.baseline
+        if not regressed or baseline is None:
+            return None
+        try:
+            before = json.loads(Path(baseline.source).read_text()).get("provenance") or {}
+        except (OSError, ValueError):
+            before = {}
+        return baseline.run_id, history.diff(before, provenance)
+
     def counts(self) -> dict[str, int]:
         found = [outcome for outcome, _ in self.outcomes.values()]
         return {k: found.count(k) for k in ("passed", "failed", "error", "skipped")}
+
+    def provenance(self) -> dict[str, Any]:
+        """Where this run's numbers come from; ``key`` (a hash of history.KEY_FIELDS) says which runs compare."""
+        cfg = self.run.cluster_config
+        found = versions()
+        worker_versions: dict[str, str] = {}
+        for facts in self.clusters.values():
+            worker_versions.update(facts.worker_versions)
+        opt = self.config.option
+        prov = {
+            "config_sha256": history.config_sha256(cfg) if cfg else None,
+            "image": cfg.container_image if cfg and cfg.runtime == "docker" else None,
+            "sglang": ", ".join(f"{k} {v}" for k, v in sorted(worker_versions.items())) or None,
+            "router": found.get("sglang-router"), "mooncake": found.get("mooncake-transfer-engine-non-cuda"),
+            "suite": found["pytest-sglang-pd"],
+            "nodes": sorted({*cfg.prefill_nodes, *cfg.decode_nodes, cfg.router_node, cfg.benchmark_node}) if cfg else [],
+            "selection": {"args": [Path(a).name for a in self.config.args], "keyword": opt.keyword or None,
+                          "markexpr": opt.markexpr or None, "router_url": self.run.router_url,
+                          "perf_tolerance_pct": self.run.perf_tolerance_pct},
+            "python": found["python"], "config": cfg.source if cfg else None,
+        }
+        return {**prov, "key": history.key(prov)}
 
     def data(self) -> dict[str, Any]:
         """The results.json document."""
@@ -302,6 +342,7 @@ class RunReport:
             "tolerance_pct": self.run.perf_tolerance_pct,
             "baseline": self.run.baseline.source if self.run.baseline else None,
             "baseline_tolerance_pct": self.run.baseline_tolerance_pct if self.run.baseline else None,
+            "provenance": self.provenance(),
             "summary": summary,
             "tests": tests,
         }
@@ -337,10 +378,13 @@ class HtmlSummary:
     def pytest_html_results_summary(self, prefix: list, summary: list, postfix: list, session: pytest.Session) -> None:
         r = self.report
         tests = list(r.entries.values())
+        data = r.data()
         overall = html.overall_html(r.counts(), r.problems(), terminal.warnings(tests, r.run.baseline_tolerance_pct),
-                                    r.run.run_id)
-        prefix.append(html.summary_html(r.data(), tests, overall=overall, log_files=r.log_files(),
-                                        base_dir=r.html_dir, results_json=r.results_path))
+                                    r.run.run_id, changed=r.changed_since_baseline(data["provenance"], tests))
+        trend = history.trend(history.runs(r.run.history_dir, exclude=r.results_path), data["provenance"]["key"],
+                              tests) if r.run.history_dir else {}
+        prefix.append(html.summary_html(data, tests, overall=overall, log_files=r.log_files(), base_dir=r.html_dir,
+                                        results_json=r.results_path, trend=trend))
 
     def pytest_html_results_table_html(self, report: pytest.TestReport, data: list) -> None:
         """A skipped test's log says why in words (pytest-html shows its raw (path, line, reason) tuple)."""

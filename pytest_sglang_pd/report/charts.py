@@ -97,3 +97,13 @@ def sweep_figure(points: list[tuple[int, float, float]], title: str, x_label: st
     ax.set_ylim(0, max(p[2] for p in points) * 1.15 or 1)
     _legend_below(ax)
     return fig
+
+
+def sparkline(values: list[float], title: str = "trend") -> str:
+    """A small line of ``values`` (oldest first) with the last one marked, no axes: a trend at a glance."""
+    fig = Figure(figsize=(1.6, 0.35))
+    ax = fig.add_axes((0.02, 0.1, 0.96, 0.8))
+    ax.plot(range(len(values)), values, color=BAR, linewidth=1)
+    ax.plot([len(values) - 1], [values[-1]], "o", color=MARK["mean"], markersize=3)
+    ax.set_axis_off()
+    return _svg(fig, title)

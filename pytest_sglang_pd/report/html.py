@@ -128,9 +128,10 @@ def case_html(result: BenchResult | None, gate: GateResult | None, *, message: s
     return "".join(parts)
 
 
-def overall_html(counts: Mapping[str, int], problems: list[tuple[str, list[str], str]],
-                 warnings: list[str], run_id: str) -> str:
-    """The verdict first: PASS or FAIL with the counts, then every failing check (test, messages, log links)."""
+def overall_html(counts: Mapping[str, int], problems: list[tuple[str, list[str], str]], warnings: list[str],
+                 run_id: str, changed: tuple[str, list[tuple[str, Any, Any]]] | None = None) -> str:
+    """The verdict first: PASS or FAIL with the counts, then every failing check (test, messages, log links), what
+    changed since the baseline run when a check regressed against it, and the baseline warnings."""
     failed = bool(problems) or counts.get("failed", 0) or counts.get("error", 0)
     shown = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
     parts = [f'<div class="overall {"fail" if failed else "pass"}" id="sglang-pd-verdict">{"FAIL" if failed else "PASS"}'
@@ -141,9 +142,35 @@ def overall_html(counts: Mapping[str, int], problems: list[tuple[str, list[str],
             lines = "<br>".join(f"<code>{escape(m)}</code>" for m in messages)
             items.append(f"<li><b>{escape(test_id)}</b>: {lines}" + (f"<br>logs: {logs}" if logs else "") + "</li>")
         parts.append('<ul class="failing" id="sglang-pd-failing">' + "".join(items) + "</ul>")
+    if changed is not None:
+        run, fields = changed
+        rows_ = [("", [_cell(f), _cell(_shown(a)), _cell(_shown(b))]) for f, a, b in fields]
+        parts.append(f'<div id="sglang-pd-provenance"><b>changed since the baseline run {escape(run)}</b>: '
+                     + (_table(("provenance", "baseline run", "this run"), rows_) if rows_ else
+                        "nothing in the provenance (same config, image, versions, nodes and selection)") + "</div>")
     if warnings:
-        parts.append('<ul class="warnings">' + "".join(f"<li>{escape(w)}</li>" for w in warnings) + "</ul>")
+        parts.append('<ul class="warnings">' + "".join(f"<li>warning: {escape(w)}</li>" for w in warnings) + "</ul>")
     return "".join(parts)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={v}" for k, v in value.items() if v not in (None, [], ""))
+    return "-" if value is None else str(value)
+
+
+def trend_html(trend: Mapping[tuple[str, str], list[tuple[str, float]]]) -> str:
+    """Each gated metric over the earlier runs of the same provenance key, oldest first, then this run."""
+    body = []
+    for (test_id, metric), points in trend.items():
+        if not points:
+            continue
+        values = " → ".join(fmt.value(metric, v, unit=False) for _, v in points[-8:])
+        body.append(("", [_cell(test_id), _cell(metric), f"<td>{charts.sparkline([v for _, v in points])}</td>",
+                          _cell(values, True), _cell(str(len(points)), True)]))
+    return _table(("test", "metric", "trend", "last values (oldest first, this run last)", "runs"), body, "trend")
 
 
 def checks_html(tests: list[Mapping[str, Any]]) -> str:
@@ -158,7 +185,8 @@ def checks_html(tests: list[Mapping[str, Any]]) -> str:
 
 
 def summary_html(run: Mapping[str, Any], tests: list[Mapping[str, Any]], *, overall: str, log_files: Mapping[str, Path],
-                 base_dir: Path, results_json: Path) -> str:
+                 base_dir: Path, results_json: Path,
+                 trend: Mapping[tuple[str, str], list[tuple[str, float]]] | None = None) -> str:
     """The run summary: verdict, SIMULATED banner, every check, sweeps, topology, versions, files."""
     c = run["cluster"]
     parts = [STYLE, '<div class="sglang-pd">', overall]
@@ -166,6 +194,8 @@ def summary_html(run: Mapping[str, Any], tests: list[Mapping[str, Any]], *, over
         parts.append(f'<div class="banner">{escape(SIMULATED_BANNER)}</div>')
     if tests:
         parts.append("<h3>Checks</h3>" + checks_html(tests))
+    if trend:
+        parts.append(f"<h3>Trend (runs of provenance key {escape(run['provenance']['key'])})</h3>" + trend_html(trend))
     sweeps = sweep_charts(tests)
     if sweeps:
         parts.append('<h3>Concurrency sweeps</h3><div class="charts">' + "".join(sweeps) + "</div>")
