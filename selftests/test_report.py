@@ -269,7 +269,9 @@ def test_baseline_auto_picks_the_last_green_run_of_the_same_provenance_key(pytes
                                                                           tmp_path: Path) -> None:
     config = _config(tmp_path, mean_tpot_ms="60")
     history = pytester.path / "reports"
-    _run(pytester, config, "first", "-k", "generated_shared_prefix").assert_outcomes(passed=1)
+    first = _run(pytester, config, "first", "-k", "generated_shared_prefix", "-q")
+    first.assert_outcomes(passed=1)
+    assert "bring-up:" not in first.stdout.str() and "sglang-pd: measured against the limits" in first.stdout.str()
     data = json.loads((history / "first" / "results.json").read_text())
     prov, (gsp,) = data["provenance"], data["tests"]
     # the green run of this key to pick: it completed 1/0.6 x the requests (ungated and exact: a 40% drop, a warning)
@@ -284,9 +286,10 @@ def test_baseline_auto_picks_the_last_green_run_of_the_same_provenance_key(pytes
              provenance={**prov, "sglang": "prefill 0.4.0", "key": "another"})  # green, latest, another key
 
     second = _run(pytester, config, "second", "-k", "generated_shared_prefix", "--baseline=auto",
-                  f"--history={history}")
+                  f"--history={history}", "-v")
     second.assert_outcomes(failed=1)
     out = second.stdout.str()
+    assert "  prefill_0 on 127.0.0.1, pid " in out and "  decode_0 healthy after " in out  # -v: per process
     assert f"--baseline auto: run good ({picked}), the last green run of provenance key {prov['key']}" in out
     assert "WARNING llama-8b-generated_shared_prefix: completed 13.33 -> 8 (-40.0%), worse than the baseline by more " \
            "than 15%" in out

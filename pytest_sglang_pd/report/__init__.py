@@ -190,7 +190,7 @@ class RunReport:
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         """The closing table: every gated metric of every test against its limit, warnings, the run's files."""
-        tests = list(self.entries.values())
+        tests = self.tests()
         if not tests or self.config.option.verbose < -1:
             return
         tw = terminalreporter
@@ -247,10 +247,22 @@ class RunReport:
                     out[f"{model}/{key}" if many else key] = Path(path)
         return out
 
+    def tests(self) -> list[dict[str, Any]]:
+        """Every inference test's entry; on a pytest-xdist controller, those the workers wrote (results.gw*.json)."""
+        if self.entries or not self.config.pluginmanager.hasplugin("dsession"):
+            return list(self.entries.values())
+        found = []
+        for path in sorted(self.run.run_dir.glob("results.gw*.json")):
+            try:
+                found += json.loads(path.read_text())["tests"]
+            except (OSError, ValueError, KeyError):
+                continue
+        return found
+
     def problems(self) -> list[tuple[str, list[str], str]]:
         """(tests, what failed, log links) per distinct failure: the failing checks of an inference test, else the
         message; tests that failed alike (every test of a failed bring-up) share one entry."""
-        by_case = {e["nodeid"]: e for e in self.entries.values()}
+        by_case = {e["nodeid"]: e for e in self.tests()}
         merged: dict[tuple[str, ...], tuple[list[str], str]] = {}
         for nodeid, (outcome, why) in self.outcomes.items():
             if outcome not in ("failed", "error"):
@@ -377,7 +389,7 @@ class HtmlSummary:
 
     def pytest_html_results_summary(self, prefix: list, summary: list, postfix: list, session: pytest.Session) -> None:
         r = self.report
-        tests = list(r.entries.values())
+        tests = r.tests()
         data = r.data()
         overall = html.overall_html(r.counts(), r.problems(), terminal.warnings(tests, r.run.baseline_tolerance_pct),
                                     r.run.run_id, changed=r.changed_since_baseline(data["provenance"], tests))
