@@ -306,7 +306,9 @@ def test_baseline_auto_picks_the_last_green_run_of_the_same_provenance_key(pytes
     assert props["warning.baseline.completed"] == "completed 13.33 -> 8 (-40.0%), worse than the baseline by more than 15%"
 
     seen = probe(run_dir / "report.html")
-    assert "warning: llama-8b-generated_shared_prefix: completed 13.33 -> 8 (-40.0%)" in seen["warnings"]["text"]
+    assert "warning(s): ungated metrics worse than the baseline" in seen["warnings"]["text"]  # at the top
+    assert "warning: llama-8b-generated_shared_prefix: completed 13.33 -> 8 (-40.0%), worse than the baseline by " \
+           "more than 15%" in seen["warnings_listed"]
     # the trend of each gated metric over the runs of this key: first, good, failed-later, this run (not other-key)
     rows = [line.split("\t") for line in seen["trend"][0].splitlines()]
     ttft = next(r for r in rows if r[:2] == ["llama-8b-generated_shared_prefix", "mean_ttft_ms"])

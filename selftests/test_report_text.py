@@ -41,6 +41,7 @@ def test_the_closing_table_has_value_limit_margin_verdict_and_baseline_change() 
     assert "ERROR" in lines[4] and "prefill prefill_0 exited with code 1" in lines[4]
     assert [failed for _, failed in terminal.table(tests)] == [False, False, True, True, True]
     assert len({len(line) for line in lines[2:4]}) <= 2  # aligned columns (only the last may be shorter)
+    assert "vs baseline" not in terminal.table(tests[1:])[0][0]  # no baseline, no empty column
     assert terminal.failing(tests) == ["llama-8b-gsm8k FAILED: tokens_per_sec vs baseline",
                                        "llama-8b-bench_serv_random FAILED: mean_tpot_ms",
                                        "llama-8b-generated_shared_prefix ERROR: prefill prefill_0 exited with code 1"]

@@ -77,7 +77,7 @@ def _why(report: pytest.TestReport) -> str:
         return str(report.longrepr[2])
     crash = getattr(report.longrepr, "reprcrash", None)
     text = crash.message if crash is not None else report.longreprtext
-    return (text or "").strip().split("\n", 1)[0]
+    return (text or "").strip().split("\n", 1)[0].removeprefix("Failed: ")
 
 
 class RunReport:

@@ -3,11 +3,16 @@ closing table and the report's summary both show."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from . import fmt
 
 HEADER = ("test", "metric", "value", "limit", "margin", "verdict", "vs baseline")
+
+
+def header(tests: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The columns: without "vs baseline" when no test was compared with one."""
+    return HEADER if any(t.get("baseline_changes") for t in tests) else HEADER[:-1]
 
 
 def margin_pct(v: Mapping[str, Any]) -> float | None:
@@ -41,6 +46,6 @@ def rows(test: Mapping[str, Any]) -> list[tuple[tuple[str, ...], bool]]:
                      fmt.pct(change["change_pct"]) if change else ""), failed))
     if not out:
         why = (test.get("message") or "").strip().splitlines()
-        out.append(((name, "-", "-", "-", "-", test["outcome"].upper(), why[0][:120] if why else ""),
+        out.append(((name, why[0][:80] if why else "-", "-", "-", "-", test["outcome"].upper(), ""),
                     test["outcome"] not in ("passed", "skipped")))
     return out

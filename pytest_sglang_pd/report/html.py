@@ -10,7 +10,7 @@ from typing import Any, Iterable, Mapping
 from ..bench.result import BenchResult
 from ..gating import GateResult
 from . import charts, fmt
-from .checks import HEADER, rows
+from .checks import header, rows
 
 STYLE = """<style>
 body{display:flex;flex-direction:column}
@@ -30,11 +30,13 @@ body{display:flex;flex-direction:column}
 .sglang-pd ul.failing{margin:4px 0 10px 0;padding-left:20px;font-size:13px;color:#c5221f}
 .sglang-pd ul.failing code{color:#222}
 .sglang-pd ul.warnings{margin:4px 0 10px 0;padding-left:20px;font-size:13px;color:#8a5a00}
+.sglang-pd details.warnings>summary{font-size:13px;color:#8a5a00;cursor:pointer;margin:4px 0}
 .sglang-pd .charts{display:flex;flex-wrap:wrap;gap:10px;align-items:flex-start}
 .sglang-pd pre{white-space:pre-wrap;background:#f7f7f7;padding:6px;font-size:11px}
 </style>"""
 SIMULATED_BANNER = ("SIMULATED: engine \"sim\" — every number below comes from the simulated worker's performance "
                     "model, not from GPUs. Do not compare with hardware results.")
+WARNINGS_SHOWN = 5
 KEY_METRICS = ("completed", "failed", "duration", "request_throughput", "input_throughput", "output_throughput",
                "total_throughput", "mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "median_tpot_ms",
                "p99_tpot_ms", "mean_itl_ms", "p99_itl_ms", "mean_e2e_latency_ms", "p99_e2e_latency_ms",
@@ -148,8 +150,11 @@ def overall_html(counts: Mapping[str, int], problems: list[tuple[str, list[str],
         parts.append(f'<div id="sglang-pd-provenance"><b>changed since the baseline run {escape(run)}</b>: '
                      + (_table(("provenance", "baseline run", "this run"), rows_) if rows_ else
                         "nothing in the provenance (same config, image, versions, nodes and selection)") + "</div>")
-    if warnings:
-        parts.append('<ul class="warnings">' + "".join(f"<li>warning: {escape(w)}</li>" for w in warnings) + "</ul>")
+    if warnings:  # a few shown, more one click away: they must not push the checks off the first screen
+        items = "".join(f"<li>warning: {escape(w)}</li>" for w in warnings)
+        shown_ = "open" if len(warnings) <= WARNINGS_SHOWN else ""
+        parts.append(f'<details class="warnings" {shown_}><summary>{len(warnings)} warning(s): ungated metrics worse '
+                     f'than the baseline beyond its tolerance</summary><ul class="warnings">{items}</ul></details>')
     return "".join(parts)
 
 
@@ -175,13 +180,14 @@ def trend_html(trend: Mapping[tuple[str, str], list[tuple[str, float]]]) -> str:
 
 def checks_html(tests: list[Mapping[str, Any]]) -> str:
     """Every check of every inference test with its limit, margin and baseline change (nothing to expand)."""
+    head = header(tests)
     body = []
     for t in tests:
         for (_, metric, value, limit, margin, verdict, change), failed in rows(t):
-            body.append(("fail" if failed else "pass", [
-                _cell(t["id"]), _cell(metric), _cell(value, True), _cell(limit, True), _cell(margin, True),
-                _verdict(not failed, verdict), _cell(change, True)]))
-    return _table(HEADER, body, "checks")
+            cells = [_cell(t["id"]), _cell(metric), _cell(value, True), _cell(limit, True), _cell(margin, True),
+                     _verdict(not failed, verdict), _cell(change, True)]
+            body.append(("fail" if failed else "pass", cells[:len(head)]))
+    return _table(head, body, "checks")
 
 
 def summary_html(run: Mapping[str, Any], tests: list[Mapping[str, Any]], *, overall: str, log_files: Mapping[str, Path],

@@ -5,22 +5,24 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 from . import fmt
-from .checks import HEADER, rows
+from .checks import header, rows
 
 
 def table(tests: Iterable[Mapping[str, Any]]) -> list[tuple[str, bool]]:
     """(line, failed) of the table, a heading line per model; columns as wide as their widest cell."""
+    tests = list(tests)
+    head = header(tests)
     by_model: dict[str, list[tuple[tuple[str, ...], bool]]] = {}
     for t in tests:
-        by_model.setdefault(t["model"], []).extend(rows(t))
-    every = [HEADER, *(cells for found in by_model.values() for cells, _ in found)]
-    widths = [max(len(r[i]) for r in every) for i in range(len(HEADER))]
+        by_model.setdefault(t["model"], []).extend((cells[:len(head)], failed) for cells, failed in rows(t))
+    every = [head, *(cells for found in by_model.values() for cells, _ in found)]
+    widths = [max(len(r[i]) for r in every) for i in range(len(head))]
 
     def line(cells: tuple[str, ...]) -> str:
         return "  " + "  ".join(c.rjust(w) if i in (2, 3, 4, 6) else c.ljust(w)
                                 for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
-    out = [(line(HEADER), False)]
+    out = [(line(head), False)]
     for model, found in by_model.items():
         out.append((model, False))
         out += [(line(cells), failed) for cells, failed in found]
