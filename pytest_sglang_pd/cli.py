@@ -111,12 +111,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
-    models = [args.model] if args.model else list(cfg.model_ids)
+def _unknown_model(cfg: config_mod.ClusterConfig, models: list[str]) -> bool:
+    """True (and said on stderr) when a model is not one of the config's."""
     unknown = [m for m in models if m not in cfg.model_ids]
     if unknown:
         print(f"unknown model {unknown[0]!r}; the config has: {', '.join(cfg.model_ids)}", file=sys.stderr)
+    return bool(unknown)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    models = [args.model] if args.model else list(cfg.model_ids)
+    if _unknown_model(cfg, models):
         return 1
     from .cluster import node_access
 
@@ -149,10 +155,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     model = args.model or cfg.model_ids[0]
+    if _unknown_model(cfg, [model]):
+        return 1
     run_id = args.run_id if args.run_id != PLAN_RUN_ID else plan_mod.default_run_id()
     dep = plan_mod.plan(cfg, model, run_id=run_id)
     run_dir = Path(args.results_dir) / run_id
-    live = cluster.LiveCluster(cfg, dep, run_dir)
+    live = cluster.LiveCluster(cfg, dep, run_dir, say=_say_on_stderr)
     try:
         with live:
             live.bring_up()
@@ -160,9 +168,30 @@ def cmd_up(args: argparse.Namespace) -> int:
     except (cluster.ClusterError, HostError, RuntimeFailure) as exc:
         print(f"bring-up failed (everything started was stopped):\n{exc}", file=sys.stderr)
         return 1
-    print(f"cluster of {model} is up: router {live.router_url}\n"
-          f"  startup seconds: {json.dumps(live.startup_seconds)}\n  remove it with: sglang-pd down {run_dir}")
+    print(up_summary(model, live.router_url, live.worker_urls, live.startup_seconds, run_dir))
     return 0
+
+
+def _say_on_stderr(line: str, level: int) -> None:
+    if level == 0:
+        print(line, file=sys.stderr, flush=True)
+
+
+def up_summary(model: str, router_url: str, worker_urls: dict[str, list[str]], startup_s: dict[str, float],
+               run_dir: Path) -> str:
+    """What `sglang-pd up` brought up: the router, each role's URLs and start-up time, the logs, how to stop it."""
+    def took(key: str) -> str:
+        return f"ready after {startup_s[key]:.1f} s" if key in startup_s else ""
+
+    rows = [("router", router_url, took("router"))]
+    rows += [(role, url, took(role) if i == 0 else "") for role in ("prefill", "decode")
+             for i, url in enumerate(worker_urls.get(role, []))]
+    width = max(len(url) for _, url, _ in rows)
+    lines = [f"cluster of {model} is up"]
+    lines += [f"  {role:<8} {url:<{width}}  {when}".rstrip() for role, url, when in rows]
+    lines += [f"  logs     {run_dir / 'logs'} (copied now; each process keeps writing its own on its node)",
+              f"  stop it: sglang-pd down {run_dir}"]
+    return "\n".join(lines)
 
 
 def cmd_down(args: argparse.Namespace) -> int:

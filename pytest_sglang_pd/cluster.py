@@ -33,6 +33,7 @@ from .image import SOURCE_LABEL, source_digest
 from .nic import IB_SYSFS
 from .parallel import all_of, on_each
 from .runtime import DockerRuntime, RunningProcess, Runtime, runtime_for
+from .stages import Say, elapsed, quiet, stage
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +104,14 @@ class LiveCluster:
     ``start_router``) first pushes its own undo onto the cluster's ExitStack, so leaving the context
     (or ``close``) undoes every step taken, in reverse, whatever failed; ``undo(step)`` undoes one step
     earlier (a fixture's teardown). Per-node work runs on all nodes at once. With ``keep`` the processes
-    and containers stay up: closing then only copies the logs and disconnects.
+    and containers stay up: closing then only copies the logs and disconnects. Each step tells ``say`` when it
+    starts, what it waits on every few seconds, and when it ends (``stages.stage``).
     """
 
-    def __init__(self, cfg: ClusterConfig, deployment: Deployment, run_dir: Path, *, keep: bool = False):
+    def __init__(self, cfg: ClusterConfig, deployment: Deployment, run_dir: Path, *, keep: bool = False,
+                 say: Say = quiet):
         self.cfg = cfg
+        self.say = say
         self.deployment = deployment
         self.run_dir = run_dir
         self.keep = keep
@@ -190,6 +194,9 @@ class LiveCluster:
             self.smoke()
         return self
 
+    def _stage(self, phase: str, name: str, status: Callable[[], str] = lambda: ""):
+        return stage(self.say, f"{self.deployment.model.id} {phase}: {name}", status)
+
     # ---------------------------------------------------------------- bring-up steps
     def connect(self) -> None:
         """Every node connected and answering, in parallel; undone by marking the run stopped and disconnecting."""
@@ -199,7 +206,9 @@ class LiveCluster:
         self._undo_with(undo, "logs", lambda: self.snapshot_logs() if self.keep else None)
         dep = self.deployment
         self._write_state()
-        self.hosts = connect_nodes(self.cfg, [*dep.nodes, *(c.node for c in dep.containers)])
+        nodes = sorted({*dep.nodes, *(c.node for c in dep.containers)})
+        with self._stage("bring-up", f"connect {len(nodes)} node(s) ({self.cfg.transport})"):
+            self.hosts = connect_nodes(self.cfg, nodes)
         self.runtime = runtime_of(self.cfg, self.hosts)
         self._write_state()
 
@@ -209,8 +218,17 @@ class LiveCluster:
         by_node: dict[str, list[plan_mod.Precheck]] = {}
         for check in self.deployment.prechecks:
             by_node.setdefault(check.node, []).append(check)
-        outcomes = [outcome for found in all_of(lambda node: self._run_prechecks(by_node[node]), sorted(by_node))
-                    for outcome in found]
+        running = set(by_node)
+
+        def on(node: str) -> list[tuple[plan_mod.Precheck, bool, str]]:
+            try:
+                return self._run_prechecks(by_node[node])
+            finally:
+                running.discard(node)
+
+        with self._stage("bring-up", f"prechecks on {len(by_node)} node(s)",
+                         lambda: f"{len(by_node) - len(running)}/{len(by_node)} nodes done, waiting on {_some(running)}"):
+            outcomes = [outcome for found in all_of(on, sorted(by_node)) for outcome in found]
         for kind, title in (("paths", "Paths unusable"), ("devices", "GPU devices missing"),
                             ("nic", "NIC verbs provider missing"),
                             ("kv_transfer", f"KV transfer ({self.cfg.kv_transfer.backend}) precheck failed")):
@@ -281,10 +299,22 @@ class LiveCluster:
     def prepare_containers(self) -> None:
         """One container per logical node (docker runtime); undone by removing them all."""
         undo = self._step("containers")
-        self._undo_with(undo, "containers", lambda: None if self.keep else self.runtime.teardown())
+        self._undo_with(undo, "containers", self._remove_containers)
         if self.simulated and isinstance(self.runtime, DockerRuntime):
             self._check_sim_image()
-        self.runtime.prepare(self.deployment.containers)
+        if not self.deployment.containers:
+            return
+        with self._stage("bring-up", f"{len(self.deployment.containers)} container(s)"):
+            self.runtime.prepare(self.deployment.containers)
+
+    def _remove_containers(self) -> None:
+        if self.keep:
+            return
+        if not self.deployment.containers:
+            self.runtime.teardown()
+            return
+        with self._stage("teardown", f"remove {len(self.deployment.containers)} container(s)"):
+            self.runtime.teardown()
 
     def nic_error_counters(self, root: str = IB_SYSFS) -> dict[str, int]:
         """`node:device/port/counter` -> value of the error counters of the configured RDMA devices on every
@@ -326,9 +356,12 @@ class LiveCluster:
         specs = self.deployment.role(role)
         t0 = time.monotonic()
         errors = []
-        for spec, rp, exc in on_each(self.runtime.start, specs):
+        with self._stage("bring-up", f"start {len(specs)} {role} process(es)"):
+            started = on_each(self.runtime.start, specs)
+        for spec, rp, exc in started:
             if exc is None:
                 self.procs[spec.key] = rp
+                self.say(f"  {spec.key} on {spec.node}, pid {rp.pid}, log {spec.log_path}", 1)
             else:
                 errors.append(f"  {role} {spec.key} on node {spec.node}: {exc}")
         self._write_state()
@@ -366,11 +399,19 @@ class LiveCluster:
                     pending.pop(key)
                     role_time = round(time.monotonic() - t0, 3)
                     self.startup_seconds[spec.role] = max(self.startup_seconds.get(spec.role, 0.0), role_time)
+                    self.say(f"  {key} healthy after {elapsed(role_time)}", 1)
             return not pending
 
-        self._wait(probe, deadline_s, "timeouts.server_start_s",
-                   lambda: [(s.key, f"{s.role} {s.key} on node {s.node}: {s.url}{s.health_path} not healthy")
-                            for s in pending.values()])
+        def status() -> str:
+            counts = ", ".join(f"{role} {sum(s.role == role and s.key not in pending for s in specs)}/"
+                               f"{sum(s.role == role for s in specs)}" for role in dict.fromkeys(s.role for s in specs))
+            waiting = _some(f"{s.key} {s.health_path}" for s in list(pending.values()))
+            return f"{counts} healthy, waiting for {waiting} (model loading) of {elapsed(deadline_s)}"
+
+        with self._stage("bring-up", f"{' and '.join(dict.fromkeys(s.role for s in specs))} healthy", status):
+            self._wait(probe, deadline_s, "timeouts.server_start_s",
+                       lambda: [(s.key, f"{s.role} {s.key} on node {s.node}: {s.url}{s.health_path} not healthy")
+                                for s in pending.values()])
         self.confirm_release()
 
     def wait_router_ready(self) -> dict:
@@ -388,9 +429,12 @@ class LiveCluster:
                 return False
             return r.status_code == 200 and seen.get("healthy_workers", 0) >= expected
 
-        self._wait(probe, self.cfg.timeouts.router_ready_s, "timeouts.router_ready_s",
-                   lambda: [(spec.key, f"router on node {spec.node}: /readiness {json.dumps(seen) if seen else 'not answering'} "
-                                       f"(expected {expected} healthy workers)")])
+        with self._stage("bring-up", "router /readiness",
+                         lambda: f"{seen.get('healthy_workers', 0)}/{expected} workers healthy at the router "
+                                 f"of {elapsed(self.cfg.timeouts.router_ready_s)}"):
+            self._wait(probe, self.cfg.timeouts.router_ready_s, "timeouts.router_ready_s",
+                       lambda: [(spec.key, f"router on node {spec.node}: /readiness {json.dumps(seen) if seen else 'not answering'} "
+                                           f"(expected {expected} healthy workers)")])
         self.startup_seconds["router"] = round(time.monotonic() - t0, 3)
         return seen
 
@@ -427,6 +471,10 @@ class LiveCluster:
 
     def smoke(self) -> float | None:
         """A non-streamed and a streamed /generate through the router that must cross prefill -> decode."""
+        with self._stage("bring-up", "smoke requests through the router (KV handoff prefill -> decode)"):
+            return self._smoke()
+
+    def _smoke(self) -> dict[str, float]:
         before = handoffs(self.worker_urls)
         body = {"text": "The capital of France is", "sampling_params": {"max_new_tokens": 8, "temperature": 0}}
         for stream in (False, True):
@@ -509,8 +557,11 @@ class LiveCluster:
         if self.keep:
             return
         procs = [rp for rp in self.procs.values() if rp.spec.role == role]
-        errors = self.runtime.stop_all(procs) if procs else []
-        on_each(self.collect, [rp.spec.key for rp in procs])
+        if not procs:
+            return
+        with self._stage("teardown", f"stop {len(procs)} {role} process(es), collect their logs"):
+            errors = self.runtime.stop_all(procs)
+            on_each(self.collect, [rp.spec.key for rp in procs])
         if errors:
             raise ClusterError("; ".join(errors))
 
@@ -582,7 +633,8 @@ def facts_of(cluster: LiveCluster | ExternalCluster, *, versions: bool = True) -
                                    for spec in (*dep.processes, *dep.bench)}
     return ClusterFacts(router_url=cluster.router_url, model=dep.model.id if dep else None, router=cluster.router_version,
                         startup_seconds=dict(cluster.startup_seconds),
-                        worker_versions=worker_versions(cluster.worker_urls) if versions else {}, log_files=logs)
+                        worker_versions=worker_versions(cluster.worker_urls) if versions else {}, log_files=logs,
+                        started=tuple(getattr(cluster, "procs", ())))
 
 
 def worker_versions(worker_urls: dict[str, list[str]]) -> dict[str, str]:
@@ -634,6 +686,13 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 def strip_ansi(text: str) -> str:
     """Without terminal colour codes (the router colours its log even into a file)."""
     return _ANSI.sub("", text)
+
+
+def _some(names: Iterable[str], most: int = 3) -> str:
+    """``a, b, c and 5 more``."""
+    names = sorted(names)
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
 
 
 def _indent(lines: Iterable[str], prefix: str = "    ") -> str:

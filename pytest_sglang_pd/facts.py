@@ -21,3 +21,4 @@ class ClusterFacts:
     startup_seconds: Mapping[str, float] = field(default_factory=dict)  # step -> seconds it took
     worker_versions: Mapping[str, str] = field(default_factory=dict)  # role -> version its workers report
     log_files: Mapping[str, Path] = field(default_factory=dict)  # process key -> its log in the run folder
+    started: tuple[str, ...] = ()  # keys of the processes running now: teardown collects their logs

@@ -17,6 +17,7 @@ from .facts import ClusterFacts
 from .failures import first_error_first
 from .hosts import HostError
 from .runtime import RuntimeFailure
+from .report.progress import terminal_say
 from .session import NO_CONFIG_HINT, SuiteRun, suite_run_key
 
 
@@ -96,7 +97,7 @@ def cluster_nodes(request: pytest.FixtureRequest, cluster_config: ClusterConfig,
     """Every node of the deployment connected and answering (in parallel); disconnected at the end, after every
     later step was undone (the run's state file then says stopped)."""
     cluster = LiveCluster(cluster_config, deployment, _run_dir(suite_run, cluster_config, model_under_test),
-                          keep=suite_run.keep_cluster)
+                          keep=suite_run.keep_cluster, say=terminal_say(request.config))
     suite_run.clusters.append(cluster)
     _tell_report(request, facts_of(cluster, versions=False))  # a failed bring-up still links the logs collected
     try:
@@ -160,4 +161,7 @@ def pd_cluster(request: pytest.FixtureRequest, suite_run: SuiteRun, cluster_conf
         with _as_failure():
             cluster.smoke()
     _tell_report(request, facts_of(cluster))
+    picked = suite_run.resolve_baseline(report.of(request.config))
+    if picked:
+        terminal_say(request.config)(picked, 0)
     return cluster

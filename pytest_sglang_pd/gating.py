@@ -4,7 +4,9 @@ A threshold's limit is its expected value widened by the tolerance: ``expected *
 upper bound ("max", the ``*_ms`` latencies), ``expected * (1 - tol)`` for a lower bound ("min",
 throughput, accuracy, cache hit rate). The tolerance is ``--perf-tolerance`` when given, else the
 test's ``tolerance``, else 0. A baseline (an earlier results.json) turns each gated metric's earlier
-value into one more limit with the same direction and tolerance.
+value into one more limit with the same direction and the baseline tolerance (``--baseline-tolerance``,
+default ``BASELINE_TOLERANCE_PCT``: identical reruns differ by several percent, so 0 would fail them), and
+every other metric both runs measured becomes a ``Change``: a warning when it got worse beyond that tolerance.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+from . import metrics as metrics_mod
 from .bench.result import BenchResult
 from .config import InferenceCase, InferenceTest, Threshold
+
+BASELINE_TOLERANCE_PCT = 15.0
 
 
 @dataclass(frozen=True)
@@ -31,9 +36,32 @@ class Verdict:
 
 
 @dataclass(frozen=True)
+class Change:
+    """One metric both this run and the baseline measured: its change, and whether it is a warning."""
+
+    metric: str  # canonical
+    before: float
+    after: float
+    change_pct: float | None  # (after - before) / |before|, None when before is 0
+    worse_pct: float | None  # how much worse in the metric's direction (negative: better); None: no direction
+    gated: bool  # a threshold gates it (then a baseline verdict judges it)
+    warned: bool  # ungated and worse than the baseline tolerance allows
+
+    @property
+    def message(self) -> str:
+        change = "n/a" if self.change_pct is None else f"{self.change_pct:+.1f}%"
+        return f"{self.metric} {_g4(self.before)} -> {_g4(self.after)} ({change})"
+
+
+@dataclass(frozen=True)
 class GateResult:
     case_id: str
     verdicts: tuple[Verdict, ...]
+    changes: tuple[Change, ...] = ()  # against the baseline, every metric both runs measured
+
+    @property
+    def warnings(self) -> tuple[Change, ...]:
+        return tuple(c for c in self.changes if c.warned)
 
     @property
     def failures(self) -> tuple[Verdict, ...]:
@@ -46,7 +74,8 @@ class GateResult:
     def message(self) -> str:
         """Every failing metric, one per line, under a header naming the case."""
         fails = self.failures
-        head = f"{self.case_id}: {len(fails)} of {len(self.verdicts)} checks failed"
+        names = ", ".join(dict.fromkeys(v.metric + (" vs baseline" if v.source == "baseline" else "") for v in fails))
+        head = f"{self.case_id}: {len(fails)} of {len(self.verdicts)} checks failed: {names}"
         return "\n".join([head, *(f"  {v.message}" for v in fails)])
 
 
@@ -60,12 +89,13 @@ class Baseline:
 
 
 def gate(case: InferenceCase, result: BenchResult, *, perf_tolerance_pct: float | None = None,
-         baseline: Baseline | None = None) -> GateResult:
+         baseline: Baseline | None = None, baseline_tolerance_pct: float | None = None) -> GateResult:
     """The verdicts of one case: its thresholds at the run's tolerance (--perf-tolerance, else the test's own),
-    and the baseline's measurements of the same case id when a baseline is given."""
+    and the baseline's measurements of the same case id, at the baseline tolerance, when a baseline is given."""
     return evaluate(case.id, case.test, result, tol_pct=tolerance_pct(perf_tolerance_pct, case.test),
                     baseline=baseline.metrics.get(case.id) if baseline else None,
-                    baseline_name=f"run {baseline.run_id}" if baseline else "baseline")
+                    baseline_name=f"run {baseline.run_id}" if baseline else "baseline",
+                    baseline_tol_pct=BASELINE_TOLERANCE_PCT if baseline_tolerance_pct is None else baseline_tolerance_pct)
 
 
 def tolerance_pct(option_pct: float | None, test: InferenceTest) -> float:
@@ -100,12 +130,23 @@ def _g(x: float) -> str:
     return f"{x:g}"
 
 
+def _g4(x: float) -> str:
+    return f"{x:.4g}" if abs(x) < 1e4 else f"{x:.0f}"
+
+
+def change_pct(before: float, after: float) -> float | None:
+    return None if before == 0 else (after - before) / abs(before) * 100
+
+
 def check(metric: str, canonical: str, actual: float | None, expected: float, direction: str,
           tol_pct: float, *, source: str = "threshold", origin: str = "") -> Verdict:
     """One comparison; the failure message reads ``mean_tpot_ms 61.2 > 55.0 (expected 50, tolerance 10%)``
     (``baseline 50 in <origin>`` instead of ``expected 50`` for a baseline comparison)."""
     limit = limit_for(expected, direction, tol_pct)
-    reference = f"baseline {_g(expected)} in {origin}" if source == "baseline" else f"expected {_g(expected)}"
+    reference = f"expected {_g(expected)}"
+    if source == "baseline":
+        moved = change_pct(expected, actual) if actual is not None else None
+        reference = f"baseline {_g4(expected)} in {origin}" + ("" if moved is None else f", {moved:+.1f}%")
     context = f"({reference}, tolerance {_g(tol_pct)}%)"
     if actual is None:
         return Verdict(metric, canonical, None, limit, expected, direction, tol_pct, source, False,
@@ -148,14 +189,35 @@ def check_pd(result: BenchResult) -> list[Verdict]:
 
 
 def evaluate(case_id: str, test: InferenceTest, result: BenchResult, *, tol_pct: float,
-             baseline: Mapping[str, float] | None = None, baseline_name: str = "baseline") -> GateResult:
-    """All verdicts of one case: the request count, every threshold, every baseline comparison."""
+             baseline: Mapping[str, float] | None = None, baseline_name: str = "baseline",
+             baseline_tol_pct: float = BASELINE_TOLERANCE_PCT) -> GateResult:
+    """All verdicts of one case: the request count, every threshold, every baseline comparison (at the baseline
+    tolerance), and the change of every metric both runs measured."""
     verdicts = [check_requests(result, test.allow_failed_requests), *check_pd(result)]
     for t in test.thresholds:
         verdicts.append(check(t.metric, t.canonical, result.metrics.get(t.canonical), t.value, t.direction, tol_pct))
-    if baseline:
-        verdicts += baseline_verdicts(test.thresholds, result, baseline, tol_pct, baseline_name)
-    return GateResult(case_id, tuple(verdicts))
+    if not baseline:
+        return GateResult(case_id, tuple(verdicts))
+    verdicts += baseline_verdicts(test.thresholds, result, baseline, baseline_tol_pct, baseline_name)
+    gated = {t.canonical for t in test.thresholds}
+    return GateResult(case_id, tuple(verdicts), compare(result.metrics, baseline, gated, baseline_tol_pct))
+
+
+def compare(after: Mapping[str, float], before: Mapping[str, float], gated: set[str],
+            tol_pct: float) -> tuple[Change, ...]:
+    """Every metric both runs measured, by name; an ungated one that got worse by more than ``tol_pct`` is warned."""
+    out = []
+    for name in sorted(set(after) & set(before)):
+        a, b = after[name], before[name]
+        if a is None or b is None or a != a or b != b:
+            continue
+        moved = change_pct(b, a)
+        known = metrics_mod.METRICS.get(name)
+        spread = name.startswith("std_")  # a spread has no better direction
+        worse = None if moved is None or known is None or spread else (moved if known.direction == "max" else -moved)
+        out.append(Change(name, b, a, moved, worse, name in gated,
+                          name not in gated and worse is not None and worse > tol_pct))
+    return tuple(out)
 
 
 def baseline_verdicts(thresholds: tuple[Threshold, ...], result: BenchResult, baseline: Mapping[str, float],

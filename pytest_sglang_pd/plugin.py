@@ -18,6 +18,7 @@ import pytest
 
 from . import config as config_mod
 from . import plan as plan_mod
+from .gating import BASELINE_TOLERANCE_PCT
 from .session import SuiteRun, suite_run_key
 
 if TYPE_CHECKING:
@@ -33,9 +34,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--keep-cluster", action="store_true", help="leave the cluster running after the run")
     group.addoption("--router-url", metavar="URL", help="run against an already running cluster's router; start nothing")
     group.addoption("--results-dir", metavar="DIR", help="where each run's folder goes (default: reports/)")
-    group.addoption("--perf-tolerance", metavar="PCT", type=_percent_arg,
+    group.addoption("--perf-tolerance", metavar="PCT", type=_percent("--perf-tolerance"),
                     help="tolerance in percent applied to every threshold (default: per test, else 0)")
-    group.addoption("--baseline", metavar="RESULTS_JSON", help="fail on a regression beyond tolerance against an earlier results.json")
+    group.addoption("--baseline", metavar="RESULTS_JSON|auto",
+                    help="fail on a regression beyond tolerance against an earlier results.json; auto: the last green "
+                         "run of --history with this run's provenance key")
+    group.addoption("--history", metavar="DIR",
+                    help="earlier runs (results.json files below DIR, e.g. a Jenkins job's archived runs) for "
+                         "--baseline auto and the report's trend (default with --baseline auto: the results dir)")
+    group.addoption("--baseline-tolerance", metavar="PCT", type=_percent("--baseline-tolerance"),
+                    help=f"how much worse than the baseline a metric may be, in percent "
+                         f"(default {BASELINE_TOLERANCE_PCT:g}; --perf-tolerance is for the absolute limits)")
     group.addoption("--run-id", metavar="ID", help="the run id (default: a timestamp and a random suffix)")
     parser.addini("cluster_config", "default cluster config when --cluster-config is not given")
 
@@ -52,14 +61,18 @@ def _config_path(config: pytest.Config) -> str | None:
     return str(beside) if beside.exists() else ini
 
 
-def _percent_arg(value: str) -> float:
-    try:
-        pct = config_mod.percent(value)
-    except ValueError:
-        raise pytest.UsageError(f"--perf-tolerance expects a percentage such as 10 or 10%, got {value!r}") from None
-    if pct < 0:
-        raise pytest.UsageError(f"--perf-tolerance must not be negative, got {value!r}")
-    return pct
+def _percent(option: str):
+    """An argparse type for ``option``: a non-negative percentage, ``10`` or ``10%``."""
+    def parse(value: str) -> float:
+        try:
+            pct = config_mod.percent(value)
+        except ValueError:
+            raise pytest.UsageError(f"{option} expects a percentage such as 10 or 10%, got {value!r}") from None
+        if pct < 0:
+            raise pytest.UsageError(f"{option} must not be negative, got {value!r}")
+        return pct
+
+    return parse
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-html's, so the report's default path applies
@@ -84,9 +97,16 @@ def pytest_configure(config: pytest.Config) -> None:
             "or bring the cluster up once (sglang-pd up CONFIG) and run the workers against it with --router-url")
     if cluster_config is not None:
         _collect_the_suite(config)
+    auto = config.getoption("baseline") == "auto"
+    history = config.getoption("history") or (results if auto else None)
+    if history is not None and not Path(history).is_dir():
+        raise pytest.UsageError(f"--history {history}: no such folder")
     run = SuiteRun(cluster_config=cluster_config, results_root=Path(results), run_id=run_id,
                    keep_cluster=config.getoption("keep_cluster"), router_url=router_url,
-                   perf_tolerance_pct=config.getoption("perf_tolerance"), baseline=_baseline(config.getoption("baseline")))
+                   perf_tolerance_pct=config.getoption("perf_tolerance"),
+                   baseline=None if auto else _baseline(config.getoption("baseline")),
+                   baseline_tolerance_pct=_or(config.getoption("baseline_tolerance"), BASELINE_TOLERANCE_PCT),
+                   history_dir=Path(history) if history is not None else None, baseline_auto=auto)
     config.stash[suite_run_key] = run
     config.pluginmanager.register(run, "sglang_pd_run")
     from . import report
@@ -128,6 +148,8 @@ def _usable_folder(path: Path, option: str, *, keep: bool) -> None:
         raise pytest.UsageError(f"{option} {path}: cannot be created or written ({exc.strerror or exc})") from None
     if first_missing is not None and not keep:
         shutil.rmtree(first_missing, ignore_errors=True)
+def _or(value, default):
+    return default if value is None else value
 
 
 def _baseline(path: str | None) -> Baseline | None:

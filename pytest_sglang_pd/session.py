@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING
 import pytest
 
 from .config import ClusterConfig, InferenceCase, cases
-from .report import case_of
+from .report import model_of
 
 if TYPE_CHECKING:
     from .cluster import LiveCluster
     from .gating import Baseline
+    from .report import RunReport
 
 NO_CONFIG_HINT = ("no cluster config given: pass --cluster-config=PATH (or set the ini option cluster_config). "
                   "To try the suite without GPUs, run it on the simulated cluster: "
@@ -34,11 +35,34 @@ class SuiteRun:
     router_url: str | None
     perf_tolerance_pct: float | None
     baseline: Baseline | None
+    baseline_tolerance_pct: float
+    history_dir: Path | None = None
+    baseline_auto: bool = False  # --baseline auto: picked from history_dir once the first cluster is ready
+    baseline_note: str | None = None  # which run --baseline auto picked, or why none
     clusters: list[LiveCluster] = field(default_factory=list)  # brought up in this run
 
     @property
     def run_dir(self) -> Path:
         return self.results_root / self.run_id
+
+    def resolve_baseline(self, run_report: RunReport) -> str | None:
+        """--baseline auto, once: the last green run of the history with this run's provenance key (known once a
+        cluster is ready: the workers' versions are part of it). Returns what was picked, or why nothing."""
+        if not self.baseline_auto or self.baseline_note is not None:
+            return None
+        from .report import history, results
+
+        key = run_report.provenance()["key"]
+        found = history.runs(self.history_dir, exclude=run_report.results_path)
+        pick = history.last_green(found, key)
+        if pick is None:
+            self.baseline_note = (f"--baseline auto: no green run of provenance key {key} among the {len(found)} "
+                                  f"finished run(s) below {self.history_dir}; this run has no baseline")
+        else:
+            self.baseline = results.load_baseline(pick.path)
+            self.baseline_note = (f"--baseline auto: run {pick.run_id} ({pick.path}), the last green run of "
+                                  f"provenance key {key}")
+        return self.baseline_note
 
     def cases(self) -> list[InferenceCase]:
         return cases(self.cluster_config) if self.cluster_config is not None else []
@@ -65,7 +89,24 @@ class SuiteRun:
         order = {m: i for i, m in enumerate(self.cluster_config.model_ids)}
         items.sort(key=lambda item: order.get(model_of(item), -1))
 
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """A selection (-k, -m, a node id) that leaves no test: say what the config has, write no empty report."""
+        if self.cluster_config is None or session.items or not session.config.option.keyword and not \
+                session.config.option.markexpr and not session.config.args:
+            return
+        from . import report
+
+        report.of(session.config).write_no_files()
+        lines = [f"sglang-pd: the selection left no test of {self.cluster_config.source}; it has",
+                 f"  models: {', '.join(self.cluster_config.model_ids)}",
+                 "  inference test ids (-k ...): " + ", ".join(c.id for c in self.cases())]
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        for line in lines if reporter else ():
+            reporter.write_line(line, yellow=True)
+
     def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.baseline_note:
+            terminalreporter.write_line(f"sglang-pd: {self.baseline_note}", yellow=self.baseline is None)
         if not self.keep_cluster:
             return
         for cluster in self.clusters:
@@ -80,15 +121,6 @@ class SuiteRun:
         return [f"sglang-pd: {cfg.source} engine={cfg.engine} runtime={cfg.runtime} transport={cfg.transport} "
                 f"kv={cfg.kv_transfer.backend} models={','.join(cfg.model_ids)} run={self.run_id}",
                 *(f"sglang-pd: warning: {w}" for w in cfg.warnings)]
-
-
-def model_of(item: pytest.Item) -> str | None:
-    """The model a suite test item is about: its inference case's, or the cluster test's model_under_test."""
-    case = case_of(item)
-    if case is not None:
-        return case.model.id
-    callspec = getattr(item, "callspec", None)
-    return callspec.params.get("model_under_test") if callspec else None
 
 
 suite_run_key = pytest.StashKey[SuiteRun]()

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pytest_sglang_pd import config
-from selftests.configs import TEMPLATE, raw, write
+from selftests.configs import REPO, TEMPLATE, raw, write
 
 
 def problems_of(tmp_path, data, name="cluster.json") -> list[config.Problem]:
@@ -169,12 +169,26 @@ def test_shared_prefix_test_is_classified_and_unclassifiable_is_an_error(tmp_pat
 
 
 def test_file_errors_are_problems_not_tracebacks(tmp_path):
-    assert "cannot read the config file" in str(problems_of(tmp_path, str(tmp_path / "absent.json"))[0])
+    assert "no such config file" in str(problems_of(tmp_path, str(tmp_path / "absent.json"))[0])
+    (tmp_path / "x.json").mkdir()
+    assert "cannot read the config file" in str(problems_of(tmp_path, str(tmp_path / "x.json"))[0])
     bad = tmp_path / "bad.json"
     bad.write_text('{"config": ')
     assert "not valid JSON" in problems_of(tmp_path, str(bad))[0].message
     with pytest.raises(config.ConfigError, match="must be an object"):
         config.from_dict([1, 2])
+
+
+def test_a_missing_config_names_every_place_looked_in_and_the_nearest_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(config.ConfigError) as info:
+        config.load("local-simm.json")
+    text = str(info.value)
+    assert str(tmp_path / "local-simm.json") in text and str(config.CONFIG_DIR / "local-simm.json") in text
+    assert text.endswith(f"did you mean {config.CONFIG_DIR / 'local-sim.json'}?")
+    (tmp_path / "my-cluster.json").write_text("{}")
+    with pytest.raises(config.ConfigError, match=f"did you mean {tmp_path / 'my-cluster.json'}"):
+        config.load("my-clustr.json")  # a file beside the user is found as well
 
 
 def test_tcp_backend_only_with_the_simulator(tmp_path):
@@ -378,3 +392,15 @@ def test_router_package_python_and_args_and_a_flag_smg_lacks():
     data["config"]["router_args"] = []
     cfg = config.from_dict(data)
     assert (cfg.router_package, cfg.router_python, cfg.router_args) == ("smg", "/opt/smg/bin/python", ("--policy", "random"))
+
+
+def test_the_sim_example_of_the_simulator_doc_is_a_valid_config_sim():
+    """docs/simulator.md shows the shape of every `sim` key with an example: that example loads."""
+    text = (REPO / "docs" / "simulator.md").read_text()
+    block = text.split("### In the cluster config: `config.sim`", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    example = json.loads("{" + block.strip() + "}")["config"]
+    data = raw("local-sim.json")
+    data["config"].update(example)
+    sim = config.from_dict(data).sim
+    assert set(example["sim"]) == {f for f in config.SimSettings.__dataclass_fields__}  # every key shown
+    assert sim.faults == {"decode": ("slow=2",), "prefill_0": ("crash_after=100",)} and sim.speedup == 20

@@ -97,35 +97,51 @@ def test_one_message_lists_every_failing_metric() -> None:
     gate = gating.evaluate("llama-8b-bench_serv_random", t,
                            _result(completed=9, mean_tpot_ms=70.0, mean_ttft_ms=150.0, output_throughput=50.0), tol_pct=0)
     assert gate.message().splitlines() == [
-        "llama-8b-bench_serv_random: 3 of 4 checks failed",
+        "llama-8b-bench_serv_random: 3 of 4 checks failed: failed, mean_tpot_ms, mean_ttft_ms",
         "  failed requests 1 of 10 > allowed 0",
         "  mean_tpot_ms 70.0 > 50.0 (expected 50, tolerance 0%)",
         "  mean_ttft_ms 150.0 > 100.0 (expected 100, tolerance 0%)",
     ]
 
 
-def test_baseline_regression_fails_even_when_thresholds_pass() -> None:
+def test_baseline_regression_fails_at_the_baseline_tolerance_even_when_thresholds_pass() -> None:
     t = _test({"output_throughput": 100, "mean_tpot_ms": 50})
     baseline = {"output_throughput": 1000.0, "mean_tpot_ms": 10.0}
     result = _result(output_throughput=850.0, mean_tpot_ms=10.5)
-    gate = gating.evaluate("x", t, result, tol_pct=10, baseline=baseline, baseline_name="run 20250101-aaaa")
+    gate = gating.evaluate("x", t, result, tol_pct=0, baseline=baseline, baseline_name="run 20250101-aaaa",
+                           baseline_tol_pct=10)
     assert [v.message for v in gate.failures] == [
-        "output_throughput 850.0 < 900.0 (baseline 1000 in run 20250101-aaaa, tolerance 10%)"]
+        "output_throughput 850.0 < 900.0 (baseline 1000 in run 20250101-aaaa, -15.0%, tolerance 10%)"]
     assert {v.source for v in gate.verdicts} == {"requests", "threshold", "baseline"}
-    assert gating.evaluate("x", t, result, tol_pct=20, baseline=baseline).passed
+    assert gating.evaluate("x", t, result, tol_pct=0, baseline=baseline, baseline_tol_pct=20).passed
 
 
-def test_gate_of_a_case_takes_the_runs_tolerance_and_the_baseline_of_the_same_case_id() -> None:
+def test_every_metric_both_runs_measured_is_compared_and_an_ungated_drop_is_a_warning() -> None:
+    t = _test({"cache_hit_rate": 0.2})
+    before = {"cache_hit_rate": 0.5, "output_throughput": 1000.0, "mean_ttft_ms": 100.0, "only_before": 1.0}
+    result = _result(cache_hit_rate=0.5, output_throughput=600.0, mean_ttft_ms=90.0)
+    gate = gating.evaluate("x", t, result, tol_pct=0, baseline=before, baseline_tol_pct=15)
+    assert gate.passed  # a warning never fails the test
+    changes = {c.metric: c for c in gate.changes}
+    assert set(changes) == {"cache_hit_rate", "output_throughput", "mean_ttft_ms"}
+    assert changes["output_throughput"].change_pct == pytest.approx(-40.0)
+    assert [c.metric for c in gate.warnings] == ["output_throughput"]  # 40% worse; TTFT got better
+    assert changes["mean_ttft_ms"].worse_pct == pytest.approx(-10.0) and changes["cache_hit_rate"].gated
+    assert gate.warnings[0].message == "output_throughput 1000 -> 600 (-40.0%)"
+
+
+def test_gate_of_a_case_takes_the_runs_tolerances_and_the_baseline_of_the_same_case_id() -> None:
     t = _test({"output_throughput": 100}, tolerance="20%")
     case = config_mod.InferenceCase(config_mod.ModelConfig(id="m", model="org/model", tests=(t,)), t, 64)
     assert case.id == "m-bench_serv_random"
     baseline = gating.Baseline(source="before/results.json", run_id="before",
                                metrics={case.id: {"output_throughput": 1000.0}, "other": {"output_throughput": 1.0}})
-    result = _result(output_throughput=850.0)
-    assert gating.gate(case, result, baseline=baseline).passed  # the test's own 20%: 850 >= 800
-    gate = gating.gate(case, result, perf_tolerance_pct=10, baseline=baseline)  # the option wins
+    result = _result(output_throughput=870.0)
+    # the baseline has its own tolerance (default 15%), whatever --perf-tolerance says of the absolute limits
+    assert gating.gate(case, result, baseline=baseline, perf_tolerance_pct=0).passed
+    gate = gating.gate(case, result, baseline=baseline, baseline_tolerance_pct=10)
     assert [v.message for v in gate.failures] == [
-        "output_throughput 850.0 < 900.0 (baseline 1000 in run before, tolerance 10%)"]
+        "output_throughput 870.0 < 900.0 (baseline 1000 in run before, -13.0%, tolerance 10%)"]
     assert [v.source for v in gating.gate(case, result).verdicts] == ["requests", "threshold"]  # no baseline
 
 

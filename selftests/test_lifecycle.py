@@ -204,11 +204,21 @@ def test_cli_up_then_tests_against_its_router_url_then_down(pytester, tmp_path):
                         capture_output=True, text=True, timeout=180)
     try:
         assert up.returncode == 0, up.stderr
+        assert "llama-8b bring-up: router /readiness: done, " in up.stderr  # the stages, live
+        assert f"stop it: sglang-pd down {results / 'run'}" in up.stdout
         router = up.stdout.split("router ", 1)[1].split()[0]
         assert requests.get(f"{router}/readiness", timeout=5).status_code == 200
         external = run_suite(pytester, sim_config(tmp_path / "other"), tmp_path / "external", f"--router-url={router}")
         external.assert_outcomes(passed=3, skipped=2)
         assert not (tmp_path / "external" / "run" / "cluster-state.json").exists()  # it started nothing
+        # pytest-xdist workers against the one cluster: the controller's closing table has what the workers measured
+        workers = pytester.runpytest_subprocess(
+            str(REPO / "tests" / "test_inference.py"), f"--cluster-config={sim_config(tmp_path / 'other')}",
+            f"--results-dir={tmp_path / 'xdist'}", "--run-id=run", f"--router-url={router}", "-n", "2",
+            "-k", "gsm8k or random", "-p", "no:cacheprovider", timeout=240)
+        workers.assert_outcomes(passed=2)
+        table = workers.stdout.str().split("sglang-pd: measured against the limits", 1)[1]
+        assert "gsm8k " in table and "bench_serv_random " in table and "accuracy" in table
     finally:
         down = subprocess.run(["sglang-pd", "down", str(results / "run")], capture_output=True, text=True, timeout=60)
     assert down.returncode == 0, down.stderr

@@ -107,3 +107,23 @@ def test_an_unusable_results_dir_is_a_usage_error_naming_it(pytester: pytest.Pyt
     assert errors == [f"ERROR: --results-dir {target}: cannot be created or written "
                       f"({'Not a directory' if where == 'below-a-file' else 'No such file or directory'})"]
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+def test_a_selection_that_leaves_no_test_lists_the_configs_models_and_test_ids_and_writes_no_report(
+        pytester: pytest.Pytester, tmp_path):
+    results = tmp_path / "reports"
+    result = pytester.runpytest_subprocess(SUITE, "--cluster-config=local-sim.json", "-k", "qwen-7b",
+                                           f"--results-dir={results}", "--run-id=empty")
+    assert result.ret == 5  # pytest's "no tests collected"
+    out = result.stdout.str()
+    assert "the selection left no test" in out and "models: llama-8b" in out
+    assert "llama-8b-gsm8k, llama-8b-bench_serv_random, llama-8b-generated_shared_prefix" in out
+    assert not (results / "empty").exists()  # no empty report.html, junit.xml or results.json
+
+
+def test_a_missing_config_names_the_places_looked_in_and_the_nearest_name(pytester: pytest.Pytester):
+    result = pytester.runpytest_subprocess(SUITE, "--cluster-config=local-simm.json", "--collect-only")
+    assert result.ret == 4
+    err = result.stderr.str()
+    assert "no such config file; looked for " in err and "cluster_configs/local-simm.json" in err
+    assert "did you mean " in err and "cluster_configs/local-sim.json?" in err

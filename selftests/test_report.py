@@ -7,6 +7,7 @@ subprocess, on a simulated cluster the plugin brings up (real router, sim worker
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -15,31 +16,67 @@ import pytest
 
 from pytest_sglang_pd.bench.result import BenchResult, RequestRecord
 from pytest_sglang_pd.report import charts, results
+from selftests.browser import probe
 from selftests.configs import REPO, sim_config
 
 # ------------------------------------------------------------------ unit
 
 
+NS = "{http://www.w3.org/2000/svg}"
+
+
 def _svg(text: str) -> ET.Element:
     root = ET.fromstring(text)
-    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    assert root.tag == f"{NS}svg" and not text.startswith("<?xml")  # inline: an element, no document prolog
     return root
 
 
-def test_histogram_is_valid_svg_with_one_bar_per_bin_and_markers() -> None:
+def _texts(root: ET.Element) -> list[str]:
+    return [t.text.strip() for t in root.iter(f"{NS}text") if t.text and t.text.strip()]
+
+
+def test_histogram_is_inline_svg_with_one_bar_per_bin_and_the_mean_and_p99_named() -> None:
     root = _svg(charts.histogram([10.0, 12.0, 12.5, 30.0], "TTFT distribution", bins=8))
-    ns = "{http://www.w3.org/2000/svg}"
-    assert len(root.findall(f"{ns}rect")) == 8
-    texts = [t.text for t in root.iter(f"{ns}text")]
-    assert "TTFT distribution" in texts and any(t.startswith("mean ") for t in texts if t)
-    assert "no data" in charts.histogram([], "empty")
+    bars = [g for g in root.iter(f"{NS}g") if g.get("id", "").startswith("bar-")]
+    assert len(bars) == 8 and {"mean", "p99"} <= {g.get("id") for g in root.iter(f"{NS}g")}
+    texts = _texts(root)
+    assert "TTFT distribution" in texts and "mean 16.12 ms" in texts and "p99 29.47 ms" in texts
+    assert "no data" in _texts(_svg(charts.histogram([], "empty")))
 
 
-def test_sweep_chart_labels_every_concurrency() -> None:
+def test_sweep_chart_names_every_concurrency() -> None:
     root = _svg(charts.sweep([(64, 30.0, 900.0), (8, 10.0, 200.0)], "t", "mean TPOT (ms)", "output tok/s"))
-    ns = "{http://www.w3.org/2000/svg}"
-    assert len(root.findall(f"{ns}circle")) == 2
-    assert {"c8", "c64"} <= {t.text for t in root.iter(f"{ns}text")}
+    assert {"c8", "c64"} <= {g.get("id") for g in root.iter(f"{NS}g")} and {"c8", "c64"} <= set(_texts(root))
+
+
+def _overlaps(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+@pytest.mark.parametrize("figure", [
+    lambda: charts.histogram_figure(list(range(290, 300)) * 9 + [358, 359], "gsm8k TTFT distribution"),
+    lambda: charts.histogram_figure([11.0] * 50 + [11.3], "bench TPOT distribution"),  # p99 beside the tallest bar
+    lambda: charts.sweep_figure([(4, 5.2, 900.0), (16, 5.3, 3900.0), (64, 20.0, 4100.0)], "sweep", "ms", "tok/s"),
+], ids=["mean-beside-p99", "p99-at-a-bar", "sweep"])
+def test_no_label_overlaps_the_data_or_another_label(figure) -> None:
+    """Drawn by matplotlib's own renderer: no text's box meets a bar, a marker or another text."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    fig = figure()
+    FigureCanvasAgg(fig)
+    fig.draw_without_rendering()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    data = [p.get_window_extent(renderer) for p in ax.patches] + \
+           [c.get_window_extent(renderer) for c in ax.collections]
+    texts = fig.findobj(lambda a: isinstance(a, Text) and a.get_text() and a.get_visible())
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts if t.get_window_extent(renderer).width > 0]
+    for name, box in boxes:
+        assert not any(_overlaps(box, d) for d in data if d.width > 0), f"label {name!r} covers the data"
+    for i, (a, box_a) in enumerate(boxes):
+        for b, box_b in boxes[i + 1:]:
+            assert not _overlaps(box_a, box_b), f"labels {a!r} and {b!r} overlap"
 
 
 def test_write_atomic_replaces_the_file_and_leaves_no_temp(tmp_path: Path) -> None:
@@ -51,6 +88,9 @@ def test_write_atomic_replaces_the_file_and_leaves_no_temp(tmp_path: Path) -> No
     with pytest.raises(ValueError):
         results.write_atomic(path, {"a": float("nan")})  # JSON has no NaN: refused, old file kept
     assert json.loads(path.read_text()) == {"a": 2} and len(list(path.parent.iterdir())) == 1
+    beside = path.parent / "report.html"
+    beside.write_text("x")
+    assert path.stat().st_mode & 0o777 == beside.stat().st_mode & 0o777  # readable as the run's other files
 
 
 def test_case_entry_turns_nan_into_null() -> None:
@@ -112,6 +152,12 @@ def test_a_run_writes_report_html_results_json_and_junit_properties(pytester: py
     assert "llama-8b-bench_serv_random-c4: 1 of 6 checks failed" in out
     assert "> 0.01 (expected 0.01, tolerance 0%)" in out  # e.g. "mean_tpot_ms 0.52 > 0.01 (...)"
     assert "llama-8b-bench_serv_random-c4: 24/24 requests" in out  # live progress
+    # the closing table: every gated metric against its limit, then what did not pass, then the files
+    assert "sglang-pd: measured against the limits" in out
+    row = next(line.split() for line in run.outlines if line.split()[:2] == ["bench_serv_random-c4", "mean_tpot_ms"])
+    assert row[-4:-1] == ["0.01", "ms", row[-2]] and row[-1] == "FAIL" and row[-2].startswith("-")
+    assert "not passed: llama-8b-bench_serv_random-c4 FAILED: mean_tpot_ms" in out
+    assert "  report.html: " in out and "  results.json: " in out
 
     run_dir = pytester.path / "reports" / "run-one"
     data = json.loads((run_dir / "results.json").read_text())
@@ -133,16 +179,40 @@ def test_a_run_writes_report_html_results_json_and_junit_properties(pytester: py
     assert cluster["runtime"] == "process" and cluster["image"] is None  # plain processes run no image
 
     html = (run_dir / "report.html").read_text()
-    assert "SIMULATED" in html and "Inference tests" in html and "Concurrency sweeps" in html
-    assert "<svg" in html and "TTFT distribution" in html
+    assert "SIMULATED" in html and "Checks" in html and "Concurrency sweeps" in html
+    assert "<svg" in html and "TTFT distribution" in html and "<?xml" not in html  # inline, one file
     assert "verdict-fail" in html and "verdict-pass" in html
     assert _links(html, "logs/127.0.0.1/router-0.log") and _links(html, "logs/127.0.0.1/decode-0.log")
+    assert {p.name: p.stat().st_mode & 0o777 for p in run_dir.glob("*.*")}["results.json"] == \
+        (run_dir / "report.html").stat().st_mode & 0o777
+    _the_first_screen_shows_the_verdict_and_the_failing_checks(run_dir)
 
     junit = ET.parse(run_dir / "junit.xml")  # the plugin's default beside report.html
     props = {(case.get("name"), p.get("name")): p.get("value")
              for case in junit.iter("testcase") for p in case.iter("property")}
     assert float(props[("test_inference[llama-8b-gsm8k]", "accuracy")]) >= 0.6
     assert props[("test_inference[llama-8b-bench_serv_random-c4]", "verdict.threshold.mean_tpot_ms")].startswith("fail: ")
+
+
+def _the_first_screen_shows_the_verdict_and_the_failing_checks(run_dir: Path) -> None:
+    """The failing run's report in headless Chromium at 1400 x 900, measured from the rendered page."""
+    seen = probe(run_dir / "report.html")
+    verdict, failing = seen["verdict"], seen["failing"]
+    assert verdict["text"].startswith("FAIL") and "2 failed" in verdict["text"] and verdict["bottom"] <= 900
+    assert failing["bottom"] <= 900, f"the failing checks end {failing['bottom']:.0f} px down"
+    for case in ("llama-8b-bench_serv_random-c4", "llama-8b-bench_serv_random-c16"):
+        assert case in failing["text"]
+    assert "> 0.01 (expected 0.01, tolerance 0%)" in failing["text"]
+    # every limit shown without expanding anything: the summary's checks table has each test's rows
+    summary = seen["checks"][0]
+    assert all(f"{case}\t" in summary for case in ("llama-8b-gsm8k", "llama-8b-generated_shared_prefix"))
+    assert "<= 0.01 ms" in summary and ">= 50.0 tok/s" in summary
+    # per-role logs one click away from each test (the Links column), and no link to a missing file
+    shown = {(link["text"], link["href"]) for link in seen["links"] if link["shown"]}
+    for role in ("prefill-0", "decode-0", "router-0"):
+        assert (role, f"logs/127.0.0.1/{role}.log") in shown
+    local = [link["href"] for link in seen["links"] if not re.match(r"[a-z]+:", link["href"])]
+    assert local and all((run_dir / href.split("#")[0]).is_file() for href in local), local
 
 
 @pytest.mark.integration
@@ -156,7 +226,7 @@ def test_a_baseline_regression_fails_a_run_whose_thresholds_pass(pytester: pytes
     second = _run(pytester, slow, "after", "-k", "gsm8k", f"--baseline={baseline}")
     second.assert_outcomes(failed=1)
     out = second.stdout.str()
-    assert "tokens_per_sec" in out and "(baseline " in out and "in run before, tolerance 0%)" in out
+    assert "tokens_per_sec" in out and "(baseline " in out and "in run before, -" in out and "tolerance 15%)" in out
     data = json.loads((pytester.path / "reports" / "after" / "results.json").read_text())
     jsonschema.validate(data, json.loads(results.SCHEMA_PATH.read_text()))
     assert data["baseline"] == str(baseline)
@@ -183,3 +253,68 @@ def test_a_failed_bring_up_is_an_error_in_every_report_with_the_logs_collected(p
     assert "prefill prefill_0 on node 127.0.0.1 exited with code" in html and "SIMULATED" in html
     assert _links(html, "logs/127.0.0.1/prefill-0.log")  # the log collected when the bring-up failed
     assert not _links(html, "logs/127.0.0.1/router-0.log")  # never started: no link to a log that is not there
+
+
+def _archive(history: Path, data: dict, run_id: str, finished_at: str, **changes) -> Path:
+    """An earlier run in a history folder (as a Jenkins job archives them): a real run's results.json, altered."""
+    run = json.loads(json.dumps(data))
+    run.update(run_id=run_id, finished_at=finished_at, **changes)
+    path = history / "archive" / run_id / "results.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(run))
+    return path
+
+
+@pytest.mark.integration
+def test_baseline_auto_picks_the_last_green_run_of_the_same_provenance_key(pytester: pytest.Pytester,
+                                                                          tmp_path: Path) -> None:
+    config = _config(tmp_path, mean_tpot_ms="60")
+    history = pytester.path / "reports"
+    first = _run(pytester, config, "first", "-k", "generated_shared_prefix", "-q")
+    first.assert_outcomes(passed=1)
+    assert "bring-up:" not in first.stdout.str() and "sglang-pd: measured against the limits" in first.stdout.str()
+    data = json.loads((history / "first" / "results.json").read_text())
+    prov, (gsp,) = data["provenance"], data["tests"]
+    # the green run of this key to pick: it completed 1/0.6 x the requests (ungated and exact: a 40% drop, a warning)
+    # at a quarter of the TTFT (gated: a regression), on another python (what changed, beside the regression)
+    better = {**gsp, "metrics": {**gsp["metrics"], "completed": gsp["metrics"]["completed"] / 0.6,
+                                 "mean_ttft_ms": gsp["metrics"]["mean_ttft_ms"] / 4}}
+    picked = _archive(history, data, "good", "2030-01-01T00:00:00Z", tests=[better],
+                      provenance={**prov, "python": "3.10.0"})
+    _archive(history, data, "failed-later", "2031-01-01T00:00:00Z",
+             summary={**data["summary"], "passed": 0, "failed": 1})  # same key, not green
+    _archive(history, data, "other-key", "2032-01-01T00:00:00Z",
+             provenance={**prov, "sglang": "prefill 0.4.0", "key": "another"})  # green, latest, another key
+
+    second = _run(pytester, config, "second", "-k", "generated_shared_prefix", "--baseline=auto",
+                  f"--history={history}", "-v")
+    second.assert_outcomes(failed=1)
+    out = second.stdout.str()
+    assert "  prefill_0 on 127.0.0.1, pid " in out and "  decode_0 healthy after " in out  # -v: per process
+    assert f"--baseline auto: run good ({picked}), the last green run of provenance key {prov['key']}" in out
+    assert "WARNING llama-8b-generated_shared_prefix: completed 13.33 -> 8 (-40.0%), worse than the baseline by more " \
+           "than 15%" in out
+    assert "mean_ttft_ms vs baseline" in out  # the failing check, named in the closing lines
+
+    run_dir = history / "second"
+    result = json.loads((run_dir / "results.json").read_text())
+    results.validate(result)
+    assert result["baseline"] == str(picked) and result["provenance"]["key"] == prov["key"]
+    warned = {c["metric"]: c for c in result["tests"][0]["baseline_changes"] if c["warned"]}
+    assert warned["completed"]["change_pct"] == pytest.approx(-40.0) and not warned["completed"]["gated"]
+    junit = ET.parse(run_dir / "junit.xml")
+    props = {p.get("name"): p.get("value") for p in junit.iter("property")}
+    assert props["warning.baseline.completed"] == "completed 13.33 -> 8 (-40.0%), worse than the baseline by more than 15%"
+
+    seen = probe(run_dir / "report.html")
+    assert "warning(s): ungated metrics worse than the baseline" in seen["warnings"]["text"]  # at the top
+    assert "warning: llama-8b-generated_shared_prefix: completed 13.33 -> 8 (-40.0%), worse than the baseline by " \
+           "more than 15%" in seen["warnings_listed"]
+    # the trend of each gated metric over the runs of this key: first, good, failed-later, this run (not other-key)
+    rows = [line.split("\t") for line in seen["trend"][0].splitlines()]
+    ttft = next(r for r in rows if r[:2] == ["llama-8b-generated_shared_prefix", "mean_ttft_ms"])
+    assert ttft[-1].strip() == "4" and ttft[-2].count("→") == 3
+    # beside the regression: what changed between the baseline run's provenance and this run's
+    changed = seen["provenance"]
+    assert changed["text"].startswith("changed since the baseline run good") and "3.10.0" in changed["text"]
+    assert changed["top"] < seen["failing"]["bottom"] + 200

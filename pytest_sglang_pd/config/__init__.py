@@ -341,6 +341,18 @@ def resolve_path(name: str | Path) -> Path:
     return shipped if shipped.exists() else path
 
 
+def not_found(name: Path) -> str:
+    """Every place a config name was looked for, and the nearest existing config file's name (difflib)."""
+    places = [name.resolve()] + ([] if name.is_absolute() or len(name.parts) > 1 else [CONFIG_DIR / name])
+    near = {}
+    for folder in dict.fromkeys(p.parent for p in places):
+        if folder.is_dir():
+            near.update({f.name: f for f in sorted(folder.iterdir()) if f.suffix in (".json", ".yaml", ".yml")})
+    close = difflib.get_close_matches(name.name, list(near), n=1, cutoff=0.6)
+    hint = f"; did you mean {near[close[0]]}?" if close else ""
+    return "no such config file; looked for " + " and ".join(str(p) for p in places) + hint
+
+
 def load(name: str | Path, *, user: str | None = None, checks: Sequence[Check] = ()) -> ClusterConfig:
     """Load, validate and type a cluster config; raises ConfigError listing every problem (those ``checks``
     find too: ``plan.load_config`` adds the plan's)."""
@@ -348,6 +360,8 @@ def load(name: str | Path, *, user: str | None = None, checks: Sequence[Check] =
     source = str(path)
     try:
         text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(source, [Problem("$", not_found(Path(name)))]) from None
     except OSError as exc:
         raise ConfigError(source, [Problem("$", f"cannot read the config file: {exc.strerror}")]) from None
     raw = parse_text(text, source)

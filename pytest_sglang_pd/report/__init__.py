@@ -9,11 +9,13 @@ the verdicts gating gave (``of(config).record(...)``). Everything else happens i
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import platform
 import time
+from html import escape
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
 
 import pytest
 
@@ -22,7 +24,7 @@ from ..bench.result import BenchResult
 from ..config import ClusterConfig, InferenceCase
 from ..facts import ClusterFacts
 from ..failures import first_error_first
-from . import html, results
+from . import history, html, results, terminal
 
 REDACT_PATTERNS = (rf"(?i).*({redact.SECRET_NAME_PATTERN}).*",)
 VERSION_PACKAGES = ("pytest", "pytest-html", "sglang-router", "aiohttp", "mooncake-transfer-engine-non-cuda")
@@ -53,6 +55,8 @@ class RunInfo(Protocol):
     router_url: str | None
     perf_tolerance_pct: float | None
     baseline: gating.Baseline | None
+    baseline_tolerance_pct: float
+    history_dir: Path | None  # earlier runs: --baseline auto picks from them, the report draws their trend
 
 
 def case_of(item: pytest.Item) -> InferenceCase | None:
@@ -60,6 +64,22 @@ def case_of(item: pytest.Item) -> InferenceCase | None:
     callspec = getattr(item, "callspec", None)
     case = callspec.params.get("inference_case") if callspec else None
     return case if isinstance(case, InferenceCase) else None
+
+
+def model_of(item: pytest.Item) -> str | None:
+    """The model a suite test item is about: its inference case's, or the cluster test's model_under_test."""
+    case = case_of(item)
+    callspec = getattr(item, "callspec", None)
+    return case.model.id if case else (callspec.params.get("model_under_test") if callspec else None)
+
+
+def _why(report: pytest.TestReport) -> str:
+    """The one line that says why a test did not pass (a skip's reason, a failure's message)."""
+    if isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2])
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else report.longreprtext
+    return (text or "").strip().split("\n", 1)[0].removeprefix("Failed: ")
 
 
 class RunReport:
@@ -72,6 +92,8 @@ class RunReport:
         self.finished_at: float | None = None
         self.entries: dict[str, dict[str, Any]] = {}  # nodeid -> results.json test entry
         self.clusters: dict[str | None, ClusterFacts] = {}  # model id (None: behind --router-url) -> facts
+        self.outcomes: dict[str, tuple[str, str]] = {}  # nodeid of every test -> (outcome, why not passed)
+        self.defaulted: list[str] = []  # the report files configure() chose ("junit", "html"), not the user
 
     # ------------------------------------------------------------------ paths
     @property
@@ -103,11 +125,25 @@ class RunReport:
                 item.user_properties.append((name, f"{value:.6g}"))
         for v in gate.verdicts if gate else ():
             item.user_properties.append((f"verdict.{v.source}.{v.metric}", "pass" if v.passed else f"fail: {v.message}"))
+        for c in gate.warnings if gate else ():
+            item.user_properties.append((f"warning.baseline.{c.metric}", f"{c.message}, worse than the baseline by "
+                                                                         f"more than {self.run.baseline_tolerance_pct:g}%"))
 
     # ------------------------------------------------------------------ hooks
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Every test's outcome for the report's verdict (setup and teardown failures are errors)."""
+        before = self.outcomes.get(report.nodeid)
+        if report.when == "call" or (report.when == "setup" and not report.passed):
+            outcome = "error" if report.when == "setup" and report.failed else report.outcome
+            self.outcomes[report.nodeid] = (outcome, "" if report.passed else _why(report))
+        elif report.when == "teardown" and report.failed and (before is None or before[0] != "failed"):
+            self.outcomes[report.nodeid] = ("error", before[1] if before and before[1] else _why(report))
+
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
         report = yield
+        if self.html_enabled and (report.when == "call" or (report.when == "setup" and not report.passed)):
+            self._attach_log_links(report, model_of(item))
         case = case_of(item)
         if case is None:
             return report
@@ -131,6 +167,14 @@ class RunReport:
             self.write()
         return report
 
+    def _attach_log_links(self, report: pytest.TestReport, model: str | None) -> None:
+        """Each role's log in the test's Links column: those collected, and those teardown will collect."""
+        from pytest_html import extras
+
+        found = [extras.url(html.href(path, self.html_dir), name=Path(path).name.removesuffix(".log"))
+                 for _, path in sorted(self.log_files(model, running=True).items())]
+        report.extras = [*getattr(report, "extras", []), *found]
+
     def _attach_html(self, report: pytest.TestReport, case: InferenceCase, measured: Measured | None,
                      message: str | None) -> None:
         from pytest_html import extras
@@ -143,8 +187,48 @@ class RunReport:
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         self.finished_at = time.time()
-        if self.entries:
+        if self.entries or self.clusters:  # a run of the cluster tests alone has its record too
             self.write()
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        """The closing table: every gated metric of every test against its limit, warnings, the run's files."""
+        tests = self.tests()
+        if not tests or self.config.option.verbose < -1:
+            return
+        tw = terminalreporter
+        tw.write_sep("=", "sglang-pd: measured against the limits")
+        for line, failed in terminal.table(tests):
+            tw.write_line(line, red=failed, bold=failed)
+        tol = self.run.baseline_tolerance_pct
+        for line in terminal.warnings(tests, tol):
+            tw.write_line(f"WARNING {line}", yellow=True)
+        for line in terminal.failing(tests):
+            tw.write_line(f"not passed: {line}", red=True)
+        if self.run.baseline:
+            tw.write_line(f"baseline: run {self.run.baseline.run_id} ({self.run.baseline.source}), tolerance {tol:g}%")
+        tw.write_line(f"run folder: {_shown(self.run.run_dir)}")
+        for path in (Path(self.config.option.htmlpath) if self.html_enabled else None, self.results_path,
+                     Path(self.config.option.xmlpath) if self.config.option.xmlpath else None):
+            if path is not None and path.is_file():
+                tw.write_line(f"  {path.name}: {_shown(path)}")
+
+    def write_no_files(self) -> None:
+        """Nothing was selected: no empty junit.xml or report.html where configure() put them by default."""
+        from _pytest.junitxml import xml_key
+
+        xml = self.config.stash.get(xml_key, None)
+        if "junit" in self.defaulted and xml is not None:
+            self.config.pluginmanager.unregister(xml)
+            del self.config.stash[xml_key]
+        if "html" in self.defaulted:
+            from pytest_html.basereport import BaseReport
+
+            for plugin in self.config.pluginmanager.get_plugins():
+                if isinstance(plugin, BaseReport):
+                    self.config.pluginmanager.unregister(plugin)
+        run_dir = self.run.run_dir
+        if run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
 
     # ------------------------------------------------------------------ data
     @property
@@ -152,17 +236,87 @@ class RunReport:
         cfg = self.run.cluster_config
         return bool(cfg and cfg.simulated)
 
-    def log_files(self, model_id: str | None = None) -> dict[str, Path]:
-        """The logs collected so far of the run's clusters (of one model when given), as ``<model>/<key>`` -> path."""
+    def log_files(self, model_id: str | None = None, *, running: bool = False) -> dict[str, Path]:
+        """The logs collected so far of the run's clusters (of one model when given), as ``<model>/<key>`` -> path;
+        ``running``: also those of the processes running now, which teardown collects."""
         out = {}
         many = len(self.clusters) > 1
         for model, facts in self.clusters.items():
             if model_id is not None and model != model_id:
                 continue
             for key, path in facts.log_files.items():
-                if Path(path).is_file():
+                if Path(path).is_file() or (running and key in facts.started):
                     out[f"{model}/{key}" if many else key] = Path(path)
         return out
+
+    def tests(self) -> list[dict[str, Any]]:
+        """Every inference test's entry; on a pytest-xdist controller, those the workers wrote (results.gw*.json)."""
+        if self.entries or not self.config.pluginmanager.hasplugin("dsession"):
+            return list(self.entries.values())
+        found = []
+        for path in sorted(self.run.run_dir.glob("results.gw*.json")):
+            try:
+                found += json.loads(path.read_text())["tests"]
+            except (OSError, ValueError, KeyError):
+                continue
+        return found
+
+    def problems(self) -> list[tuple[str, list[str], str]]:
+        """(tests, what failed, log links) per distinct failure: the failing checks of an inference test, else the
+        message; tests that failed alike (every test of a failed bring-up) share one entry."""
+        by_case = {e["nodeid"]: e for e in self.tests()}
+        merged: dict[tuple[str, ...], tuple[list[str], str]] = {}
+        for nodeid, (outcome, why) in self.outcomes.items():
+            if outcome not in ("failed", "error"):
+                continue
+            entry = by_case.get(nodeid)
+            checks = [v["message"] for v in entry["verdicts"] if not v["passed"]] if entry else []
+            messages = tuple(checks or [f"{outcome}: {why}"])
+            model = entry["model"] if entry else None
+            logs = html.links(self.log_files(model), self.html_dir) if outcome == "error" else ""
+            name = entry["id"] if entry else nodeid.rsplit("/", 1)[-1]
+            names, _ = merged.setdefault(messages, ([], logs))
+            names.append(name)
+        return [(", ".join(names), list(messages), logs) for messages, (names, logs) in merged.items()]
+
+    def changed_since_baseline(self, provenance: Mapping[str, Any],
+                               tests: list[Mapping[str, Any]]) -> tuple[str, list[tuple[str, Any, Any]]] | None:
+        """Beside a regression: the baseline run's id and what differs between its provenance and this run's."""
+        regressed = any(v["source"] == "baseline" and not v["passed"] for t in tests for v in t["verdicts"])
+        baseline = self.run.baseline
+        if not regressed or baseline is None:
+            return None
+        try:
+            before = json.loads(Path(baseline.source).read_text()).get("provenance") or {}
+        except (OSError, ValueError):
+            before = {}
+        return baseline.run_id, history.diff(before, provenance)
+
+    def counts(self) -> dict[str, int]:
+        found = [outcome for outcome, _ in self.outcomes.values()]
+        return {k: found.count(k) for k in ("passed", "failed", "error", "skipped")}
+
+    def provenance(self) -> dict[str, Any]:
+        """Where this run's numbers come from; ``key`` (a hash of history.KEY_FIELDS) says which runs compare."""
+        cfg = self.run.cluster_config
+        found = versions()
+        worker_versions: dict[str, str] = {}
+        for facts in self.clusters.values():
+            worker_versions.update(facts.worker_versions)
+        opt = self.config.option
+        prov = {
+            "config_sha256": history.config_sha256(cfg) if cfg else None,
+            "image": cfg.container_image if cfg and cfg.runtime == "docker" else None,
+            "sglang": ", ".join(f"{k} {v}" for k, v in sorted(worker_versions.items())) or None,
+            "router": found.get("sglang-router"), "mooncake": found.get("mooncake-transfer-engine-non-cuda"),
+            "suite": found["pytest-sglang-pd"],
+            "nodes": sorted({*cfg.prefill_nodes, *cfg.decode_nodes, cfg.router_node, cfg.benchmark_node}) if cfg else [],
+            "selection": {"args": [Path(a).name for a in self.config.args], "keyword": opt.keyword or None,
+                          "markexpr": opt.markexpr or None, "router_url": self.run.router_url,
+                          "perf_tolerance_pct": self.run.perf_tolerance_pct},
+            "python": found["python"], "config": cfg.source if cfg else None,
+        }
+        return {**prov, "key": history.key(prov)}
 
     def data(self) -> dict[str, Any]:
         """The results.json document."""
@@ -202,12 +356,22 @@ class RunReport:
             "versions": versions(),
             "tolerance_pct": self.run.perf_tolerance_pct,
             "baseline": self.run.baseline.source if self.run.baseline else None,
+            "baseline_tolerance_pct": self.run.baseline_tolerance_pct if self.run.baseline else None,
+            "provenance": self.provenance(),
             "summary": summary,
             "tests": tests,
         }
 
     def write(self) -> None:
         results.write_atomic(self.results_path, self.data())
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the working directory when it lies below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def versions() -> dict[str, str]:
@@ -228,8 +392,20 @@ class HtmlSummary:
 
     def pytest_html_results_summary(self, prefix: list, summary: list, postfix: list, session: pytest.Session) -> None:
         r = self.report
-        prefix.append(html.summary_html(r.data(), list(r.entries.values()), log_files=r.log_files(),
-                                        base_dir=r.html_dir, results_json=r.results_path))
+        tests = r.tests()
+        data = r.data()
+        overall = html.overall_html(r.counts(), r.problems(), terminal.warnings(tests, r.run.baseline_tolerance_pct),
+                                    r.run.run_id, changed=r.changed_since_baseline(data["provenance"], tests))
+        trend = history.trend(history.runs(r.run.history_dir, exclude=r.results_path), data["provenance"]["key"],
+                              tests) if r.run.history_dir else {}
+        prefix.append(html.summary_html(data, tests, overall=overall, log_files=r.log_files(), base_dir=r.html_dir,
+                                        results_json=r.results_path, trend=trend))
+
+    def pytest_html_results_table_html(self, report: pytest.TestReport, data: list) -> None:
+        """A skipped test's log says why in words (pytest-html shows its raw (path, line, reason) tuple)."""
+        if report.skipped and isinstance(report.longrepr, tuple) and data:
+            path, line, reason = report.longrepr
+            data[0] = escape(f"{reason}\n  at {path}:{line}\n")
 
     def pytest_html_report_title(self, report) -> None:
         title = f"SGLang PD validation — {self.report.run.run_id}"
@@ -250,10 +426,12 @@ def configure(config: pytest.Config, run: RunInfo) -> RunReport:
     writes_reports = run.cluster_config is not None and not config.option.collectonly
     if writes_reports and not config.option.xmlpath and not hasattr(config, "workerinput"):
         config.option.xmlpath = str(run.run_dir / "junit.xml")
+        report.defaulted.append("junit")
     if config.pluginmanager.hasplugin("html"):
         if writes_reports and not config.option.htmlpath:
             config.option.htmlpath = str(run.run_dir / "report.html")
             config.option.self_contained_html = True
+            report.defaulted.append("html")
         for pattern in REDACT_PATTERNS:
             config.addinivalue_line("environment_table_redact_list", pattern)
         config.pluginmanager.register(HtmlSummary(report), "sglang_pd_html")

@@ -1,101 +1,109 @@
-"""Inline SVG charts (no scripts, no network): latency histograms and throughput against latency for a sweep."""
+"""Charts drawn by matplotlib into inline SVG (no scripts, no network: the report stays one file): latency
+histograms with the mean and p99 marked, throughput against latency for a concurrency sweep.
+
+Every label sits outside the plotting area (legend below the axes, axis labels and ticks by matplotlib's own
+layout), so no label covers a bar or a point.
+"""
 
 from __future__ import annotations
 
-from html import escape
+import io
+import re
 
 import numpy as np
+from matplotlib.figure import Figure
 
-WIDTH, HEIGHT = 420, 220
-LEFT, RIGHT, TOP, BOTTOM = 52, 16, 28, 40
+SIZE_IN = (4.6, 2.9)
 BAR = "#4e79a7"
 MARK = {"mean": "#e15759", "p99": "#f28e2b"}
+_RC = {"svg.fonttype": "none", "font.size": 8}
 
 
-def _nice(x: float) -> str:
-    if x == 0:
-        return "0"
-    if abs(x) >= 100:
-        return f"{x:.0f}"
-    return f"{x:.3g}"
+def _figure() -> tuple[Figure, object]:
+    fig = Figure(figsize=SIZE_IN, layout="constrained")
+    return fig, fig.add_subplot()
 
 
-def _frame(title: str, x_label: str, y_label: str) -> list[str]:
-    return [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="sglang-pd-chart" width="{WIDTH}" height="{HEIGHT}" '
-        f'viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(title)}" '
-        'style="font-family:sans-serif;font-size:11px;background:#fff">',
-        f'<text x="{WIDTH / 2}" y="16" text-anchor="middle" font-weight="bold">{escape(title)}</text>',
-        f'<line x1="{LEFT}" y1="{HEIGHT - BOTTOM}" x2="{WIDTH - RIGHT}" y2="{HEIGHT - BOTTOM}" stroke="#333"/>',
-        f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{HEIGHT - BOTTOM}" stroke="#333"/>',
-        f'<text x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 6}" text-anchor="middle">{escape(x_label)}</text>',
-        f'<text x="12" y="{(TOP + HEIGHT - BOTTOM) / 2}" text-anchor="middle" '
-        f'transform="rotate(-90 12 {(TOP + HEIGHT - BOTTOM) / 2})">{escape(y_label)}</text>',
-    ]
+def _svg(fig: Figure, title: str) -> str:
+    """The figure as an inline <svg> element (no XML prolog), labelled for screen readers."""
+    import matplotlib
+
+    with matplotlib.rc_context(_RC):
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg")
+    text = re.sub(r"<metadata>.*?</metadata>", "", buf.getvalue(), flags=re.S)
+    text = text[text.index("<svg"):]
+    return re.sub(r"<svg ", f'<svg class="sglang-pd-chart" role="img" aria-label="{_attr(title)}" ', text, count=1)
 
 
-def _axis_ticks(lo: float, hi: float, axis: str) -> list[str]:
-    out = []
-    for i in range(5):
-        value = lo + (hi - lo) * i / 4
-        if axis == "x":
-            x = LEFT + (WIDTH - LEFT - RIGHT) * i / 4
-            out.append(f'<text x="{x:.1f}" y="{HEIGHT - BOTTOM + 14}" text-anchor="middle">{_nice(value)}</text>')
-        else:
-            y = HEIGHT - BOTTOM - (HEIGHT - TOP - BOTTOM) * i / 4
-            out.append(f'<text x="{LEFT - 4}" y="{y + 4:.1f}" text-anchor="end">{_nice(value)}</text>')
-    return out
+def _attr(text: str) -> str:
+    return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
+
+
+def _empty(ax, title: str) -> Figure:
+    ax.set_title(title)
+    ax.text(0.5, 0.5, "no data", ha="center", va="center", color="#888", transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return ax.figure
+
+
+def _legend_below(ax) -> None:
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=3, frameon=False)
 
 
 def histogram(values: list[float], title: str, unit: str = "ms", bins: int = 24) -> str:
-    """A histogram of ``values`` with the mean and p99 marked; a note instead of bars when there is no data."""
-    parts = _frame(title, unit, "requests")
+    """A histogram of ``values``; the mean and p99 as dashed lines, their values in the legend below the axes."""
+    return _svg(histogram_figure(values, title, unit, bins), title)
+
+
+def histogram_figure(values: list[float], title: str, unit: str = "ms", bins: int = 24) -> Figure:
+    fig, ax = _figure()
     if not values:
-        parts.append(f'<text x="{WIDTH / 2}" y="{HEIGHT / 2}" text-anchor="middle" fill="#888">no data</text></svg>')
-        return "".join(parts)
+        return _empty(ax, title)
     data = np.asarray(values, dtype=float)
-    lo, hi = float(data.min()), float(data.max())
-    if hi <= lo:
-        hi = lo + max(abs(lo) * 0.01, 1e-6)
-    counts, edges = np.histogram(data, bins=bins, range=(lo, hi))
-    top = max(int(counts.max()), 1)
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-    bar_w = plot_w / bins
-    for i, count in enumerate(counts):
-        h = plot_h * count / top
-        parts.append(f'<rect x="{LEFT + i * bar_w + 0.5:.1f}" y="{HEIGHT - BOTTOM - h:.1f}" width="{max(bar_w - 1, 0.5):.1f}" '
-                     f'height="{h:.1f}" fill="{BAR}"><title>{_nice(edges[i])}-{_nice(edges[i + 1])} {unit}: {count}</title></rect>')
+    _, _, patches = ax.hist(data, bins=bins, color=BAR, edgecolor="white", linewidth=0.5)
+    for i, patch in enumerate(patches):
+        patch.set_gid(f"bar-{i}")
     for name, value in (("mean", float(data.mean())), ("p99", float(np.percentile(data, 99)))):
-        x = LEFT + plot_w * (value - lo) / (hi - lo)
-        parts.append(f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{HEIGHT - BOTTOM}" stroke="{MARK[name]}" stroke-dasharray="4 2"/>')
-        parts.append(f'<text x="{min(x + 3, WIDTH - RIGHT - 60):.1f}" y="{TOP + (10 if name == "mean" else 22)}" '
-                     f'fill="{MARK[name]}">{name} {_nice(value)}</text>')
-    parts += _axis_ticks(lo, hi, "x") + _axis_ticks(0, top, "y")
-    parts.append("</svg>")
-    return "".join(parts)
+        line = ax.axvline(value, color=MARK[name], linestyle="--", linewidth=1.2, label=f"{name} {value:.4g} {unit}")
+        line.set_gid(name)
+    ax.set_title(title)
+    ax.set_xlabel(unit)
+    ax.set_ylabel("requests")
+    _legend_below(ax)
+    return fig
 
 
 def sweep(points: list[tuple[int, float, float]], title: str, x_label: str, y_label: str) -> str:
-    """Throughput (y) against latency (x), one labelled point per concurrency, joined in concurrency order."""
-    parts = _frame(title, x_label, y_label)
+    """Throughput (y) against latency (x), one marker per concurrency (named in the legend), joined in order."""
+    return _svg(sweep_figure(points, title, x_label, y_label), title)
+
+
+def sweep_figure(points: list[tuple[int, float, float]], title: str, x_label: str, y_label: str) -> Figure:
+    fig, ax = _figure()
     points = sorted(p for p in points if p[1] == p[1] and p[2] == p[2])
     if not points:
-        parts.append(f'<text x="{WIDTH / 2}" y="{HEIGHT / 2}" text-anchor="middle" fill="#888">no data</text></svg>')
-        return "".join(parts)
-    xs, ys = [p[1] for p in points], [p[2] for p in points]
-    x_hi, y_hi = max(xs) * 1.1 or 1.0, max(ys) * 1.1 or 1.0
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+        return _empty(ax, title)
+    ax.plot([p[1] for p in points], [p[2] for p in points], color=BAR, linewidth=1.2, zorder=1)
+    markers = "osD^v<>ph"
+    for i, (conc, x, y) in enumerate(points):
+        dot = ax.scatter([x], [y], s=30, marker=markers[i % len(markers)], zorder=2, label=f"c{conc}")
+        dot.set_gid(f"c{conc}")
+    ax.set_title(title)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_xlim(0, max(p[1] for p in points) * 1.1 or 1)
+    ax.set_ylim(0, max(p[2] for p in points) * 1.15 or 1)
+    _legend_below(ax)
+    return fig
 
-    def at(x: float, y: float) -> tuple[float, float]:
-        return LEFT + plot_w * x / x_hi, HEIGHT - BOTTOM - plot_h * y / y_hi
 
-    path = " ".join(f"{'M' if i == 0 else 'L'}{at(x, y)[0]:.1f},{at(x, y)[1]:.1f}" for i, (_, x, y) in enumerate(points))
-    parts.append(f'<path d="{path}" fill="none" stroke="{BAR}" stroke-width="1.5"/>')
-    for conc, x, y in points:
-        px, py = at(x, y)
-        parts.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="4" fill="{MARK["mean"]}"><title>c{conc}: '
-                     f'{_nice(x)} {escape(x_label)}, {_nice(y)} {escape(y_label)}</title></circle>')
-        parts.append(f'<text x="{px + 6:.1f}" y="{py - 6:.1f}">c{conc}</text>')
-    parts += _axis_ticks(0, x_hi, "x") + _axis_ticks(0, y_hi, "y")
-    parts.append("</svg>")
-    return "".join(parts)
+def sparkline(values: list[float], title: str = "trend") -> str:
+    """A small line of ``values`` (oldest first) with the last one marked, no axes: a trend at a glance."""
+    fig = Figure(figsize=(1.6, 0.35))
+    ax = fig.add_axes((0.02, 0.1, 0.96, 0.8))
+    ax.plot(range(len(values)), values, color=BAR, linewidth=1)
+    ax.plot([len(values) - 1], [values[-1]], "o", color=MARK["mean"], markersize=3)
+    ax.set_axis_off()
+    return _svg(fig, title)

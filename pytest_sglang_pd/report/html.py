@@ -1,4 +1,4 @@
-"""HTML fragments for pytest-html: the run summary and per test a metrics table, charts and log links."""
+"""HTML fragments for pytest-html: the run summary (verdict first) and per test its checks, charts and log links."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from html import escape
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .. import metrics as metrics_mod
 from ..bench.result import BenchResult
 from ..gating import GateResult
-from . import charts
+from . import charts, fmt
+from .checks import header, rows
 
 STYLE = """<style>
+body{display:flex;flex-direction:column}
+#environment-header,#environment{order:1}
 .sglang-pd table{border-collapse:collapse;margin:6px 0 10px 0;font-size:12px;color:#222}
 .sglang-pd h3{color:#222;margin:12px 0 4px 0}
 .sglang-pd th,.sglang-pd td{border:1px solid #ccc;padding:3px 8px;text-align:left}
@@ -20,83 +22,83 @@ STYLE = """<style>
 .sglang-pd td.num{text-align:right;font-family:monospace}
 .sglang-pd tr.pass td{background:#e6f4ea}.sglang-pd tr.fail td{background:#fde8e8}
 .sglang-pd .verdict-pass{color:#137333;font-weight:bold}.sglang-pd .verdict-fail{color:#c5221f;font-weight:bold}
-.sglang-pd .banner{background:#fff4ce;border:2px solid #e0a800;color:#5c4400;padding:8px 12px;margin:8px 0;
- font-weight:bold;font-size:14px}
+.sglang-pd .banner{background:#fff4ce;border:2px solid #e0a800;color:#5c4400;padding:6px 12px;margin:6px 0;
+ font-weight:bold;font-size:13px}
+.sglang-pd .overall{padding:10px 14px;margin:4px 0 8px 0;font-size:18px;font-weight:bold;color:#fff}
+.sglang-pd .overall.pass{background:#137333}.sglang-pd .overall.fail{background:#c5221f}
+.sglang-pd .overall .counts{font-size:14px;font-weight:normal;margin-left:12px}
+.sglang-pd ul.failing{margin:4px 0 10px 0;padding-left:20px;font-size:13px;color:#c5221f}
+.sglang-pd ul.failing code{color:#222}
+.sglang-pd ul.warnings{margin:4px 0 10px 0;padding-left:20px;font-size:13px;color:#8a5a00}
+.sglang-pd details.warnings>summary{font-size:13px;color:#8a5a00;cursor:pointer;margin:4px 0}
 .sglang-pd .charts{display:flex;flex-wrap:wrap;gap:10px;align-items:flex-start}
 .sglang-pd pre{white-space:pre-wrap;background:#f7f7f7;padding:6px;font-size:11px}
 </style>"""
 SIMULATED_BANNER = ("SIMULATED: engine \"sim\" — every number below comes from the simulated worker's performance "
                     "model, not from GPUs. Do not compare with hardware results.")
+WARNINGS_SHOWN = 5
 KEY_METRICS = ("completed", "failed", "duration", "request_throughput", "input_throughput", "output_throughput",
                "total_throughput", "mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "median_tpot_ms",
                "p99_tpot_ms", "mean_itl_ms", "p99_itl_ms", "mean_e2e_latency_ms", "p99_e2e_latency_ms",
                "cache_hit_rate", "accuracy", "invalid", "latency")
 
 
-def number(x: float | None) -> str:
-    if x is None or x != x:
-        return "-"
-    if float(x).is_integer() and abs(x) < 1e6:
-        return f"{int(x):,}"
-    if abs(x) >= 1000:
-        return f"{x:,.1f}"
-    if abs(x) >= 10:
-        return f"{x:.2f}"
-    return f"{x:.4g}"
-
-
 def _first_line(text: str | None) -> str:
     return (text or "").strip().split("\n", 1)[0]
 
 
-def _table(header: Iterable[str] | None, rows: Iterable[tuple[str, Iterable[str]]]) -> str:
+def _table(header: Iterable[str] | None, rows_: Iterable[tuple[str, Iterable[str]]], cls: str = "") -> str:
     """rows: (css class of the row, cells already escaped); no header row for a key/value table."""
     head = "<thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr></thead>" if header else ""
-    body = "".join(f'<tr class="{cls}">' + "".join(cells) + "</tr>" for cls, cells in rows)
-    return f"<table>{head}<tbody>{body}</tbody></table>"
+    body = "".join(f'<tr class="{c}">' + "".join(cells) + "</tr>" for c, cells in rows_)
+    return f'<table class="{cls}">{head}<tbody>{body}</tbody></table>'
 
 
 def _cell(text: str, num: bool = False) -> str:
     return f'<td class="num">{escape(text)}</td>' if num else f"<td>{escape(text)}</td>"
 
 
+def _verdict(passed: bool, text: str | None = None) -> str:
+    return (f'<td class="verdict-pass">{escape(text or "PASS")}</td>' if passed
+            else f'<td class="verdict-fail">{escape(text or "FAIL")}</td>')
+
+
 def verdict_table(gate: GateResult) -> str:
-    rows = []
+    rows_ = []
     for v in gate.verdicts:
-        unit = metrics_mod.METRICS[v.canonical].unit if v.canonical in metrics_mod.METRICS else ""
         bound = "≤" if v.direction == "max" else "≥"
-        verdict = '<td class="verdict-pass">PASS</td>' if v.passed else '<td class="verdict-fail">FAIL</td>'
         source = {"threshold": "expected", "baseline": "baseline", "requests": "allowed"}[v.source]
-        rows.append(("pass" if v.passed else "fail", [
+        rows_.append(("pass" if v.passed else "fail", [
             _cell(v.metric if v.metric == v.canonical else f"{v.metric} ({v.canonical})"),
-            _cell(number(v.actual), True), _cell(f"{bound} {number(v.limit)}", True),
-            _cell(f"{source} {number(v.expected)}", True), _cell(f"{v.tolerance_pct:g}%", True),
-            _cell(unit), verdict]))
-    return _table(("metric", "measured", "limit", "reference", "tolerance", "unit", "verdict"), rows)
+            _cell(fmt.value(v.canonical, v.actual), True), _cell(f"{bound} {fmt.value(v.canonical, v.limit)}", True),
+            _cell(f"{source} {fmt.value(v.canonical, v.expected)}", True), _cell(f"{v.tolerance_pct:g}%", True),
+            _verdict(v.passed)]))
+    return _table(("metric", "measured", "limit", "reference", "tolerance", "verdict"), rows_, "checks")
 
 
 def metrics_table(result: BenchResult, gated: set[str]) -> str:
     shown = [m for m in KEY_METRICS if m in result.metrics and m not in gated]
-    rows = [("", [_cell(m), _cell(number(result.metrics[m]), True), _cell(metrics_mod.METRICS[m].unit)]) for m in shown]
+    body = [("", [_cell(m), _cell(fmt.value(m, result.metrics[m]), True)]) for m in shown]
     rest = sorted(set(result.metrics) - set(shown) - gated)
     more = ""
     if rest:
-        extra = [("", [_cell(m), _cell(number(result.metrics[m]), True),
-                       _cell(metrics_mod.METRICS[m].unit if m in metrics_mod.METRICS else "")]) for m in rest]
-        more = f"<details><summary>all {len(rest)} other metrics</summary>{_table(('metric', 'value', 'unit'), extra)}</details>"
-    return _table(("other measured metric", "value", "unit"), rows) + more
+        extra = [("", [_cell(m), _cell(fmt.value(m, result.metrics[m]), True)]) for m in rest]
+        more = f"<details><summary>all {len(rest)} other metrics</summary>{_table(('metric', 'value'), extra)}</details>"
+    return _table(("other measured metric", "value"), body) + more
+
+
+def href(path: str | Path, base_dir: Path) -> str:
+    """A link relative to the report's folder (the run folder travels as one piece)."""
+    try:
+        return os.path.relpath(Path(path), base_dir)
+    except ValueError:
+        return Path(path).as_uri()
 
 
 def links(files: Mapping[str, str | Path], base_dir: Path) -> str:
-    """Links relative to the report's folder (the run folder travels as one piece)."""
-    items = []
-    for name, path in sorted(files.items()):
-        try:
-            href = os.path.relpath(Path(path), base_dir)
-        except ValueError:
-            href = Path(path).as_uri()
-        items.append(f'<a href="{escape(href)}">{escape(name)}</a>')
-    return " · ".join(items)
+    """Links to the files of ``files`` that exist, by name."""
+    return " · ".join(f'<a href="{escape(href(path, base_dir))}">{escape(name)}</a>'
+                      for name, path in sorted(files.items()) if Path(path).is_file())
 
 
 def tool_line(result: BenchResult) -> str:
@@ -114,6 +116,9 @@ def case_html(result: BenchResult | None, gate: GateResult | None, *, message: s
         parts.append('<div class="banner" style="font-size:12px;padding:3px 8px">SIMULATED</div>')
     if message:
         parts.append(f"<pre>{escape(message)}</pre>")
+    logs = links(log_files, base_dir)
+    if logs:
+        parts.append(f"<p><b>logs</b>: {logs}</p>")
     if gate is not None:
         parts.append(verdict_table(gate))
     if result is not None:
@@ -126,21 +131,95 @@ def case_html(result: BenchResult | None, gate: GateResult | None, *, message: s
         parts.append(f"<p><b>command</b></p><pre>{escape(result.command)}</pre>")
         if result.errors:
             parts.append(f"<p><b>errors</b></p><pre>{escape(chr(10).join(result.errors))}</pre>")
-        if result.artifacts:
-            parts.append(f"<p><b>artifacts</b>: {links(result.artifacts, base_dir)}</p>")
-    if log_files:
-        parts.append(f"<p><b>logs</b>: {links(log_files, base_dir)}</p>")
+        artifacts = links(result.artifacts, base_dir)
+        if artifacts:
+            parts.append(f"<p><b>artifacts</b>: {artifacts}</p>")
     parts.append("</div>")
     return "".join(parts)
 
 
-def summary_html(run: Mapping[str, Any], tests: list[Mapping[str, Any]], *, log_files: Mapping[str, Path],
-                 base_dir: Path, results_json: Path) -> str:
-    """The run summary: SIMULATED banner, topology, versions, one row per test, sweep charts, links."""
+def overall_html(counts: Mapping[str, int], problems: list[tuple[str, list[str], str]], warnings: list[str],
+                 run_id: str, changed: tuple[str, list[tuple[str, Any, Any]]] | None = None) -> str:
+    """The verdict first: PASS or FAIL with the counts, then every failing check (test, messages, log links), what
+    changed since the baseline run when a check regressed against it, and the baseline warnings."""
+    failed = bool(problems) or counts.get("failed", 0) or counts.get("error", 0)
+    shown = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    parts = [f'<div class="overall {"fail" if failed else "pass"}" id="sglang-pd-verdict">{"FAIL" if failed else "PASS"}'
+             f'<span class="counts">{escape(shown or "no tests ran")} · run {escape(run_id)}</span></div>']
+    if problems:
+        items = []
+        for test_id, messages, logs in problems:
+            lines = "<br>".join(f"<code>{escape(m)}</code>" for m in messages)
+            items.append(f"<li><b>{escape(test_id)}</b>: {lines}" + (f"<br>logs: {logs}" if logs else "") + "</li>")
+        parts.append('<ul class="failing" id="sglang-pd-failing">' + "".join(items) + "</ul>")
+    if changed is not None:
+        run, fields = changed
+        rows_ = [("", [_cell(f), _cell(_shown(a)), _cell(_shown(b))]) for f, a, b in fields]
+        parts.append(f'<div id="sglang-pd-provenance"><b>changed since the baseline run {escape(run)}</b>: '
+                     + (_table(("provenance", "baseline run", "this run"), rows_) if rows_ else
+                        "nothing in the provenance (same config, image, versions, nodes and selection)") + "</div>")
+    if warnings:  # a few shown, more one click away: they must not push the checks off the first screen
+        items = "".join(f"<li>warning: {escape(w)}</li>" for w in warnings)
+        shown_ = "open" if len(warnings) <= WARNINGS_SHOWN else ""
+        parts.append(f'<details class="warnings" {shown_}><summary>{len(warnings)} warning(s): ungated metrics worse '
+                     f'than the baseline beyond its tolerance</summary><ul class="warnings">{items}</ul></details>')
+    return "".join(parts)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={v}" for k, v in value.items() if v not in (None, [], ""))
+    return "-" if value is None else str(value)
+
+
+def trend_html(trend: Mapping[tuple[str, str], list[tuple[str, float]]]) -> str:
+    """Each gated metric over the earlier runs of the same provenance key, oldest first, then this run."""
+    body = []
+    for (test_id, metric), points in trend.items():
+        if not points:
+            continue
+        values = " → ".join(fmt.value(metric, v, unit=False) for _, v in points[-8:])
+        body.append(("", [_cell(test_id), _cell(metric), f"<td>{charts.sparkline([v for _, v in points])}</td>",
+                          _cell(values, True), _cell(str(len(points)), True)]))
+    return _table(("test", "metric", "trend", "last values (oldest first, this run last)", "runs"), body, "trend")
+
+
+def checks_html(tests: list[Mapping[str, Any]]) -> str:
+    """Every check of every inference test with its limit, margin and baseline change (nothing to expand)."""
+    head = header(tests)
+    body = []
+    for t in tests:
+        for (_, metric, value, limit, margin, verdict, change), failed in rows(t):
+            cells = [_cell(t["id"]), _cell(metric), _cell(value, True), _cell(limit, True), _cell(margin, True),
+                     _verdict(not failed, verdict), _cell(change, True)]
+            body.append(("fail" if failed else "pass", cells[:len(head)]))
+    return _table(head, body, "checks")
+
+
+def summary_html(run: Mapping[str, Any], tests: list[Mapping[str, Any]], *, overall: str, log_files: Mapping[str, Path],
+                 base_dir: Path, results_json: Path,
+                 trend: Mapping[tuple[str, str], list[tuple[str, float]]] | None = None) -> str:
+    """The run summary: verdict, SIMULATED banner, every check, sweeps, topology, versions, files."""
     c = run["cluster"]
-    parts = [STYLE, '<div class="sglang-pd">']
+    parts = [STYLE, '<div class="sglang-pd">', overall]
     if run["simulated"]:
         parts.append(f'<div class="banner">{escape(SIMULATED_BANNER)}</div>')
+    if tests:
+        parts.append("<h3>Checks</h3>" + checks_html(tests))
+    if trend:
+        parts.append(f"<h3>Trend (runs of provenance key {escape(run['provenance']['key'])})</h3>" + trend_html(trend))
+    sweeps = sweep_charts(tests)
+    if sweeps:
+        parts.append('<h3>Concurrency sweeps</h3><div class="charts">' + "".join(sweeps) + "</div>")
+    files = links({"results.json": results_json, **log_files}, base_dir)
+    if files:
+        parts.append(f"<p><b>files</b>: {files}</p>")
+    tolerance = "per test" if run["tolerance_pct"] is None else f"{run['tolerance_pct']:g}% (--perf-tolerance)"
+    baseline = run["baseline"] or "none"
+    if run.get("baseline_tolerance_pct") is not None:
+        baseline += f" (tolerance {run['baseline_tolerance_pct']:g}%)"
     topo = [
         ("config", c.get("config")), ("engine", c.get("engine")), ("runtime", c.get("runtime")),
         ("transport", c.get("transport")), ("image", c.get("image")), ("KV transfer", c.get("kv_transfer")),
@@ -148,30 +227,14 @@ def summary_html(run: Mapping[str, Any], tests: list[Mapping[str, Any]], *, log_
         ("router", " ".join(filter(None, (c.get("router_url") or c.get("router_node"), c.get("router") and f"({c['router']})")))),
         ("benchmark node", c.get("benchmark_node")),
         ("startup", ", ".join(f"{k} {v:.1f} s" for k, v in c.get("startup_seconds", {}).items())),
-        ("run id", run["run_id"]),
-        ("tolerance", "per test" if run["tolerance_pct"] is None else f"{run['tolerance_pct']:g}% (--perf-tolerance)"),
-        ("baseline", run["baseline"] or "none"),
+        ("run id", run["run_id"]), ("tolerance", tolerance), ("baseline", baseline),
     ]
+    if c.get("runtime") != "docker":
+        topo = [(k, v) for k, v in topo if k != "image"]  # plain processes run no image
     versions = {**run["versions"], **{f"worker {k}": v for k, v in c.get("worker_versions", {}).items()}}
     parts.append("<h3>Cluster</h3>" + _table(None, [("", [_cell(k), _cell(str(v or "-"))]) for k, v in topo]))
     parts.append("<h3>Versions</h3>" + _table(("component", "version"), [("", [_cell(k), _cell(v)]) for k, v in versions.items()]))
-    rows = []
-    for t in tests:
-        m = t["metrics"]
-        failing = [v["message"] for v in t["verdicts"] if not v["passed"]]
-        ok = t["outcome"] == "passed"
-        rows.append(("pass" if ok else "fail", [
-            _cell(t["id"]), _cell(t["outcome"].upper()), _cell(number(m.get("output_throughput")), True),
-            _cell(number(m.get("mean_ttft_ms")), True), _cell(number(m.get("mean_tpot_ms")), True),
-            _cell(number(m.get("accuracy")), True), _cell(number(m.get("cache_hit_rate")), True),
-            _cell("; ".join(failing) or _first_line(t.get("message")))]))
-    parts.append("<h3>Inference tests</h3>" + _table(
-        ("test", "outcome", "output tok/s", "mean TTFT ms", "mean TPOT ms", "accuracy", "cache hit rate", "why"), rows))
-    sweeps = sweep_charts(tests)
-    if sweeps:
-        parts.append('<h3>Concurrency sweeps</h3><div class="charts">' + "".join(sweeps) + "</div>")
-    files = {"results.json": results_json, **log_files}
-    parts.append(f"<p><b>files</b>: {links(files, base_dir)}</p></div>")
+    parts.append("</div>")
     return "".join(parts)
 
 

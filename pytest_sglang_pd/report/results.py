@@ -27,7 +27,7 @@ def case_entry(*, case_id: str, nodeid: str, model: str, test: str, kind: str, d
         "concurrency": concurrency, "bench_client": bench_client, "outcome": outcome,
         "duration_s": round(duration_s, 3), "message": message,
         "tool": None, "tool_version": None, "router": None, "command": None, "num_requests": None, "failed_requests": None,
-        "metrics": {}, "totals": {}, "workers": {}, "verdicts": [], "errors": [], "artifacts": {},
+        "metrics": {}, "totals": {}, "workers": {}, "verdicts": [], "baseline_changes": [], "errors": [], "artifacts": {},
     }
     if result is not None:
         entry.update(tool=result.tool, tool_version=result.tool_version, router=result.router, command=result.command,
@@ -36,6 +36,7 @@ def case_entry(*, case_id: str, nodeid: str, model: str, test: str, kind: str, d
                      errors=list(result.errors), artifacts=dict(result.artifacts))
     if gate is not None:
         entry["verdicts"] = [asdict(v) for v in gate.verdicts]
+        entry["baseline_changes"] = [asdict(c) for c in gate.changes]
     return entry
 
 
@@ -45,9 +46,13 @@ def _finite(values: Mapping[str, float]) -> dict[str, float | None]:
 
 
 def write_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Write JSON to a temp file next to ``path``, then rename it over ``path``."""
+    """Write JSON to a temp file next to ``path``, then rename it over ``path``; readable as the run's other files
+    are (mkstemp's 0600 widened to what the umask allows)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=False, allow_nan=False)

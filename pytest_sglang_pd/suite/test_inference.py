@@ -20,7 +20,7 @@ def test_inference(inference_case, pd_cluster, cluster_config, suite_run, reques
         run_report.record(request.node, None, None)
         pytest.fail(f"{inference_case.id}: the benchmark produced no result:\n{exc}", pytrace=False)
     verdict = gating.gate(inference_case, result, perf_tolerance_pct=suite_run.perf_tolerance_pct,
-                          baseline=suite_run.baseline)
+                          baseline=suite_run.baseline, baseline_tolerance_pct=suite_run.baseline_tolerance_pct)
     run_report.record(request.node, result, verdict)
     if not verdict.passed:
         pytest.fail(verdict.message(), pytrace=False)
