@@ -99,3 +99,14 @@ def test_a_regular_install_has_the_suite_and_collects_it(tmp_path: Path, elsewhe
                         "--results-dir", str(tmp_path / "out"), "--collect-only", "-q")
     assert collected(result) == SUITE_TESTS, result.stdout + result.stderr
     assert "site-packages/pytest_sglang_pd/suite/test_inference.py" in result.stdout
+
+
+def test_the_jenkinsfile_cleans_up_after_every_build_and_locks_the_cluster(tmp_path: Path):
+    """post { always }: its `sglang-pd cleanup` line runs as written; the Gate stage holds a lock per config."""
+    text = (REPO / "Jenkinsfile").read_text()
+    always = text.split("post {", 1)[1].split("always {", 1)[1]
+    line = next(part.split("'")[1] for part in always.splitlines() if part.strip().startswith("sh 'sglang-pd cleanup"))
+    env = {**os.environ, "CLUSTER_CONFIG": str(sim_config(tmp_path)), "RESULTS": str(tmp_path / "reports")}
+    done = subprocess.run(["sh", "-c", line], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("cleanup: 0 left-over"), done.stdout + done.stderr
+    assert 'lock(resource: "sglang-pd:${params.CLUSTER_CONFIG}")' in text.split("stage('Gate')", 1)[1]

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -450,3 +451,42 @@ def test_rdma_error_counters_are_read_on_every_worker_node_and_their_growth_repo
                           "RDMA error counter 127.0.0.3:mlx5_0/1/port_rcv_errors grew by 2"]
     finally:
         cluster.disconnect()
+
+
+def test_sigterm_during_a_benchmark_leaves_results_junit_and_report_that_say_what_was_interrupted(tmp_path):
+    """A Jenkins abort mid-benchmark: the records of the run are written, the running test marked interrupted."""
+    results = tmp_path / "results"
+    config = sim_config(tmp_path, sim={"speedup": "0.2"})  # a slow simulated model: gsm8k takes a while
+    suite = subprocess.Popen([sys.executable, "-m", "pytest", str(REPO / "pytest_sglang_pd" / "suite"),
+                              f"--cluster-config={config}", f"--results-dir={results}", "--run-id=run",
+                              "-k", "gsm8k or reachable", "-p", "no:cacheprovider"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    lines: list[str] = []
+    started = threading.Event()
+
+    def read() -> None:
+        for line in suite.stdout:
+            lines.append(line)
+            if "llama-8b-gsm8k: " in line and " requests" in line:  # its live progress: requests are in flight
+                started.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert started.wait(120), "the gsm8k benchmark never started:\n" + "".join(lines)
+        suite.send_signal(signal.SIGTERM)
+        suite.wait(timeout=90)
+        reader.join(10)
+    finally:
+        if suite.poll() is None:
+            suite.kill()
+    out = "".join(lines)
+    assert suite.returncode == 2, out
+    data = json.loads((results / "run" / "results.json").read_text())
+    interrupted = {t["id"]: t for t in data["tests"]}["llama-8b-gsm8k"]
+    assert interrupted["outcome"] == "interrupted" and data["summary"]["interrupted"] == 1
+    assert interrupted["message"].startswith("interrupted after ") and "received signal SIGTERM" in interrupted["message"]
+    junit = (results / "run" / "junit.xml").read_text()
+    assert 'name="test_inference[llama-8b-gsm8k]"' in junit and "interrupted after" in junit
+    assert "llama-8b-gsm8k" in (results / "run" / "report.html").read_text()
+    assert_nothing_left(results)

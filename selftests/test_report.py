@@ -163,7 +163,7 @@ def test_a_run_writes_report_html_results_json_and_junit_properties(pytester: py
     data = json.loads((run_dir / "results.json").read_text())
     results.validate(data)
     assert data["simulated"] is True and data["finished_at"]
-    assert data["summary"] == {"passed": 2, "failed": 2, "error": 0, "skipped": 0}
+    assert data["summary"] == {"passed": 2, "failed": 2, "error": 0, "skipped": 0, "interrupted": 0}
     by_id = {t["id"]: t for t in data["tests"]}
     assert set(by_id) == {"llama-8b-gsm8k", "llama-8b-bench_serv_random-c4", "llama-8b-bench_serv_random-c16",
                           "llama-8b-generated_shared_prefix"}

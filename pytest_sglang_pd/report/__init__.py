@@ -94,6 +94,8 @@ class RunReport:
         self.clusters: dict[str | None, ClusterFacts] = {}  # model id (None: behind --router-url) -> facts
         self.outcomes: dict[str, tuple[str, str]] = {}  # nodeid of every test -> (outcome, why not passed)
         self.defaulted: list[str] = []  # the report files configure() chose ("junit", "html"), not the user
+        self.items: list[pytest.Item] = []  # the collected tests
+        self.running: tuple[str, tuple, float] | None = None  # (nodeid, location, monotonic start) of the test running
 
     # ------------------------------------------------------------------ paths
     @property
@@ -130,6 +132,35 @@ class RunReport:
                                                                          f"more than {self.run.baseline_tolerance_pct:g}%"))
 
     # ------------------------------------------------------------------ hooks
+    def pytest_runtest_logstart(self, nodeid: str, location: tuple) -> None:
+        self.running = (nodeid, location, time.monotonic())
+
+    def pytest_runtest_logfinish(self, nodeid: str, location: tuple) -> None:
+        self.running = None
+
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo) -> None:
+        """Ctrl-C or SIGTERM: the test that was running is recorded as interrupted (results.json, and, through a
+        report of its call, junit.xml and report.html) before the session finishes and tears the cluster down."""
+        if self.running is None or self.running[0] in self.entries:
+            return
+        nodeid, location, started = self.running
+        elapsed = time.monotonic() - started
+        why = f"interrupted after {elapsed:.1f} s: {excinfo.typename}: {excinfo.value}".rstrip(": ")
+        report = pytest.TestReport(nodeid, location, {}, "failed", why, "call", duration=elapsed)
+        self.config.hook.pytest_runtest_logreport(report=report)
+        self.outcomes[nodeid] = ("interrupted", why)
+        item = next((i for i in self.items if i.nodeid == nodeid), None)
+        case = case_of(item) if item is not None else None
+        if case is not None:
+            self.entries[nodeid] = results.case_entry(
+                case_id=case.id, nodeid=nodeid, model=case.model.id, test=case.test.name, kind=case.test.kind,
+                dataset=case.test.dataset, concurrency=case.concurrency, bench_client=case.test.bench_client,
+                result=None, gate=None, outcome="interrupted", duration_s=elapsed, message=why)
+        self.write()
+
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        self.items = items
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Every test's outcome for the report's verdict (setup and teardown failures are errors)."""
         before = self.outcomes.get(report.nodeid)
@@ -267,13 +298,13 @@ class RunReport:
         by_case = {e["nodeid"]: e for e in self.tests()}
         merged: dict[tuple[str, ...], tuple[list[str], str]] = {}
         for nodeid, (outcome, why) in self.outcomes.items():
-            if outcome not in ("failed", "error"):
+            if outcome not in ("failed", "error", "interrupted"):
                 continue
             entry = by_case.get(nodeid)
             checks = [v["message"] for v in entry["verdicts"] if not v["passed"]] if entry else []
             messages = tuple(checks or [f"{outcome}: {why}"])
             model = entry["model"] if entry else None
-            logs = html.links(self.log_files(model), self.html_dir) if outcome == "error" else ""
+            logs = html.links(self.log_files(model), self.html_dir) if outcome in ("error", "interrupted") else ""
             name = entry["id"] if entry else nodeid.rsplit("/", 1)[-1]
             names, _ = merged.setdefault(messages, ([], logs))
             names.append(name)
@@ -294,7 +325,7 @@ class RunReport:
 
     def counts(self) -> dict[str, int]:
         found = [outcome for outcome, _ in self.outcomes.values()]
-        return {k: found.count(k) for k in ("passed", "failed", "error", "skipped")}
+        return {k: found.count(k) for k in ("passed", "failed", "error", "skipped", "interrupted")}
 
     def provenance(self) -> dict[str, Any]:
         """Where this run's numbers come from; ``key`` (a hash of history.KEY_FIELDS) says which runs compare."""
@@ -330,7 +361,7 @@ class RunReport:
             worker_versions = {**facts.worker_versions, **worker_versions}
         router_url = self.run.router_url or next((c.router_url for c in self.clusters.values()), None)
         tests = list(self.entries.values())
-        summary = {k: sum(t["outcome"] == k for t in tests) for k in ("passed", "failed", "error", "skipped")}
+        summary = {k: sum(t["outcome"] == k for t in tests) for k in ("passed", "failed", "error", "skipped", "interrupted")}
         return {
             "schema_version": results.SCHEMA_VERSION,
             "run_id": self.run.run_id,

@@ -51,7 +51,7 @@ def runs(folder: Path, *, exclude: Path | None = None) -> list[Run]:
         if not finished:
             continue
         prov = data.get("provenance") or {}
-        green = summary.get("failed", 0) == 0 and summary.get("error", 0) == 0 and summary.get("passed", 0) > 0
+        green = not any(summary.get(k, 0) for k in ("failed", "error", "interrupted")) and summary.get("passed", 0) > 0
         out.append(Run(path, data.get("run_id", path.parent.name), finished, prov.get("key"), green, data))
     return sorted(out, key=lambda r: r.finished_at)
 

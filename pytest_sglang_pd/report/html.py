@@ -142,7 +142,7 @@ def overall_html(counts: Mapping[str, int], problems: list[tuple[str, list[str],
                  run_id: str, changed: tuple[str, list[tuple[str, Any, Any]]] | None = None) -> str:
     """The verdict first: PASS or FAIL with the counts, then every failing check (test, messages, log links), what
     changed since the baseline run when a check regressed against it, and the baseline warnings."""
-    failed = bool(problems) or counts.get("failed", 0) or counts.get("error", 0)
+    failed = bool(problems) or any(counts.get(k, 0) for k in ("failed", "error", "interrupted"))
     shown = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
     parts = [f'<div class="overall {"fail" if failed else "pass"}" id="sglang-pd-verdict">{"FAIL" if failed else "PASS"}'
              f'<span class="counts">{escape(shown or "no tests ran")} · run {escape(run_id)}</span></div>']
