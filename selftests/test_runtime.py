@@ -99,6 +99,17 @@ def test_exit_codes_of_many_processes_in_one_look_per_node(process_runtime, tmp_
     assert process_runtime.exit_codes([running]) == [143]
 
 
+def test_an_earlier_runs_exit_status_is_not_read_as_a_new_processs(process_runtime, tmp_path):
+    """A reused run id: the log folder still holds the last run's `<log>.exit`; the new process is running."""
+    node = next(iter(process_runtime.hosts))
+    spec = process_spec(tmp_path, "exec sleep 30", key="decode_0", node=node)
+    Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(spec.log_path + ".exit").write_text("143\n")
+    rp = process_runtime.start(spec)
+    assert process_runtime.exit_code(rp) is None
+    process_runtime.stop(rp, grace_s=5)
+
+
 def test_process_exit_code_log_tail_and_collect_log(process_runtime, tmp_path):
     node = next(iter(process_runtime.hosts))
     rp = process_runtime.start(process_spec(tmp_path, "echo starting; echo 'boom: no GPU' >&2; exit 3", node=node))
