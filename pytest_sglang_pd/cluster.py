@@ -125,6 +125,7 @@ class LiveCluster:
         self.log_files: dict[str, Path] = {}
         self.kv_check: KVTransferCheck | None = None
         self.handoffs: float | None = None  # KV transfers of the smoke requests
+        self.broken: str | None = None  # what the cluster watch found broken: the rest of this model's tests end with it
         self._collected: set[str] = set()
         self._tool_versions: dict[tuple, str | None] = {}
         self.router_version: str | None = None  # "<package> <version>" once the router is up
@@ -450,7 +451,7 @@ class LiveCluster:
                 waiting = pending()
                 raise ClusterError(f"still not ready after {deadline_s:g} s ($.config.{key}):\n"
                                    + "\n".join(f"  {what}" for _, what in waiting) + "\n"
-                                   + "\n".join(self._tail_block(self.procs[k]) for k, _ in waiting if k in self.procs))
+                                   + "\n".join(self.tail_block(self.procs[k]) for k, _ in waiting if k in self.procs))
             time.sleep(POLL_S)
 
     def check_alive(self) -> None:
@@ -459,9 +460,10 @@ class LiveCluster:
         for rp, code in zip(procs, self.runtime.exit_codes(procs)):
             if code is not None:
                 raise ClusterError(f"{rp.spec.role} {rp.spec.key} on node {rp.spec.node} exited with code {code}\n"
-                                   f"  command: {shlex.join(redact.argv(rp.spec.argv))}\n" + self._tail_block(rp))
+                                   f"  command: {shlex.join(redact.argv(rp.spec.argv))}\n" + self.tail_block(rp))
 
-    def _tail_block(self, rp: RunningProcess) -> str:
+    def tail_block(self, rp: RunningProcess) -> str:
+        """The last lines of a process's log, headed by its path, role and node."""
         try:
             tail = self.runtime.log_tail(rp, LOG_TAIL_LINES)
         except hosts_mod.HostError as exc:
@@ -489,7 +491,7 @@ class LiveCluster:
             if r.status_code != 200 or finish.get("type") in ("abort", "unparsable", None):
                 raise ClusterError(f"smoke request (stream={stream}) through the router failed: HTTP {r.status_code}, "
                                    f"finish_reason {json.dumps(finish)}\n  response: {text[:500]}\n"
-                                   + "\n".join(self._tail_block(rp) for rp in self.procs.values()
+                                   + "\n".join(self.tail_block(rp) for rp in self.procs.values()
                                                if rp.spec.role in ("prefill", "decode")))
         after = handoffs(self.worker_urls)
         self.handoffs = None if after is None else after - (before or 0.0)
@@ -506,9 +508,10 @@ class LiveCluster:
         t0 = time.monotonic()
         try:
             while (code := self.runtime.exit_code(rp)) is None:
-                if time.monotonic() - t0 > timeout_s:
+                if time.monotonic() - t0 > timeout_s or self.broken:
                     self.runtime.stop(rp)
-                    return 124, self.runtime.log_tail(rp, LOG_TAIL_LINES) + f"\n(timed out after {timeout_s:g} s)"
+                    why = "stopped: the cluster watch found it broken" if self.broken else f"timed out after {timeout_s:g} s"
+                    return 124, self.runtime.log_tail(rp, LOG_TAIL_LINES) + f"\n({why})"
                 time.sleep(POLL_S)
             return code, self.runtime.log_tail(rp, LOG_TAIL_LINES)
         finally:
@@ -596,6 +599,7 @@ class ExternalCluster:
     worker_urls: dict = field(default_factory=lambda: {"prefill": [], "decode": []})
     log_files: dict = field(default_factory=dict)
     startup_seconds: dict = field(default_factory=dict)
+    broken: str | None = None
 
     @classmethod
     def behind(cls, router_url: str, simulated: bool) -> "ExternalCluster":
