@@ -96,6 +96,9 @@ class Runtime(ABC):
         node = self._node(proc)
         try:
             secret_env = {name: node.read_secret(path) for name, path in proc.secret_env_files.items()}
+            # an earlier process of the same log path (the previous model's deployment) left its exit status there:
+            # gone before this one starts, or the first look at this one would read it
+            node.run(["rm", "-f", "--", _exit_path(proc.log_path)], timeout=30)
             rp = self._spawn(proc, ["sh", "-c", _RECORD_EXIT, "sh"], secret_env)
         except HostError as exc:
             raise RuntimeStartError(

@@ -31,23 +31,32 @@ STALL_S = 5.0
 TOKEN = "hf_faultsSECRETtoken0123456789"
 
 
-def _config(tmp_path: Path, tests: tuple[str, ...]) -> tuple[Path, dict]:
+def _config(tmp_path: Path, tests: tuple[str, ...], second_model: bool) -> tuple[Path, dict]:
+    """The local-sim config with ``tests``, a small stall_s and an HF token file (``second_model``: the model's copy
+    as a second model "again", deployed after the first)."""
     token = tmp_path / "secret" / "hf_token"
     token.parent.mkdir()
     token.write_text(TOKEN)
     path = sim_config(tmp_path, tests=tests, hf_token_file=str(token),
                       timeouts={"benchmark_s": 300, "stall_s": STALL_S})
-    return path, json.loads(path.read_text())["config"]
+    data = json.loads(path.read_text())
+    if second_model:
+        again = dict(data["benchmark_params"]["llama-8b"])
+        again["inference_tests"] = {tests[0]: again["inference_tests"][tests[0]]}
+        data["benchmark_params"]["again"] = again
+        path.write_text(json.dumps(data))
+    return path, data["config"]
 
 
 def _url(config: dict, role: str) -> str:
     return f"http://127.0.0.1:{config[f'{role}_serv_port']}"
 
 
-def run_with_fault(tmp_path: Path, tests: tuple[str, ...], role: str, spec: str) -> tuple[dict, float, str]:
+def run_with_fault(tmp_path: Path, tests: tuple[str, ...], role: str, spec: str, *,
+                   second_model: bool = False) -> tuple[dict, float, str]:
     """The suite's inference tests with ``spec`` posted to the ``role`` worker once the decode has counted 12
     requests: (junit outcome and message by test name, seconds from the fault to the first test's end, output)."""
-    config, cfg = _config(tmp_path, tests)
+    config, cfg = _config(tmp_path, tests, second_model)
     results = tmp_path / "results"
     suite = subprocess.Popen([sys.executable, "-m", "pytest", INFERENCE_TESTS, f"--cluster-config={config}",
                               f"--results-dir={results}", "--run-id=run", "-p", "no:cacheprovider", "-v"],
@@ -90,9 +99,10 @@ def _junit(results: Path) -> dict[str, tuple[str, str]]:
     return out
 
 
-def assert_kept_and_clean(tmp_path: Path) -> None:
-    """Logs collected, no process left running, the token in no file the run wrote."""
-    run = tmp_path / "results" / "run"
+def assert_kept_and_clean(tmp_path: Path, model: str = "") -> None:
+    """Logs collected, no process left running, the token in no file the run wrote (``model``: its folder of a
+    run with several models)."""
+    run = tmp_path / "results" / "run" / model
     state = json.loads((run / "cluster-state.json").read_text())
     assert state["stopped"] and not [p["key"] for p in state["processes"] if p["pid"] and alive(p["pid"])]
     logs = run / "logs" / "127.0.0.1"
@@ -107,7 +117,8 @@ def _first_line(text: str) -> str:
 
 
 def test_prefill_crash_mid_gsm8k_names_role_node_and_exit_code_within_10_s(tmp_path):
-    outcomes, took, output = run_with_fault(tmp_path, ("gsm8k", "bench_serv_random"), "prefill", "crash_after=0")
+    outcomes, took, output = run_with_fault(tmp_path, ("gsm8k", "bench_serv_random"), "prefill", "crash_after=0",
+                                            second_model=True)
     kind, text = outcomes["test_inference[llama-8b-gsm8k]"]
     assert kind == "failure", output
     assert _first_line(text).startswith("prefill prefill_0 on node 127.0.0.1 exited with code 1 at "), text
@@ -118,7 +129,9 @@ def test_prefill_crash_mid_gsm8k_names_role_node_and_exit_code_within_10_s(tmp_p
     kind, text = outcomes["test_inference[llama-8b-bench_serv_random]"]
     assert kind == "error" and _first_line(text).startswith("prefill prefill_0 on node 127.0.0.1 exited with code 1")
     assert "broke in an earlier test" in text
-    assert_kept_and_clean(tmp_path)
+    assert outcomes["test_inference[again-gsm8k]"] == ("passed", ""), output  # the next model's deployment is fresh
+    assert_kept_and_clean(tmp_path, "llama-8b")
+    assert_kept_and_clean(tmp_path, "again")
 
 
 def test_decode_hang_mid_run_names_the_decode_within_stall_s_plus_10_s(tmp_path):
