@@ -133,10 +133,14 @@ class ClusterWatch:
 
     # ------------------------------------------------------------------ the watch itself
     def _watch(self) -> None:
-        while not self._done.wait(POLL_S) and self.cause is None:
-            found = self._exited() or self._unhealthy() or self._stalled()
-            if found:
-                self.cause = self.cluster.broken = found
+        while not self._done.wait(POLL_S) and self.check() is None:
+            pass
+
+    def check(self) -> str | None:
+        """One look at what the probes found (every ``POLL_S`` while watching); the first cause is kept."""
+        if self.cause is None and (found := self._exited() or self._unhealthy() or self._stalled()):
+            self.cause = self.cluster.broken = found
+        return self.cause
 
     def _exited(self) -> str | None:
         if not isinstance(self.cluster, LiveCluster):
