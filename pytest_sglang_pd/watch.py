@@ -32,6 +32,7 @@ QUEUES = (("prefill_inflight_queue", "inflight queue (KV being sent)"),
           ("decode_prealloc_queue", "prealloc queue (waiting for KV memory)"),
           ("prefill_bootstrap_queue", "bootstrap queue (waiting for the decode's handshake)"),
           ("running", "running requests"), ("waiting", "waiting queue"))
+GENERAL = ("running", "waiting")  # not PD queues: named only when no PD queue holds requests
 METRIC_LINES = ("requests", "generation_tokens", *(short for short, _ in QUEUES), "kv_transfers", "transfer_failed")
 
 
@@ -178,6 +179,7 @@ class ClusterWatch:
             return None
         held = [(w, short, what, int(w.metrics[short])) for short, what in QUEUES for w in self.workers
                 if w.metrics and w.metrics.get(short)]
+        held = [h for h in held if h[1] not in GENERAL] or held  # a PD queue that holds them says more
         silent = [w for w in self.workers if w.metrics is None]
         if not held and not silent:
             return None  # nothing waits in the cluster: the client is idle, not the cluster stalled

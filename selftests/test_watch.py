@@ -28,10 +28,11 @@ def _after_the_bound(watch: ClusterWatch) -> str | None:
 def test_a_stall_names_the_side_and_the_queue_holding_the_requests_first():
     watch = _watch()
     prefill, decode = watch.workers
-    decode.metrics.update(decode_transfer_queue=16.0)
+    decode.metrics.update(decode_transfer_queue=16.0, running=16.0)
     prefill.metrics.update(prefill_bootstrap_queue=16.0)
     cause = _after_the_bound(watch)
     first = cause.splitlines()[0]
+    assert "running requests" not in first  # the PD queues say where they wait
     assert first.startswith(f"stall: decode {DECODE} on node 127.0.0.1 holds 16 request(s) in its transfer queue "
                             "(waiting for KV) (sglang:num_decode_transfer_queue_reqs); prefill"), first
     assert "($.config.timeouts.stall_s = 0.05) from 0.0 s into llama-8b-gsm8k" in first
