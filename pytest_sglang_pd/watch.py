@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import requests
 
@@ -49,7 +49,7 @@ class Worker:
     missed_since: float | None = None  # when the first of them was sent
     said: str = ""  # what the last failed probe got
     probing_since: float | None = None  # when the probe now waiting for its answer was sent
-    metrics: dict[str, float] | None = field(default=None)  # None: /metrics did not answer
+    metrics: dict[str, float] | None = None  # None: /metrics did not answer
 
     @property
     def name(self) -> str:
