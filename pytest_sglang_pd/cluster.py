@@ -451,7 +451,7 @@ class LiveCluster:
                 waiting = pending()
                 raise ClusterError(f"still not ready after {deadline_s:g} s ($.config.{key}):\n"
                                    + "\n".join(f"  {what}" for _, what in waiting) + "\n"
-                                   + "\n".join(self.tail_block(self.procs[k]) for k, _ in waiting if k in self.procs))
+                                   + "\n".join(self._tail_block(self.procs[k]) for k, _ in waiting if k in self.procs))
             time.sleep(POLL_S)
 
     def check_alive(self) -> None:
@@ -460,10 +460,10 @@ class LiveCluster:
         for rp, code in zip(procs, self.runtime.exit_codes(procs)):
             if code is not None:
                 raise ClusterError(f"{rp.spec.role} {rp.spec.key} on node {rp.spec.node} exited with code {code}\n"
-                                   f"  command: {shlex.join(redact.argv(rp.spec.argv))}\n" + self.tail_block(rp))
+                                   f"  command: {shlex.join(redact.argv(rp.spec.argv))}\n" + self._tail_block(rp))
 
-    def tail_block(self, rp: RunningProcess) -> str:
-        """The last lines of a process's log, headed by its path, role and node."""
+    def _tail_block(self, rp: RunningProcess) -> str:
+        """The last lines of a process's log, headed by its path, role and node (also told by the cluster watch)."""
         try:
             tail = self.runtime.log_tail(rp, LOG_TAIL_LINES)
         except hosts_mod.HostError as exc:
@@ -491,7 +491,7 @@ class LiveCluster:
             if r.status_code != 200 or finish.get("type") in ("abort", "unparsable", None):
                 raise ClusterError(f"smoke request (stream={stream}) through the router failed: HTTP {r.status_code}, "
                                    f"finish_reason {json.dumps(finish)}\n  response: {text[:500]}\n"
-                                   + "\n".join(self.tail_block(rp) for rp in self.procs.values()
+                                   + "\n".join(self._tail_block(rp) for rp in self.procs.values()
                                                if rp.spec.role in ("prefill", "decode")))
         after = handoffs(self.worker_urls)
         self.handoffs = None if after is None else after - (before or 0.0)

@@ -194,7 +194,7 @@ class ClusterWatch:
         parts = [cause]
         rp = getattr(self.cluster, "procs", {}).get(key)
         if rp is not None:
-            parts.append(self.cluster.tail_block(rp))
+            parts.append(self.cluster._tail_block(rp))  # the bring-up's own form of a log tail
         parts.append("  the workers' metrics (last read):")
         parts += [f"    {w.name}: " + (", ".join(f"{s} {w.metrics[s]:g}" for s in METRIC_LINES if s in w.metrics)
                                        if w.metrics is not None else "/metrics not answering") for w in self.workers]
