@@ -125,6 +125,7 @@ class LiveCluster:
         self.log_files: dict[str, Path] = {}
         self.kv_check: KVTransferCheck | None = None
         self.handoffs: float | None = None  # KV transfers of the smoke requests
+        self.broken: str | None = None  # what the cluster watch found broken: the rest of this model's tests end with it
         self._collected: set[str] = set()
         self._tool_versions: dict[tuple, str | None] = {}
         self.router_version: str | None = None  # "<package> <version>" once the router is up
@@ -462,6 +463,7 @@ class LiveCluster:
                                    f"  command: {shlex.join(redact.argv(rp.spec.argv))}\n" + self._tail_block(rp))
 
     def _tail_block(self, rp: RunningProcess) -> str:
+        """The last lines of a process's log, headed by its path, role and node (also told by the cluster watch)."""
         try:
             tail = self.runtime.log_tail(rp, LOG_TAIL_LINES)
         except hosts_mod.HostError as exc:
@@ -506,9 +508,10 @@ class LiveCluster:
         t0 = time.monotonic()
         try:
             while (code := self.runtime.exit_code(rp)) is None:
-                if time.monotonic() - t0 > timeout_s:
+                if time.monotonic() - t0 > timeout_s or self.broken:
                     self.runtime.stop(rp)
-                    return 124, self.runtime.log_tail(rp, LOG_TAIL_LINES) + f"\n(timed out after {timeout_s:g} s)"
+                    why = "stopped: the cluster watch found it broken" if self.broken else f"timed out after {timeout_s:g} s"
+                    return 124, self.runtime.log_tail(rp, LOG_TAIL_LINES) + f"\n({why})"
                 time.sleep(POLL_S)
             return code, self.runtime.log_tail(rp, LOG_TAIL_LINES)
         finally:
@@ -596,6 +599,7 @@ class ExternalCluster:
     worker_urls: dict = field(default_factory=lambda: {"prefill": [], "decode": []})
     log_files: dict = field(default_factory=dict)
     startup_seconds: dict = field(default_factory=dict)
+    broken: str | None = None
 
     @classmethod
     def behind(cls, router_url: str, simulated: bool) -> "ExternalCluster":

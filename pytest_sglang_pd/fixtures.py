@@ -19,6 +19,7 @@ from .hosts import HostError
 from .runtime import RuntimeFailure
 from .report.progress import terminal_say
 from .session import NO_CONFIG_HINT, SuiteRun, suite_run_key
+from .watch import ClusterWatch
 
 
 @pytest.fixture(scope="session")
@@ -165,3 +166,15 @@ def pd_cluster(request: pytest.FixtureRequest, suite_run: SuiteRun, cluster_conf
     if picked:
         terminal_say(request.config)(picked, 0)
     return cluster
+
+
+@pytest.fixture
+def cluster_watch(pd_cluster, cluster_config: ClusterConfig, inference_case) -> Iterator[ClusterWatch]:
+    """The cluster watch beside the test's benchmark. A deployment the watch found broken in an earlier test ends
+    this one at once (an error) with that cause: no benchmark runs against a dead cluster."""
+    if pd_cluster.broken:
+        cause = pd_cluster.broken.splitlines()[0]
+        pytest.fail(f"{cause}\n(the deployment of {inference_case.model.id} broke in an earlier test: "
+                    f"{inference_case.id} was not run; the next model starts a fresh deployment)", pytrace=False)
+    with ClusterWatch(pd_cluster, inference_case.id, stall_s=cluster_config.timeouts.stall_s) as watch:
+        yield watch

@@ -56,6 +56,9 @@ WORKER_METRICS = {
     "prefill_inflight_queue": "sglang:num_prefill_inflight_queue_reqs",
     "decode_prealloc_queue": "sglang:num_decode_prealloc_queue_reqs",
     "decode_transfer_queue": "sglang:num_decode_transfer_queue_reqs",
+    "generation_tokens": "sglang:generation_tokens_total",
+    "running": "sglang:num_running_reqs",
+    "waiting": "sglang:num_queue_reqs",
 }
 PD_EXPORTED = ("kv_transfers", "transfer_failed", "prefill_bootstrap_queue", "decode_transfer_queue")
 

@@ -96,7 +96,8 @@ class Runtime(ABC):
         node = self._node(proc)
         try:
             secret_env = {name: node.read_secret(path) for name, path in proc.secret_env_files.items()}
-            # an earlier run's status (a reused run id) must not be read as this process's before it starts
+            # an earlier process of the same log path (a reused run id, or the previous model's deployment) left
+            # its exit status there: gone before this one starts, or the first look at this one would read it
             node.run(["rm", "-f", "--", _exit_path(proc.log_path)], timeout=30).check()
             rp = self._spawn(proc, ["sh", "-c", _RECORD_EXIT, "sh"], secret_env)
         except HostError as exc:

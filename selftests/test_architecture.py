@@ -29,7 +29,7 @@ LEAVES = frozenset({"__init__", "metrics", "redact", "prom", "failures", "parall
 PYTEST_FACE = frozenset({"plugin", "session", "fixtures", "suite"})
 # The chain of the data flow: config -> plan -> live cluster (hosts, docker_node, runtime, cluster) -> bench
 # -> gating -> report. The faces on top (the CLI, the pytest face) may import all of it.
-CHAIN = frozenset({"config", "plan", "hosts", "docker_node", "runtime", "cluster", "bench", "gating", "report"})
+CHAIN = frozenset({"config", "plan", "hosts", "docker_node", "runtime", "cluster", "watch", "bench", "gating", "report"})
 # Which node may import which, besides the shared leaves.
 MAY_IMPORT: Mapping[str, frozenset[str]] = {
     "config": frozenset(),
@@ -38,6 +38,7 @@ MAY_IMPORT: Mapping[str, frozenset[str]] = {
     "docker_node": frozenset({"hosts", "plan"}),
     "runtime": frozenset({"hosts", "docker_node", "plan"}),
     "cluster": frozenset({"config", "plan", "hosts", "docker_node", "runtime"}),
+    "watch": frozenset({"config", "plan", "hosts", "docker_node", "runtime", "cluster"}),
     "bench": frozenset({"config", "plan"}),
     "gating": frozenset({"config", "bench"}),
     "report": frozenset({"config", "bench", "gating"}),

@@ -15,7 +15,8 @@ import jsonschema
 import pytest
 
 from pytest_sglang_pd.bench.result import BenchResult, RequestRecord
-from pytest_sglang_pd.report import charts, results
+from pytest_sglang_pd.gating import GateResult, Verdict
+from pytest_sglang_pd.report import charts, html, results
 from selftests.browser import probe
 from selftests.configs import REPO, sim_config
 
@@ -77,6 +78,12 @@ def test_no_label_overlaps_the_data_or_another_label(figure) -> None:
     for i, (a, box_a) in enumerate(boxes):
         for b, box_b in boxes[i + 1:]:
             assert not _overlaps(box_a, box_b), f"labels {a!r} and {b!r} overlap"
+
+
+def test_a_pd_path_verdict_is_rendered_with_its_source() -> None:
+    v = Verdict("kv_handoffs", "kv_handoffs", 0.0, 1.0, 1.0, "min", 0.0, "pd", False, "no KV transfer")
+    table = html.verdict_table(GateResult("llama-8b-gsm8k", (v,)))
+    assert "PD path" in table and "verdict-fail" in table
 
 
 def test_write_atomic_replaces_the_file_and_leaves_no_temp(tmp_path: Path) -> None:

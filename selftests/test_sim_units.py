@@ -129,10 +129,10 @@ def test_perf_model_is_realistic_and_monotonic():
 
 def test_faults_parse_and_reject_with_the_valid_list():
     faults = Faults()
-    for spec in ("crash_after=3", "hang", "slow=2.5", "kv_fail_fraction=0.5", "refuse_bootstrap"):
+    for spec in ("crash_after=3", "hang", "slow=2.5", "kv_fail_fraction=0.5", "refuse_bootstrap", "kv_stall"):
         faults.apply(spec)
     assert faults.as_dict() == {"crash_after": 3, "hang": True, "slow": 2.5, "kv_fail_fraction": 0.5,
-                                "refuse_bootstrap": True}
+                                "refuse_bootstrap": True, "kv_stall": True}
     share = sum(faults.fails_transfer(room, 0) for room in range(2000)) / 2000
     assert 0.45 < share < 0.55
     faults.apply("clear")

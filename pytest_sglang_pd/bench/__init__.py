@@ -18,7 +18,8 @@ __all__ = ["BenchResult", "BenchTarget", "BenchToolError", "Progress", "RequestR
 def run_benchmark(target: BenchTarget, case: InferenceCase, *, timeout_s: float, artifacts_dir: Path,
                   progress: Progress | None = None) -> BenchResult:
     """Run ``case`` against ``target`` with the tool its test names (bench_client builtin | sglang), then add what
-    the workers' and the router's metrics say of the PD path (``pd_metrics``)."""
+    the workers' and the router's metrics say of the PD path (``pd_metrics``). It stops as soon as the cluster watch
+    finds the target broken (``target.broken``)."""
     test = case.test
     nic_counters = getattr(target, "nic_error_counters", dict)  # RDMA port error counters (real clusters)
     router_url = getattr(target, "router_metrics_url", None)
@@ -29,10 +30,14 @@ def run_benchmark(target: BenchTarget, case: InferenceCase, *, timeout_s: float,
     before, nic_before = workers(), nic_counters()
     router_before = prom.router_metrics(router_url) if router_url else None
     if test.bench_client == "builtin":
-        result = builtin.run(target.router_url, test, case.concurrency, timeout_s=timeout_s, progress=progress)
+        result = builtin.run(target.router_url, test, case.concurrency, timeout_s=timeout_s, progress=progress,
+                             stop=lambda: target.broken is not None)
     else:
         result = sglang_tools.run(target, test, case.concurrency, timeout_s=timeout_s, artifacts_dir=artifacts_dir)
     result.router = target.router_version
+    if target.broken:  # the workers' counters of a broken cluster say nothing reliable (and a hung one never answers)
+        result.errors.append("the PD metrics were not read: the cluster watch found the cluster broken")
+        return result
     after = workers()
     router_after = prom.router_metrics(router_url) if router_url else None
     for role, by_url in after.items():

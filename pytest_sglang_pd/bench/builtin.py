@@ -18,6 +18,8 @@ from .result import BenchResult, RequestRecord, aggregate, first_errors
 from .workloads import INVALID_ANSWER, Prompt, answer_value, prompts_for
 
 Progress = Callable[[int, int, float], None]  # (completed or failed so far, total, elapsed seconds)
+Stop = Callable[[], bool]  # true once the benchmark must end now (the cluster watch found a cause)
+STOP_POLL_S = 0.5
 ERROR_BODY_CHARS = 300
 
 
@@ -86,7 +88,8 @@ async def send_request(session: aiohttp.ClientSession, url: str, prompt: Prompt)
 
 
 async def _run_all(url: str, prompts: list[Prompt], concurrency: int, request_rate: float, seed: int,
-                   warmup: int, timeout_s: float, progress: Progress | None) -> tuple[list[RequestRecord], float, list[str]]:
+                   warmup: int, timeout_s: float, progress: Progress | None,
+                   stop: Stop) -> tuple[list[RequestRecord], float, list[str]]:
     timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=30)
     warnings: list[str] = []
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -111,25 +114,30 @@ async def _run_all(url: str, prompts: list[Prompt], concurrency: int, request_ra
 
         tasks = []
         for index, prompt in enumerate(prompts):
+            if stop():
+                break
             tasks.append(asyncio.create_task(one(index, prompt)))
             if math.isfinite(request_rate) and request_rate > 0:
                 await asyncio.sleep(rng.expovariate(request_rate))
-        _, pending = await asyncio.wait(tasks, timeout=max(timeout_s - (time.perf_counter() - start), 0.001))
+        pending = set(tasks)
+        while pending and not stop() and (left := timeout_s - (time.perf_counter() - start)) > 0:
+            _, pending = await asyncio.wait(pending, timeout=min(left, STOP_POLL_S))
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         duration = time.perf_counter() - start
-    unfinished = RequestRecord(success=False, error=f"not finished within the benchmark timeout of {timeout_s:g} s")
+    why = "stopped by the cluster watch" if stop() else f"not finished within the benchmark timeout of {timeout_s:g} s"
+    unfinished = RequestRecord(success=False, error=why)
     return [r if r is not None else unfinished for r in records], duration, warnings
 
 
 def run(router_url: str, test: InferenceTest, concurrency: int, *, timeout_s: float,
-        progress: Progress | None = None) -> BenchResult:
+        progress: Progress | None = None, stop: Stop = lambda: False) -> BenchResult:
     """Run ``test`` at ``concurrency`` against ``router_url``; gsm8k-shaped tests also score answers."""
     prompts = prompts_for(test)
     url = router_url.rstrip("/")
     records, duration, warnings = asyncio.run(_run_all(
-        url, prompts, concurrency, test.request_rate, test.seed, test.warmup_requests, timeout_s, progress))
+        url, prompts, concurrency, test.request_rate, test.seed, test.warmup_requests, timeout_s, progress, stop))
     metrics, totals = aggregate(records, duration)
     if test.kind == "gsm8k":
         metrics.update(score_answers(prompts, records, duration))

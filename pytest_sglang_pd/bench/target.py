@@ -18,6 +18,7 @@ class BenchTarget(Protocol):
     worker_urls: dict[str, list[str]]
     router_version: str | None  # "<package> <version>" (None: not known, e.g. behind --router-url)
     router_metrics_url: str | None  # the router's Prometheus /metrics (None: not known)
+    broken: str | None  # set by the cluster watch: a running benchmark stops at once
 
     def run_bench_command(self, spec: ProcessSpec, timeout_s: float) -> tuple[int, str]: ...
 

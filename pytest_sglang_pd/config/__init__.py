@@ -177,6 +177,9 @@ class Timeouts:
                                 minimum=0, exclusive_minimum=True)
     benchmark_s: float = key("benchmark_s", 7200.0, NUMBER, "each benchmark's deadline",
                              minimum=0, exclusive_minimum=True)
+    stall_s: float = key("stall_s", 60.0, NUMBER, "a benchmark ends as a stall when nothing is generated and no "
+                         "request completes for this long (the cluster watch; independent of benchmark_s)",
+                         minimum=0, exclusive_minimum=True)
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ def verdict_table(gate: GateResult) -> str:
     rows_ = []
     for v in gate.verdicts:
         bound = "≤" if v.direction == "max" else "≥"
-        source = {"threshold": "expected", "baseline": "baseline", "requests": "allowed"}[v.source]
+        source = {"threshold": "expected", "baseline": "baseline", "requests": "allowed", "pd": "PD path"}[v.source]
         rows_.append(("pass" if v.passed else "fail", [
             _cell(v.metric if v.metric == v.canonical else f"{v.metric} ({v.canonical})"),
             _cell(fmt.value(v.canonical, v.actual), True), _cell(f"{bound} {fmt.value(v.canonical, v.limit)}", True),

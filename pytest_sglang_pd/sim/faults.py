@@ -9,6 +9,8 @@ Specs (flag, repeatable; or ``POST /sim/fault {"spec": ...}`` at run time):
     kv_fail_fraction=F   that fraction of rooms (deterministic per room and seed) is written by the
                          prefill to a destination the decode's engine refuses: the engine's own error
     refuse_bootstrap     the prefill closes its bootstrap port: decodes get "connection refused"
+    kv_stall             the KV never arrives: on a decode every request waits in its transfer queue, on a
+                         prefill in its inflight queue, while HTTP and /health answer as usual
     clear                removes every fault
 """
 
@@ -24,6 +26,7 @@ class Faults:
     slow: float = 1.0
     kv_fail_fraction: float = 0.0
     refuse_bootstrap: bool = False
+    kv_stall: bool = False
 
     def apply(self, spec: str) -> None:
         """Add the fault ``spec`` describes; raises ValueError naming the valid specs."""
@@ -45,6 +48,8 @@ class Faults:
                     raise ValueError("must be within [0, 1]")
             elif name == "refuse_bootstrap" and not value:
                 self.refuse_bootstrap = True
+            elif name == "kv_stall" and not value:
+                self.kv_stall = True
             elif name == "clear" and not value:
                 self.__init__()  # type: ignore[misc]
             else:
@@ -52,7 +57,7 @@ class Faults:
         except ValueError as error:
             raise ValueError(
                 f"bad --sim-fault {spec!r} ({error}); valid: crash_after=N, hang, slow=FACTOR, "
-                "kv_fail_fraction=F, refuse_bootstrap, clear"
+                "kv_fail_fraction=F, refuse_bootstrap, kv_stall, clear"
             ) from None
 
     def fails_transfer(self, room: int, seed: int) -> bool:

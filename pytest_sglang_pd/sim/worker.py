@@ -137,6 +137,14 @@ class SimWorker:
             await (self.bootstrap.refuse() if self.faults.refuse_bootstrap else self.bootstrap.open())
         return self.faults.as_dict()
 
+    async def _kv_stalled(self, room: int) -> None:
+        """Fault ``kv_stall``: the KV of ``room`` does not move while it is set (the request stays queued)."""
+        if self.faults.kv_stall:
+            log.warning("sim fault kv_stall: the KV of room %d waits in the %s queue", room,
+                        "transfer" if self.role == "decode" else "inflight")
+        while self.faults.kv_stall:
+            await asyncio.sleep(0.2)
+
     def _on_tokens(self, seq: Sequence, count: int) -> None:
         self.metrics.generated(count)
         times = seq.token_times
@@ -241,6 +249,7 @@ class SimWorker:
             started = time.monotonic()
             try:
                 with self._queued("num_prefill_inflight_queue_reqs"):
+                    await self._kv_stalled(inp.room)
                     result = await pd.write_room(self.engine, destination, blob, executor=self.executor,
                                                  refuse=self.faults.fails_transfer(inp.room, self.args.sim_seed))
             except KVTransferError as error:
@@ -271,6 +280,7 @@ class SimWorker:
             self.metrics.alloc_wait(time.monotonic() - waited)
         try:
             with self._queued("num_decode_transfer_queue_reqs"):
+                await self._kv_stalled(inp.room)
                 header, _, _ = await self.handoff.receive(
                     inp.bootstrap_host, port, inp.room, len(inp.ids), self.args.sim_kv_payload_bytes_per_token)
         except pd.HandoffError as error:

@@ -6,21 +6,31 @@ import pytest
 
 from pytest_sglang_pd import gating, report
 from pytest_sglang_pd.bench import BenchToolError, run_benchmark
+from pytest_sglang_pd.failures import first_error_first
 from pytest_sglang_pd.report.progress import terminal_progress
 
 
-def test_inference(inference_case, pd_cluster, cluster_config, suite_run, request: pytest.FixtureRequest) -> None:
-    """Every threshold of the test (and the baseline, if given) holds, and no request failed beyond the allowance."""
+def test_inference(inference_case, pd_cluster, cluster_watch, cluster_config, suite_run,
+                   request: pytest.FixtureRequest) -> None:
+    """Every threshold of the test (and the baseline, if given) holds, no request failed beyond the allowance, and
+    the cluster watch found nothing broken (its cause comes first in the message)."""
     run_report = report.of(request.config)
+    show = terminal_progress(request.config, inference_case.id)
+
+    def progress(done: int, total: int, elapsed_s: float) -> None:
+        cluster_watch.completions(done, total, elapsed_s)
+        show(done, total, elapsed_s)
+
     try:
         result = run_benchmark(pd_cluster, inference_case, timeout_s=cluster_config.timeouts.benchmark_s,
-                               artifacts_dir=suite_run.run_dir / "bench" / inference_case.id,
-                               progress=terminal_progress(request.config, inference_case.id))
+                               artifacts_dir=suite_run.run_dir / "bench" / inference_case.id, progress=progress)
     except BenchToolError as exc:
         run_report.record(request.node, None, None)
-        pytest.fail(f"{inference_case.id}: the benchmark produced no result:\n{exc}", pytrace=False)
+        pytest.fail(first_error_first(cluster_watch.look(), f"{inference_case.id}: the benchmark produced no result:\n"
+                                      f"{exc}", "in the benchmark"), pytrace=False)
     verdict = gating.gate(inference_case, result, perf_tolerance_pct=suite_run.perf_tolerance_pct,
                           baseline=suite_run.baseline, baseline_tolerance_pct=suite_run.baseline_tolerance_pct)
     run_report.record(request.node, result, verdict)
-    if not verdict.passed:
-        pytest.fail(verdict.message(), pytrace=False)
+    cause = cluster_watch.look() if not verdict.passed else cluster_watch.cause
+    if cause or not verdict.passed:
+        pytest.fail(first_error_first(cause, verdict.message(), "in the benchmark"), pytrace=False)
