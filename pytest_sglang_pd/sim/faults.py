@@ -9,6 +9,8 @@ Specs (flag, repeatable; or ``POST /sim/fault {"spec": ...}`` at run time):
     kv_fail_fraction=F   that fraction of rooms (deterministic per room and seed) is written by the
                          prefill to a destination the decode's engine refuses: the engine's own error
     refuse_bootstrap     the prefill closes its bootstrap port: decodes get "connection refused"
+    cut_streams=F        that fraction of streamed responses (deterministic per request and seed) is cut
+                         short after its first chunk: the connection closes before the chunked body ends
     clear                removes every fault
 """
 
@@ -24,6 +26,7 @@ class Faults:
     slow: float = 1.0
     kv_fail_fraction: float = 0.0
     refuse_bootstrap: bool = False
+    cut_streams: float = 0.0
 
     def apply(self, spec: str) -> None:
         """Add the fault ``spec`` describes; raises ValueError naming the valid specs."""
@@ -43,6 +46,10 @@ class Faults:
                 self.kv_fail_fraction = float(value)
                 if not 0 <= self.kv_fail_fraction <= 1:
                     raise ValueError("must be within [0, 1]")
+            elif name == "cut_streams":
+                self.cut_streams = float(value)
+                if not 0 <= self.cut_streams <= 1:
+                    raise ValueError("must be within [0, 1]")
             elif name == "refuse_bootstrap" and not value:
                 self.refuse_bootstrap = True
             elif name == "clear" and not value:
@@ -52,15 +59,23 @@ class Faults:
         except ValueError as error:
             raise ValueError(
                 f"bad --sim-fault {spec!r} ({error}); valid: crash_after=N, hang, slow=FACTOR, "
-                "kv_fail_fraction=F, refuse_bootstrap, clear"
+                "kv_fail_fraction=F, refuse_bootstrap, cut_streams=F, clear"
             ) from None
 
     def fails_transfer(self, room: int, seed: int) -> bool:
         """Whether the KV write of ``room`` is sent to a refused destination (deterministic)."""
-        if self.kv_fail_fraction <= 0:
-            return False
-        digest = hashlib.sha256(f"{seed}:{room}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64 < self.kv_fail_fraction
+        return _picked(self.kv_fail_fraction, f"{seed}:{room}")
+
+    def cuts_stream(self, number: int, seed: int) -> bool:
+        """Whether the ``number``-th streamed response is cut short (deterministic)."""
+        return _picked(self.cut_streams, f"{seed}:stream:{number}")
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def _picked(fraction: float, name: str) -> bool:
+    if fraction <= 0:
+        return False
+    digest = hashlib.sha256(name.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
