@@ -9,6 +9,8 @@ Specs (flag, repeatable; or ``POST /sim/fault {"spec": ...}`` at run time):
     kv_fail_fraction=F   that fraction of rooms (deterministic per room and seed) is written by the
                          prefill to a destination the decode's engine refuses: the engine's own error
     refuse_bootstrap     the prefill closes its bootstrap port: decodes get "connection refused"
+    slow_kv=FACTOR       this worker's KV transfers (modelled, and the suite's pair check to or from it) take
+                         FACTOR times as long
     cut_streams=F        that fraction of streamed responses (deterministic per request and seed) is cut
                          short after its first chunk: the connection closes before the chunked body ends
     clear                removes every fault
@@ -27,6 +29,7 @@ class Faults:
     kv_fail_fraction: float = 0.0
     refuse_bootstrap: bool = False
     cut_streams: float = 0.0
+    slow_kv: float = 1.0
 
     def apply(self, spec: str) -> None:
         """Add the fault ``spec`` describes; raises ValueError naming the valid specs."""
@@ -46,6 +49,10 @@ class Faults:
                 self.kv_fail_fraction = float(value)
                 if not 0 <= self.kv_fail_fraction <= 1:
                     raise ValueError("must be within [0, 1]")
+            elif name == "slow_kv":
+                self.slow_kv = float(value)
+                if self.slow_kv < 1:
+                    raise ValueError("must be >= 1")
             elif name == "cut_streams":
                 self.cut_streams = float(value)
                 if not 0 <= self.cut_streams <= 1:
@@ -59,7 +66,7 @@ class Faults:
         except ValueError as error:
             raise ValueError(
                 f"bad --sim-fault {spec!r} ({error}); valid: crash_after=N, hang, slow=FACTOR, "
-                "kv_fail_fraction=F, refuse_bootstrap, cut_streams=F, clear"
+                "kv_fail_fraction=F, refuse_bootstrap, cut_streams=F, slow_kv=FACTOR, clear"
             ) from None
 
     def fails_transfer(self, room: int, seed: int) -> bool:
