@@ -512,6 +512,7 @@ class LiveCluster:
         dep = self.deployment
         lines = [f"  KV engine {self.cfg.kv_transfer.backend}; bootstrap "
                  + ", ".join(f"{p.key} {pd_path.bootstrap_address(p)}" for p in dep.servers("prefill"))]
+        lines += [f"  {held}" for held in pd_path.where_requests_wait(dep)]
         for rp in self.procs.values():
             if rp.spec.role not in ("prefill", "decode"):
                 continue
@@ -541,8 +542,7 @@ class LiveCluster:
                 text = r.text
             except requests.Timeout:
                 raise ClusterError(f"smoke request (stream={stream}) through the router {self.router_url}: no answer "
-                                   f"within {deadline_s:g} s ($.config.timeouts.smoke_s): the KV handoff prefill -> "
-                                   f"decode did not complete\n" + self._explained()) from None
+                                   f"within {deadline_s:g} s ($.config.timeouts.smoke_s)\n" + self._explained()) from None
             except requests.RequestException as exc:
                 raise ClusterError(f"smoke request (stream={stream}) through the router {self.router_url} failed: "
                                    f"{type(exc).__name__}\n" + self._explained()) from None

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 from urllib.parse import urlparse
 
-from . import kv_transfer
+from . import kv_transfer, prom
 from .hosts import Host
 from .plan import Deployment, ProcessSpec, bind_host
 
@@ -98,6 +98,24 @@ def slow_pairs(pairs: Iterable[PairResult], backend: str, min_gbps: float | None
             out.append(f"{p.name}: no payload through {backend}: {p.error}")
         elif min_gbps is not None and p.gbps < min_gbps:
             out.append(f"{p.name}: {p.gbps:g} GB/s through {backend} < {min_gbps:g} ($.config.kv_transfer.min_gbps)")
+    return out
+
+
+_HOLDING = ("prefill_bootstrap_queue", "prefill_inflight_queue", "decode_prealloc_queue", "decode_transfer_queue",
+            "transfer_failed", "bootstrap_failed")
+
+
+def where_requests_wait(dep: Deployment) -> list[str]:
+    """Per worker, its PD queues that hold requests and its failed-transfer counters (SGLang's metric names)."""
+    by_url = {s.url: s for role in ("prefill", "decode") for s in dep.servers(role)}
+    metrics = prom.worker_metrics({role: [s.url for s in dep.servers(role)] for role in ("prefill", "decode")})
+    out = []
+    for role, workers in metrics.items():
+        for url, found in workers.items():
+            held = [f"{prom.WORKER_METRICS[k]} {found[k]:g}" for k in _HOLDING if found.get(k)]
+            if held:
+                spec = by_url[url]
+                out.append(f"{role} {spec.key} on node {spec.node}: " + ", ".join(held))
     return out
 
 
