@@ -214,7 +214,7 @@ def test_cli_up_then_tests_against_its_router_url_then_down(pytester, tmp_path):
         assert not (tmp_path / "external" / "run" / "cluster-state.json").exists()  # it started nothing
         # pytest-xdist workers against the one cluster: the controller's closing table has what the workers measured
         workers = pytester.runpytest_subprocess(
-            str(REPO / "tests" / "test_inference.py"), f"--cluster-config={sim_config(tmp_path / 'other')}",
+            str(REPO / "pytest_sglang_pd" / "suite" / "test_inference.py"), f"--cluster-config={sim_config(tmp_path / 'other')}",
             f"--results-dir={tmp_path / 'xdist'}", "--run-id=run", f"--router-url={router}", "-n", "2",
             "-k", "gsm8k or random", "-p", "no:cacheprovider", timeout=240)
         workers.assert_outcomes(passed=2)
