@@ -480,7 +480,7 @@ class LiveCluster:
         with self._stage("bring-up", "bootstrap addresses reachable from the decodes"):
             unreachable = pd_path.unreachable_bootstraps(dep, self._host_of)
         if unreachable:
-            raise ClusterError("PD handshake cannot start (KV engine " f"{self.cfg.kv_transfer.backend}):\n"
+            raise ClusterError(f"PD handshake cannot start (KV engine {self.cfg.kv_transfer.backend}):\n"
                                + _indent(unreachable, "  ") + "\n" + self._explained())
         with self._stage("bring-up", "smoke requests through the router (KV handoff prefill -> decode)"):
             moved = self._smoke()
