@@ -2,7 +2,9 @@
 
 The order is the one of the role fixtures (README: Bring-up, teardown and failures): nodes -> KV
 transfer prechecks -> containers -> prefill and decode (started together, waited on together) ->
-router -> /readiness -> a smoke request through the router that must cross prefill -> decode.
+router -> /readiness -> each prefill's bootstrap address reached from each decode's node -> a smoke request
+through the router that must cross prefill -> decode (``timeouts.smoke_s``) -> a payload through the KV engine
+per prefill -> decode pair (simulator; GB/s gated by ``kv_transfer.min_gbps``).
 Every wait watches every process started so far: one that exits fails the wait at once with its
 role, node, exit code and log tail. Teardown stops in reverse order and collects every log into
 ``<run_dir>/logs/<node>/<role>-<i>.log`` first.
@@ -24,7 +26,7 @@ import requests
 
 from . import hosts as hosts_mod
 from . import plan as plan_mod
-from . import prom, redact, releases, sse
+from . import pd_path, prom, redact, releases, sse
 from .config import ClusterConfig
 from .facts import ClusterFacts
 from .plan import Deployment, ProcessSpec
@@ -126,6 +128,7 @@ class LiveCluster:
         self.kv_check: KVTransferCheck | None = None
         self.handoffs: float | None = None  # KV transfers of the smoke requests
         self.broken: str | None = None  # what the cluster watch found broken: the rest of this model's tests end with it
+        self.kv_pairs_gbps: dict[str, float | None] = {}  # "prefill_0 -> decode_0": GB/s of the pair check
         self._collected: set[str] = set()
         self._tool_versions: dict[tuple, str | None] = {}
         self.router_version: str | None = None  # "<package> <version>" once the router is up
@@ -472,27 +475,83 @@ class LiveCluster:
             strip_ansi(tail).rstrip().splitlines(), "    | ")
 
     def smoke(self) -> float | None:
-        """A non-streamed and a streamed /generate through the router that must cross prefill -> decode."""
+        """The PD path proven: each prefill's bootstrap address reached from each decode's node, then a non-streamed
+        and a streamed /generate through the router that must cross prefill -> decode, then (simulator) a payload
+        through the KV engine per pair."""
+        dep = self.deployment
+        with self._stage("bring-up", "bootstrap addresses reachable from the decodes"):
+            unreachable = pd_path.unreachable_bootstraps(dep, self._host_of)
+        if unreachable:
+            raise ClusterError(f"PD handshake cannot start (KV engine {self.cfg.kv_transfer.backend}):\n"
+                               + _indent(unreachable, "  ") + "\n" + self._explained())
         with self._stage("bring-up", "smoke requests through the router (KV handoff prefill -> decode)"):
-            return self._smoke()
+            moved = self._smoke()
+        if self.simulated:
+            self.check_kv_pairs()
+        return moved
+
+    def _host_of(self, spec: ProcessSpec) -> hosts_mod.Host:
+        """Where a process runs: its container (docker runtime) or its node."""
+        return self.runtime.container_host(spec.container) if spec.container else self.hosts[spec.node]
+
+    def check_kv_pairs(self) -> dict[str, float | None]:
+        """Each prefill -> decode pair moves a payload through the configured engine; its GB/s recorded, and a
+        pair that moves nothing or less than ``kv_transfer.min_gbps`` fails before any benchmark runs."""
+        kv = self.cfg.kv_transfer
+        with self._stage("bring-up", f"KV transfer ({kv.backend}) per prefill -> decode pair"):
+            pairs = pd_path.measure_pairs(self.deployment, kv.backend, self._host_of)
+        self.kv_pairs_gbps = {f"{p.prefill.key} -> {p.decode.key}": p.gbps for p in pairs}
+        for p in pairs:
+            self.say(f"  {p.name}: {'-' if p.gbps is None else f'{p.gbps:g} GB/s'}", 1)
+        slow = pd_path.slow_pairs(pairs, kv.backend, kv.min_gbps)
+        if slow:
+            raise ClusterError(f"KV transfer check failed for {len(slow)} of {len(pairs)} prefill -> decode pair(s) "
+                               f"({pd_path.PAIR_BYTES >> 20} MiB each):\n" + _indent(slow, "  "))
+        return self.kv_pairs_gbps
+
+    def _explained(self) -> str:
+        """The PD path's addresses and, per worker, the log lines that explain a failed handoff (else its tail)."""
+        dep = self.deployment
+        lines = [f"  KV engine {self.cfg.kv_transfer.backend}; bootstrap "
+                 + ", ".join(f"{p.key} {pd_path.bootstrap_address(p)}" for p in dep.servers("prefill"))]
+        lines += [f"  {held}" for held in pd_path.where_requests_wait(dep)]
+        for rp in self.procs.values():
+            if rp.spec.role not in ("prefill", "decode"):
+                continue
+            try:
+                text = strip_ansi(self.runtime.log_tail(rp, 400))
+            except hosts_mod.HostError as exc:
+                text = f"(log not readable: {exc})"
+            told = pd_path.explaining_lines(text)
+            if told:
+                lines.append(f"  {rp.spec.role} {rp.spec.key} on node {rp.spec.node} logged ({rp.spec.log_path}):\n"
+                             + _indent(told, "    | "))
+            else:
+                lines.append(self._tail_block(rp))
+        return "\n".join(lines)
 
     def _smoke(self) -> dict[str, float]:
         before = handoffs(self.worker_urls)
         body = {"text": "The capital of France is", "sampling_params": {"max_new_tokens": 8, "temperature": 0}}
+        deadline_s = self.cfg.timeouts.smoke_s
+        t0 = time.monotonic()
         for stream in (False, True):
             self.check_alive()
+            left = max(deadline_s - (time.monotonic() - t0), 0.1)
             try:
                 r = requests.post(f"{self.router_url}/generate", json={**body, "stream": stream},
-                                  timeout=self.cfg.timeouts.router_ready_s, stream=stream)
+                                  timeout=(min(5.0, left), left), stream=stream)
                 text = r.text
+            except requests.Timeout:
+                raise ClusterError(f"smoke request (stream={stream}) through the router {self.router_url}: no answer "
+                                   f"within {deadline_s:g} s ($.config.timeouts.smoke_s)\n" + self._explained()) from None
             except requests.RequestException as exc:
-                raise ClusterError(f"smoke request through the router {self.router_url} failed: {exc}") from None
+                raise ClusterError(f"smoke request (stream={stream}) through the router {self.router_url} failed: "
+                                   f"{type(exc).__name__}\n" + self._explained()) from None
             finish = _finish_reason(text, stream)
             if r.status_code != 200 or finish.get("type") in ("abort", "unparsable", None):
                 raise ClusterError(f"smoke request (stream={stream}) through the router failed: HTTP {r.status_code}, "
-                                   f"finish_reason {json.dumps(finish)}\n  response: {text[:500]}\n"
-                                   + "\n".join(self._tail_block(rp) for rp in self.procs.values()
-                                               if rp.spec.role in ("prefill", "decode")))
+                                   f"finish_reason {json.dumps(finish)}\n  response: {text[:500]}\n" + self._explained())
         after = handoffs(self.worker_urls)
         self.handoffs = None if after is None else after - (before or 0.0)
         if self.handoffs is not None and self.handoffs < 2:
@@ -637,6 +696,7 @@ def facts_of(cluster: LiveCluster | ExternalCluster, *, versions: bool = True) -
                                    for spec in (*dep.processes, *dep.bench)}
     return ClusterFacts(router_url=cluster.router_url, model=dep.model.id if dep else None, router=cluster.router_version,
                         startup_seconds=dict(cluster.startup_seconds),
+                        kv_pairs_gbps=dict(getattr(cluster, "kv_pairs_gbps", {})),
                         worker_versions=worker_versions(cluster.worker_urls) if versions else {}, log_files=logs,
                         started=tuple(getattr(cluster, "procs", ())))
 

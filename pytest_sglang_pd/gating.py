@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from . import metrics as metrics_mod
-from .bench.result import BenchResult
+from .bench.result import TRUNCATED, BenchResult, truncated_count
 from .config import InferenceCase, InferenceTest, Threshold
 
 BASELINE_TOLERANCE_PCT = 15.0
@@ -166,8 +166,10 @@ def check_requests(result: BenchResult, allowed_failures: int) -> Verdict:
     failed = result.failed
     passed = failed <= allowed_failures
     first = f"; first error: {result.errors[0]}" if result.errors and failed else ""
+    cut = truncated_count(result.records)
+    cut_note = f" ({cut} of them {TRUNCATED}s: responses cut short mid-stream)" if cut else ""
     message = (f"failed requests {failed} of {result.num_requests} {'<=' if passed else '>'} allowed {allowed_failures}"
-               f"{first}")
+               f"{cut_note}{first}")
     return Verdict("failed", "failed", float(failed), float(allowed_failures), float(allowed_failures), "max", 0.0,
                    "requests", passed, message)
 

@@ -5,7 +5,9 @@ A decode worker opens an engine, registers a receive region and hands the region
 `write` may be called from several threads at once.
 
 Run `python -m pytest_sglang_pd.kv_transfer peer --backend B` for a receiving peer process
-(prints its descriptor, then serves reads of its region) - the self-tests and the benchmark use it.
+(prints its descriptor, then serves reads of its region) - the self-tests and the benchmark use it;
+`... pair --backend B --hostname H --peer-hostname P` moves a payload into such a peer and prints its GB/s
+(the live cluster's prefill -> decode pair check).
 """
 
 from __future__ import annotations
@@ -698,7 +700,7 @@ class PeerProcess:
 
         self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", __name__, "peer", "--backend", backend, "--hostname", hostname,
+            [sys.executable, "-m", __spec__.name if __spec__ else __name__, "peer", "--backend", backend, "--hostname", hostname,
              "--length", str(length)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
         )
@@ -731,6 +733,28 @@ class PeerProcess:
         self.log.close()
 
 
+def measure_pair(backend: str, hostname: str, peer_hostname: str, length: int, slow: float = 1.0) -> dict:
+    """Move ``length`` bytes from an engine on ``hostname`` into a peer process's region on ``peer_hostname``, read
+    a sample back; the GB/s it took (``slow``: the simulator's slowed pair, the time stretched that many times)."""
+    data = os.urandom(length)
+    peer = PeerProcess(backend, length, hostname=peer_hostname)
+    try:
+        with open_engine(backend, hostname=hostname) as engine:
+            result = engine.write(peer.descriptor, data)
+        sample = min(length, 4096)
+        if peer.read(length - sample, sample) != data[-sample:]:
+            raise KVTransferError(backend, peer_hostname, "the payload arrived corrupted")
+    finally:
+        peer.stop()
+    seconds = result.seconds * slow
+    if slow > 1:
+        time.sleep(seconds - result.seconds)
+    return {"engine": result.engine, "bytes": length, "seconds": seconds, "gbps": length / seconds / 1e9}
+
+
+PAIR_LINE_PREFIX = "KVPAIR "
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pytest_sglang_pd.kv_transfer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -741,9 +765,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     probe = sub.add_parser("probe", help="open the engine on this node, print its name and protocol, close it")
     probe.add_argument("--backend", choices=BACKENDS, required=True)
     probe.add_argument("--hostname", default="127.0.0.1")
+    pair = sub.add_parser("pair", help="move a payload into a peer process on --peer-hostname, print its GB/s")
+    pair.add_argument("--backend", choices=BACKENDS, required=True)
+    pair.add_argument("--hostname", default="127.0.0.1")
+    pair.add_argument("--peer-hostname", default="127.0.0.1")
+    pair.add_argument("--bytes", type=int, default=64 << 20)
+    pair.add_argument("--slow", type=float, default=1.0, help="stretch the measured time (a simulated slow pair)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    if args.command == "probe":
+    if args.command == "pair":
+        print(PAIR_LINE_PREFIX + json.dumps(measure_pair(args.backend, args.hostname, args.peer_hostname, args.bytes,
+                                                         args.slow)), flush=True)
+    elif args.command == "probe":
         engine = open_engine(args.backend, hostname=args.hostname)
         print(engine.name, engine.protocol)
         engine.close()

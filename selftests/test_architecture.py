@@ -29,7 +29,8 @@ LEAVES = frozenset({"__init__", "metrics", "redact", "prom", "failures", "parall
 PYTEST_FACE = frozenset({"plugin", "session", "fixtures", "suite"})
 # The chain of the data flow: config -> plan -> live cluster (hosts, docker_node, runtime, cluster) -> bench
 # -> gating -> report. The faces on top (the CLI, the pytest face) may import all of it.
-CHAIN = frozenset({"config", "plan", "hosts", "docker_node", "runtime", "cluster", "watch", "bench", "gating", "report"})
+CHAIN = frozenset({"config", "plan", "hosts", "docker_node", "runtime", "pd_path", "cluster", "watch", "bench",
+                   "gating", "report"})
 # Which node may import which, besides the shared leaves.
 MAY_IMPORT: Mapping[str, frozenset[str]] = {
     "config": frozenset(),
@@ -37,8 +38,9 @@ MAY_IMPORT: Mapping[str, frozenset[str]] = {
     "hosts": frozenset(),
     "docker_node": frozenset({"hosts", "plan"}),
     "runtime": frozenset({"hosts", "docker_node", "plan"}),
-    "cluster": frozenset({"config", "plan", "hosts", "docker_node", "runtime"}),
-    "watch": frozenset({"config", "plan", "hosts", "docker_node", "runtime", "cluster"}),
+    "pd_path": frozenset({"plan", "hosts"}),
+    "cluster": frozenset({"config", "plan", "hosts", "docker_node", "runtime", "pd_path"}),
+    "watch": frozenset({"config", "plan", "hosts", "docker_node", "runtime", "pd_path", "cluster"}),
     "bench": frozenset({"config", "plan"}),
     "gating": frozenset({"config", "bench"}),
     "report": frozenset({"config", "bench", "gating"}),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -336,7 +337,9 @@ def test_failing_kv_transfer_is_caught_at_bring_up_and_explained(pytester, tmp_p
     assert result.ret == 1
     assert "smoke request (stream=False) through the router failed" in out
     assert '"type": "abort"' in out and "mooncake transfer to 127.0.0.1:" in out
-    assert "last 50 lines of" in out and "prefill_0.log (prefill on 127.0.0.1)" in out
+    assert "KV engine mooncake; bootstrap prefill_0 127.0.0.1:" in out
+    assert re.search(r"prefill prefill_0 on node 127\.0\.0\.1 logged \(\S+prefill_0\.log\):\n", out)
+    assert "    | " in out and "aborted: prefill: KV transfer of room" in out  # the worker's own abort lines
     assert_nothing_left(tmp_path / "results")
 
 

@@ -129,12 +129,17 @@ def test_perf_model_is_realistic_and_monotonic():
 
 def test_faults_parse_and_reject_with_the_valid_list():
     faults = Faults()
-    for spec in ("crash_after=3", "hang", "slow=2.5", "kv_fail_fraction=0.5", "refuse_bootstrap", "kv_stall"):
+    for spec in ("crash_after=3", "hang", "slow=2.5", "kv_fail_fraction=0.5", "refuse_bootstrap", "kv_stall",
+                 "cut_streams=0.25", "slow_kv=4"):
         faults.apply(spec)
     assert faults.as_dict() == {"crash_after": 3, "hang": True, "slow": 2.5, "kv_fail_fraction": 0.5,
-                                "refuse_bootstrap": True, "kv_stall": True}
+                                "refuse_bootstrap": True, "kv_stall": True, "cut_streams": 0.25, "slow_kv": 4.0}
     share = sum(faults.fails_transfer(room, 0) for room in range(2000)) / 2000
     assert 0.45 < share < 0.55
+    cut = sum(faults.cuts_stream(n, 0) for n in range(2000)) / 2000
+    assert 0.2 < cut < 0.3
+    with pytest.raises(ValueError, match="cut_streams=F"):
+        faults.apply("cut_streams=1.5")
     faults.apply("clear")
     assert faults.as_dict()["hang"] is False
     with pytest.raises(ValueError, match="valid: crash_after=N"):

@@ -14,7 +14,7 @@ import aiohttp
 
 from .. import __version__, sse
 from ..config import InferenceTest
-from .result import BenchResult, RequestRecord, aggregate, first_errors
+from .result import TRUNCATED, BenchResult, RequestRecord, aggregate, first_errors
 from .workloads import INVALID_ANSWER, Prompt, answer_value, prompts_for
 
 Progress = Callable[[int, int, float], None]  # (completed or failed so far, total, elapsed seconds)
@@ -31,15 +31,14 @@ def _abort_message(finish_reason: object) -> str | None:
 
 async def send_request(session: aiohttp.ClientSession, url: str, prompt: Prompt) -> RequestRecord:
     """One streamed /generate; TTFT at the first chunk with text, ITL spread over the new tokens of
-    each later chunk, token counts from the server's meta_info."""
+    each later chunk, token counts from the server's meta_info. A stream cut short (its connection closed
+    or reset before ``[DONE]``) is a failed request whose error says so (``result.TRUNCATED``)."""
     sampling = {"max_new_tokens": prompt.max_new_tokens, "temperature": 0.0, "ignore_eos": prompt.ignore_eos}
     if prompt.stop:
         sampling["stop"] = list(prompt.stop)
     body = {"text": prompt.text, "sampling_params": sampling, "stream": True}
     record = RequestRecord(success=False)
-    start = time.perf_counter()
-    last_time, last_tokens = start, 0
-    meta: dict = {}
+    stream = _Stream(record, time.perf_counter())
     try:
         async with session.post(f"{url}/generate", json=body) as resp:
             if resp.status != 200:
@@ -47,44 +46,71 @@ async def send_request(session: aiohttp.ClientSession, url: str, prompt: Prompt)
                 record.error = f"HTTP {resp.status} from {url}/generate: {text.strip()}"
                 return record
             buffer = bytearray()
-            async for chunk in resp.content.iter_any():
-                buffer += chunk
-                for event in sse.take_events(buffer):
-                    if event == sse.DONE:
-                        continue
-                    data = json.loads(event)
-                    if "error" in data:
-                        record.error = f"error in the stream: {json.dumps(data['error'])[:ERROR_BODY_CHARS]}"
+            try:
+                async for chunk in resp.content.iter_any():
+                    buffer += chunk
+                    if not stream.take(sse.take_events(buffer)):
                         return record
-                    meta = data.get("meta_info") or meta
-                    record.text = data.get("text", record.text)
-                    tokens = int(meta.get("completion_tokens", last_tokens))
-                    if not data.get("text") and tokens <= last_tokens:
-                        continue
-                    now = time.perf_counter()
-                    if record.ttft_s == 0.0:
-                        record.ttft_s = now - start
-                    elif tokens > last_tokens:
-                        new_tokens = tokens - last_tokens
-                        record.itl_s.extend([(now - last_time) / new_tokens] * new_tokens)
-                    else:
-                        continue
-                    last_time, last_tokens = now, tokens
+            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                record.error = _truncated(url, stream.tokens, f"{type(exc).__name__}: {exc}")
+                return record
     except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError, ValueError) as exc:
         record.error = f"{type(exc).__name__} talking to {url}/generate: {exc}".strip()
         return record
-    record.latency_s = time.perf_counter() - start
+    record.latency_s = time.perf_counter() - stream.start
+    meta = stream.meta
     abort = _abort_message(meta.get("finish_reason"))
     if abort:
         record.error = abort
     elif not meta:
         record.error = "the stream ended without any output"
+    elif not stream.done:
+        record.error = _truncated(url, stream.tokens, "the connection closed before the stream's [DONE] event")
     else:
         record.success = True
         record.prompt_tokens = int(meta.get("prompt_tokens", 0))
         record.output_tokens = int(meta.get("completion_tokens", 0))
         record.cached_tokens = int(meta.get("cached_tokens", 0) or 0)
     return record
+
+
+def _truncated(url: str, tokens: int, cause: str) -> str:
+    return f"{TRUNCATED} from {url}/generate after {tokens} output tokens: {cause}"
+
+
+class _Stream:
+    """What one request's stream has delivered so far: meta_info, tokens, timings, its ``[DONE]``."""
+
+    def __init__(self, record: RequestRecord, start: float) -> None:
+        self.record, self.start, self.last_time = record, start, start
+        self.tokens, self.meta, self.done = 0, {}, False
+
+    def take(self, events: list[bytes]) -> bool:
+        """Read ``events``; False once the stream carried an error (set on the record)."""
+        record = self.record
+        for event in events:
+            if event == sse.DONE:
+                self.done = True
+                continue
+            data = json.loads(event)
+            if "error" in data:
+                record.error = f"error in the stream: {json.dumps(data['error'])[:ERROR_BODY_CHARS]}"
+                return False
+            self.meta = data.get("meta_info") or self.meta
+            record.text = data.get("text", record.text)
+            tokens = int(self.meta.get("completion_tokens", self.tokens))
+            if not data.get("text") and tokens <= self.tokens:
+                continue
+            now = time.perf_counter()
+            if record.ttft_s == 0.0:
+                record.ttft_s = now - self.start
+            elif tokens > self.tokens:
+                new_tokens = tokens - self.tokens
+                record.itl_s.extend([(now - self.last_time) / new_tokens] * new_tokens)
+            else:
+                continue
+            self.last_time, self.tokens = now, tokens
+        return True
 
 
 async def _run_all(url: str, prompts: list[Prompt], concurrency: int, request_rate: float, seed: int,

@@ -114,6 +114,14 @@ def aggregate(records: list[RequestRecord], duration_s: float) -> tuple[dict[str
     return out, totals
 
 
+TRUNCATED = "truncated stream"  # how a response cut short mid-stream starts its error
+
+
+def truncated_count(records: list[RequestRecord]) -> int:
+    """The failed requests whose stream was cut short (chunked length error, connection reset or closed)."""
+    return sum(1 for r in records if not r.success and (r.error or "").startswith(TRUNCATED))
+
+
 def first_errors(records: list[RequestRecord], limit: int = 20) -> list[str]:
     """The distinct errors of failed requests, most frequent first, with their counts."""
     counts: dict[str, int] = {}

@@ -167,6 +167,9 @@ class KVTransferSettings:
     bootstrap_port: int = port("bootstrap_port", 8998, f"prefill {WORKER_ARGV} --disaggregation-bootstrap-port "
                                                        "(+1 per further prefill instance on one node)")
     env: Mapping[str, str] = key("env", {}, STRING_MAP, "extra environment of every worker (MC_*, UCX_*, ...)")
+    min_gbps: float | None = key("min_gbps", None, NUMBER, "floor of the GB/s each prefill -> decode pair moves a "
+                                 "payload at through the engine before the benchmarks (recorded always; "
+                                 "unset: not gated)", minimum=0, exclusive_minimum=True)
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,8 @@ class Timeouts:
                                 "--worker-startup-timeout-secs", minimum=0, exclusive_minimum=True)
     router_ready_s: float = key("router_ready_s", 600.0, NUMBER, "the router's readiness deadline",
                                 minimum=0, exclusive_minimum=True)
+    smoke_s: float = key("smoke_s", 60.0, NUMBER, "the smoke requests' deadline (bring-up's proof of prefill -> "
+                         "decode)", minimum=0, exclusive_minimum=True)
     benchmark_s: float = key("benchmark_s", 7200.0, NUMBER, "each benchmark's deadline",
                              minimum=0, exclusive_minimum=True)
     stall_s: float = key("stall_s", 60.0, NUMBER, "a benchmark ends as a stall when nothing is generated and no "

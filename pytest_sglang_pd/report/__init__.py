@@ -354,10 +354,13 @@ class RunReport:
         cfg = self.run.cluster_config
         startup: dict[str, float] = {}
         worker_versions: dict[str, str] = {}
+        kv_pairs: dict[str, float | None] = {}
         many = len(self.clusters) > 1
         for model, facts in self.clusters.items():
             for key, seconds in facts.startup_seconds.items():
                 startup[f"{model} {key}" if many else key] = float(seconds)
+            for pair, gbps in facts.kv_pairs_gbps.items():
+                kv_pairs[f"{model} {pair}" if many else pair] = gbps
             worker_versions = {**facts.worker_versions, **worker_versions}
         router_url = self.run.router_url or next((c.router_url for c in self.clusters.values()), None)
         tests = list(self.entries.values())
@@ -383,6 +386,7 @@ class RunReport:
                 "router": next((c.router for c in self.clusters.values() if c.router), None),
                 "startup_seconds": startup,
                 "worker_versions": worker_versions,
+                "kv_pairs_gbps": kv_pairs,
             },
             "versions": versions(),
             "tolerance_pct": self.run.perf_tolerance_pct,

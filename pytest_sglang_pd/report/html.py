@@ -227,6 +227,7 @@ def summary_html(run: Mapping[str, Any], tests: list[Mapping[str, Any]], *, over
         ("router", " ".join(filter(None, (c.get("router_url") or c.get("router_node"), c.get("router") and f"({c['router']})")))),
         ("benchmark node", c.get("benchmark_node")),
         ("startup", ", ".join(f"{k} {v:.1f} s" for k, v in c.get("startup_seconds", {}).items())),
+        ("KV transfer GB/s", ", ".join(f"{k} {'-' if v is None else f'{v:g}'}" for k, v in c.get("kv_pairs_gbps", {}).items())),
         ("run id", run["run_id"]), ("tolerance", tolerance), ("baseline", baseline),
     ]
     if c.get("runtime") != "docker":

@@ -126,6 +126,8 @@ class API:
         """Run ``inputs``; stream ``chunks`` (index, progress, tokens already sent) or answer ``final``."""
         for _ in inputs:
             self.worker.count_request()
+        number = self.worker.generation_requests
+        cut = stream and self.worker.faults.cuts_stream(number, self.worker.args.sim_seed)
         if not stream:
             results = await asyncio.gather(*(self.worker.last(inp) for inp in inputs))
             errors = [p.error for p in results if p.error is not None]
@@ -164,12 +166,23 @@ class API:
                 sent[index] = progress.tokens
                 if payload:
                     await response.write(payload)
+                    if cut:
+                        return self._cut(request, response, number)
             extra = tail([p for p in last if p is not None])
             await response.write(b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in extra)
                                  + b"data: [DONE]\n\n")
         finally:
             for task in tasks:
                 task.cancel()
+        return response
+
+    def _cut(self, request: web.Request, response: web.StreamResponse, number: int) -> web.StreamResponse:
+        """The ``cut_streams`` fault: the connection closes before the chunked body's last chunk."""
+        worker_mod.log.warning("sim fault cut_streams: streamed response %d cut short after its first chunk",
+                               number)
+        response.force_close()
+        if request.transport is not None:
+            request.transport.abort()
         return response
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:

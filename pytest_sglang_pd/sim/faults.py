@@ -11,6 +11,10 @@ Specs (flag, repeatable; or ``POST /sim/fault {"spec": ...}`` at run time):
     refuse_bootstrap     the prefill closes its bootstrap port: decodes get "connection refused"
     kv_stall             the KV never arrives: on a decode every request waits in its transfer queue, on a
                          prefill in its inflight queue, while HTTP and /health answer as usual
+    slow_kv=FACTOR       this worker's KV transfers (modelled, and the suite's pair check to or from it) take
+                         FACTOR times as long
+    cut_streams=F        that fraction of streamed responses (deterministic per request and seed) is cut
+                         short after its first chunk: the connection closes before the chunked body ends
     clear                removes every fault
 """
 
@@ -27,6 +31,8 @@ class Faults:
     kv_fail_fraction: float = 0.0
     refuse_bootstrap: bool = False
     kv_stall: bool = False
+    cut_streams: float = 0.0
+    slow_kv: float = 1.0
 
     def apply(self, spec: str) -> None:
         """Add the fault ``spec`` describes; raises ValueError naming the valid specs."""
@@ -46,6 +52,14 @@ class Faults:
                 self.kv_fail_fraction = float(value)
                 if not 0 <= self.kv_fail_fraction <= 1:
                     raise ValueError("must be within [0, 1]")
+            elif name == "slow_kv":
+                self.slow_kv = float(value)
+                if self.slow_kv < 1:
+                    raise ValueError("must be >= 1")
+            elif name == "cut_streams":
+                self.cut_streams = float(value)
+                if not 0 <= self.cut_streams <= 1:
+                    raise ValueError("must be within [0, 1]")
             elif name == "refuse_bootstrap" and not value:
                 self.refuse_bootstrap = True
             elif name == "kv_stall" and not value:
@@ -57,15 +71,23 @@ class Faults:
         except ValueError as error:
             raise ValueError(
                 f"bad --sim-fault {spec!r} ({error}); valid: crash_after=N, hang, slow=FACTOR, "
-                "kv_fail_fraction=F, refuse_bootstrap, kv_stall, clear"
+                "kv_fail_fraction=F, refuse_bootstrap, kv_stall, cut_streams=F, slow_kv=FACTOR, clear"
             ) from None
 
     def fails_transfer(self, room: int, seed: int) -> bool:
         """Whether the KV write of ``room`` is sent to a refused destination (deterministic)."""
-        if self.kv_fail_fraction <= 0:
-            return False
-        digest = hashlib.sha256(f"{seed}:{room}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64 < self.kv_fail_fraction
+        return _picked(self.kv_fail_fraction, f"{seed}:{room}")
+
+    def cuts_stream(self, number: int, seed: int) -> bool:
+        """Whether the ``number``-th streamed response is cut short (deterministic)."""
+        return _picked(self.cut_streams, f"{seed}:stream:{number}")
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def _picked(fraction: float, name: str) -> bool:
+    if fraction <= 0:
+        return False
+    digest = hashlib.sha256(name.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction

@@ -245,7 +245,7 @@ class SimWorker:
             self.metrics.cached(seq.cached_tokens)
             blob = pd.build_payload(inp.room, len(inp.ids), seq.cached_tokens, progress.plan.ids[0],
                                     self.args.sim_kv_payload_bytes_per_token)
-            modelled = self.perf.transfer_seconds(len(inp.ids)) * self.faults.slow / self.args.sim_speedup
+            modelled = self.perf.transfer_seconds(len(inp.ids)) * self.faults.slow * self.faults.slow_kv / self.args.sim_speedup
             started = time.monotonic()
             try:
                 with self._queued("num_prefill_inflight_queue_reqs"):
