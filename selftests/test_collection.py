@@ -73,6 +73,7 @@ def test_the_jenkinsfile_command_runs_the_suite_from_another_folder(tmp_path: Pa
     assert first.returncode == 0, first.stdout[-3000:]
     gate = pytest_run(sys.executable, elsewhere, f"--cluster-config={config}", "-k", "gsm8k",
                       "--baseline", str(results / "before" / "results.json"), "--perf-tolerance=50",
+                      "--baseline-tolerance=100",  # the same run twice on a loaded machine moves 20% and more
                       f"--results-dir={results}", "--run-id=jenkins-1", f"--junitxml={results}/jenkins-1/junit.xml",
                       "-o", "junit_family=xunit2", "-rA", timeout=300)
     assert gate.returncode == 0, gate.stdout[-3000:]
