@@ -342,10 +342,10 @@ class LiveCluster:
         want = source_digest()
         stale = []
         for node, image in sorted({(c.node, c.image) for c in self.deployment.containers}):
-            labels = self.runtime.engine(node).image_labels(image)
-            if labels is None:
+            found = self.runtime.engine(node).image(image)
+            if found is None:
                 continue
-            built_from = labels.get(SOURCE_LABEL)
+            built_from = found[1].get(SOURCE_LABEL)
             if built_from != want:
                 stale.append(f"  image {image} on node {node}: built from sources {built_from or '(unlabelled)'}, "
                              f"this suite is {want}")
@@ -697,6 +697,7 @@ def facts_of(cluster: LiveCluster | ExternalCluster, *, versions: bool = True) -
     return ClusterFacts(router_url=cluster.router_url, model=dep.model.id if dep else None, router=cluster.router_version,
                         startup_seconds=dict(cluster.startup_seconds),
                         kv_pairs_gbps=dict(getattr(cluster, "kv_pairs_gbps", {})),
+                        image_ids=dict(getattr(getattr(cluster, "runtime", None), "image_ids", {})),
                         worker_versions=worker_versions(cluster.worker_urls) if versions else {}, log_files=logs,
                         started=tuple(getattr(cluster, "procs", ())))
 

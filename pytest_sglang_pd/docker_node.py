@@ -62,15 +62,16 @@ class DockerNode:
         """The engine's version; raises DockerError when the CLI or the engine is not there."""
         return self._checked("version", "--format", "{{.Server.Version}}", timeout=30).stdout.strip()
 
-    def image_labels(self, image: str) -> dict[str, str] | None:
-        """The labels of a local image; None when the node does not have it."""
-        args = ("image", "inspect", "--format", "{{json .Config.Labels}}", image)
+    def image(self, image: str) -> tuple[str, dict[str, str]] | None:
+        """(id, labels) of a local image, its id the sha256 digest of its config; None when the node lacks it."""
+        args = ("image", "inspect", "--format", "{{.Id}} {{json .Config.Labels}}", image)
         result = self.docker(*args, timeout=30)
         if result.exit_status != 0:
             if "no such image" in result.stderr.lower():
                 return None
             self._fail(args, result)
-        return json.loads(result.stdout or "null") or {}
+        image_id, _, labels = result.stdout.strip().partition(" ")
+        return image_id, json.loads(labels or "null") or {}
 
     def containers(self, *, labels: Mapping[str, str] | None = None, name: str | None = None) -> list[ContainerInfo]:
         """Containers (any state) carrying all the labels / of exactly that name."""

@@ -21,5 +21,6 @@ class ClusterFacts:
     startup_seconds: Mapping[str, float] = field(default_factory=dict)  # step -> seconds it took
     worker_versions: Mapping[str, str] = field(default_factory=dict)  # role -> version its workers report
     kv_pairs_gbps: Mapping[str, float | None] = field(default_factory=dict)  # "prefill_0 -> decode_0" -> GB/s
+    image_ids: Mapping[str, str] = field(default_factory=dict)  # node -> id (sha256) of the image its containers run
     log_files: Mapping[str, Path] = field(default_factory=dict)  # process key -> its log in the run folder
     started: tuple[str, ...] = ()  # keys of the processes running now: teardown collects their logs

@@ -298,6 +298,7 @@ class DockerRuntime(Runtime):
         self._engines: dict[str, DockerNode] = {}
         self._specs: dict[str, ContainerSpec] = {}
         self._containers: dict[str, ContainerHost] = {}  # ContainerSpec.key -> its container, every one created
+        self.image_ids: dict[str, str] = {}  # node -> id (sha256) of the image its containers run
 
     def engine(self, node: str) -> DockerNode:
         """The Docker engine of a connected node (checked to answer on first use)."""
@@ -318,13 +319,14 @@ class DockerRuntime(Runtime):
         nodes = sorted({c.node for c in containers})
         all_of(self.engine, nodes)
         images = sorted({(c.node, c.image) for c in containers})
-        labels = all_of(lambda pair: self.engine(pair[0]).image_labels(pair[1]), images)
-        missing = [f"  image {image} on node {node}" for (node, image), found in zip(images, labels) if found is None]
+        found_images = all_of(lambda pair: self.engine(pair[0]).image(pair[1]), images)
+        missing = [f"  image {image} on node {node}" for (node, image), found in zip(images, found_images) if found is None]
         if missing:
             raise ImageMissing(
                 "container images missing (build with scripts/build_sim_image.sh or docker pull):\n"
                 + "\n".join(missing)
             )
+        self.image_ids = {node: found[0] for (node, _), found in zip(images, found_images)}
         run_id = containers[0].labels.get(LABEL_RUN_ID) if containers else None
         all_of(lambda node: self._remove_leftovers(node, run_id), nodes)
         errors = [str(exc) for exc in all_of(self._create, containers) if exc is not None]

@@ -63,6 +63,8 @@ def test_docker_sim_suite_over_ssh_with_the_key_in_the_config(pytester, tmp_path
     assert "The server is fired up and ready to roll!" in (logs / sshd.nodes[1] / "decode-0.log").read_text()
     records = json.loads((tmp_path / "results" / "run" / "results.json").read_text())
     assert [t["outcome"] for t in records["tests"]] == ["passed"] * 3
+    image_id = docker_engine.images.get(sim_image).id  # the provenance names the image by its digest
+    assert records["provenance"]["image"] == f"{sim_image} ({image_id})", records["provenance"]
 
 
 def test_key_only_in_ssh_config(pytester, tmp_path, sshd, docker_engine, sim_image):

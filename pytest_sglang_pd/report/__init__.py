@@ -335,9 +335,11 @@ class RunReport:
         for facts in self.clusters.values():
             worker_versions.update(facts.worker_versions)
         opt = self.config.option
+        image_ids = sorted({i for facts in self.clusters.values() for i in facts.image_ids.values()})
         prov = {
             "config_sha256": history.config_sha256(cfg) if cfg else None,
-            "image": cfg.container_image if cfg and cfg.runtime == "docker" else None,
+            "image": (f"{cfg.container_image} ({', '.join(image_ids) or 'id not known'})"
+                      if cfg and cfg.runtime == "docker" else None),
             "sglang": ", ".join(f"{k} {v}" for k, v in sorted(worker_versions.items())) or None,
             "router": found.get("sglang-router"), "mooncake": found.get("mooncake-transfer-engine-non-cuda"),
             "suite": found["pytest-sglang-pd"],
