@@ -404,3 +404,11 @@ def test_the_sim_example_of_the_simulator_doc_is_a_valid_config_sim():
     sim = config.from_dict(data).sim
     assert set(example["sim"]) == {f for f in config.SimSettings.__dataclass_fields__}  # every key shown
     assert sim.faults == {"decode": ("slow=2",), "prefill_0": ("crash_after=100",)} and sim.speedup == 20
+
+
+def test_sim_faults_of_the_wrong_shape_say_the_shape(tmp_path):
+    data = raw("local-sim.json")
+    data["config"]["sim"] = {"faults": ["slow=2"]}
+    found = {p.path: p.message for p in problems_of(tmp_path, data)}
+    assert found["$.config.sim.faults"] == ('expected an object of role (prefill, decode) or process (prefill_0) -> '
+                                            'list of fault specs, such as {"decode": ["slow=2"]}, got ["slow=2"]')

@@ -82,7 +82,9 @@ NODES = Kind("list of nodes", {"type": "array", "minItems": 1, "items": {"type":
 STRING_MAP = Kind("object of strings", {"type": "object", "additionalProperties": {"type": "string"}}, dict)
 LIST_MAP = Kind("object of string lists",
                 {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}},
-                lambda v: {k: tuple(x) for k, x in v.items()})
+                lambda v: {k: tuple(x) for k, x in v.items()},
+                'an object of role (prefill, decode) or process (prefill_0) -> list of fault specs, such as '
+                '{"decode": ["slow=2"]}')
 OBJECT = Kind("object", {"type": "object"}, dict)
 RELEASE = Kind("release", {"type": "string", "pattern": r"^v?[0-9]+[.][0-9]+"}, str,
                'an SGLang release such as "0.5.23"')
