@@ -137,6 +137,11 @@ class LiveCluster:
         self._steps: dict[str, ExitStack] = {}
         self._undo_errors: list[str] = []
 
+    @property
+    def image_ids(self) -> dict[str, str]:
+        """node -> id of the image its containers run (none for plain processes)."""
+        return self.runtime.image_ids if self.runtime else {}
+
     # ---------------------------------------------------------------- the stack of undos
     def __enter__(self) -> LiveCluster:
         return self
@@ -659,6 +664,9 @@ class ExternalCluster:
     log_files: dict = field(default_factory=dict)
     startup_seconds: dict = field(default_factory=dict)
     broken: str | None = None
+    kv_pairs_gbps: dict = field(default_factory=dict)  # no pair check: the suite reaches no node
+    image_ids: dict = field(default_factory=dict)
+    procs: dict = field(default_factory=dict)  # nothing started
 
     @classmethod
     def behind(cls, router_url: str, simulated: bool) -> "ExternalCluster":
@@ -696,10 +704,9 @@ def facts_of(cluster: LiveCluster | ExternalCluster, *, versions: bool = True) -
                                    for spec in (*dep.processes, *dep.bench)}
     return ClusterFacts(router_url=cluster.router_url, model=dep.model.id if dep else None, router=cluster.router_version,
                         startup_seconds=dict(cluster.startup_seconds),
-                        kv_pairs_gbps=dict(getattr(cluster, "kv_pairs_gbps", {})),
-                        image_ids=dict(getattr(getattr(cluster, "runtime", None), "image_ids", {})),
+                        kv_pairs_gbps=dict(cluster.kv_pairs_gbps), image_ids=dict(cluster.image_ids),
                         worker_versions=worker_versions(cluster.worker_urls) if versions else {}, log_files=logs,
-                        started=tuple(getattr(cluster, "procs", ())))
+                        started=tuple(cluster.procs))
 
 
 def worker_versions(worker_urls: dict[str, list[str]]) -> dict[str, str]:

@@ -37,7 +37,7 @@ LABEL_MANAGED = f"{LABEL_PREFIX}.managed"
 
 # $1: where to write the exit status; then argv. The trap makes the shell outlive a SIGTERM/SIGINT
 # sent to the group (the program gets it too, and handlers reset on exec) so the status is written.
-_RECORD_EXIT = 'f=$1; shift; rm -f -- "$f"; trap : TERM INT HUP; "$@"; s=$?; echo "$s" >"$f"; exit "$s"'
+_RECORD_EXIT = 'f=$1; shift; trap : TERM INT HUP; "$@"; s=$?; echo "$s" >"$f"; exit "$s"'
 _KILLED_WITHOUT_STATUS = 128 + signal.SIGKILL
 
 
@@ -77,6 +77,7 @@ class Runtime(ABC):
     def __init__(self, hosts: Mapping[str, Host]) -> None:
         self.hosts = dict(hosts)
         self._started: list[RunningProcess] = []
+        self.image_ids: dict[str, str] = {}  # node -> id (sha256) of the image its containers run (docker)
 
     def prepare(self, containers: Sequence[ContainerSpec]) -> None:
         """Make the nodes ready for ``start`` (nothing to do for plain processes)."""
@@ -298,7 +299,6 @@ class DockerRuntime(Runtime):
         self._engines: dict[str, DockerNode] = {}
         self._specs: dict[str, ContainerSpec] = {}
         self._containers: dict[str, ContainerHost] = {}  # ContainerSpec.key -> its container, every one created
-        self.image_ids: dict[str, str] = {}  # node -> id (sha256) of the image its containers run
 
     def engine(self, node: str) -> DockerNode:
         """The Docker engine of a connected node (checked to answer on first use)."""
