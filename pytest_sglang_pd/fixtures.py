@@ -176,5 +176,7 @@ def cluster_watch(pd_cluster, cluster_config: ClusterConfig, inference_case) -> 
         cause = pd_cluster.broken.splitlines()[0]
         pytest.fail(f"{cause}\n(the deployment of {inference_case.model.id} broke in an earlier test: "
                     f"{inference_case.id} was not run; the next model starts a fresh deployment)", pytrace=False)
-    with ClusterWatch(pd_cluster, inference_case.id, stall_s=cluster_config.timeouts.stall_s) as watch:
+    timeouts = cluster_config.timeouts
+    with ClusterWatch(pd_cluster, inference_case.id, stall_s=timeouts.stall_s, health_s=timeouts.health_s,
+                      health_misses=timeouts.health_misses) as watch:
         yield watch

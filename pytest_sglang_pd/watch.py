@@ -5,8 +5,8 @@ log tail of the process named, then the metric lines.
 
 Causes, in the order they are looked for every ``POLL_S``:
 - a process (prefill, decode, router) exited: role, key, node, exit code;
-- a worker stopped answering /health (two probes in a row without a 200; during a stall, one probe unanswered
-  for ``SILENT_S``);
+- a worker stopped answering /health (``timeouts.health_misses`` probes in a row without a 200 within
+  ``timeouts.health_s``; during a stall, one probe unanswered for ``SILENT_S``);
 - a stall: nothing generated and no request completed for ``timeouts.stall_s`` while a worker holds requests
   (its PD queues, running or waiting requests) or does not answer /metrics: the side and the queue are named.
 """
@@ -23,8 +23,6 @@ from . import prom
 from .cluster import ExternalCluster, LiveCluster
 
 POLL_S = 0.5
-HEALTH_TIMEOUT_S = 5.0
-HEALTH_MISSES = 2
 SILENT_S = 2.0
 # the queue gauges, most telling first: (short name in prom.WORKER_METRICS, what holding requests there means)
 QUEUES = (("prefill_inflight_queue", "inflight queue (KV being sent)"),
@@ -68,8 +66,10 @@ def workers_of(cluster: LiveCluster | ExternalCluster) -> list[Worker]:
 class ClusterWatch:
     """A context manager: watches ``cluster`` while a benchmark (``label``) runs; ``cause`` is what it found."""
 
-    def __init__(self, cluster: LiveCluster | ExternalCluster, label: str, *, stall_s: float):
+    def __init__(self, cluster: LiveCluster | ExternalCluster, label: str, *, stall_s: float, health_s: float = 5.0,
+                 health_misses: int = 2):
         self.cluster, self.label, self.stall_s = cluster, label, stall_s
+        self.health_s, self.health_misses = health_s, health_misses
         self.workers = workers_of(cluster)
         self.cause: str | None = None
         self.completed = 0  # requests the client finished, told by ``completions``
@@ -89,7 +89,7 @@ class ClusterWatch:
     def __exit__(self, *exc_info) -> None:
         self._done.set()
         for thread in self._threads:
-            thread.join(timeout=HEALTH_TIMEOUT_S + 1)
+            thread.join(timeout=self.health_s + 1)
 
     def completions(self, done: int, total: int, elapsed_s: float) -> None:
         """A benchmark progress callback (bench.Progress): requests completed count as progress."""
@@ -110,10 +110,10 @@ class ClusterWatch:
         while not self._done.is_set():
             sent = w.probing_since = time.monotonic()
             try:
-                status = requests.get(w.url + w.health_path, timeout=HEALTH_TIMEOUT_S).status_code
+                status = requests.get(w.url + w.health_path, timeout=self.health_s).status_code
                 said = "" if status == 200 else f"answered HTTP {status}"
             except requests.Timeout:
-                said = f"no answer in {HEALTH_TIMEOUT_S:g} s"
+                said = f"no answer in {self.health_s:g} s"
             except requests.RequestException as exc:
                 said = f"connection failed: {type(exc).__name__}"
             w.probing_since = None
@@ -156,7 +156,7 @@ class ClusterWatch:
     def _unhealthy(self) -> str | None:
         stalled, now = self._stall_for() >= self.stall_s, time.monotonic()
         for w in self.workers:
-            if w.misses >= HEALTH_MISSES or (w.misses and stalled):
+            if w.misses >= self.health_misses or (w.misses and stalled):
                 return self._told(f"{w.name} stopped answering {w.health_path} ({w.said}) from {self.at(w.missed_since)}",
                                   w.key)
             since = w.probing_since

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from pytest_sglang_pd.cluster import ExternalCluster
-from pytest_sglang_pd.watch import HEALTH_MISSES, ClusterWatch
+from pytest_sglang_pd.watch import ClusterWatch
 
 PREFILL, DECODE = "http://127.0.0.1:30001", "http://127.0.0.1:30002"
 
@@ -64,7 +64,7 @@ def test_an_idle_cluster_is_no_stall_and_progress_resets_the_bound():
 def test_a_worker_not_answering_health_is_named_with_when_it_stopped():
     watch = _watch(stall_s=60)
     decode = watch.workers[1]
-    decode.misses, decode.missed_since, decode.said = HEALTH_MISSES, time.monotonic(), "no answer in 5 s"
+    decode.misses, decode.missed_since, decode.said = watch.health_misses, time.monotonic(), "no answer in 5 s"
     first = watch.check().splitlines()[0]
     assert first == f"decode {DECODE} on node 127.0.0.1 stopped answering /health (no answer in 5 s) from 0.0 s into llama-8b-gsm8k"
 
@@ -73,3 +73,26 @@ def test_a_silent_metrics_endpoint_during_a_stall_is_named():
     watch = _watch()
     watch.workers[1].metrics = None
     assert "decode http://127.0.0.1:30002 on node 127.0.0.1 does not answer /metrics" in _after_the_bound(watch)
+
+
+def test_health_deadline_and_misses_come_from_the_config(tmp_path):
+    """A worker whose port accepts but never answers (a real socket): ended after timeouts.health_misses probes of
+    timeouts.health_s each, the deadline named."""
+    import socket
+
+    from pytest_sglang_pd import config
+
+    cfg = config.load(config.resolve_path("local-sim.json"))
+    assert (cfg.timeouts.health_s, cfg.timeouts.health_misses) == (5.0, 2)  # the defaults
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        cluster = ExternalCluster("http://127.0.0.1:30000", True, worker_urls={"prefill": [], "decode": [url]})
+        started = time.monotonic()
+        with ClusterWatch(cluster, "llama-8b-gsm8k", stall_s=60, health_s=0.3, health_misses=1) as watch:
+            while watch.cause is None and time.monotonic() - started < 10:
+                time.sleep(0.05)
+        assert watch.cause and watch.cause.startswith(f"decode {url} on node 127.0.0.1 stopped answering /health "
+                                                      "(no answer in 0.3 s)"), watch.cause
+        assert time.monotonic() - started < 3

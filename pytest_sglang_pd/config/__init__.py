@@ -185,6 +185,10 @@ class Timeouts:
     stall_s: float = key("stall_s", 60.0, NUMBER, "a benchmark ends as a stall when nothing is generated and no "
                          "request completes for this long (the cluster watch; independent of benchmark_s)",
                          minimum=0, exclusive_minimum=True)
+    health_s: float = key("health_s", 5.0, NUMBER, "the cluster watch's deadline for each worker's /health answer "
+                          "during a benchmark", minimum=0, exclusive_minimum=True)
+    health_misses: int = count("health_misses", 2, "unanswered /health probes in a row that end a benchmark (the "
+                               "cluster watch)")
 
 
 @dataclass(frozen=True)
