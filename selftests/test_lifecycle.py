@@ -489,6 +489,8 @@ def test_sigterm_during_a_benchmark_leaves_results_junit_and_report_that_say_wha
     interrupted = {t["id"]: t for t in data["tests"]}["llama-8b-gsm8k"]
     assert interrupted["outcome"] == "interrupted" and data["summary"]["interrupted"] == 1
     assert interrupted["message"].startswith("interrupted after ") and "received signal SIGTERM" in interrupted["message"]
+    assert 0 < interrupted["completed_requests"] < interrupted["num_requests"], interrupted  # what had been measured
+    assert f"({interrupted['completed_requests']} of {interrupted['num_requests']} requests had completed)" in interrupted["message"]
     junit = (results / "run" / "junit.xml").read_text()
     assert 'name="test_inference[llama-8b-gsm8k]"' in junit and "interrupted after" in junit
     assert "llama-8b-gsm8k" in (results / "run" / "report.html").read_text()

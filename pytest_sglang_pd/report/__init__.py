@@ -93,6 +93,7 @@ class RunReport:
         self.entries: dict[str, dict[str, Any]] = {}  # nodeid -> results.json test entry
         self.clusters: dict[str | None, ClusterFacts] = {}  # model id (None: behind --router-url) -> facts
         self.outcomes: dict[str, tuple[str, str]] = {}  # nodeid of every test -> (outcome, why not passed)
+        self.completed: dict[str, tuple[int, int]] = {}  # nodeid -> (requests completed, requests) so far
         self.defaulted: list[str] = []  # the report files configure() chose ("junit", "html"), not the user
         self.items: list[pytest.Item] = []  # the collected tests
         self.running: tuple[str, tuple, float] | None = None  # (nodeid, location, monotonic start) of the test running
@@ -132,6 +133,10 @@ class RunReport:
                                                                          f"more than {self.run.baseline_tolerance_pct:g}%"))
 
     # ------------------------------------------------------------------ hooks
+    def progress(self, item: pytest.Item, done: int, total: int) -> None:
+        """The running benchmark's requests completed so far (what an interrupted test's record says)."""
+        self.completed[item.nodeid] = (done, total)
+
     def pytest_runtest_logstart(self, nodeid: str, location: tuple) -> None:
         self.running = (nodeid, location, time.monotonic())
 
@@ -146,6 +151,9 @@ class RunReport:
         nodeid, location, started = self.running
         elapsed = time.monotonic() - started
         why = f"interrupted after {elapsed:.1f} s: {excinfo.typename}: {excinfo.value}".rstrip(": ")
+        done, total = self.completed.get(nodeid, (None, None))
+        if done is not None:
+            why += f" ({done} of {total} requests had completed)"
         report = pytest.TestReport(nodeid, location, {}, "failed", why, "call", duration=elapsed)
         self.config.hook.pytest_runtest_logreport(report=report)
         self.outcomes[nodeid] = ("interrupted", why)
@@ -156,6 +164,7 @@ class RunReport:
                 case_id=case.id, nodeid=nodeid, model=case.model.id, test=case.test.name, kind=case.test.kind,
                 dataset=case.test.dataset, concurrency=case.concurrency, bench_client=case.test.bench_client,
                 result=None, gate=None, outcome="interrupted", duration_s=elapsed, message=why)
+            self.entries[nodeid].update(num_requests=total, completed_requests=done)
         self.write()
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:

@@ -26,12 +26,14 @@ def case_entry(*, case_id: str, nodeid: str, model: str, test: str, kind: str, d
         "id": case_id, "nodeid": nodeid, "model": model, "test": test, "kind": kind, "dataset": dataset,
         "concurrency": concurrency, "bench_client": bench_client, "outcome": outcome,
         "duration_s": round(duration_s, 3), "message": message,
-        "tool": None, "tool_version": None, "router": None, "command": None, "num_requests": None, "failed_requests": None,
+        "tool": None, "tool_version": None, "router": None, "command": None, "num_requests": None,
+        "completed_requests": None, "failed_requests": None,
         "metrics": {}, "totals": {}, "workers": {}, "verdicts": [], "baseline_changes": [], "errors": [], "artifacts": {},
     }
     if result is not None:
         entry.update(tool=result.tool, tool_version=result.tool_version, router=result.router, command=result.command,
-                     num_requests=result.num_requests, failed_requests=result.failed, metrics=_finite(result.metrics), totals=_finite(result.totals),
+                     num_requests=result.num_requests, completed_requests=result.completed,
+                     failed_requests=result.failed, metrics=_finite(result.metrics), totals=_finite(result.totals),
                      workers={url: dict(w) for url, w in result.workers.items()},
                      errors=list(result.errors), artifacts=dict(result.artifacts))
     if gate is not None:

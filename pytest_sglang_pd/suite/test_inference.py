@@ -19,6 +19,7 @@ def test_inference(inference_case, pd_cluster, cluster_watch, cluster_config, su
 
     def progress(done: int, total: int, elapsed_s: float) -> None:
         cluster_watch.completions(done, total, elapsed_s)
+        run_report.progress(request.node, done, total)
         show(done, total, elapsed_s)
 
     try:
