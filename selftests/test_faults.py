@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from pytest_sglang_pd import prom
-from selftests.configs import REPO, sim_config
+from selftests.configs import REPO, sim_config, tools_python
 from selftests.live import alive
 
 pytestmark = pytest.mark.integration  # simulated clusters brought up and torn down
@@ -31,14 +31,14 @@ STALL_S = 5.0
 TOKEN = "hf_faultsSECRETtoken0123456789"
 
 
-def _config(tmp_path: Path, tests: tuple[str, ...], second_model: bool) -> tuple[Path, dict]:
+def _config(tmp_path: Path, tests: tuple[str, ...], second_model: bool, **overrides) -> tuple[Path, dict]:
     """The local-sim config with ``tests``, a small stall_s and an HF token file (``second_model``: the model's copy
-    as a second model "again", deployed after the first)."""
+    as a second model "again", deployed after the first; ``overrides``: sim_config's)."""
     token = tmp_path / "secret" / "hf_token"
     token.parent.mkdir()
     token.write_text(TOKEN)
     path = sim_config(tmp_path, tests=tests, hf_token_file=str(token),
-                      timeouts={"benchmark_s": 300, "stall_s": STALL_S})
+                      timeouts={"benchmark_s": 300, "stall_s": STALL_S}, **overrides)
     data = json.loads(path.read_text())
     if second_model:
         again = dict(data["benchmark_params"]["llama-8b"])
@@ -53,10 +53,10 @@ def _url(config: dict, role: str) -> str:
 
 
 def run_with_fault(tmp_path: Path, tests: tuple[str, ...], role: str, spec: str, *,
-                   second_model: bool = False) -> tuple[dict, float, str]:
+                   second_model: bool = False, **overrides) -> tuple[dict, float, str]:
     """The suite's inference tests with ``spec`` posted to the ``role`` worker once the decode has counted 12
     requests: (junit outcome and message by test name, seconds from the fault to the first test's end, output)."""
-    config, cfg = _config(tmp_path, tests, second_model)
+    config, cfg = _config(tmp_path, tests, second_model, **overrides)
     results = tmp_path / "results"
     suite = subprocess.Popen([sys.executable, "-m", "pytest", INFERENCE_TESTS, f"--cluster-config={config}",
                               f"--results-dir={results}", "--run-id=run", "-p", "no:cacheprovider", "-v"],
@@ -158,4 +158,35 @@ def test_kv_stall_with_health_green_names_the_decode_transfer_queue_within_stall
     assert took < STALL_S + 10, f"the test ended {took:.1f} s after the KV stalled"
     kind, text = outcomes["test_inference[llama-8b-generated_shared_prefix]"]
     assert kind == "error" and _first_line(text) == first
+    assert_kept_and_clean(tmp_path)
+
+
+def _bench_serving_processes(router_port: str) -> list[int]:
+    """The pids of SGLang bench_serving processes aimed at the router's port."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if proc.name.isdigit() and any(b"bench_serving" in a or b"benchmark.serving" in a for a in argv) \
+                and router_port.encode() in b" ".join(argv):
+            found.append(int(proc.name))
+    return found
+
+
+def test_prefill_crash_mid_real_bench_serving_stops_the_tool_within_10_s(tmp_path):
+    """The real SGLang bench_serving (not the builtin client) is stopped once the watch finds the cluster broken."""
+    python = tools_python()
+    outcomes, took, output = run_with_fault(tmp_path, ("bench_serv_random",), "prefill", "crash_after=0",
+                                            base="local-sim-sglang-tools.json", bench_python=python)
+    kind, text = outcomes["test_inference[llama-8b-bench_serv_random]"]
+    assert kind == "failure", output
+    assert _first_line(text).startswith("prefill prefill_0 on node 127.0.0.1 exited with code 1 at "), text
+    assert "then, in the benchmark:\nllama-8b-bench_serv_random: the benchmark produced no result:" in text
+    assert took < 10, f"the test ended {took:.1f} s after the crash"
+    results = json.loads((tmp_path / "results" / "run" / "results.json").read_text())
+    assert _first_line(results["tests"][0]["message"]) == _first_line(text)  # the record starts with the cause too
+    router_port = json.loads((tmp_path / "cluster.json").read_text())["config"]["proxy_router_port"]
+    assert not _bench_serving_processes(router_port), "bench_serving still runs after the test ended"
     assert_kept_and_clean(tmp_path)

@@ -26,9 +26,10 @@ def test_inference(inference_case, pd_cluster, cluster_watch, cluster_config, su
         result = run_benchmark(pd_cluster, inference_case, timeout_s=cluster_config.timeouts.benchmark_s,
                                artifacts_dir=suite_run.run_dir / "bench" / inference_case.id, progress=progress)
     except BenchToolError as exc:
+        result, no_result = None, f"{inference_case.id}: the benchmark produced no result:\n{exc}"
+    if result is None:  # failed outside the except block: pytest would print the tool's error first, chained
         run_report.record(request.node, None, None)
-        pytest.fail(first_error_first(cluster_watch.look(), f"{inference_case.id}: the benchmark produced no result:\n"
-                                      f"{exc}", "in the benchmark"), pytrace=False)
+        pytest.fail(first_error_first(cluster_watch.look(), no_result, "in the benchmark"), pytrace=False)
     verdict = gating.gate(inference_case, result, perf_tolerance_pct=suite_run.perf_tolerance_pct,
                           baseline=suite_run.baseline, baseline_tolerance_pct=suite_run.baseline_tolerance_pct)
     run_report.record(request.node, result, verdict)
