@@ -546,7 +546,7 @@ class LiveCluster:
             try:
                 r = requests.post(f"{self.router_url}/generate", json={**body, "stream": stream},
                                   timeout=(min(5.0, left), left), stream=stream)
-                text = r.text
+                text = body_within(r, t0 + deadline_s)
             except requests.Timeout:
                 raise ClusterError(f"smoke request (stream={stream}) through the router {self.router_url}: no answer "
                                    f"within {deadline_s:g} s ($.config.timeouts.smoke_s)\n" + self._explained()) from None
@@ -694,6 +694,18 @@ class ExternalCluster:
 
     router_version = None
     router_metrics_url = None
+
+
+def body_within(response: requests.Response, deadline: float) -> str:
+    """The whole body of a (streamed) response, or ``requests.Timeout`` once ``deadline`` (monotonic) has passed:
+    the read timeout bounds each read, this bounds a stream that keeps trickling."""
+    chunks = []
+    with response:
+        for chunk in response.iter_content(chunk_size=None):
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise requests.Timeout("the response was still streaming at the deadline")
+    return b"".join(chunks).decode(response.encoding or "utf-8", errors="replace")
 
 
 def facts_of(cluster: LiveCluster | ExternalCluster, *, versions: bool = True) -> ClusterFacts:

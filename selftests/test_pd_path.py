@@ -150,3 +150,45 @@ def test_a_smoke_request_past_its_deadline_names_the_side_and_the_pd_path(tmp_pa
     assert "  decode decode_0 on node 127.0.0.1: sglang:num_decode_transfer_queue_reqs 1\n" in text
     assert "Read timed out" not in text and "decode decode_0 on node 127.0.0.1 logged (" in text
     assert not [p for p in pids if alive(p)]
+
+
+def test_a_stream_that_keeps_trickling_ends_at_the_deadline_not_per_read():
+    """The smoke request's deadline bounds the whole stream (a real HTTP server sending an event every 0.2 s,
+    chunked as the router streams)."""
+    import http.server
+    import threading
+    import time
+
+    import requests
+
+    from pytest_sglang_pd.cluster import body_within
+
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for _ in range(50):
+                self.wfile.write(b"a\r\ndata: {}\n\n\r\n")
+                self.wfile.flush()
+                time.sleep(0.2)
+            self.wfile.write(b"0\r\n\r\n")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        started = time.monotonic()
+        with pytest.raises(requests.Timeout):
+            body_within(requests.get(url, stream=True, timeout=(5, 5)), started + 1.0)
+        assert time.monotonic() - started < 2.0  # each read is quick; the whole stream is what ran out
+        assert body_within(requests.get(url, stream=True, timeout=(5, 5)),
+                           time.monotonic() + 30).count("data:") == 50
+    finally:
+        server.shutdown()
