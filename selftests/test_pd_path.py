@@ -5,6 +5,8 @@ streams cut short counted and named in the verdict (docs/failure-modes.md row 19
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import re
 import time
 from pathlib import Path
@@ -12,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from pytest_sglang_pd import gating, pd_path, plan
-from pytest_sglang_pd.bench import builtin
+from pytest_sglang_pd.bench import builtin, sglang_tools
 from pytest_sglang_pd.bench.result import TRUNCATED, truncated_count
 from pytest_sglang_pd.cluster import ClusterError, LiveCluster
 from pytest_sglang_pd.plan import ProcessSpec
-from selftests.configs import REPO, sim_config
+from selftests.configs import REPO, sim_config, tools_python
 from selftests.live import CLUSTER_TESTS, alive, sim_cluster
 from selftests.test_lifecycle import assert_nothing_left
 from selftests.test_bench_builtin import FAST, RANDOM
@@ -66,7 +68,29 @@ def test_cut_streams_are_failed_requests_counted_and_named_in_the_verdict(tmp_pa
     assert not [p for p in pids if alive(p)]
 
 
-SUITE = str(REPO / "pytest_sglang_pd" / "suite")
+
+@pytest.mark.integration
+def test_cut_streams_under_the_real_bench_serving_are_counted_and_named_too(tmp_path):
+    """SGLang's own bench_serving (aiohttp) records a cut stream as a traceback: parsed into a truncated-stream
+    error, so the verdict counts and names it as it does for the builtin client."""
+    python = tools_python()
+    out = tmp_path / "bench.jsonl"
+    with sim_cluster(tmp_path, 1, 1, backend="tcp", worker_args=FAST, decode_args=["--sim-fault", "cut_streams=0.5"]) as c:
+        port = c.router_url.rsplit(":", 1)[1]
+        subprocess.run([python, "-m", "sglang.benchmark.serving", "--backend", "sglang", "--host", "127.0.0.1",
+                        "--port", port, "--model", "m", "--tokenizer", str(REPO / "pytest_sglang_pd" / "textgen" / "tokenizer"),
+                        "--dataset-name", "random-ids", "--num-prompts", "16", "--random-input-len", "64",
+                        "--random-output-len", "16", "--max-concurrency", "8", "--output-file", str(out),
+                        "--output-details"], check=True, capture_output=True, timeout=240,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result = sglang_tools.parse_bench_serving_line(json.loads(out.read_text().splitlines()[-1]), num_prompts=16)
+    cut = truncated_count(result.records)
+    assert 0 < cut == result.failed < 16
+    assert result.errors[0] == (f"{cut} x {TRUNCATED}: aiohttp.client_exceptions.ClientPayloadError: Response payload "
+                                "is not completed: <TransferEncodingError: 400, message='Not enough data to satisfy "
+                                "transfer length header.'>"), result.errors
+    verdict = gating.check_requests(result, 0)
+    assert f"({cut} of them {TRUNCATED}s: responses cut short mid-stream)" in verdict.message
 
 
 def run_whole_suite(pytester: pytest.Pytester, config: Path, results: Path):

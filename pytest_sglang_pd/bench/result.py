@@ -122,6 +122,19 @@ def truncated_count(records: list[RequestRecord]) -> int:
     return sum(1 for r in records if not r.success and (r.error or "").startswith(TRUNCATED))
 
 
+# what aiohttp (bench_serving's client) raises for a response cut short mid-stream
+_CUT_SHORT = ("ClientPayloadError", "TransferEncodingError", "ServerDisconnectedError", "ConnectionResetError",
+              "Response payload is not completed")
+
+
+def tool_error(text: str) -> str:
+    """A client tool's per-request error (often a whole traceback) as one line: its last, the exception; a
+    response cut short mid-stream starts with ``TRUNCATED``."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else text.strip()
+    return f"{TRUNCATED}: {last}" if any(mark in text for mark in _CUT_SHORT) else last
+
+
 def first_errors(records: list[RequestRecord], limit: int = 20) -> list[str]:
     """The distinct errors of failed requests, most frequent first, with their counts."""
     counts: dict[str, int] = {}

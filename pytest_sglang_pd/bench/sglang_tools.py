@@ -12,7 +12,7 @@ from .. import plan as plan_mod
 from .. import redact
 from ..config import InferenceTest
 from ..textgen import arithmetic
-from .result import BenchResult, RequestRecord
+from .result import BenchResult, RequestRecord, first_errors, tool_error
 
 if TYPE_CHECKING:
     from .target import BenchTarget
@@ -112,9 +112,9 @@ def parse_bench_serving_line(line: dict[str, Any], *, num_prompts: int, tool: st
         totals["concurrency"] = float(line["concurrency"])
     details = line.get("details", line)
     records = _records(details)
-    errors = [e for e in details.get("errors") or [] if e]
+    errors = first_errors(records) if records else [tool_error(e) for e in details.get("errors") or [] if e][:20]
     return BenchResult(tool=tool, metrics=metrics, num_requests=max(num_prompts, len(records)),
-                       records=records, totals=totals, errors=errors[:20])
+                       records=records, totals=totals, errors=errors)
 
 
 def _records(details: dict[str, Any]) -> list[RequestRecord]:
@@ -131,7 +131,7 @@ def _records(details: dict[str, Any]) -> list[RequestRecord]:
         itl = [float(x) for x in itl or []]
         records.append(RequestRecord(success=not err, prompt_tokens=int(n_in or 0), output_tokens=int(n_out or 0),
                                      ttft_s=float(ttft or 0.0), latency_s=float(ttft or 0.0) + sum(itl),
-                                     itl_s=itl, error=err or ""))
+                                     itl_s=itl, error=tool_error(err) if err else ""))
     return records
 
 
