@@ -93,6 +93,9 @@ def test_cut_streams_under_the_real_bench_serving_are_counted_and_named_too(tmp_
     assert f"({cut} of them {TRUNCATED}s: responses cut short mid-stream)" in verdict.message
 
 
+SUITE = str(REPO / "pytest_sglang_pd" / "suite")
+
+
 def run_whole_suite(pytester: pytest.Pytester, config: Path, results: Path):
     return pytester.runpytest_subprocess(SUITE, f"--cluster-config={config}", f"--results-dir={results}",
                                          "--run-id=run", "-p", "no:cacheprovider", timeout=240)
