@@ -11,12 +11,14 @@ every other metric both runs measured becomes a ``Change``: a warning when it go
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Mapping
 
 from . import metrics as metrics_mod
 from .bench.result import TRUNCATED, BenchResult, truncated_count
 from .config import InferenceCase, InferenceTest, Threshold
+from .stats import SIGNIFICANCE, Summary, welch_p
 
 BASELINE_TOLERANCE_PCT = 15.0
 
@@ -30,9 +32,10 @@ class Verdict:
     expected: float
     direction: str  # "max" | "min"
     tolerance_pct: float
-    source: str  # "threshold" | "baseline" | "requests" | "pd"
+    source: str  # "threshold" | "baseline" | "requests" | "pd" | "stability"
     passed: bool
     message: str  # the failure line, or a short "ok" line
+    within_noise: bool = False  # with repeats: the limit lies inside the mean's 95% confidence interval
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class Baseline:
     source: str
     run_id: str
     metrics: Mapping[str, Mapping[str, float]]
+    runs: Mapping[str, list[Mapping[str, float]]] = dataclasses.field(default_factory=dict)  # case id -> repeats
 
 
 def gate(case: InferenceCase, result: BenchResult, *, perf_tolerance_pct: float | None = None,
@@ -94,6 +98,7 @@ def gate(case: InferenceCase, result: BenchResult, *, perf_tolerance_pct: float 
     and the baseline's measurements of the same case id, at the baseline tolerance, when a baseline is given."""
     return evaluate(case.id, case.test, result, tol_pct=tolerance_pct(perf_tolerance_pct, case.test),
                     baseline=baseline.metrics.get(case.id) if baseline else None,
+                    baseline_runs=baseline.runs.get(case.id, []) if baseline else [],
                     baseline_name=f"run {baseline.run_id}" if baseline else "baseline",
                     baseline_tol_pct=BASELINE_TOLERANCE_PCT if baseline_tolerance_pct is None else baseline_tolerance_pct)
 
@@ -192,15 +197,22 @@ def check_pd(result: BenchResult) -> list[Verdict]:
 
 def evaluate(case_id: str, test: InferenceTest, result: BenchResult, *, tol_pct: float,
              baseline: Mapping[str, float] | None = None, baseline_name: str = "baseline",
-             baseline_tol_pct: float = BASELINE_TOLERANCE_PCT) -> GateResult:
-    """All verdicts of one case: the request count, every threshold, every baseline comparison (at the baseline
-    tolerance), and the change of every metric both runs measured."""
+             baseline_tol_pct: float = BASELINE_TOLERANCE_PCT,
+             baseline_runs: list[Mapping[str, float]] = ()) -> GateResult:
+    """All verdicts of one case: the request count, every threshold (on the mean of the repeats, marked within
+    noise when the limit lies inside its confidence interval), the stability of each gated metric over the repeats
+    (``max_cv_pct``), every baseline comparison (at the baseline tolerance, and significant by Welch's t-test when
+    both runs have repeats), and the change of every metric both runs measured."""
     verdicts = [check_requests(result, test.allow_failed_requests), *check_pd(result)]
+    spread = result.spread
     for t in test.thresholds:
-        verdicts.append(check(t.metric, t.canonical, result.metrics.get(t.canonical), t.value, t.direction, tol_pct))
+        verdicts.append(_noted(check(t.metric, t.canonical, result.metrics.get(t.canonical), t.value, t.direction,
+                                     tol_pct), spread.get(t.canonical)))
+    verdicts += stability_verdicts(test, spread)
     if not baseline:
         return GateResult(case_id, tuple(verdicts))
-    verdicts += baseline_verdicts(test.thresholds, result, baseline, baseline_tol_pct, baseline_name)
+    verdicts += [_significant(v, result.runs, baseline_runs)
+                 for v in baseline_verdicts(test.thresholds, result, baseline, baseline_tol_pct, baseline_name)]
     gated = {t.canonical for t in test.thresholds}
     return GateResult(case_id, tuple(verdicts), compare(result.metrics, baseline, gated, baseline_tol_pct))
 
@@ -236,3 +248,47 @@ def baseline_verdicts(thresholds: tuple[Threshold, ...], result: BenchResult, ba
         out.append(check(t.metric, t.canonical, actual, before, t.direction, tol_pct,
                          source="baseline", origin=baseline_name))
     return out
+
+
+def _ci(summary: Summary) -> str:
+    return f"95% CI {_g4(summary.ci_low)}..{_g4(summary.ci_high)} over {summary.n} runs"
+
+
+def _noted(v: Verdict, summary: Summary | None) -> Verdict:
+    """A threshold verdict on a mean whose confidence interval holds the limit: said to be within noise."""
+    if summary is None or not summary.contains(v.limit):
+        return v
+    return dataclasses.replace(v, within_noise=True, message=f"{v.message} (within noise: {_ci(summary)})")
+
+
+def stability_verdicts(test: InferenceTest, spread: Mapping[str, Summary]) -> list[Verdict]:
+    """Each gated metric whose coefficient of variation over the repeats exceeds the test's ``max_cv_pct``: unstable."""
+    if test.max_cv_pct is None or not spread:
+        return []
+    out = []
+    for name in dict.fromkeys(t.canonical for t in test.thresholds):
+        summary = spread.get(name)
+        if summary is None or summary.cv_pct is None:
+            continue
+        passed = summary.cv_pct <= test.max_cv_pct
+        word = "stable" if passed else "unstable"
+        out.append(Verdict(name, name, summary.cv_pct, test.max_cv_pct, test.max_cv_pct, "max", 0.0, "stability",
+                           passed, f"{name} {word}: CV {summary.cv_pct:.1f}% {'<=' if passed else '>'} max_cv_pct "
+                                   f"{_g(test.max_cv_pct)}% (mean {_g4(summary.mean)}, {_ci(summary)})"
+                                   + ("" if passed else ": a verdict on it would be luck")))
+    return out
+
+
+def _significant(v: Verdict, runs: list[Mapping[str, float]], baseline_runs: list[Mapping[str, float]]) -> Verdict:
+    """A baseline verdict beyond the tolerance stands only if the change is significant (Welch's t-test, p <
+    SIGNIFICANCE) when both runs have repeats; otherwise it passes as noise."""
+    after = [r[v.canonical] for r in runs if r.get(v.canonical) is not None]
+    before = [r[v.canonical] for r in baseline_runs if r.get(v.canonical) is not None]
+    p = welch_p(after, before)
+    if p is None:
+        return v
+    note = f"Welch p={p:.3g}, {len(after)} vs {len(before)} runs"
+    if v.passed or p < SIGNIFICANCE:
+        return dataclasses.replace(v, message=f"{v.message} ({'significant: ' if not v.passed else ''}{note})")
+    return dataclasses.replace(v, passed=True, within_noise=True,
+                               message=f"{v.message}: not significant ({note}), within noise")

@@ -45,8 +45,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--baseline-tolerance", metavar="PCT", type=_percent("--baseline-tolerance"),
                     help=f"how much worse than the baseline a metric may be, in percent "
                          f"(default {BASELINE_TOLERANCE_PCT:g}; --perf-tolerance is for the absolute limits)")
+    group.addoption("--repeats", metavar="N", type=_at_least_one,
+                    help="run every benchmark N times on the same deployment and gate each metric's mean (default: "
+                         "each test's repeats, else 1)")
     group.addoption("--run-id", metavar="ID", help="the run id (default: a timestamp and a random suffix)")
     parser.addini("cluster_config", "default cluster config when --cluster-config is not given")
+
+
+def _at_least_one(text: str) -> int:
+    """--repeats: a whole number of runs, at least 1."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise pytest.UsageError(f"--repeats expects a whole number of runs, at least 1, got {text!r}")
+    return int(text)
 
 
 def _config_path(config: pytest.Config) -> str | None:
@@ -103,7 +113,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--history {history}: no such folder")
     run = SuiteRun(cluster_config=cluster_config, results_root=Path(results), run_id=run_id,
                    keep_cluster=config.getoption("keep_cluster"), router_url=router_url,
-                   perf_tolerance_pct=config.getoption("perf_tolerance"),
+                   perf_tolerance_pct=config.getoption("perf_tolerance"), repeats=config.getoption("repeats"),
                    baseline=None if auto else _baseline(config.getoption("baseline")),
                    baseline_tolerance_pct=_or(config.getoption("baseline_tolerance"), BASELINE_TOLERANCE_PCT),
                    history_dir=Path(history) if history is not None else None, baseline_auto=auto)

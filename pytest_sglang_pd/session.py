@@ -34,12 +34,17 @@ class SuiteRun:
     keep_cluster: bool
     router_url: str | None
     perf_tolerance_pct: float | None
+    repeats: int | None  # --repeats: overrides every test's own
     baseline: Baseline | None
     baseline_tolerance_pct: float
     history_dir: Path | None = None
     baseline_auto: bool = False  # --baseline auto: picked from history_dir once the first cluster is ready
     baseline_note: str | None = None  # which run --baseline auto picked, or why none
     clusters: list[LiveCluster] = field(default_factory=list)  # brought up in this run
+
+    def repeats_of(self, test) -> int:
+        """How many times the test's benchmark runs: --repeats, else the test's ``repeats``."""
+        return self.repeats or test.repeats
 
     @property
     def run_dir(self) -> Path:

@@ -8,11 +8,11 @@ from .. import prom
 from ..config import InferenceCase
 from . import builtin, pd_metrics, sglang_tools
 from .builtin import Progress
-from .result import BenchResult, RequestRecord
+from .result import BenchResult, RequestRecord, combine
 from .sglang_tools import BenchToolError
 from .target import BenchTarget
 
-__all__ = ["BenchResult", "BenchTarget", "BenchToolError", "Progress", "RequestRecord", "run_benchmark"]
+__all__ = ["BenchResult", "BenchTarget", "BenchToolError", "Progress", "RequestRecord", "combine", "run_benchmark"]
 
 
 def run_benchmark(target: BenchTarget, case: InferenceCase, *, timeout_s: float, artifacts_dir: Path,

@@ -7,7 +7,8 @@ from typing import Iterable
 
 import numpy as np
 
-
+from .. import metrics as metrics_mod
+from ..stats import Summary, summarize
 
 @dataclass
 class RequestRecord:
@@ -46,6 +47,16 @@ class BenchResult:
     tool_version: str | None = None  # the version of the package that measured it (sglang's, or this suite's)
     router: str | None = None  # "<package> <version>" of the router it went through
     workers: dict[str, dict] = field(default_factory=dict)  # worker URL -> role, requests (its own count), router_requests
+    runs: list[dict[str, float]] = field(default_factory=list)  # each repeat's metrics (empty: one run)
+
+    @property
+    def spread(self) -> dict[str, Summary]:
+        """Per metric measured in every repeat: mean, sd, CV and 95% CI over the repeats (empty for one run)."""
+        if len(self.runs) < 2:
+            return {}
+        common = set.intersection(*(set(run) for run in self.runs))
+        return {name: summarize([run[name] for run in self.runs]) for name in sorted(common)
+                if all(run[name] == run[name] for run in self.runs)}
 
     @property
     def completed(self) -> int:
@@ -143,3 +154,28 @@ def first_errors(records: list[RequestRecord], limit: int = 20) -> list[str]:
             counts[r.error or "unknown error"] = counts.get(r.error or "unknown error", 0) + 1
     ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
     return [f"{n} x {err}" if n > 1 else err for err, n in ranked]
+
+
+def combine(results: list[BenchResult]) -> BenchResult:
+    """Repeats of one benchmark on one deployment as one result: each metric the mean over the repeats (request
+    counts summed), every request record and error kept, each repeat's metrics in ``runs``."""
+    if len(results) == 1:
+        return results[0]
+    names = set.intersection(*(set(r.metrics) for r in results))
+    metrics = {}
+    for name in names:
+        values = [r.metrics[name] for r in results]
+        counted = metrics_mod.METRICS.get(name) is not None and metrics_mod.METRICS[name].unit == "req"
+        metrics[name] = sum(values) if counted else sum(values) / len(values)
+    last = results[-1]
+    totals = {k: sum(r.totals.get(k, 0.0) for r in results) for k in last.totals}
+    if "concurrency" in last.totals:
+        totals["concurrency"] = sum(r.totals.get("concurrency", 0.0) for r in results) / len(results)
+    workers = {url: {**w, **{k: sum(r.workers.get(url, {}).get(k, 0.0) for r in results)
+                             for k in ("requests", "router_requests") if k in w}} for url, w in last.workers.items()}
+    errors = list(dict.fromkeys(e for r in results for e in r.errors))[:20]
+    artifacts = {f"{name} (repeat {i + 1})": path for i, r in enumerate(results) for name, path in r.artifacts.items()}
+    return BenchResult(tool=last.tool, metrics=metrics, num_requests=sum(r.num_requests for r in results),
+                       records=[rec for r in results for rec in r.records], totals=totals, errors=errors,
+                       artifacts=artifacts, command=last.command, tool_version=last.tool_version, router=last.router,
+                       workers=workers, runs=[dict(r.metrics) for r in results])

@@ -105,6 +105,11 @@ class InferenceTest:
                                       minimum=0, default_doc="--perf-tolerance, else 0")
     allow_failed_requests: int = key("allow_failed_requests", 0, INT, "failed requests the test tolerates",
                                      minimum=0)
+    repeats: int = count("repeats", 1, "benchmark runs on the same deployment; each metric's mean is gated, with its "
+                         "standard deviation, CV and 95% confidence interval recorded", default_doc="--repeats, else 1")
+    max_cv_pct: float | None = key("max_cv_pct", None, PERCENT, "a gated metric whose coefficient of variation over "
+                                   "the repeats exceeds this fails as unstable (needs repeats >= 2)", minimum=0,
+                                   default_doc="unset: not checked")
     thresholds: tuple[Threshold, ...] = ()
     unbounded: bool = False  # bench_serving without --max-concurrency: every prompt at once (the seed's meaning)
 

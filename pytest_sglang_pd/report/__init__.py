@@ -126,6 +126,10 @@ class RunReport:
             item.user_properties.append(("tool", html.tool_line(result)))
             for name, value in sorted(result.metrics.items()):
                 item.user_properties.append((name, f"{value:.6g}"))
+            for name, summary in sorted(result.spread.items()):
+                item.user_properties.append((f"spread.{name}", f"mean {summary.mean:.6g} sd {summary.sd:.4g} cv "
+                                             f"{summary.cv_pct if summary.cv_pct is None else round(summary.cv_pct, 2)}% "
+                                             f"ci95 {summary.ci_low:.6g}..{summary.ci_high:.6g} n {summary.n}"))
         for v in gate.verdicts if gate else ():
             item.user_properties.append((f"verdict.{v.source}.{v.metric}", "pass" if v.passed else f"fail: {v.message}"))
         for c in gate.warnings if gate else ():

@@ -24,8 +24,18 @@ def margin_pct(v: Mapping[str, Any]) -> float | None:
     return room / abs(limit) * 100
 
 
+def verdict_value(v: Mapping[str, Any], x: float | None) -> str:
+    """A verdict's number: the metric's unit, or a percentage for a stability (CV) verdict."""
+    return f"{x:.1f}%" if v["source"] == "stability" and x is not None else fmt.value(v["canonical"], x)
+
+
 def _limit(v: Mapping[str, Any]) -> str:
-    return ("<= " if v["direction"] == "max" else ">= ") + fmt.value(v["canonical"], v["limit"])
+    return ("<= " if v["direction"] == "max" else ">= ") + verdict_value(v, v["limit"])
+
+
+def label(v: Mapping[str, Any]) -> str:
+    """How a verdict's metric is named in the tables."""
+    return {"requests": "failed requests", "stability": f"{v['metric']} CV"}.get(v["source"], v["metric"])
 
 
 def rows(test: Mapping[str, Any]) -> list[tuple[tuple[str, ...], bool]]:
@@ -39,10 +49,11 @@ def rows(test: Mapping[str, Any]) -> list[tuple[tuple[str, ...], bool]]:
             continue
         against = baseline.get(v["canonical"]) if v["source"] == "threshold" else None
         failed = not v["passed"] or (against is not None and not against["passed"])
-        verdict = "PASS" if not failed else ("FAIL" if not v["passed"] else "FAIL vs baseline")
+        noise = v.get("within_noise") or (against is not None and against.get("within_noise"))
+        verdict = ("PASS (within noise)" if noise else "PASS") if not failed else \
+            ("FAIL" if not v["passed"] else "FAIL vs baseline")
         change = changes.get(v["canonical"])
-        metric = "failed requests" if v["source"] == "requests" else v["metric"]
-        out.append(((name, metric, fmt.value(v["canonical"], v["actual"]), _limit(v), fmt.pct(margin_pct(v)), verdict,
+        out.append(((name, label(v), verdict_value(v, v["actual"]), _limit(v), fmt.pct(margin_pct(v)), verdict,
                      fmt.pct(change["change_pct"]) if change else ""), failed))
     if not out:
         why = (test.get("message") or "").strip().splitlines()

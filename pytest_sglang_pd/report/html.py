@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from html import escape
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ..bench.result import BenchResult
 from ..gating import GateResult
+from ..stats import Summary
 from . import charts, fmt
-from .checks import header, rows
+from .checks import header, rows, verdict_value
 
 STYLE = """<style>
 body{display:flex;flex-direction:column}
@@ -63,16 +65,24 @@ def _verdict(passed: bool, text: str | None = None) -> str:
             else f'<td class="verdict-fail">{escape(text or "FAIL")}</td>')
 
 
-def verdict_table(gate: GateResult) -> str:
+def verdict_table(gate: GateResult, spread: Mapping[str, Summary] | None = None) -> str:
+    """Every verdict; with repeats, a gated mean with its 95% confidence interval."""
     rows_ = []
+    spread = spread or {}
     for v in gate.verdicts:
         bound = "≤" if v.direction == "max" else "≥"
-        source = {"threshold": "expected", "baseline": "baseline", "requests": "allowed", "pd": "PD path"}[v.source]
+        source = {"threshold": "expected", "baseline": "baseline", "requests": "allowed", "pd": "PD path",
+                  "stability": "max_cv_pct"}[v.source]
+        shown = asdict(v)
+        measured = verdict_value(shown, v.actual)
+        if v.source == "threshold" and v.canonical in spread:
+            s = spread[v.canonical]
+            measured += f" (95% CI {verdict_value(shown, s.ci_low)}..{verdict_value(shown, s.ci_high)}, n={s.n})"
         rows_.append(("pass" if v.passed else "fail", [
             _cell(v.metric if v.metric == v.canonical else f"{v.metric} ({v.canonical})"),
-            _cell(fmt.value(v.canonical, v.actual), True), _cell(f"{bound} {fmt.value(v.canonical, v.limit)}", True),
-            _cell(f"{source} {fmt.value(v.canonical, v.expected)}", True), _cell(f"{v.tolerance_pct:g}%", True),
-            _verdict(v.passed)]))
+            _cell(measured, True), _cell(f"{bound} {verdict_value(shown, v.limit)}", True),
+            _cell(f"{source} {verdict_value(shown, v.expected)}", True), _cell(f"{v.tolerance_pct:g}%", True),
+            _verdict(v.passed, "PASS (within noise)" if v.passed and v.within_noise else None)]))
     return _table(("metric", "measured", "limit", "reference", "tolerance", "verdict"), rows_, "checks")
 
 
@@ -120,7 +130,7 @@ def case_html(result: BenchResult | None, gate: GateResult | None, *, message: s
     if logs:
         parts.append(f"<p><b>logs</b>: {logs}</p>")
     if gate is not None:
-        parts.append(verdict_table(gate))
+        parts.append(verdict_table(gate, result.spread if result else None))
     if result is not None:
         row = [f"<div>{metrics_table(result, {v.canonical for v in gate.verdicts} if gate else set())}</div>"]
         ttft, tpot = result.distribution_ms("ttft"), result.distribution_ms("tpot")

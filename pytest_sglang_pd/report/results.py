@@ -27,7 +27,7 @@ def case_entry(*, case_id: str, nodeid: str, model: str, test: str, kind: str, d
         "concurrency": concurrency, "bench_client": bench_client, "outcome": outcome,
         "duration_s": round(duration_s, 3), "message": message,
         "tool": None, "tool_version": None, "router": None, "command": None, "num_requests": None,
-        "completed_requests": None, "failed_requests": None,
+        "completed_requests": None, "failed_requests": None, "repeats": None, "runs": [], "spread": {},
         "metrics": {}, "totals": {}, "workers": {}, "verdicts": [], "baseline_changes": [], "errors": [], "artifacts": {},
     }
     if result is not None:
@@ -35,6 +35,8 @@ def case_entry(*, case_id: str, nodeid: str, model: str, test: str, kind: str, d
                      num_requests=result.num_requests, completed_requests=result.completed,
                      failed_requests=result.failed, metrics=_finite(result.metrics), totals=_finite(result.totals),
                      workers={url: dict(w) for url, w in result.workers.items()},
+                     repeats=max(len(result.runs), 1), runs=[_finite(run) for run in result.runs],
+                     spread={name: _finite(summary.as_dict(), keep=("ci95",)) for name, summary in result.spread.items()},
                      errors=list(result.errors), artifacts=dict(result.artifacts))
     if gate is not None:
         entry["verdicts"] = [asdict(v) for v in gate.verdicts]
@@ -42,9 +44,9 @@ def case_entry(*, case_id: str, nodeid: str, model: str, test: str, kind: str, d
     return entry
 
 
-def _finite(values: Mapping[str, float]) -> dict[str, float | None]:
-    """JSON has no NaN/inf: such values become null."""
-    return {k: (v if v == v and abs(v) != float("inf") else None) for k, v in values.items()}
+def _finite(values: Mapping[str, Any], keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    """JSON has no NaN/inf: such values become null (``keep``: keys whose values pass as they are)."""
+    return {k: v if k in keep or v is None or (v == v and abs(v) != float("inf")) else None for k, v in values.items()}
 
 
 def write_atomic(path: Path, data: Mapping[str, Any]) -> None:
@@ -83,4 +85,5 @@ def load_baseline(path: Path) -> Baseline:
         detail = exc.message if isinstance(exc, jsonschema.ValidationError) else str(exc)
         raise BaselineError(f"--baseline {path}: not a results.json of this suite ({detail})") from None
     cases = {t["id"]: {k: v for k, v in t["metrics"].items() if v is not None} for t in data["tests"]}
-    return Baseline(source=str(path), run_id=data["run_id"], metrics=cases)
+    runs = {t["id"]: t.get("runs", []) for t in data["tests"]}
+    return Baseline(source=str(path), run_id=data["run_id"], metrics=cases, runs=runs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_sglang_pd import gating, report
-from pytest_sglang_pd.bench import BenchToolError, run_benchmark
+from pytest_sglang_pd.bench import BenchToolError, combine, run_benchmark
 from pytest_sglang_pd.failures import first_error_first
 from pytest_sglang_pd.report.progress import terminal_progress
 
@@ -22,9 +22,17 @@ def test_inference(inference_case, pd_cluster, cluster_watch, cluster_config, su
         run_report.progress(request.node, done, total)
         show(done, total, elapsed_s)
 
+    repeats = suite_run.repeats_of(inference_case.test)
+    artifacts = suite_run.run_dir / "bench" / inference_case.id
+    runs = []
     try:
-        result = run_benchmark(pd_cluster, inference_case, timeout_s=cluster_config.timeouts.benchmark_s,
-                               artifacts_dir=suite_run.run_dir / "bench" / inference_case.id, progress=progress)
+        for i in range(repeats):  # on the same deployment; a cluster the watch found broken ends the repeats
+            runs.append(run_benchmark(pd_cluster, inference_case, timeout_s=cluster_config.timeouts.benchmark_s,
+                                      artifacts_dir=artifacts / f"repeat-{i + 1}" if repeats > 1 else artifacts,
+                                      progress=progress))
+            if cluster_watch.look():
+                break
+        result = combine(runs)
     except BenchToolError as exc:
         result, no_result = None, f"{inference_case.id}: the benchmark produced no result:\n{exc}"
     if result is None:  # failed outside the except block: pytest would print the tool's error first, chained
