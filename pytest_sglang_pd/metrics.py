@@ -49,6 +49,17 @@ def _catalog() -> dict[str, Metric]:
         Metric("nic_errors", "", "max", "growth of the worker nodes' RDMA port error counters during the benchmark"),
         Metric("kv_transfer_throughput", "B/s", "min", "KV bytes per second of transfer time (prefill side)"),
     ]
+    steady = "over the steady-state window (in-flight requests >= steady_state_ratio x peak)"
+    metrics += [Metric("steady_output_throughput", "tok/s", "min", f"generated tokens per second {steady}"),
+                Metric("steady_input_throughput", "tok/s", "min", f"prompt tokens of the requests sent {steady}, per second"),
+                Metric("steady_request_throughput", "req/s", "min", f"requests sent {steady}, per second"),
+                Metric("steady_mean_ttft_ms", "ms", "max", f"mean TTFT of the requests sent {steady}"),
+                Metric("steady_mean_tpot_ms", "ms", "max", f"mean TPOT of the requests sent {steady}"),
+                Metric("steady_window_start_s", "s", "min", "where the steady-state window starts, from the first request"),
+                Metric("steady_window_s", "s", "min", "the steady-state window's length"),
+                Metric("steady_requests", "", "min", "requests sent inside the steady-state window"),
+                Metric("steady_concurrency_threshold", "", "min", "the in-flight requests the window holds at least"),
+                Metric("steady_peak_concurrency", "", "min", "the peak of in-flight requests")]
     for lat in _LATENCIES:
         for stat in _STATS:
             direction = "max"

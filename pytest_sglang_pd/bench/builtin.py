@@ -14,6 +14,7 @@ import aiohttp
 
 from .. import __version__, sse
 from ..config import InferenceTest
+from . import steady_state
 from .result import TRUNCATED, BenchResult, RequestRecord, aggregate, first_errors
 from .workloads import INVALID_ANSWER, Prompt, answer_value, prompts_for
 
@@ -37,8 +38,8 @@ async def send_request(session: aiohttp.ClientSession, url: str, prompt: Prompt)
     if prompt.stop:
         sampling["stop"] = list(prompt.stop)
     body = {"text": prompt.text, "sampling_params": sampling, "stream": True}
-    record = RequestRecord(success=False)
-    stream = _Stream(record, time.perf_counter())
+    record = RequestRecord(success=False, start_s=time.perf_counter())
+    stream = _Stream(record, record.start_s)
     try:
         async with session.post(f"{url}/generate", json=body) as resp:
             if resp.status != 200:
@@ -165,6 +166,7 @@ def run(router_url: str, test: InferenceTest, concurrency: int, *, timeout_s: fl
     records, duration, warnings = asyncio.run(_run_all(
         url, prompts, concurrency, test.request_rate, test.seed, test.warmup_requests, timeout_s, progress, stop))
     metrics, totals = aggregate(records, duration)
+    metrics.update(steady_state.figures(records, test.steady_state_ratio))
     if test.kind == "gsm8k":
         metrics.update(score_answers(prompts, records, duration))
     workload = "gsm8k" if test.kind == "gsm8k" else test.dataset

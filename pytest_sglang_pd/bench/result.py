@@ -23,6 +23,7 @@ class RequestRecord:
     itl_s: list[float] = field(default_factory=list)
     error: str = ""
     text: str = ""
+    start_s: float | None = None  # when it was sent, in the client's clock (None: the tool does not say)
 
     @property
     def tpot_s(self) -> float | None:

@@ -105,6 +105,11 @@ class InferenceTest:
                                       minimum=0, default_doc="--perf-tolerance, else 0")
     allow_failed_requests: int = key("allow_failed_requests", 0, INT, "failed requests the test tolerates",
                                      minimum=0)
+    window: str = key("window", "whole", choice("whole", "steady"), "which figures the limits gate: the whole run, or "
+                      "the steady-state window (steady_* figures; the builtin client records the start times it needs)")
+    steady_state_ratio: float = key("steady_state_ratio", 0.8, NUMBER, "the steady-state window: the longest interval "
+                                    "with in-flight requests >= this x their peak (SGLang's "
+                                    "--steady-state-concurrency-ratio)", minimum=0, exclusive_minimum=True, maximum=1)
     repeats: int = count("repeats", 1, "benchmark runs on the same deployment; each metric's mean is gated, with its "
                          "standard deviation, CV and 95% confidence interval recorded", default_doc="--repeats, else 1")
     max_cv_pct: float | None = key("max_cv_pct", None, PERCENT, "a gated metric whose coefficient of variation over "
@@ -626,8 +631,24 @@ def _build_model(model_id: str, m: Mapping, bench_client: str) -> tuple[ModelCon
         thresholds, tproblems = _thresholds(tv.pop("expected_results") or {}, values["dtype"],
                                             json_path(tpath, "expected_results"))
         problems += tproblems
+        if tv.get("window") == "steady":
+            thresholds = _steady(thresholds, json_path(tpath, "window"), problems)
         tests.append(InferenceTest(name=name, kind=kind, dataset=dataset, thresholds=thresholds, **tv))
     return ModelConfig(id=model_id, tests=tuple(tests), **values), problems
+
+
+def _steady(thresholds: tuple[Threshold, ...], path: str, problems: list[Problem]) -> tuple[Threshold, ...]:
+    """``window: steady``: each limit gates the metric's figure over the steady-state window (``steady_<name>``)."""
+    out = []
+    for t in thresholds:
+        steady = f"steady_{t.canonical}"
+        if steady not in metrics.METRICS:
+            have = ", ".join(sorted(m[len("steady_"):] for m in metrics.METRICS if m.startswith("steady_")
+                                    and metrics.METRICS[m].unit in ("tok/s", "req/s", "ms")))
+            problems.append(Problem(path, f"{t.metric} has no steady-state figure (window steady gates: {have})"))
+            continue
+        out.append(dataclasses.replace(t, canonical=steady))
+    return tuple(out)
 
 
 def _thresholds(expected: Mapping, dtype: str, path: str) -> tuple[tuple[Threshold, ...], list[Problem]]:
