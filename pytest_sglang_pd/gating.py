@@ -12,6 +12,7 @@ every other metric both runs measured becomes a ``Change``: a warning when it go
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -203,7 +204,7 @@ def evaluate(case_id: str, test: InferenceTest, result: BenchResult, *, tol_pct:
     noise when the limit lies inside its confidence interval), the stability of each gated metric over the repeats
     (``max_cv_pct``), every baseline comparison (at the baseline tolerance, and significant by Welch's t-test when
     both runs have repeats), and the change of every metric both runs measured."""
-    verdicts = [check_requests(result, test.allow_failed_requests), *check_pd(result)]
+    verdicts = [check_requests(result, test.allow_failed_requests), *check_pd(result), *check_lengths(test, result)]
     spread = result.spread
     for t in test.thresholds:
         verdicts.append(_noted(check(t.metric, t.canonical, result.metrics.get(t.canonical), t.value, t.direction,
@@ -292,3 +293,48 @@ def _significant(v: Verdict, runs: list[Mapping[str, float]], baseline_runs: lis
         return dataclasses.replace(v, message=f"{v.message} ({'significant: ' if not v.passed else ''}{note})")
     return dataclasses.replace(v, passed=True, within_noise=True,
                                message=f"{v.message}: not significant ({note}), within noise")
+
+
+LENGTH_TOLERANCE_PCT = 5.0  # how far the mean length the server saw may be from the asked one (at 512+ requests)
+
+
+def asked_lengths(test: InferenceTest) -> dict[str, tuple[int, int]]:
+    """The (least, most) prompt and output tokens a bench test asks per request, where its dataset fixes them:
+    random lengths are drawn in [max(int(L x random_range_ratio), 1), L], as bench_serving draws them."""
+    if test.kind != "bench_serving":
+        return {}
+    if test.dataset == "generated-shared-prefix":
+        prompt = test.gsp_system_prompt_len + test.gsp_question_len
+        return {"prompt": (prompt, prompt), "output": (test.gsp_output_len, test.gsp_output_len)}
+    if test.dataset in ("random", "random-ids", "synthetic"):
+        r = test.random_range_ratio
+        return {"prompt": (max(int(test.input_length * r), 1), test.input_length),
+                "output": (max(int(test.output_length * r), 1), test.output_length)}
+    return {}
+
+
+def check_lengths(test: InferenceTest, result: BenchResult) -> list[Verdict]:
+    """The prompt and output tokens the server reported against what the test asked: a mean more than
+    LENGTH_TOLERANCE_PCT away from the asked mean, or requests outside the asked range (by more than that
+    tolerance), make the measurement invalid (a failing verdict per side, naming the figures)."""
+    ok = [r for r in result.records if r.success]
+    out = []
+    for side, (least, most) in asked_lengths(test).items():
+        got = [r.prompt_tokens if side == "prompt" else r.output_tokens for r in ok]
+        if not got or not any(got):
+            continue  # the tool reported no lengths
+        asked = (least + most) / 2
+        mean = sum(got) / len(got)
+        off = (mean - asked) / asked * 100
+        # a few requests' mean strays from the range's by sampling alone: 3 standard errors of a uniform draw
+        allowed = max(LENGTH_TOLERANCE_PCT, 3 * (most - least) / math.sqrt(12 * len(got)) / asked * 100)
+        slack = max(LENGTH_TOLERANCE_PCT / 100 * most, 2)
+        outside = sum(1 for n in got if n < least - slack or n > most + slack)
+        passed = abs(off) <= allowed and not outside
+        span = f"{least}" if least == most else f"{least}..{most}"
+        message = (f"{side} tokens the server reported: mean {mean:.1f} vs asked {asked:g} ({off:+.1f}%, allowed "
+                   f"{allowed:.3g}%), min {min(got)}, max {max(got)}, {outside} of {len(got)} requests "
+                   f"outside {span}")
+        out.append(Verdict(f"{side}_tokens", f"{side}_tokens", mean, asked, asked, "max", allowed,
+                           "lengths", passed, message if passed else f"invalid measurement: {message}"))
+    return out

@@ -467,7 +467,7 @@ def _bench_processes(dep: Deployment, tokenizer: str) -> tuple[ProcessSpec, ...]
             argv = gsm8k_argv(dep, test, conc) if test.kind == "gsm8k" else bench_serving_argv(dep, test, conc, tokenizer)
             key = f"bench_{test.name}_c{conc}"
             out.append(ProcessSpec(key=key, role="bench", node=node, argv=argv,
-                                   env=env, port=None, log_path=f"{dep.log_dir}/{key}.log",
+                                   env=env, port=None, log_path=f"{dep.log_dir}/bench/{key}.log",  # the wrapper creates bench/ for --output-file
                                    container=bench.key if bench else None, host=node))
     return tuple(out)
 

@@ -35,7 +35,8 @@ def _limit(v: Mapping[str, Any]) -> str:
 
 def label(v: Mapping[str, Any]) -> str:
     """How a verdict's metric is named in the tables."""
-    return {"requests": "failed requests", "stability": f"{v['metric']} CV"}.get(v["source"], v["metric"])
+    return {"requests": "failed requests", "stability": f"{v['metric']} CV",
+            "lengths": f"{v['metric']} (mean)"}.get(v["source"], v["metric"])
 
 
 def rows(test: Mapping[str, Any]) -> list[tuple[tuple[str, ...], bool]]:

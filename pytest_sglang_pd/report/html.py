@@ -72,7 +72,7 @@ def verdict_table(gate: GateResult, spread: Mapping[str, Summary] | None = None)
     for v in gate.verdicts:
         bound = "≤" if v.direction == "max" else "≥"
         source = {"threshold": "expected", "baseline": "baseline", "requests": "allowed", "pd": "PD path",
-                  "stability": "max_cv_pct"}[v.source]
+                  "stability": "max_cv_pct", "lengths": "asked"}[v.source]
         shown = asdict(v)
         measured = verdict_value(shown, v.actual)
         if v.source == "threshold" and v.canonical in spread:
