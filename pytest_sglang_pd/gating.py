@@ -327,7 +327,9 @@ def check_lengths(test: InferenceTest, result: BenchResult) -> list[Verdict]:
         mean = sum(got) / len(got)
         off = (mean - asked) / asked * 100
         # a few requests' mean strays from the range's by sampling alone: 3 standard errors of a uniform draw
-        allowed = max(LENGTH_TOLERANCE_PCT, 3 * (most - least) / math.sqrt(12 * len(got)) / asked * 100)
+        # (repeats send the same draw again: the draw has one repeat's requests)
+        drawn = max(len(got) // max(len(result.runs), 1), 1)
+        allowed = max(LENGTH_TOLERANCE_PCT, 3 * (most - least) / math.sqrt(12 * drawn) / asked * 100)
         slack = max(LENGTH_TOLERANCE_PCT / 100 * most, 2)
         outside = sum(1 for n in got if n < least - slack or n > most + slack)
         passed = abs(off) <= allowed and not outside

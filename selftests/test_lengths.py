@@ -31,6 +31,9 @@ def test_lengths_within_the_range_pass_and_a_short_mean_or_outliers_are_an_inval
                               "(-73.2%, allowed 28.9%), min 20, max 30, 4 of 4 requests outside 64..128")
     drift = gating.check_lengths(t, _records(list(range(256, 513)) * 2 + [450] * 100, [96] * 614))[0]
     assert "allowed 5%" in drift.message  # at 512+ requests the sampling allowance is below the 5% rule
+    repeated = _records([256, 512] * 30, [64, 128] * 30)
+    repeated.runs = [{}] * 30  # 30 repeats of one 2-request draw: its allowance is a 2-request draw's
+    assert "allowed 5%)" not in gating.check_lengths(t, repeated)[0].message
     outlier = gating.check_lengths(t, _records([384, 384, 384, 900], [96] * 4))[0]
     assert not outlier.passed and "1 of 4 requests outside 256..512" in outlier.message
 

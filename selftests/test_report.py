@@ -156,7 +156,7 @@ def test_a_run_writes_report_html_results_json_and_junit_properties(pytester: py
     # the short summary appends " - <message>" when the terminal is wide enough (CI's is)
     failed = {line.split("::", 1)[1].split(" - ", 1)[0] for line in run.outlines if line.startswith("FAILED ")}
     assert failed == {"test_inference[llama-8b-bench_serv_random-c4]", "test_inference[llama-8b-bench_serv_random-c16]"}
-    assert "llama-8b-bench_serv_random-c4: 1 of 6 checks failed" in out
+    assert "llama-8b-bench_serv_random-c4: 1 of 8 checks failed" in out  # with the two length checks
     assert "> 0.01 (expected 0.01, tolerance 0%)" in out  # e.g. "mean_tpot_ms 0.52 > 0.01 (...)"
     assert "llama-8b-bench_serv_random-c4: 24/24 requests" in out  # live progress
     # the closing table: every gated metric against its limit, then what did not pass, then the files
