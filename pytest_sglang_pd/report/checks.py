@@ -30,6 +30,8 @@ def verdict_value(v: Mapping[str, Any], x: float | None) -> str:
 
 
 def _limit(v: Mapping[str, Any]) -> str:
+    if v["source"] == "lengths":  # two-sided: the asked mean, within the allowance
+        return f"~ {verdict_value(v, v['limit'])} ±{v['tolerance_pct']:.3g}%"
     return ("<= " if v["direction"] == "max" else ">= ") + verdict_value(v, v["limit"])
 
 
