@@ -33,7 +33,7 @@ class Verdict:
     expected: float
     direction: str  # "max" | "min"
     tolerance_pct: float
-    source: str  # "threshold" | "baseline" | "requests" | "pd" | "stability"
+    source: str  # "threshold" | "baseline" | "requests" | "pd" | "stability" | "lengths"
     passed: bool
     message: str  # the failure line, or a short "ok" line
     within_noise: bool = False  # with repeats: the limit lies inside the mean's 95% confidence interval

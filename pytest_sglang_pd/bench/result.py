@@ -10,6 +10,7 @@ import numpy as np
 from .. import metrics as metrics_mod
 from ..stats import Summary, summarize
 
+
 @dataclass
 class RequestRecord:
     """One request as the client saw it; token counts are the server's (meta_info / usage)."""
