@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from pytest_sglang_pd.cluster import ExternalCluster
 from pytest_sglang_pd.watch import ClusterWatch
 
@@ -75,6 +77,7 @@ def test_a_silent_metrics_endpoint_during_a_stall_is_named():
     assert "decode http://127.0.0.1:30002 on node 127.0.0.1 does not answer /metrics" in _after_the_bound(watch)
 
 
+@pytest.mark.integration
 def test_health_deadline_and_misses_come_from_the_config(tmp_path):
     """A worker whose port accepts but never answers (a real socket): ended after timeouts.health_misses probes of
     timeouts.health_s each, the deadline named."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Iterable
 
 import numpy as np
@@ -51,9 +52,10 @@ class BenchResult:
     workers: dict[str, dict] = field(default_factory=dict)  # worker URL -> role, requests (its own count), router_requests
     runs: list[dict[str, float]] = field(default_factory=list)  # each repeat's metrics (empty: one run)
 
-    @property
+    @cached_property
     def spread(self) -> dict[str, Summary]:
-        """Per metric measured in every repeat: mean, sd, CV and 95% CI over the repeats (empty for one run)."""
+        """Per metric measured in every repeat: mean, sd, CV and 95% CI over the repeats (empty for one run);
+        computed once (gating, results.json, JUnit and the report all read it)."""
         if len(self.runs) < 2:
             return {}
         common = set.intersection(*(set(run) for run in self.runs))
