@@ -4,7 +4,7 @@ The order is the one of the role fixtures (README: Bring-up, teardown and failur
 transfer prechecks -> containers -> prefill and decode (started together, waited on together) ->
 router -> /readiness -> each prefill's bootstrap address reached from each decode's node -> a smoke request
 through the router that must cross prefill -> decode (``timeouts.smoke_s``) -> a payload through the KV engine
-per prefill -> decode pair (simulator; GB/s gated by ``kv_transfer.min_gbps``).
+per prefill -> decode pair, inside the workers' containers (GB/s gated by ``kv_transfer.min_gbps``).
 Every wait watches every process started so far: one that exits fails the wait at once with its
 role, node, exit code and log tail. Teardown stops in reverse order and collects every log into
 ``<run_dir>/logs/<node>/<role>-<i>.log`` first.
@@ -26,7 +26,7 @@ import requests
 
 from . import hosts as hosts_mod
 from . import plan as plan_mod
-from . import pd_path, prom, redact, releases, sse
+from . import kv_transfer, pd_path, prom, redact, releases, sse
 from .config import ClusterConfig
 from .facts import ClusterFacts
 from .plan import Deployment, ProcessSpec
@@ -491,8 +491,7 @@ class LiveCluster:
                                + _indent(unreachable, "  ") + "\n" + self._explained())
         with self._stage("bring-up", "smoke requests through the router (KV handoff prefill -> decode)"):
             moved = self._smoke()
-        if self.simulated:
-            self.check_kv_pairs()
+        self.check_kv_pairs()
         return moved
 
     def _host_of(self, spec: ProcessSpec) -> hosts_mod.Host:
@@ -502,9 +501,11 @@ class LiveCluster:
     def check_kv_pairs(self) -> dict[str, float | None]:
         """Each prefill -> decode pair moves a payload through the configured engine; its GB/s recorded, and a
         pair that moves nothing or less than ``kv_transfer.min_gbps`` fails before any benchmark runs."""
-        kv = self.cfg.kv_transfer
+        kv, dep = self.cfg.kv_transfer, self.deployment
         with self._stage("bring-up", f"KV transfer ({kv.backend}) per prefill -> decode pair"):
-            pairs = pd_path.measure_pairs(self.deployment, kv.backend, self._host_of)
+            all_of(lambda node: self.hosts[node].put(Path(kv_transfer.__file__), pd_path.pair_script(dep)),
+                   plan_mod.worker_nodes(dep))
+            pairs = pd_path.measure_pairs(dep, kv.backend, self._host_of, kv.ib_devices)
         self.kv_pairs_gbps = {f"{p.prefill.key} -> {p.decode.key}": p.gbps for p in pairs}
         for p in pairs:
             self.say(f"  {p.name}: {'-' if p.gbps is None else f'{p.gbps:g} GB/s'}", 1)

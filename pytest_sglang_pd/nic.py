@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-IB_SYSFS = "/sys/class/infiniband"  # one folder per RDMA device
+from .kv_transfer import IB_SYSFS  # one folder per RDMA device
 _LIB = "/usr/lib/x86_64-linux-gnu"
 
 

@@ -7,19 +7,20 @@ from pathlib import Path
 from .. import prom
 from ..config import InferenceCase
 from . import builtin, pd_metrics, sglang_tools
-from .builtin import Progress
+from .builtin import Progress, Streamed
 from .result import BenchResult, RequestRecord, combine
 from .sglang_tools import BenchToolError
 from .target import BenchTarget
 
-__all__ = ["BenchResult", "BenchTarget", "BenchToolError", "Progress", "RequestRecord", "combine", "run_benchmark"]
+__all__ = ["BenchResult", "BenchTarget", "BenchToolError", "Progress", "RequestRecord", "Streamed", "combine", "run_benchmark"]
 
 
 def run_benchmark(target: BenchTarget, case: InferenceCase, *, timeout_s: float, artifacts_dir: Path,
-                  progress: Progress | None = None) -> BenchResult:
+                  progress: Progress | None = None, streamed: Streamed | None = None) -> BenchResult:
     """Run ``case`` against ``target`` with the tool its test names (bench_client builtin | sglang), then add what
     the workers' and the router's metrics say of the PD path (``pd_metrics``). It stops as soon as the cluster watch
-    finds the target broken (``target.broken``)."""
+    finds the target broken (``target.broken``). ``streamed`` is told the output tokens as the client receives them
+(the builtin client; SGLang's tools report nothing until they end)."""
     test = case.test
     nic_counters = getattr(target, "nic_error_counters", dict)  # RDMA port error counters (real clusters)
     router_url = getattr(target, "router_metrics_url", None)
@@ -31,7 +32,7 @@ def run_benchmark(target: BenchTarget, case: InferenceCase, *, timeout_s: float,
     router_before = prom.router_metrics(router_url) if router_url else None
     if test.bench_client == "builtin":
         result = builtin.run(target.router_url, test, case.concurrency, timeout_s=timeout_s, progress=progress,
-                             stop=lambda: target.broken is not None)
+                             stop=lambda: target.broken is not None, streamed=streamed)
     else:
         result = sglang_tools.run(target, test, case.concurrency, timeout_s=timeout_s, artifacts_dir=artifacts_dir)
     result.router = target.router_version

@@ -19,6 +19,7 @@ from .result import TRUNCATED, BenchResult, RequestRecord, aggregate, first_erro
 from .workloads import INVALID_ANSWER, Prompt, answer_value, prompts_for
 
 Progress = Callable[[int, int, float], None]  # (completed or failed so far, total, elapsed seconds)
+Streamed = Callable[[int], None]  # told the output tokens each stream delivered, as they arrive
 Stop = Callable[[], bool]  # true once the benchmark must end now (the cluster watch found a cause)
 STOP_POLL_S = 0.5
 ERROR_BODY_CHARS = 300
@@ -30,7 +31,8 @@ def _abort_message(finish_reason: object) -> str | None:
     return None
 
 
-async def send_request(session: aiohttp.ClientSession, url: str, prompt: Prompt) -> RequestRecord:
+async def send_request(session: aiohttp.ClientSession, url: str, prompt: Prompt,
+                       streamed: Streamed | None = None) -> RequestRecord:
     """One streamed /generate; TTFT at the first chunk with text, ITL spread over the new tokens of
     each later chunk, token counts from the server's meta_info. A stream cut short (its connection closed
     or reset before ``[DONE]``) is a failed request whose error says so (``result.TRUNCATED``)."""
@@ -39,7 +41,7 @@ async def send_request(session: aiohttp.ClientSession, url: str, prompt: Prompt)
         sampling["stop"] = list(prompt.stop)
     body = {"text": prompt.text, "sampling_params": sampling, "stream": True}
     record = RequestRecord(success=False, start_s=time.perf_counter())
-    stream = _Stream(record, record.start_s)
+    stream = _Stream(record, record.start_s, streamed)
     try:
         async with session.post(f"{url}/generate", json=body) as resp:
             if resp.status != 200:
@@ -82,8 +84,8 @@ def _truncated(url: str, tokens: int, cause: str) -> str:
 class _Stream:
     """What one request's stream has delivered so far: meta_info, tokens, timings, its ``[DONE]``."""
 
-    def __init__(self, record: RequestRecord, start: float) -> None:
-        self.record, self.start, self.last_time = record, start, start
+    def __init__(self, record: RequestRecord, start: float, streamed: Streamed | None = None) -> None:
+        self.record, self.start, self.last_time, self.streamed = record, start, start, streamed
         self.tokens, self.meta, self.done = 0, {}, False
 
     def take(self, events: list[bytes]) -> bool:
@@ -110,13 +112,15 @@ class _Stream:
                 record.itl_s.extend([(now - self.last_time) / new_tokens] * new_tokens)
             else:
                 continue
+            if self.streamed is not None and tokens > self.tokens:
+                self.streamed(tokens - self.tokens)
             self.last_time, self.tokens = now, tokens
         return True
 
 
 async def _run_all(url: str, prompts: list[Prompt], concurrency: int, request_rate: float, seed: int,
-                   warmup: int, timeout_s: float, progress: Progress | None,
-                   stop: Stop) -> tuple[list[RequestRecord], float, list[str]]:
+                   warmup: int, timeout_s: float, progress: Progress | None, stop: Stop,
+                   streamed: Streamed | None) -> tuple[list[RequestRecord], float, list[str]]:
     timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=30)
     warnings: list[str] = []
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -134,7 +138,7 @@ async def _run_all(url: str, prompts: list[Prompt], concurrency: int, request_ra
         async def one(index: int, prompt: Prompt) -> None:
             nonlocal done
             async with limit:
-                records[index] = await send_request(session, url, prompt)
+                records[index] = await send_request(session, url, prompt, streamed)
             done += 1
             if progress is not None:
                 progress(done, len(prompts), time.perf_counter() - start)
@@ -159,12 +163,14 @@ async def _run_all(url: str, prompts: list[Prompt], concurrency: int, request_ra
 
 
 def run(router_url: str, test: InferenceTest, concurrency: int, *, timeout_s: float,
-        progress: Progress | None = None, stop: Stop = lambda: False) -> BenchResult:
-    """Run ``test`` at ``concurrency`` against ``router_url``; gsm8k-shaped tests also score answers."""
+        progress: Progress | None = None, stop: Stop = lambda: False, streamed: Streamed | None = None) -> BenchResult:
+    """Run ``test`` at ``concurrency`` against ``router_url``; gsm8k-shaped tests also score answers; ``streamed`` is
+    told the output tokens as they arrive (the cluster watch's progress)."""
     prompts = prompts_for(test)
     url = router_url.rstrip("/")
     records, duration, warnings = asyncio.run(_run_all(
-        url, prompts, concurrency, test.request_rate, test.seed, test.warmup_requests, timeout_s, progress, stop))
+        url, prompts, concurrency, test.request_rate, test.seed, test.warmup_requests, timeout_s, progress, stop,
+        streamed))
     metrics, totals = aggregate(records, duration)
     metrics.update(steady_state.figures(records, test.steady_state_ratio))
     if test.kind == "gsm8k":
