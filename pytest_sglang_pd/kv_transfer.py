@@ -382,13 +382,16 @@ def _import_nixl() -> Any:
         # UCX's InfiniBand module pulls in a second libnl copy whose destructor segfaults at exit.
         log.info("nixl: no RDMA device in %s -> UCX_MODULES=^ib (UCX without its InfiniBand module)", IB_SYSFS)
         os.environ["UCX_MODULES"] = "^ib"
-    try:
-        from nixl_cu12 import _api
-    except ImportError as error:
-        raise EngineUnavailable(
-            "nixl",
-            f"{error}; install it with `pip install --no-deps nixl-cu12 numpy` (its torch dependency is not needed)",
-        ) from error
+    try:  # what SGLang imports (the `nixl` package of its images), else the CUDA 12 wheel itself
+        from nixl import _api
+    except ImportError:
+        try:
+            from nixl_cu12 import _api
+        except ImportError as error:
+            raise EngineUnavailable(
+                "nixl",
+                f"{error}; install it with `pip install --no-deps nixl-cu12 numpy` (its torch dependency is not needed)",
+            ) from error
     return _api
 
 
