@@ -116,16 +116,26 @@ def test_cross_field_checks(tmp_path):
     assert "the suite cannot measure 'p42_ttft_ms'" in text
 
 
-def test_two_prefill_instances_on_one_node_get_distinct_ports(tmp_path):
+def test_two_prefill_instances_on_one_node_get_distinct_ports_and_gpus(tmp_path):
     data = raw("local-sim.json")
-    data["config"]["prefill_node_list"] = ["127.0.0.1", "127.0.0.1"]
     data["config"]["decode_serv_port"] = "31001"
-    data["config"]["nnodes"] = "3"
+    data["benchmark_params"]["llama-8b"]["prefill"] = {"instances_per_node": "2"}
     cfg = config.from_dict(data)
     from pytest_sglang_pd.plan import instances
 
-    got = [(i.head, i.port, i.bootstrap_port) for i in instances(cfg, "prefill")]
-    assert got == [("127.0.0.1", 30001, 8998), ("127.0.0.1", 30002, 8999)]
+    got = [(i.head, i.port, i.bootstrap_port, i.members[0].gpus) for i in instances(cfg, cfg.models[0], "prefill")]
+    assert got == [("127.0.0.1", 30001, 8998, (0,)), ("127.0.0.1", 30002, 8999, (1,))]
+    assert instances(cfg, cfg.models[0], "decode")[0].members[0].gpus == (2,)  # the node's GPUs after the prefills'
+
+
+def test_a_node_listed_twice_in_a_role_points_at_instances_per_node(tmp_path):
+    data = raw("local-sim.json")
+    data["config"]["prefill_node_list"] = ["127.0.0.1", "127.0.0.1"]
+    data["config"]["nnodes"] = "3"
+    found = {p.path: p.message for p in problems_of(tmp_path, data)}
+    assert found["$.config.prefill_node_list[1]"] == (
+        "node 127.0.0.1 is listed again (first at [0]): list it once and set "
+        "benchmark_params.<model>.prefill.instances_per_node for several instances on one node")
 
 
 def test_model_and_test_ids_must_be_usable_in_test_ids(tmp_path):
@@ -351,17 +361,52 @@ def test_schema_and_cross_field_problems_of_one_file_are_listed_in_one_run(tmp_p
     assert "does not fit gpus_per_node 8" in found['$.benchmark_params["llama-70b"].tensor_parallelism']
 
 
-def test_a_node_listed_twice_needs_the_gpus_of_both_instances(tmp_path):
+def test_a_node_shared_by_both_roles_needs_the_gpus_of_all_its_instances(tmp_path):
     data = raw("mi35x-example.json")
     data["config"]["decode_node_list"] = ["mi35x-node03", "mi35x-node01"]  # node01 is a prefill node too
     data["config"]["nnodes"] = "4"
     found = {p.path: p.message for p in problems_of(tmp_path, data)}
-    assert found["$.config.decode_node_list[1]"] == ("node mi35x-node01 is listed again: 2 instances there need 16 "
-                                                     "GPUs (llama-70b tensor_parallelism 8, deepseek-r1 "
-                                                     "tensor_parallelism 8), gpus_per_node is 8")
+    assert found["$.config.decode_node_list[1]"] == (
+        "node mi35x-node01: the instances there need more GPUs than gpus_per_node 8: llama-70b 16 (prefill 1 x 8 "
+        "GPUs + decode 1 x 8 GPUs); deepseek-r1 16 (prefill 1 x 8 GPUs + decode 1 x 8 GPUs)")
     for model in data["benchmark_params"].values():
         model["tensor_parallelism"] = "4"  # two TP4 instances fit one 8-GPU node
     config.from_dict(data)
+
+
+def test_the_gpu_budget_counts_instances_per_node_and_dp_replicas(tmp_path):
+    data = raw("mi35x-example.json")
+    model = data["benchmark_params"]["llama-70b"]
+    model["prefill"] = {"tensor_parallelism": "4", "instances_per_node": "3"}
+    model["decode"] = {"tensor_parallelism": "2", "dp_size": "8"}  # 8 plain DP replicas of TP2: 16 GPUs
+    found = {p.path: p.message for p in problems_of(tmp_path, data)}
+    assert found["$.config.prefill_node_list[0]"] == ("node mi35x-node01: the instances there need more GPUs than "
+                                                      "gpus_per_node 8: llama-70b 12 (prefill 3 x 4 GPUs)")
+    assert found['$.benchmark_params["llama-70b"].decode.tensor_parallelism'] == (
+        "TP2 x 8 DP replicas = 16 GPUs per decode instance do not fit gpus_per_node 8")
+
+
+def test_dp_attention_must_split_the_tp_group(tmp_path):
+    data = raw("mi35x-example.json")
+    data["benchmark_params"]["llama-70b"]["decode"] = {"dp_size": "3", "dp_attention": True}
+    data["benchmark_params"]["deepseek-r1"]["dp_attention"] = "true"
+    found = {p.path: p.message for p in problems_of(tmp_path, data)}
+    assert found['$.benchmark_params["llama-70b"].decode.dp_size'] == (
+        "3 does not divide the decode instance's TP size 8: SGLang requires tp_size divisible by attn_dp_size")
+    assert found['$.benchmark_params["deepseek-r1"].dp_attention'] == "DP attention needs dp_size >= 2, dp_size is 1"
+
+
+def test_role_sections_default_to_the_models_keys():
+    data = raw("mi35x-example.json")
+    model = data["benchmark_params"]["deepseek-r1"]
+    model.update(dp_attention="8", load_balance_method="round_robin")
+    model["prefill"] = {"tensor_parallelism": "4", "instances_per_node": "2", "dp_size": "2"}
+    m = config.from_dict(data).model("deepseek-r1")
+    assert m.layout("decode") == config.Layout("decode", 8, 1, 8, True, "round_robin")  # the earlier integer form
+    assert m.layout("prefill") == config.Layout("prefill", 4, 2, 2, True, "round_robin")
+    assert m.layout("prefill").gpus == 4  # DP attention splits the TP group
+    replicas = config.resolve("prefill", config.RoleSettings(tensor_parallelism=2, dp_attention=False), m)
+    assert (replicas.dp_size, replicas.dp_attention, replicas.gpus) == (8, False, 16)  # plain DP: 8 replicas of TP2
 
 
 def test_a_throughput_limit_that_littles_law_rules_out_is_a_warning_naming_both_figures():

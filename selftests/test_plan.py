@@ -130,10 +130,10 @@ def test_every_router_argv_is_accepted_by_the_installed_sglang_router(name, layo
         assert argv[1:3] == ("-m", "sglang_router.launch_router")
         args = parse_router_args(list(argv[3:]))
         assert args.pd_disaggregation
-        prefills = plan.instances(cfg, "prefill")
+        prefills = plan.instances(cfg, cfg.model(model), "prefill")
         assert [u for u, _ in args.prefill_urls] == [f"http://{i.head}:{i.port}" for i in prefills]
         assert [p for _, p in args.prefill_urls] == [i.bootstrap_port for i in prefills]
-        assert len(args.decode_urls) == len(plan.instances(cfg, "decode"))
+        assert len(args.decode_urls) == len(plan.instances(cfg, cfg.model(model), "decode"))
 
 
 def test_bench_commands_for_the_sglang_tools():
