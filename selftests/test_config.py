@@ -457,3 +457,43 @@ def test_sim_faults_of_the_wrong_shape_say_the_shape(tmp_path):
     found = {p.path: p.message for p in problems_of(tmp_path, data)}
     assert found["$.config.sim.faults"] == ('expected an object of role (prefill, decode) or process (prefill_0) -> '
                                             'list of fault specs, such as {"decode": ["slow=2"]}, got ["slow=2"]')
+
+
+SEED_MOONCAKE_JSON = {"local_hostname": "10.239.129.9", "metadata_server": "10.239.129.81:2379", "protocol": "tcp",
+                      "device_name": "mlx5_0,mlx5_3", "master_server_address": "10.239.129.81:50051"}
+
+
+def test_a_seed_mooncake_json_is_translated_and_its_servers_reported_as_unused_by_sglangs_pd_path(tmp_path):
+    from pytest_sglang_pd import plan
+
+    (tmp_path / "mooncake.json").write_text(json.dumps(SEED_MOONCAKE_JSON))
+    data = raw("local-sim.json")
+    data["config"]["kv_transfer"]["mooncake"] = {"mooncake_json": "mooncake.json", "gid_index": "3"}
+    cfg = config.load(write(tmp_path, data))  # the path is read beside the config file
+    assert cfg.kv_transfer.ib_devices == ("mlx5_0", "mlx5_3") and cfg.kv_transfer.mooncake.protocol == "tcp"
+    warnings = {w.path: w.message for w in cfg.warnings}
+    base = "$.config.kv_transfer.mooncake.mooncake_json"
+    for name in ("metadata_server", "master_server_address"):
+        assert warnings[f"{base}.{name}"].startswith(f"{SEED_MOONCAKE_JSON[name]!r} is not used by SGLang's PD path: "
+                                                     "sglang 0.5.23 initialises its PD Mooncake engine with the "
+                                                     "hard-coded P2PHANDSHAKE")
+    assert "SGLANG_HOST_IP" in warnings[f"{base}.local_hostname"]
+    worker = plan.plan(cfg, "llama-8b", run_id="r").role("prefill")[0]
+    assert {k: worker.env[k] for k in ("MOONCAKE_PROTOCOL", "MC_FORCE_TCP", "MC_GID_INDEX")} == {
+        "MOONCAKE_PROTOCOL": "tcp", "MC_FORCE_TCP": "1", "MC_GID_INDEX": "3"}
+    assert worker.argv[worker.argv.index("--disaggregation-ib-device") + 1] == "mlx5_0,mlx5_3"
+    data["config"]["kv_transfer"]["mooncake"] = {"mooncake_json": {**SEED_MOONCAKE_JSON, "protocol": "rdma"},
+                                                 "protocol": "tcp"}  # inline; the config's own key wins
+    assert config.from_dict(data).kv_transfer.mooncake.protocol == "tcp"
+
+
+def test_a_broken_mooncake_json_or_device_map_is_a_problem_at_its_path(tmp_path):
+    data = raw("local-sim.json")
+    data["config"]["kv_transfer"]["mooncake"] = {"mooncake_json": {"protocol": "efa2"}, "device_map": {"gpu0": "x"}}
+    found = {p.path: p.message for p in problems_of(tmp_path, data)}
+    assert found["$.config.kv_transfer.mooncake.mooncake_json.protocol"] == '"efa2" is not one of "rdma", "tcp"'
+    assert found["$.config.kv_transfer.mooncake.device_map.gpu0"] == "key 'gpu0' is not a GPU id (0, 1, ...)"
+    data["config"]["kv_transfer"]["mooncake"] = {"mooncake_json": "no-such-mooncake.json"}
+    found = {p.path: p.message for p in problems_of(tmp_path, data)}
+    assert found["$.config.kv_transfer.mooncake.mooncake_json"].endswith("no-such-mooncake.json: cannot be read "
+                                                                         "(No such file or directory)")
