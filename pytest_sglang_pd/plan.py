@@ -15,7 +15,7 @@ from typing import Mapping
 from . import config as config_mod
 from . import nic, releases
 from .nic import IB_SYSFS
-from .config import ROLES, ClusterConfig, InferenceTest, Layout, ModelConfig, Problem
+from .config import ROLES, SYSFS, ClusterConfig, InferenceTest, Layout, ModelConfig, Problem
 from .textgen.tokenizer import tokenizer_dir
 
 @dataclass(frozen=True)
@@ -271,7 +271,7 @@ def plan_problems(cfg: ClusterConfig) -> list[Problem]:
 
 def _device_map_problems(cfg: ClusterConfig, model: ModelConfig) -> list[Problem]:
     device_map = cfg.kv_transfer.mooncake.device_map
-    if not device_map or cfg.kv_transfer.backend != "mooncake":
+    if not device_map or device_map == SYSFS or cfg.kv_transfer.backend != "mooncake":
         return []
     out = []
     for insts in _instances(cfg, model).values():
@@ -346,12 +346,19 @@ def kv_env(cfg: ClusterConfig) -> dict[str, str]:
 IB_DEVICE_BACKENDS = ("mooncake", "mori")  # the backends --disaggregation-ib-device is passed to
 
 
+def nic_map_path(cfg: ClusterConfig, node: str) -> str:
+    """Where a node's GPU -> NIC map from sysfs is written (the log folder: mounted into its containers)."""
+    return f"{cfg.log_dir.rstrip('/')}/ib-devices-{node}.json"
+
+
 def member_nics(cfg: ClusterConfig, member: _Member) -> tuple[tuple[str, ...], str | None]:
     """(the NICs a member's GPUs use, its --disaggregation-ib-device value or None). With a device map: the map's
     entries of its own GPUs, as SGLang's per-GPU JSON form; else the shared list (every NIC for every GPU)."""
     kv = cfg.kv_transfer
     if kv.backend not in IB_DEVICE_BACKENDS:
         return (), None
+    if kv.mooncake.device_map == SYSFS and kv.backend == "mooncake":
+        return (), nic_map_path(cfg, member.node)
     if kv.mooncake.device_map and kv.backend == "mooncake":
         entries = {str(g): kv.mooncake.device_map.get(str(g), "") for g in member.gpus}
         nics = tuple(dict.fromkeys(n.strip() for v in entries.values() for n in v.split(",") if n.strip()))
@@ -640,6 +647,12 @@ def prechecks(cfg: ClusterConfig, dep: Deployment) -> tuple[Precheck, ...]:
                                 ("sh", "-c", _ALL_EXIST, "sh", *(f"{IB_SYSFS}/{d}" for d in nics)),
                                 f"RDMA devices present: {', '.join(nics)}",
                                 f"node {node}: RDMA device(s) not in {IB_SYSFS} ({key})"))
+        if kv.mooncake.device_map == SYSFS and kv.backend == "mooncake":
+            path = nic_map_path(cfg, node)
+            out.append(Precheck(node, "nic_map", nic.sysfs_map_argv(path),
+                                f"GPU -> NIC map from the PCIe topology written to {path}",
+                                f"node {node}: no GPU -> NIC map from sysfs ($.config.kv_transfer.mooncake.device_map "
+                                "\"sysfs\"); name the NICs of each GPU there instead"))
         if kv.mooncake.hugepages and kv.backend in ("mooncake", "mooncake_tcp"):
             want = kv.mooncake.hugepages
             out.append(Precheck(node, "hugepages", ("sh", "-c", _HUGEPAGES, "sh", str(want)),

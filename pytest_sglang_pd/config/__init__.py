@@ -24,8 +24,8 @@ from .. import metrics, nic
 from .keys import (ARGS, BOOL_OR_INT, CSV, INT, INT_OR_LIST, LIST_MAP, NODES, NUMBER, OBJECT, PERCENT, RATE, RELEASE, STRING,
                    STRING_MAP, TEXT, Key, Problem, choice, count, json_path, key, port, read, to_float, to_percent)
 from . import keys as keys_mod
-from .layout import (LOAD_BALANCE_METHODS, ROLES, Layout, MooncakeSettings, RoleSettings, device_map_problems,
-                     layout_problems, read_mooncake_json, resolve, translate_mooncake_json)
+from .layout import (LOAD_BALANCE_METHODS, ROLES, SYSFS, Layout, MooncakeSettings, RoleSettings,
+                     device_map_problems, layout_problems, read_mooncake_json, resolve, translate_mooncake_json)
 
 PLACEHOLDER = "<changeme>"
 USER_TOKEN = "{user-id}"

@@ -93,6 +93,10 @@ def key_path(model_path: str, role: str, section: RoleSettings, name: str) -> st
 
 
 # --------------------------------------------------------------------------------------- Mooncake
+SYSFS = "sysfs"  # device_map: each node's GPU -> NIC map from its PCIe topology (nic.SYSFS_MAP_PROGRAM)
+DEVICE_MAP = Kind("object of strings, or \"sysfs\"", {"anyOf": [STRING_MAP.schema, {"enum": [SYSFS]}]},
+                  lambda v: v if v == SYSFS else STRING_MAP.convert(v),
+                  'an object of GPU id -> NIC names (such as {"0": "mlx5_0"}), or "sysfs"')
 MOONCAKE_JSON = Kind("object or path", {"anyOf": [{"type": "object"}, {"type": "string", "minLength": 1}]},
                      lambda v: v, "a mooncake.json object, or the path of one (relative to the config file)")
 MOONCAKE_JSON_KEYS = ("local_hostname", "metadata_server", "protocol", "device_name", "master_server_address")
@@ -105,10 +109,12 @@ _PD_ENGINE = ("sglang 0.5.23 initialises its PD Mooncake engine with the hard-co
 class MooncakeSettings:
     protocol: str | None = key("protocol", None, choice("rdma", "tcp"), "the workers' MOONCAKE_PROTOCOL; tcp also "
                                "sets MC_FORCE_TCP=1", default_doc="mooncake_json's protocol, else SGLang's rdma")
-    device_map: Mapping[str, str] = key("device_map", {}, STRING_MAP, "physical GPU id -> its NIC(s) (\"mlx5_0\" or "
-                                        "\"mlx5_0,mlx5_1\"): each instance gets the entries of its own GPUs as "
-                                        "--disaggregation-ib-device's per-GPU JSON map; its NICs are checked on the "
-                                        "node before start", default_doc="kv_transfer.ib_devices, shared by all GPUs")
+    device_map: Mapping[str, str] | str = key("device_map", {}, DEVICE_MAP, "physical GPU id -> its NIC(s) "
+                                              "(\"mlx5_0\" or \"mlx5_0,mlx5_1\"): each instance gets the entries of "
+                                              "its own GPUs as --disaggregation-ib-device's per-GPU JSON map, its NICs "
+                                              "checked on the node before start; \"sysfs\": each node's map is "
+                                              "written from its PCIe topology at precheck time and passed as a file",
+                                              default_doc="kv_transfer.ib_devices, shared by all GPUs")
     gid_index: int | None = key("gid_index", None, INT, "the workers' MC_GID_INDEX", minimum=0,
                                 default_doc="nccl_ib_gid_index, else the nic_type's")
     env: Mapping[str, str] = key("env", {}, STRING_MAP, "more environment of every Mooncake worker (MC_*)")
@@ -162,9 +168,11 @@ def translate_mooncake_json(data: Mapping, path: str) -> tuple[dict[str, Any], l
     return values, problems, warnings
 
 
-def device_map_problems(device_map: Mapping[str, str], path: str) -> list[Problem]:
+def device_map_problems(device_map: Mapping[str, str] | str, path: str) -> list[Problem]:
     """Keys must be GPU ids (what SGLang's parse_ib_device_config accepts), values NIC names."""
-    out = []
+    out: list[Problem] = []
+    if device_map == SYSFS:
+        return out
     for gpu, nics in device_map.items():
         if not str(gpu).isdigit():
             out.append(Problem(json_path(path, gpu), f"key {gpu!r} is not a GPU id (0, 1, ...)"))
