@@ -265,8 +265,24 @@ def plan_problems(cfg: ClusterConfig) -> list[Problem]:
             where = f"port {taken[0]}" if len(taken) == 1 else f"ports {', '.join(map(str, taken))}"
             problems.append(Problem("$.config", f"{where} on node {node} {'is' if len(taken) == 1 else 'are'} used by "
                                                 f"{len(users)} services: {', '.join(users)}"))
-        problems += _device_map_problems(cfg, model)
+        problems += _device_map_problems(cfg, model) + _release_problems(cfg, model)
     return list(dict.fromkeys(problems))
+
+
+def _release_problems(cfg: ClusterConfig, model: ModelConfig) -> list[Problem]:
+    """A load-balance method the config's release (else the default) does not have. A release probed later that
+    lacks it refuses it in its own parser, told in the worker's log tail."""
+    release = cfg.sglang_version or releases.DEFAULT
+    methods = releases.load_balance_methods(release)
+    out = []
+    for role in ROLES:
+        method = model.layout(role).load_balance_method
+        if method and method not in methods:
+            out.append(Problem(config_mod.key_path(config_mod.json_path("$.benchmark_params", model.id), role,
+                                                   getattr(model, role), "load_balance_method"),
+                               f"{method!r} is not a --load-balance-method of sglang {release} (it has "
+                               f"{', '.join(methods)})"))
+    return out
 
 
 def _device_map_problems(cfg: ClusterConfig, model: ModelConfig) -> list[Problem]:

@@ -321,3 +321,20 @@ def test_the_hugepages_precheck_reads_this_hosts_meminfo_and_names_value_and_lim
                           f"({have + 1}) in /proc/meminfo HugePages_Total")
     if have:
         assert check(have)[1].returncode == 0
+
+
+def test_a_load_balance_method_is_planned_only_when_configured_and_in_the_planned_releases_choices():
+    data = raw("pd-dp16-example.json")
+    cfg = config.from_dict(data, user="sgl")
+    assert not any("--load-balance-method" in p.argv for p in plan.plan(cfg, "deepseek-r1", run_id="r").processes)
+    data["benchmark_params"]["deepseek-r1"]["decode"]["load_balance_method"] = "follow_bootstrap_room"
+    dep = plan.plan(config.from_dict(data, user="sgl"), "deepseek-r1", run_id="r")
+    assert [p.argv[p.argv.index("--load-balance-method") + 1] for p in dep.role("decode")] == [
+        "follow_bootstrap_room"] * 2
+    assert "--load-balance-method" not in dep.role("prefill")[0].argv
+    data["config"]["sglang_version"] = "0.5.7"
+    with pytest.raises(config.ConfigError) as info:
+        config.from_dict(data, user="sgl", checks=(plan.plan_problems,))
+    assert [str(p) for p in info.value.problems] == [
+        "$.benchmark_params[\"deepseek-r1\"].decode.load_balance_method: 'follow_bootstrap_room' is not a "
+        "--load-balance-method of sglang 0.5.7 (it has round_robin, decode_round_robin, shortest_queue, minimum_tokens)"]

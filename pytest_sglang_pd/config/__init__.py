@@ -24,8 +24,8 @@ from .. import metrics, nic
 from .keys import (ARGS, BOOL_OR_INT, CSV, INT, INT_OR_LIST, LIST_MAP, NODES, NUMBER, OBJECT, PERCENT, RATE, RELEASE, STRING,
                    STRING_MAP, TEXT, Key, Problem, choice, count, json_path, key, port, read, to_float, to_percent)
 from . import keys as keys_mod
-from .layout import (LOAD_BALANCE_METHODS, ROLES, SYSFS, Layout, MooncakeSettings, RoleSettings,
-                     device_map_problems, layout_problems, read_mooncake_json, resolve, translate_mooncake_json)
+from .layout import (LOAD_BALANCE_METHODS, ROLES, SYSFS, Layout, MooncakeSettings, RoleSettings, device_map_problems,
+                     key_path, layout_problems, read_mooncake_json, resolve, translate_mooncake_json)
 
 PLACEHOLDER = "<changeme>"
 USER_TOKEN = "{user-id}"
@@ -150,7 +150,8 @@ class ModelConfig:
                                           "--enable-dp-attention (0.5.7); an integer N: dp_size N with DP attention",
                                           minimum=1, default_doc="false")
     load_balance_method: str | None = key("load_balance_method", None, choice(*LOAD_BALANCE_METHODS),
-                                          f"{WORKER_ARGV} --load-balance-method (which DP rank takes a request)",
+                                          f"{WORKER_ARGV} --load-balance-method (which DP rank takes a request; "
+                                          "the choices of the planned release)",
                                           default_doc="unset: SGLang's auto (follow_bootstrap_room on a prefill, "
                                           "round_robin on a decode)")
     prefill: RoleSettings = key("prefill", section=RoleSettings)

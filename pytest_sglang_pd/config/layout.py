@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from .. import releases
 from .keys import BOOL_OR_INT, INT, OBJECT, STRING_MAP, Kind, Problem, choice, count, json_path, key
 
 ROLES = ("prefill", "decode")
-# sglang 0.5.23 --load-balance-method's choices (srt/arg_groups/fields/parallel.py); auto resolves to
-# follow_bootstrap_room on a PD prefill and round_robin on a decode (srt/arg_groups/serving_hook.py)
-LOAD_BALANCE_METHODS = ("auto", "round_robin", "follow_bootstrap_room", "total_requests", "total_tokens")
+# --load-balance-method's choices in any known release (the plan checks them against the planned release)
+LOAD_BALANCE_METHODS = tuple(dict.fromkeys(m for methods in releases.LOAD_BALANCE_METHODS.values() for m in methods))
 _WORKER = "worker argv"
 
 
@@ -39,7 +39,8 @@ class RoleSettings:
                                           "--enable-dp-attention); an integer N: dp_size N with DP attention",
                                           minimum=1, default_doc="the model's dp_attention")
     load_balance_method: str | None = key("load_balance_method", None, choice(*LOAD_BALANCE_METHODS),
-                                          f"{_WORKER} --load-balance-method (the DP rank of a request)",
+                                          f"{_WORKER} --load-balance-method (the DP rank of a request; "
+                                          "the choices of the planned release)",
                                           default_doc="the model's; unset: SGLang's auto")
 
 
