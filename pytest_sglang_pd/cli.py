@@ -51,6 +51,11 @@ def gpu_range(gpus: tuple[int, ...]) -> str:
 def deployment_text(dep: plan_mod.Deployment) -> str:
     lines = [f"model {dep.model.id} ({dep.model.model}): engine {dep.engine}, runtime {dep.runtime}, "
              f"kv {dep.kv_backend}, router {dep.router_url}, planned for sglang {dep.sglang_version}"]
+    for role in ("prefill", "decode"):
+        procs = dep.role(role)
+        spans = any(p.node_rank for p in procs)
+        lines.append(f"  layout {role}: {dep.model.layout(role).describe()} on "
+                     f"{', '.join(dict.fromkeys(p.node for p in procs))}" + (" (one instance over them)" if spans else ""))
     lines += [f"  test {t.name}: {concurrency_text(t)}" for t in dep.model.tests]
     containers = {c.key: c for c in dep.containers}
     for p in (*dep.processes, *dep.bench):

@@ -78,8 +78,9 @@ class Precheck:
     """A command run on a node before anything starts; exit status 0 means the node passes.
 
     ``kind`` groups the checks ("devices": the GPUs the containers get; "nic": the nic_type's verbs
-    provider on the host; "kv_transfer": RDMA devices, the engine loading, side services); ``passed`` / ``failed`` say what either outcome means, the
-    failure with the config key that set it up.
+    provider on the host; "kv_transfer": RDMA devices, the engine loading, side services; "nic_map": the GPU -> NIC
+    map written from sysfs; "hugepages": the host's huge pages); ``passed`` / ``failed`` say what either outcome
+    means, the failure with the config key that set it up.
     """
 
     node: str

@@ -67,10 +67,9 @@ class Layout:
         return 10 if self.dp_attention and self.dp_size > 1 else 1
 
     def describe(self) -> str:
-        dp = ""
-        if self.dp_size > 1:
-            dp = f", {'DP attention' if self.dp_attention else 'DP'} {self.dp_size}"
-        return f"{self.instances_per_node} x TP{self.tensor_parallelism}{dp} per node"
+        """E.g. ``2 x TP4 per node`` or ``1 x TP8 per node, DP attention 16``."""
+        dp = f", {'DP attention' if self.dp_attention else 'DP replicas'} {self.dp_size}" if self.dp_size > 1 else ""
+        return f"{self.instances_per_node} x TP{self.tensor_parallelism} per node{dp}"
 
 
 def resolve(role: str, section: RoleSettings, model: Any) -> Layout:
