@@ -485,6 +485,9 @@ def test_a_seed_mooncake_json_is_translated_and_its_servers_reported_as_unused_b
     data["config"]["kv_transfer"]["mooncake"] = {"mooncake_json": {**SEED_MOONCAKE_JSON, "protocol": "rdma"},
                                                  "protocol": "tcp"}  # inline; the config's own key wins
     assert config.from_dict(data).kv_transfer.mooncake.protocol == "tcp"
+    data["config"]["kv_transfer"]["backend"] = "nixl"
+    assert "$.config.kv_transfer.mooncake: is set, but kv_transfer.backend is 'nixl': not used" in map(
+        str, config.from_dict(data).warnings)
 
 
 def test_a_broken_mooncake_json_or_device_map_is_a_problem_at_its_path(tmp_path):

@@ -594,12 +594,15 @@ def _kv_transfer(values: dict, c: Mapping, source: str,
     path = "$.config.kv_transfer.mooncake"
     problems += device_map_problems(kv.mooncake.device_map, f"{path}.device_map")
     warnings: list[Problem] = []
+    if raw_kv.get("mooncake") and kv.backend not in ("mooncake", "mooncake_tcp"):
+        warnings.append(Problem(path, f"is set, but kv_transfer.backend is {kv.backend!r}: not used"))
     ib_devices = kv.ib_devices if raw_kv.get("ib_devices") else ()
     if kv.mooncake.mooncake_json is not None:
         data, read_problems = read_mooncake_json(kv.mooncake.mooncake_json, Path(source).resolve().parent,
                                                  f"{path}.mooncake_json")
-        translated, more, warnings = translate_mooncake_json(data, f"{path}.mooncake_json")
+        translated, more, said = translate_mooncake_json(data, f"{path}.mooncake_json")
         problems += read_problems + more
+        warnings += said
         ib_devices = ib_devices or translated.get("ib_devices", ())
         if kv.mooncake.protocol is None and "protocol" in translated:
             kv = dataclasses.replace(kv, mooncake=dataclasses.replace(kv.mooncake, protocol=translated["protocol"]))
