@@ -32,6 +32,7 @@ def deployment_json(dep: plan_mod.Deployment) -> dict:
             "argv": redact.argv(p.argv), "env": redact.env(p.env),
             "secret_env": {k: f"{redact.MASK} (read on the node from {v})" for k, v in p.secret_env_files.items()},
             "port": p.port, "bootstrap_port": p.bootstrap_port, "log_path": p.log_path,
+            **({"gpus": list(p.gpus), "nics": list(p.nics)} if p.role in ("prefill", "decode") else {}),
         } for p in (*dep.processes, *dep.bench)],
         "prechecks": [{"node": c.node, "kind": c.kind, "argv": list(c.argv), "passed": c.passed, "failed": c.failed}
                       for c in dep.prechecks],
@@ -42,13 +43,25 @@ def deployment_json(dep: plan_mod.Deployment) -> dict:
     }
 
 
+def gpu_range(gpus: tuple[int, ...]) -> str:
+    """(4, 5, 6, 7) -> "4-7"; a single GPU as its id."""
+    return f"{gpus[0]}-{gpus[-1]}" if len(gpus) > 1 else str(gpus[0])
+
+
 def deployment_text(dep: plan_mod.Deployment) -> str:
     lines = [f"model {dep.model.id} ({dep.model.model}): engine {dep.engine}, runtime {dep.runtime}, "
              f"kv {dep.kv_backend}, router {dep.router_url}, planned for sglang {dep.sglang_version}"]
+    for role in ("prefill", "decode"):
+        procs = dep.role(role)
+        spans = any(p.node_rank for p in procs)
+        lines.append(f"  layout {role}: {dep.model.layout(role).describe()} on "
+                     f"{', '.join(dict.fromkeys(p.node for p in procs))}" + (" (one instance over them)" if spans else ""))
     lines += [f"  test {t.name}: {concurrency_text(t)}" for t in dep.model.tests]
     containers = {c.key: c for c in dep.containers}
     for p in (*dep.processes, *dep.bench):
-        lines.append(f"  [{p.key}] role={p.role} node={p.node}" + (f" port={p.port}" if p.port else ""))
+        lines.append(f"  [{p.key}] role={p.role} node={p.node}" + (f" port={p.port}" if p.port else "")
+                     + (f" bootstrap={p.bootstrap_port}" if p.bootstrap_port and p.serves_http else "")
+                     + (f" gpus={gpu_range(p.gpus)}" if p.gpus else "") + (f" nics={','.join(p.nics)}" if p.nics else ""))
         c = containers.get(p.container or "")
         if c:
             lines.append(f"    container {c.name} image={c.image} devices={','.join(c.devices) or '-'} "

@@ -54,3 +54,22 @@ def dp_attention_args(version: str, dp_size: int) -> list[str]:
     if at_least(version, "0.5.23"):
         return ["--attn-dp-size", str(dp_size)]
     return ["--dp-size", str(dp_size), "--enable-dp-attention"]
+
+
+# --load-balance-method's choices (0.5.7: srt/server_args.py; 0.5.23: srt/arg_groups/fields/parallel.py, where auto
+# resolves to follow_bootstrap_room on a PD prefill and round_robin on a decode: srt/arg_groups/serving_hook.py)
+LOAD_BALANCE_METHODS = {
+    "0.5.7": ("round_robin", "decode_round_robin", "shortest_queue", "minimum_tokens"),
+    "0.5.23": ("auto", "round_robin", "follow_bootstrap_room", "total_requests", "total_tokens"),
+}
+
+
+def forms_of(version: str) -> str:
+    """The known release whose command-line forms ``version`` is planned with: the newest at or below it, else the
+    oldest."""
+    below = [k for k in KNOWN if at_least(version, k)]
+    return max(below, key=parse) if below else min(KNOWN, key=parse)
+
+
+def load_balance_methods(version: str) -> tuple[str, ...]:
+    return LOAD_BALANCE_METHODS[forms_of(version)]

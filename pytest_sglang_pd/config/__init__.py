@@ -21,9 +21,11 @@ import jsonschema
 import yaml
 
 from .. import metrics, nic
-from .keys import (ARGS, CSV, INT, INT_OR_LIST, LIST_MAP, NODES, NUMBER, OBJECT, PERCENT, RATE, RELEASE, STRING,
+from .keys import (ARGS, BOOL_OR_INT, CSV, INT, INT_OR_LIST, LIST_MAP, NODES, NUMBER, OBJECT, PERCENT, RATE, RELEASE, STRING,
                    STRING_MAP, TEXT, Key, Problem, choice, count, json_path, key, port, read, to_float, to_percent)
 from . import keys as keys_mod
+from .layout import (LOAD_BALANCE_METHODS, ROLES, SYSFS, Layout, MooncakeSettings, RoleSettings, device_map_problems,
+                     key_path, layout_problems, read_mooncake_json, resolve, translate_mooncake_json)
 
 PLACEHOLDER = "<changeme>"
 USER_TOKEN = "{user-id}"
@@ -141,8 +143,19 @@ class ModelConfig:
     tokenizer: str | None = key("tokenizer", None, TEXT, "bench_serving --tokenizer: a tokenizer folder on the "
                                 "benchmark node; HF_HUB_OFFLINE=1 for the tools only when it is a local folder",
                                 default_doc="the model path the workers load")
-    dp_attention: int | None = count("dp_attention", None, f"DP attention ranks per worker instance: {WORKER_ARGV} "
-                                     "--attn-dp-size N (0.5.23) or --dp-size N --enable-dp-attention (0.5.7)")
+    dp_size: int | None = count("dp_size", None, f"DP ranks of each worker instance: {WORKER_ARGV} --attn-dp-size "
+                                "(dp_attention) or --dp-size (replicas)", default_doc="1")
+    dp_attention: bool | int | None = key("dp_attention", None, BOOL_OR_INT, "DP attention over dp_size ranks inside "
+                                          f"the TP group: {WORKER_ARGV} --attn-dp-size N (0.5.23) or --dp-size N "
+                                          "--enable-dp-attention (0.5.7); an integer N: dp_size N with DP attention",
+                                          minimum=1, default_doc="false")
+    load_balance_method: str | None = key("load_balance_method", None, choice(*LOAD_BALANCE_METHODS),
+                                          f"{WORKER_ARGV} --load-balance-method (which DP rank takes a request; "
+                                          "the choices of the planned release)",
+                                          default_doc="unset: SGLang's auto (follow_bootstrap_room on a prefill, "
+                                          "round_robin on a decode)")
+    prefill: RoleSettings = key("prefill", section=RoleSettings)
+    decode: RoleSettings = key("decode", section=RoleSettings)
     inference_poll_iterations: int = count(
         "inference_poll_iterations", 16, "",
         ignored="the suite follows each benchmark's own process and bounds it by config.timeouts.benchmark_s "
@@ -155,6 +168,10 @@ class ModelConfig:
     sim_model_profile: str | None = key("sim_model_profile", None, STRING,
                                         "simulator --sim-model-profile (else told from the model path)")
     tests: tuple[InferenceTest, ...] = ()
+
+    def layout(self, role: str) -> Layout:
+        """The role's parallelism, instances per node and DP: its section over the model's keys."""
+        return resolve(role, getattr(self, role), self)
 
 
 @dataclass(frozen=True)
@@ -180,6 +197,7 @@ class KVTransferSettings:
     min_gbps: float | None = key("min_gbps", None, NUMBER, "floor of the GB/s each prefill -> decode pair moves a "
                                  "payload at through the engine before the benchmarks (recorded always; "
                                  "unset: not gated)", minimum=0, exclusive_minimum=True)
+    mooncake: MooncakeSettings = key("mooncake", section=MooncakeSettings)
 
 
 @dataclass(frozen=True)
@@ -544,9 +562,7 @@ def _build(raw: dict, source: str) -> tuple[ClusterConfig, list[Problem]]:
     values = read(ClusterConfig, c, "$.config", problems)
     bench_client = values["bench_client"] if c.get("bench_client") else (
         "builtin" if values["engine"] == "sim" else "sglang")
-    kv = values["kv_transfer"]
-    if not (c.get("kv_transfer") or {}).get("ib_devices"):
-        kv = dataclasses.replace(kv, ib_devices=values["nccl_ib_hca"] or values["nccl_ib_hca_list"])
+    kv, mooncake_warnings = _kv_transfer(values, c, source, problems)
     ssh = values["ssh"]
     if ssh.key_file:
         ssh = dataclasses.replace(ssh, key_file=os.path.expanduser(ssh.key_file))
@@ -560,12 +576,37 @@ def _build(raw: dict, source: str) -> tuple[ClusterConfig, list[Problem]]:
     cfg = ClusterConfig(**{**values, "source": source, "bench_client": bench_client, "kv_transfer": kv, "ssh": ssh,
                            "benchmark_node": values["benchmark_node"] or values["router_node"],
                            "models": tuple(models)})
-    cfg = dataclasses.replace(cfg, warnings=tuple(ignored_keys(raw) + nic_warnings(cfg) + capacity_warnings(cfg)))
+    cfg = dataclasses.replace(cfg, warnings=tuple(ignored_keys(raw) + nic_warnings(cfg) + capacity_warnings(cfg)
+                                                  + mooncake_warnings))
     if serv_port is not None and serv_port != cfg.router_port:
         problems.append(Problem("$.config.proxy_router_serv_port",
                                 f"{serv_port} differs from proxy_router_port {cfg.router_port}: "
                                 "both name the one port the router serves on"))
     return cfg, problems
+
+
+def _kv_transfer(values: dict, c: Mapping, source: str,
+                 problems: list[Problem]) -> tuple[KVTransferSettings, list[Problem]]:
+    """kv_transfer with its defaults filled in: ib_devices from nccl_ib_hca; a mooncake_json translated into the
+    keys SGLang's PD path reads (what it sets explicitly wins). Returns the warnings of that translation."""
+    kv = values["kv_transfer"]
+    raw_kv = c.get("kv_transfer") or {}
+    path = "$.config.kv_transfer.mooncake"
+    problems += device_map_problems(kv.mooncake.device_map, f"{path}.device_map")
+    warnings: list[Problem] = []
+    if raw_kv.get("mooncake") and kv.backend not in ("mooncake", "mooncake_tcp"):
+        warnings.append(Problem(path, f"is set, but kv_transfer.backend is {kv.backend!r}: not used"))
+    ib_devices = kv.ib_devices if raw_kv.get("ib_devices") else ()
+    if kv.mooncake.mooncake_json is not None:
+        data, read_problems = read_mooncake_json(kv.mooncake.mooncake_json, Path(source).resolve().parent,
+                                                 f"{path}.mooncake_json")
+        translated, more, said = translate_mooncake_json(data, f"{path}.mooncake_json")
+        problems += read_problems + more
+        warnings += said
+        ib_devices = ib_devices or translated.get("ib_devices", ())
+        if kv.mooncake.protocol is None and "protocol" in translated:
+            kv = dataclasses.replace(kv, mooncake=dataclasses.replace(kv.mooncake, protocol=translated["protocol"]))
+    return dataclasses.replace(kv, ib_devices=ib_devices or values["nccl_ib_hca"] or values["nccl_ib_hca_list"]), warnings
 
 
 def ignored_keys(raw: Mapping) -> list[Problem]:
@@ -680,23 +721,6 @@ def _thresholds(expected: Mapping, dtype: str, path: str) -> tuple[tuple[Thresho
 
 
 # --------------------------------------------------------------------------------------- cross-field
-def _gpu_budget_problems(cfg: ClusterConfig) -> list[Problem]:
-    """A node listed again whose instances need more GPUs than it has: named at the entry that overflows it."""
-    out = []
-    seen: dict[str, int] = {}  # node -> instances so far
-    for role, nodes in (("prefill", cfg.prefill_nodes), ("decode", cfg.decode_nodes)):
-        for i, node in enumerate(nodes):
-            seen[node] = seen.get(node, 0) + 1
-            over = [m for m in cfg.models if seen[node] > 1 and seen[node] * m.tensor_parallelism > cfg.gpus_per_node]
-            if over:
-                tps = ", ".join(f"{m.id} tensor_parallelism {m.tensor_parallelism}" for m in over)
-                out.append(Problem(f"$.config.{role}_node_list[{i}]",
-                                   f"node {node} is listed again: {seen[node]} instances there need "
-                                   f"{max(seen[node] * m.tensor_parallelism for m in over)} GPUs ({tps}), "
-                                   f"gpus_per_node is {cfg.gpus_per_node}"))
-    return out
-
-
 def cross_field_problems(cfg: ClusterConfig) -> list[Problem]:
     """Problems between fields; those that need the plan (two services on one port) are plan.plan_problems."""
     c = "$.config"
@@ -712,8 +736,7 @@ def cross_field_problems(cfg: ClusterConfig) -> list[Problem]:
             if len(nodes) > 1 and not getattr(cfg, f"{role}_coordinator_addr"):
                 problems.append(Problem(f"{c}.{role}_coordinator_addr",
                                         f"multi_node layout with {len(nodes)} {role} nodes needs a coordinator address"))
-    if not cfg.simulated and cfg.instance_layout == "per_node":
-        problems += _gpu_budget_problems(cfg)
+    problems += layout_problems(cfg)
     if cfg.transport == "ssh" and cfg.ssh.key_file and not os.path.isfile(cfg.ssh.key_file):
         problems.append(Problem(f"{c}.ssh.key_file", f"{cfg.ssh.key_file}: no such file on this machine "
                                 "(the private key the suite logs in with)"))
@@ -734,12 +757,9 @@ def cross_field_problems(cfg: ClusterConfig) -> list[Problem]:
         mpath = json_path("$.benchmark_params", m.id)
         if not _ID_PATTERN.match(m.id):
             problems.append(Problem(mpath, f"model id {m.id!r} cannot be used in test ids: use letters, digits, '.', '_' or '-'"))
-        if m.tensor_parallelism > cfg.gpus_per_node:
-            problems.append(Problem(f"{mpath}.tensor_parallelism",
-                                    f"{m.tensor_parallelism} does not fit gpus_per_node {cfg.gpus_per_node}"))
         for role in ("prefill", "decode"):
             nodes = cfg.prefill_nodes if role == "prefill" else cfg.decode_nodes
-            n = 1 if cfg.instance_layout == "multi_node" else len(nodes)
+            n = 1 if cfg.instance_layout == "multi_node" else len(nodes) * m.layout(role).instances_per_node
             if getattr(m, f"{role}_policy") == "power_of_two" and n < 2:
                 problems.append(Problem(f"{mpath}.{role}_policy",
                                         f"power_of_two needs at least 2 {role} instances, the config has {n}"))
