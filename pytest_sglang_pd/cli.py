@@ -11,7 +11,7 @@ from typing import Sequence
 
 from . import config as config_mod
 from . import plan as plan_mod
-from . import nic, redact
+from . import nic, redact, slurm
 from .hosts import HostError
 from .runtime import RuntimeFailure
 
@@ -139,14 +139,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 1
     from .cluster import node_access
 
+    try:
+        cfg = slurm.planned(cfg)
+    except slurm.SlurmError as exc:
+        print(f"{cfg.source}: {exc}", file=sys.stderr)
+        return 1
     deps = [plan_mod.plan(cfg, m, run_id=args.run_id) for m in models]
     access = node_access(cfg, [s.node for d in deps for s in (*d.processes, *d.containers, *d.bench)])
+    steps = {d.model.id: slurm.steps_text(cfg, d) for d in deps} if cfg.transport == "slurm" else {}
     if args.format == "json":
-        print(json.dumps({"nodes": access, "warnings": [str(w) for w in cfg.warnings],
-                          "models": {d.model.id: deployment_json(d) for d in deps}}, indent=2))
+        models_json = {d.model.id: {**deployment_json(d), **({"slurm": steps[d.model.id].splitlines()} if steps else {})}
+                       for d in deps}
+        print(json.dumps({"nodes": access, "warnings": [str(w) for w in cfg.warnings], "models": models_json},
+                         indent=2))
     else:
         head = "\n".join(filter(None, [access_text(access), nic_text(cfg), *warning_lines(cfg, models)]))
-        print("\n\n".join([head, *(deployment_text(d) for d in deps)]))
+        print("\n\n".join([head, *(deployment_text(d) + ("\n" + steps[d.model.id] if steps else "") for d in deps)]))
     return 0
 
 
@@ -156,6 +164,8 @@ def access_text(access: list[dict]) -> str:
     for a in access:
         if a["transport"] == "local":
             lines.append(f"  {a['node']}: local (this machine)")
+        elif a["transport"] == "slurm":
+            lines.append(f"  {a['node']}: slurm node {a['slurm_node']} of allocation {a['job_id']} (srun steps)")
         else:
             key = f"key {a['key_file']}" if a["key_file"] else "default keys / ssh-agent"
             lines.append(f"  {a['node']}: ssh {a['user']}@{a['node']}:{a['port']}, {key}, "
@@ -171,14 +181,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     if _unknown_model(cfg, [model]):
         return 1
     run_id = args.run_id if args.run_id != PLAN_RUN_ID else plan_mod.default_run_id()
-    dep = plan_mod.plan(cfg, model, run_id=run_id)
     run_dir = Path(args.results_dir) / run_id
-    live = cluster.LiveCluster(cfg, dep, run_dir, say=_say_on_stderr)
     try:
-        with live:
-            live.bring_up()
-            live.detach()  # leaving the context now copies the logs and disconnects; the cluster stays up
-    except (cluster.ClusterError, HostError, RuntimeFailure) as exc:
+        with slurm.allocation(cfg, run_id, say=_say_on_stderr) as alloc:
+            dep = plan_mod.plan(alloc.cfg, model, run_id=run_id)
+            live = cluster.LiveCluster(alloc.cfg, dep, run_dir, say=_say_on_stderr)
+            with live:
+                live.bring_up()
+                live.detach()  # leaving the context now copies the logs and disconnects; the cluster stays up
+            alloc.keep = True  # released by sglang-pd down / cleanup
+    except (cluster.ClusterError, HostError, RuntimeFailure, slurm.SlurmError) as exc:
         print(f"bring-up failed (everything started was stopped):\n{exc}", file=sys.stderr)
         return 1
     print(up_summary(model, live.router_url, live.worker_urls, live.startup_seconds, run_dir))
@@ -221,7 +233,8 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    """Containers this suite left on the config's nodes, and kept runs under the results folder."""
+    """Containers this suite left on the config's nodes, kept runs under the results folder, and (transport slurm)
+    every allocation the suite made for this user (jobs named sglang-pd-<run id>)."""
     from . import cluster
     from .runtime import find_leftover_containers
 
@@ -234,7 +247,12 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             for line in cluster.down(state):
                 print(f"stopped {line}")
                 count += 1
-    if cfg.runtime == "docker":
+    if cfg.transport == "slurm":
+        for job, name in slurm.leftover_jobs():
+            slurm.release(job)
+            print(f"released slurm allocation {job} ({name})")
+            count += 1
+    elif cfg.runtime == "docker":
         nodes = sorted({*cfg.prefill_nodes, *cfg.decode_nodes, cfg.router_node, cfg.benchmark_node})
         hosts = cluster.connect_nodes(cfg, nodes)
         docker_rt = cluster.runtime_of(cfg, hosts)
@@ -249,7 +267,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             docker_rt.teardown()
             for h in hosts.values():
                 h.close()
-    print(f"cleanup: {count} left-over process(es)/container(s) removed")
+    print(f"cleanup: {count} left-over process(es)/container(s)/allocation(s) removed")
     return 0
 
 

@@ -83,7 +83,7 @@ def test_validate_warns_of_keys_that_have_no_effect_and_keys_prints_the_table():
     assert "[precheck nic] node=mi35x-node01" in r.stdout
     table = sglang_pd("keys").stdout
     assert "| `config.prefill_serv_port` | port | required | >= 1 and <= 65535 | prefill worker argv --port |" in table
-    assert json.loads(sglang_pd("schema").stdout)["properties"]["config"]["required"][0] == "prefill_node_list"
+    assert json.loads(sglang_pd("schema").stdout)["properties"]["config"]["required"][0] == "prefill_serv_port"
 
 
 def test_plan_text_shows_each_instances_gpus_nics_and_ports():

@@ -99,7 +99,8 @@ def test_missing_required_and_empty_node_lists(tmp_path):
     del data["config"]["proxy_router_node"]
     data["config"]["decode_node_list"] = []
     by_path = {p.path: p.message for p in problems_of(tmp_path, data)}
-    assert by_path["$.config.proxy_router_node"] == "is required but missing"
+    assert by_path["$.config.proxy_router_node"].startswith("is required but missing (only with \"transport\": "
+                                                            "\"slurm\" do the nodes come from the allocation)")
     assert by_path["$.config.decode_node_list"] == "must not be empty"
 
 
@@ -235,10 +236,11 @@ def _keyed(cls):
     return [(f, f.metadata["key"]) for f in dataclasses.fields(cls) if "key" in f.metadata]
 
 
-@pytest.mark.parametrize("cls", [config.ClusterConfig, config.ModelConfig, config.InferenceTest,
-                                 config.SSHSettings, config.KVTransferSettings, config.Timeouts, config.SimSettings])
+@pytest.mark.parametrize("cls", [config.ClusterConfig, config.ModelConfig, config.InferenceTest, config.SSHSettings,
+                                 config.SlurmSettings, config.KVTransferSettings, config.Timeouts, config.SimSettings])
 def test_every_key_is_in_the_schema_with_its_choices_and_a_said_effect(cls):
     sections = {config.ClusterConfig: ("config",), config.SSHSettings: ("config", "ssh"),
+                config.SlurmSettings: ("config", "slurm"),
                 config.KVTransferSettings: ("config", "kv_transfer"), config.Timeouts: ("config", "timeouts"),
                 config.SimSettings: ("config", "sim")}
     node = config.schema()
@@ -265,8 +267,10 @@ def test_a_config_without_a_key_gets_the_default_its_description_gives(tmp_path)
     model = data["benchmark_params"]["llama-70b"]
     data["benchmark_params"] = {"m": {"model": model["model"], "inference_tests": {"gsm8k": {}}}}
     cfg = config.from_dict(data)
-    derived = {"benchmark_node", "bench_client", "ib_devices", "max_concurrency", "container_image"}  # set above or derived
-    for section in (cfg, cfg.ssh, cfg.kv_transfer, cfg.timeouts, cfg.sim, cfg.models[0], cfg.models[0].tests[0]):
+    derived = {"benchmark_node", "bench_client", "ib_devices", "max_concurrency", "container_image",
+               "prefill_nodes", "decode_nodes", "router_node"}  # set above or derived
+    for section in (cfg, cfg.ssh, cfg.slurm, cfg.kv_transfer, cfg.timeouts, cfg.sim, cfg.models[0],
+                    cfg.models[0].tests[0]):
         for f, k in _keyed(type(section)):
             if k.required or k.section is not None or f.name in derived:
                 continue

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from sglang_router.launch_router import parse_router_args
 
-from pytest_sglang_pd import config, plan
+from pytest_sglang_pd import config, plan, slurm
 from pytest_sglang_pd.cli import deployment_json
 from pytest_sglang_pd.textgen.tokenizer import tokenizer_dir
 from selftests.configs import CONFIGS, REPO, raw, write
@@ -252,7 +252,7 @@ def test_all_shipped_configs_plan():
     for path in CONFIGS.glob("*.json"):
         if path.name == "mi35x.json":
             continue
-        cfg = plan.load_config(path)
+        cfg = slurm.planned(plan.load_config(path))  # a Slurm config's nodes as `sglang-pd plan` shows them
         for m in cfg.model_ids:
             assert plan.plan(cfg, m, run_id="r").processes
 

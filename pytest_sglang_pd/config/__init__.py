@@ -21,8 +21,9 @@ import jsonschema
 import yaml
 
 from .. import metrics, nic
-from .keys import (ARGS, BOOL_OR_INT, CSV, INT, INT_OR_LIST, LIST_MAP, NODES, NUMBER, OBJECT, PERCENT, RATE, RELEASE, STRING,
-                   STRING_MAP, TEXT, Key, Problem, choice, count, json_path, key, port, read, to_float, to_percent)
+from .keys import (ARGS, BOOL_OR_INT, CSV, INT, INT_OR_LIST, LIST_MAP, NODES, NUMBER, OBJECT, PERCENT, RATE, RELEASE,
+                   STRING, STRING_MAP, TEXT, Key, Kind, Problem, choice, count, json_path, key, port, read, to_float,
+                   to_percent)
 from . import keys as keys_mod
 from .layout import (LOAD_BALANCE_METHODS, ROLES, SYSFS, Layout, MooncakeSettings, RoleSettings, device_map_problems,
                      key_path, layout_problems, read_mooncake_json, resolve, translate_mooncake_json)
@@ -184,6 +185,43 @@ class SSHSettings:
                                  minimum=0, exclusive_minimum=True)
 
 
+SLURM_DEFAULT = "required; with transport slurm: from the allocation (docs/slurm.md)"
+_SLURM_TIME = Kind("Slurm time", {"type": "string", "pattern": r"^([0-9]+-)?[0-9]+(:[0-9]+){0,2}$"}, str,
+                   'a Slurm time limit: minutes, "MM:SS", "HH:MM:SS" or "D-HH[:MM[:SS]]" (sbatch --time)')
+_JOB_ID = Kind("job id", {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": r"^[0-9]+$"}]},
+               lambda v: str(v).strip(), "a Slurm job id such as 4242")
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    """How the run gets its nodes from Slurm (transport slurm): an allocation it is in, is given, or makes."""
+
+    partition: str | None = key("partition", None, TEXT, "sbatch --partition of the allocation the suite makes",
+                                default_doc="the cluster's default partition")
+    account: str | None = key("account", None, TEXT, "sbatch --account of the allocation the suite makes")
+    time_limit: str | None = key("time_limit", None, _SLURM_TIME, "sbatch --time of the allocation the suite makes",
+                                 default_doc="the partition's default")
+    nodes: int | None = count("nodes", None, "sbatch --nodes of the allocation the suite makes (at least the "
+                              "nodes the roles need)", default_doc="1 router node + the prefill and decode nodes")
+    prefill_nodes: int = count("prefill_nodes", 1, "prefill nodes taken from the allocation when "
+                               "prefill_node_list is omitted (xP: nodes 2..xP+1)")
+    decode_nodes: int = count("decode_nodes", 1, "decode nodes taken from the allocation when decode_node_list "
+                              "is omitted (yD: the nodes after the prefill nodes)")
+    job_id: str | None = key("job_id", None, _JOB_ID, "an existing allocation to run in (the suite never "
+                             "cancels it)", default_doc="$SLURM_JOB_ID inside an allocation, else the suite allocates")
+    extra_args: tuple[str, ...] = key("extra_args", (), ARGS, "more sbatch arguments of the allocation the suite "
+                                      "makes (--gres=gpu:8, --exclusive, --reservation=R, ...)")
+    queue_timeout_s: float = key("queue_timeout_s", 3600.0, NUMBER, "how long the allocation the suite makes may "
+                                 "wait in the queue before the run fails (and cancels it)", minimum=0,
+                                 exclusive_minimum=True)
+    containers: str = key("containers", "docker", choice("docker", "pyxis"), "how runtime docker's containers start: "
+                          "docker run through an srun step, or pyxis/enroot (srun --container-image; planned and "
+                          "shown by sglang-pd plan, not started by this release)")
+    # filled in when the nodes are known (slurm.allocation), never read from the file
+    node_names: Mapping[str, str] = dataclasses.field(default_factory=dict)  # node address -> Slurm node name
+    owned: bool = False  # the suite made the allocation: it releases it
+
+
 @dataclass(frozen=True)
 class KVTransferSettings:
     backend: str = key("backend", "mooncake", choice("mooncake", "nixl", "mooncake_tcp", "mori", "tcp"),
@@ -256,14 +294,14 @@ class RouterSettings:
 class ClusterConfig:
     EXTRA_KEYS = (port("proxy_router_serv_port", None, "must equal proxy_router_port (the seed format names "
                                                        "the one router port twice)").metadata["key"],)
-    prefill_nodes: tuple[str, ...] = key("prefill_node_list", kind=NODES, effect="one prefill instance per node "
-                                         "(per_node) or one over all (multi_node)", required=True)
-    decode_nodes: tuple[str, ...] = key("decode_node_list", kind=NODES, effect="the decode instances, likewise",
-                                        required=True)
-    router_node: str = key("proxy_router_node", kind=TEXT, effect="where the router runs", required=True)
     prefill_port: int = port("prefill_serv_port", dataclasses.MISSING, f"prefill {WORKER_ARGV} --port", required=True)
     decode_port: int = port("decode_serv_port", dataclasses.MISSING, f"decode {WORKER_ARGV} --port", required=True)
     router_port: int = port("proxy_router_port", dataclasses.MISSING, "router --port", required=True)
+    prefill_nodes: tuple[str, ...] = key("prefill_node_list", (), NODES, "one prefill instance per node "
+                                         "(per_node) or one over all (multi_node)", default_doc=SLURM_DEFAULT)
+    decode_nodes: tuple[str, ...] = key("decode_node_list", (), NODES, "the decode instances, likewise",
+                                        default_doc=SLURM_DEFAULT)
+    router_node: str = key("proxy_router_node", None, TEXT, "where the router runs", default_doc=SLURM_DEFAULT)
     source: str = "<config>"
     models: tuple[ModelConfig, ...] = ()
     warnings: tuple[Problem, ...] = ()  # keys read but not honoured
@@ -302,7 +340,8 @@ class ClusterConfig:
                       "sglang.launch_server")
     runtime: str = key("runtime", "docker", choice("docker", "process"), "process: plain processes instead of "
                        "one container per logical node")
-    transport: str = key("transport", "ssh", choice("ssh", "local"), "local: every node is this machine")
+    transport: str = key("transport", "ssh", choice("ssh", "local", "slurm"), "local: every node is this machine; "
+                         "slurm: every command runs as an srun step of the run's allocation (docs/slurm.md)")
     bench_client: str = key("bench_client", "sglang", choice("sglang", "builtin"), "the tests' default bench_client",
                             default_doc="builtin with engine sim, else sglang")
     python: str | None = key("python", None, STRING, "the python of every planned process",
@@ -314,6 +353,7 @@ class ClusterConfig:
                                      "flags); a probed release that differs is an error",
                                      default_doc="probed from the nodes' python or image before the workers start")
     ssh: SSHSettings = key("ssh", section=SSHSettings)
+    slurm: SlurmSettings = key("slurm", section=SlurmSettings)
     kv_transfer: KVTransferSettings = key("kv_transfer", section=KVTransferSettings)
     instance_layout: str = key("instance_layout", "per_node", choice("per_node", "multi_node"),
                                "per_node: each node an instance of TP = tensor_parallelism; multi_node: each "
@@ -721,11 +761,43 @@ def _thresholds(expected: Mapping, dtype: str, path: str) -> tuple[tuple[Thresho
 
 
 # --------------------------------------------------------------------------------------- cross-field
+def slurm_nodes_needed(cfg: ClusterConfig) -> int:
+    """Nodes a Slurm run needs: those the config names, 1 router node when it names none, and slurm.prefill_nodes /
+    slurm.decode_nodes where the node lists are omitted."""
+    s = cfg.slurm
+    named = {*cfg.prefill_nodes, *cfg.decode_nodes, *filter(None, [cfg.router_node])}
+    return len(named) + (0 if cfg.router_node else 1) + (0 if cfg.prefill_nodes else s.prefill_nodes) + \
+        (0 if cfg.decode_nodes else s.decode_nodes)
+
+
+def _slurm_problems(cfg: ClusterConfig) -> list[Problem]:
+    """A slurm section without transport slurm; an allocation too small for the nodes the roles need."""
+    c = "$.config.slurm"
+    if cfg.transport != "slurm":
+        return [Problem(c, f"is read only with \"transport\": \"slurm\" (transport is {cfg.transport!r})")] \
+            if cfg.slurm != SlurmSettings() else []
+    s = cfg.slurm
+    needed = slurm_nodes_needed(cfg)
+    if s.containers == "pyxis" and cfg.runtime != "docker":
+        return [Problem(f"{c}.containers", f"pyxis starts the containers of runtime docker; runtime is {cfg.runtime!r}")]
+    if s.nodes is not None and s.nodes < needed:
+        return [Problem(f"{c}.nodes", f"{s.nodes} is fewer than the {needed} nodes the roles need "
+                                      "(1 router node + the prefill and decode nodes)")]
+    return []
+
+
 def cross_field_problems(cfg: ClusterConfig) -> list[Problem]:
     """Problems between fields; those that need the plan (two services on one port) are plan.plan_problems."""
     c = "$.config"
     problems: list[Problem] = []
-    if cfg.nnodes is not None and cfg.nnodes != len(cfg.prefill_nodes) + len(cfg.decode_nodes):
+    if cfg.transport != "slurm":
+        for name, value in (("prefill_node_list", cfg.prefill_nodes), ("decode_node_list", cfg.decode_nodes),
+                            ("proxy_router_node", cfg.router_node)):
+            if not value:
+                problems.append(Problem(f"{c}.{name}", "is required but missing (only with \"transport\": "
+                                                       "\"slurm\" do the nodes come from the allocation)"))
+    problems += _slurm_problems(cfg)
+    if cfg.nnodes is not None and cfg.prefill_nodes and cfg.nnodes != len(cfg.prefill_nodes) + len(cfg.decode_nodes):
         problems.append(Problem(f"{c}.nnodes", f"{cfg.nnodes} does not match the node lists: "
                                                f"{len(cfg.prefill_nodes)} prefill + {len(cfg.decode_nodes)} decode = "
                                                f"{len(cfg.prefill_nodes) + len(cfg.decode_nodes)}"))
