@@ -112,12 +112,18 @@ def launch_argv(cfg: ClusterConfig, spec: ProcessSpec) -> list[str]:
 def pyxis_argv(cfg: ClusterConfig, container: ContainerSpec, spec: ProcessSpec) -> list[str]:
     """The process in its container through pyxis/enroot: ``srun --container-image`` (planned; not run here).
     The container is named per run and role (``--container-name``), the volumes become ``--container-mounts``,
-    the container's env is exported to the step (``--export``: names only, values from the caller's env)."""
+    the container's and the process's env are set by ``env`` inside it (values may hold commas, which srun's
+    ``--export`` cannot carry), except secrets: those are exported by name only (``--export=ALL,HF_TOKEN``), their
+    values in srun's environment, never on a command line."""
     mounts = ",".join(f"{host}:{inside}" for host, inside in container.volumes.items())
+    env = {**container.env, **spec.env}
+    secrets = sorted(k for k in env if redact.is_secret_name(k))
     options = [f"--container-image={container.image}", f"--container-name={container.name}",
                *([f"--container-mounts={mounts}"] if mounts else []), "--no-container-mount-home",
-               "--export=ALL" + "".join(f",{k}" for k in sorted({**container.env, **spec.env}))]
-    return srun_argv(cfg.slurm.job_id or PLACEHOLDER_JOB, cfg.slurm.node_names.get(spec.node, spec.node), spec.argv,
+               *(["--export=ALL," + ",".join(secrets)] if secrets else [])]
+    plain = sorted((k, v) for k, v in env.items() if k not in secrets)
+    argv = ["env", *(f"{k}={v}" for k, v in plain), *spec.argv] if plain else list(spec.argv)
+    return srun_argv(cfg.slurm.job_id or PLACEHOLDER_JOB, cfg.slurm.node_names.get(spec.node, spec.node), argv,
                      options=options)
 
 
@@ -127,7 +133,7 @@ def steps_text(cfg: ClusterConfig, dep: Deployment) -> str:
     job = s.job_id or PLACEHOLDER_JOB
     how = f"the suite allocates, released by scancel {job} at the end: {shlex.join(sbatch_argv(cfg, dep.run_id))}" \
         if s.owned else f"allocation {job}, not released by the suite"
-    lines = [f"slurm: {how}", "  nodes: " + ", ".join(f"{name} ({addr})" for addr, name in s.node_names.items()),
+    lines = [f"slurm: {how}", "  nodes: " + ", ".join(name if addr == name else f"{name} ({addr})" for addr, name in s.node_names.items()),
              f"  logs on the nodes under {cfg.log_dir}"]
     containers = {c.key: c for c in dep.containers}
     pyxis = s.containers == "pyxis"
@@ -236,6 +242,9 @@ def allocation(cfg: ClusterConfig, run_id: str, *, say: Say = quiet,
     if cfg.transport != "slurm":
         yield Allocation(cfg)
         return
+    if cfg.slurm.containers == "pyxis":
+        raise SlurmError("$.config.slurm.containers: pyxis is planned (sglang-pd plan shows its srun "
+                         "--container-image steps) but this release does not start it; use \"docker\"")
     existing = cfg.slurm.job_id or os.environ.get("SLURM_JOB_ID")
     if existing:
         say(f"slurm: running in allocation {existing} (not released by the suite)", 0)
