@@ -117,7 +117,11 @@ def nic_text(cfg: config_mod.ClusterConfig) -> str | None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
-    print(f"{cfg.source}: OK ({len(cfg.prefill_nodes)} prefill, {len(cfg.decode_nodes)} decode node(s); "
+    nodes = f"{len(cfg.prefill_nodes)} prefill, {len(cfg.decode_nodes)} decode node(s)"
+    if cfg.transport == "slurm":
+        nodes = f"{config_mod.slurm_nodes_needed(cfg)} node(s) of a Slurm allocation" + (
+            f" ({nodes} named)" if cfg.prefill_nodes or cfg.decode_nodes else "")
+    print(f"{cfg.source}: OK ({nodes}; "
           f"models: {', '.join(cfg.model_ids)}; engine {cfg.engine}, runtime {cfg.runtime}, kv {cfg.kv_transfer.backend})")
     for line in warning_lines(cfg):
         print(line, file=sys.stderr)
@@ -148,8 +152,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     access = node_access(cfg, [s.node for d in deps for s in (*d.processes, *d.containers, *d.bench)])
     steps = {d.model.id: slurm.steps_text(cfg, d) for d in deps} if cfg.transport == "slurm" else {}
     if args.format == "json":
-        models_json = {d.model.id: {**deployment_json(d), **({"slurm": steps[d.model.id].splitlines()} if steps else {})}
-                       for d in deps}
+        models_json = {d.model.id: deployment_json(d) for d in deps}
+        for model, text in steps.items():
+            models_json[model]["slurm"] = text.splitlines()
         print(json.dumps({"nodes": access, "warnings": [str(w) for w in cfg.warnings], "models": models_json},
                          indent=2))
     else:

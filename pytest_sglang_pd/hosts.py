@@ -415,7 +415,8 @@ class SlurmHost(LocalHost):
 
     def put(self, local: Path, remote: str) -> None:
         script = 'mkdir -p -- "$(dirname -- "$1")" && cat >"$1"'
-        self._copy(self._srun(["sh", "-c", script, "sh", remote]), f"copy {local} to {remote}", stdin=local.read_bytes())
+        self._copy(self._srun(["sh", "-c", script, "sh", remote]), f"copy {local} to {remote}",
+                   stdin=local.read_bytes())
 
     def get(self, remote: str, local: Path) -> None:
         data = self._copy(self._srun(["cat", "--", remote]), f"copy {remote} to {local}")

@@ -18,12 +18,12 @@ import shlex
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
+from . import redact
 from .config import ClusterConfig, slurm_nodes_needed
 from .config.keys import Problem
-from . import redact
-from .hosts import LocalHost, srun_argv
+from .hosts import CommandResult, LocalHost, srun_argv
 from .plan import ContainerSpec, Deployment, ProcessSpec
 from .stages import Say, quiet
 
@@ -41,8 +41,8 @@ class SlurmError(RuntimeError):
 def sbatch_argv(cfg: ClusterConfig, run_id: str) -> list[str]:
     """The allocation the suite makes: a batch job that holds the nodes (``sleep infinity``) until scancel."""
     s = cfg.slurm
-    argv = ["sbatch", "--parsable", f"--job-name={JOB_NAME_PREFIX}{run_id}", f"--nodes={s.nodes or slurm_nodes_needed(cfg)}",
-            "--ntasks-per-node=1", "--output=/dev/null"]
+    argv = ["sbatch", "--parsable", f"--job-name={JOB_NAME_PREFIX}{run_id}",
+            f"--nodes={s.nodes or slurm_nodes_needed(cfg)}", "--ntasks-per-node=1", "--output=/dev/null"]
     argv += [f"--partition={s.partition}"] if s.partition else []
     argv += [f"--account={s.account}"] if s.account else []
     argv += [f"--time={s.time_limit}"] if s.time_limit else []
@@ -86,9 +86,9 @@ def placed(cfg: ClusterConfig, job_id: str, names: Sequence[str], addresses: Map
     slurm = dataclasses.replace(cfg.slurm, job_id=str(job_id), owned=owned,
                                 node_names={addr[n]: n for n in names})
     return dataclasses.replace(
-        cfg, prefill_nodes=tuple(addr[n] for n in roles["prefill"]), decode_nodes=tuple(addr[n] for n in roles["decode"]),
-        router_node=addr[roles["router"][0]], benchmark_node=addr[bench], slurm=slurm,
-        log_dir=posixpath.join(cfg.log_dir, str(job_id)))
+        cfg, prefill_nodes=tuple(addr[n] for n in roles["prefill"]),
+        decode_nodes=tuple(addr[n] for n in roles["decode"]), router_node=addr[roles["router"][0]],
+        benchmark_node=addr[bench], slurm=slurm, log_dir=posixpath.join(cfg.log_dir, str(job_id)))
 
 
 def planned(cfg: ClusterConfig) -> ClusterConfig:
@@ -97,16 +97,22 @@ def planned(cfg: ClusterConfig) -> ClusterConfig:
     names (or ``$SLURM_JOB_ID``), else ``<job id>``. No Slurm command runs."""
     if cfg.transport != "slurm":
         return cfg
-    job = cfg.slurm.job_id or os.environ.get("SLURM_JOB_ID") or PLACEHOLDER_JOB
+    given = cfg.slurm.job_id or os.environ.get("SLURM_JOB_ID")
     named = [*filter(None, [cfg.router_node]), *cfg.prefill_nodes, *cfg.decode_nodes]
     extra = [f"node{i + 1}" for i in range(max(cfg.slurm.nodes or 0, slurm_nodes_needed(cfg)))]
     names = list(dict.fromkeys([*named, *(n for n in extra if n not in named)]))
-    return placed(cfg, job, names, {}, owned=not (cfg.slurm.job_id or os.environ.get("SLURM_JOB_ID")))
+    return placed(cfg, given or PLACEHOLDER_JOB, names, {}, owned=not given)
+
+
+def _step(cfg: ClusterConfig, node: str, argv: Sequence[str], options: Sequence[str] = ()) -> list[str]:
+    """argv as an srun step on a node of the plan (by address) of the config's allocation."""
+    s = cfg.slurm
+    return srun_argv(s.job_id or PLACEHOLDER_JOB, s.node_names.get(node, node), argv, options=options)
 
 
 def launch_argv(cfg: ClusterConfig, spec: ProcessSpec) -> list[str]:
     """How a process of the plan is started on its node: its srun step (the node by its Slurm name)."""
-    return srun_argv(cfg.slurm.job_id or PLACEHOLDER_JOB, cfg.slurm.node_names.get(spec.node, spec.node), spec.argv)
+    return _step(cfg, spec.node, spec.argv)
 
 
 def pyxis_argv(cfg: ClusterConfig, container: ContainerSpec, spec: ProcessSpec) -> list[str]:
@@ -123,8 +129,7 @@ def pyxis_argv(cfg: ClusterConfig, container: ContainerSpec, spec: ProcessSpec) 
                *(["--export=ALL," + ",".join(secrets)] if secrets else [])]
     plain = sorted((k, v) for k, v in env.items() if k not in secrets)
     argv = ["env", *(f"{k}={v}" for k, v in plain), *spec.argv] if plain else list(spec.argv)
-    return srun_argv(cfg.slurm.job_id or PLACEHOLDER_JOB, cfg.slurm.node_names.get(spec.node, spec.node), argv,
-                     options=options)
+    return _step(cfg, spec.node, argv, options)
 
 
 def steps_text(cfg: ClusterConfig, dep: Deployment) -> str:
@@ -133,13 +138,12 @@ def steps_text(cfg: ClusterConfig, dep: Deployment) -> str:
     job = s.job_id or PLACEHOLDER_JOB
     how = f"the suite allocates, released by scancel {job} at the end: {shlex.join(sbatch_argv(cfg, dep.run_id))}" \
         if s.owned else f"allocation {job}, not released by the suite"
-    lines = [f"slurm: {how}", "  nodes: " + ", ".join(name if addr == name else f"{name} ({addr})" for addr, name in s.node_names.items()),
-             f"  logs on the nodes under {cfg.log_dir}"]
+    nodes = ", ".join(name if addr == name else f"{name} ({addr})" for addr, name in s.node_names.items())
+    lines = [f"slurm: {how}", f"  nodes: {nodes}", f"  logs on the nodes under {cfg.log_dir}"]
     containers = {c.key: c for c in dep.containers}
     pyxis = s.containers == "pyxis"
     for c in () if pyxis else dep.containers:
-        argv = srun_argv(job, s.node_names.get(c.node, c.node), ["docker", "run", "-d", f"--name={c.name}", "...",
-                                                                 c.image])
+        argv = _step(cfg, c.node, ["docker", "run", "-d", f"--name={c.name}", "...", c.image])
         lines.append(f"  [container {c.key}] $ {shlex.join(argv)}")
     for p in (*dep.processes, *dep.bench):
         c = containers.get(p.container or "")
@@ -156,18 +160,27 @@ def steps_text(cfg: ClusterConfig, dep: Deployment) -> str:
 # --------------------------------------------------------------------------------------- live: the allocation
 def _slurm(argv: Sequence[str], what: str, timeout: float = 60) -> str:
     """A Slurm client command on this machine; its stdout, or a SlurmError with what it said."""
-    result = LocalHost("slurm").run(list(argv), timeout=timeout)
+    return _checked(LocalHost("slurm").run(list(argv), timeout=timeout), what)
+
+
+def _checked(result: CommandResult, what: str) -> str:
     if result.exit_status != 0:
         said = result.stderr.strip() or result.stdout.strip() or f"exit status {result.exit_status}"
-        raise SlurmError(f"{what}: `{shlex.join(argv)}` failed: {said}")
+        raise SlurmError(f"{what}: `{shlex.join(result.argv)}` failed: {said}")
     return result.stdout
 
 
 def job_state(job_id: str) -> tuple[str, str] | None:
     """(state, reason) of a job squeue still lists, else None."""
-    out = _slurm(["squeue", "-h", "-j", str(job_id), "-o", "%T|%R"], f"job {job_id}")
-    line = out.strip().splitlines()
-    return tuple(line[0].split("|", 1)) if line else None
+    argv = ["squeue", "-h", "-j", str(job_id), "-o", "%T|%R"]
+    result = LocalHost("slurm").run(argv, timeout=60)
+    if result.exit_status != 0 and "invalid job id" in result.stderr.lower():
+        return None  # ended long enough ago that the controller has forgotten it
+    line = _checked(result, f"job {job_id}").strip().splitlines()
+    if not line:
+        return None
+    state, _, reason = line[0].partition("|")
+    return state, reason.strip("()")  # a pending job's reason comes in parentheses
 
 
 def job_nodes(job_id: str) -> list[str]:
@@ -193,7 +206,8 @@ def wait_running(job_id: str, timeout_s: float, say: Say = quiet) -> None:
     while True:
         state = job_state(job_id)
         if state is None or state[0] in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"):
-            raise SlurmError(f"allocation {job_id} ended before it ran ({state[0] + ': ' + state[1] if state else 'gone'})")
+            said = f"{state[0]}: {state[1]}" if state else "gone from squeue"
+            raise SlurmError(f"allocation {job_id} ended before it ran ({said})")
         if state[0] == "RUNNING":
             return
         if state != told:
@@ -228,14 +242,9 @@ class Allocation:
     cfg: ClusterConfig
     keep: bool = False
 
-    @property
-    def job_id(self) -> str:
-        return self.cfg.slurm.job_id
-
 
 @contextmanager
-def allocation(cfg: ClusterConfig, run_id: str, *, say: Say = quiet,
-               submit: Callable[[list[str]], str] | None = None) -> Iterator[Allocation]:
+def allocation(cfg: ClusterConfig, run_id: str, *, say: Say = quiet) -> Iterator[Allocation]:
     """The allocation of a run with transport slurm (any other config passes through unchanged). One the suite
     makes is released on leaving, whatever ends the run (errors, Ctrl-C, SIGTERM), unless ``keep`` was set; its
     release is armed as soon as sbatch names the job, before the wait for nodes."""
@@ -251,7 +260,7 @@ def allocation(cfg: ClusterConfig, run_id: str, *, say: Say = quiet,
         yield Allocation(resolved(cfg, existing, owned=False))
         return
     argv = sbatch_argv(cfg, run_id)
-    job_id = (submit or (lambda a: _slurm(a, "allocate the run's nodes")))(argv).strip().split(";")[0]
+    job_id = _slurm(argv, "allocate the run's nodes").strip().split(";")[0]  # --parsable: "<id>[;<cluster>]"
     say(f"slurm: allocation {job_id} submitted: {shlex.join(argv)}", 0)
     alloc = Allocation(dataclasses.replace(cfg, slurm=dataclasses.replace(cfg.slurm, job_id=job_id, owned=True)))
     try:

@@ -40,6 +40,15 @@ class SlurmCluster:
         """`<job id> <state>` of every job the controller still knows as pending or running."""
         return self.run("squeue", "-h", "-o", "%i %T").split("\n")[:-1]
 
+    def settled_jobs(self, timeout: float = 30) -> list[str]:
+        """``jobs()`` once no job is still COMPLETING (its steps' processes being killed), or at the timeout."""
+        deadline = time.monotonic() + timeout
+        jobs = self.jobs()
+        while any(line.endswith(" COMPLETING") for line in jobs) and time.monotonic() < deadline:
+            time.sleep(0.3)
+            jobs = self.jobs()
+        return jobs
+
     def idle(self) -> list[str]:
         return self.run("sinfo", "-h", "-N", "-t", "idle", "-o", "%N").split()
 

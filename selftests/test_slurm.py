@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -109,12 +110,25 @@ def test_pyxis_steps_of_a_docker_config_are_planned_with_the_container_flags(mon
     golden("slurm-pyxis-steps.txt", text + "\n")
 
 
+def test_cli_validate_of_a_slurm_config_counts_the_nodes_of_the_allocation():
+    r = subprocess.run([sys.executable, "-m", "pytest_sglang_pd.cli", "validate", str(CONFIGS / "local-slurm.json")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "OK (3 node(s) of a Slurm allocation; models: llama-8b;" in r.stdout, r.stderr
+
+
 def test_cli_plan_of_a_slurm_config_prints_the_steps():
     r = subprocess.run([sys.executable, "-m", "pytest_sglang_pd.cli", "plan", str(CONFIGS / "local-slurm.json")],
                        capture_output=True, text=True, timeout=60, env={**os.environ, "SLURM_JOB_ID": ""})
     assert r.returncode == 0, r.stderr
     assert "node2: slurm node node2 of allocation <job id> (srun steps)" in r.stdout
+    assert "slurm: the suite allocates, released by scancel <job id> at the end: sbatch " in r.stdout
     assert "[prefill_0] $ srun --jobid '<job id>' --nodelist node2 --overlap -N1 -n1 --quiet " in r.stdout
+    r = subprocess.run([sys.executable, "-m", "pytest_sglang_pd.cli", "plan", "--format", "json",
+                        str(CONFIGS / "local-slurm.json")], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "SLURM_JOB_ID": "77"})
+    planned = json.loads(r.stdout)
+    assert planned["nodes"][0] == {"node": "node1", "transport": "slurm", "job_id": "77", "slurm_node": "node1"}
+    assert planned["models"]["llama-8b"]["slurm"][0] == "slurm: allocation 77, not released by the suite"
 
 
 @pytest.mark.parametrize("slurm_section, path, says", [
@@ -160,7 +174,7 @@ def test_throwaway_slurm_runs_a_step_on_each_node_at_its_own_address(slurm):
         out = subprocess.run(["srun", "-N1", "-n1", "-w", name, "python3", "-c", bind.format(addr)],
                              env=slurm.env, capture_output=True, text=True, timeout=60)
         assert (out.returncode, out.stdout.strip()) == (0, addr), out.stderr
-    assert slurm.jobs() == []
+    assert slurm.settled_jobs() == []
 
 
 def slurm_config(tmp_path: Path, cluster, **config_overrides) -> Path:
@@ -206,8 +220,8 @@ def test_the_whole_suite_runs_through_a_real_allocation_and_leaves_no_job_or_pro
     state = json.loads((results / "run" / "cluster-state.json").read_text())
     assert state["slurm"] == {"job_id": job, "owned": True,
                               "node_names": {"127.0.0.2": "n1", "127.0.0.3": "n2", "127.0.0.4": "n3"}}
-    assert {(p["key"], p["node"]) for p in state["processes"]} >= {("prefill_0", "127.0.0.3"), ("decode_0", "127.0.0.4"),
-                                                                    ("router", "127.0.0.2")}
+    placed = {(p["key"], p["node"]) for p in state["processes"]}
+    assert placed >= {("prefill_0", "127.0.0.3"), ("decode_0", "127.0.0.4"), ("router", "127.0.0.2")}
     node_logs = tmp_path / "node-logs" / job / "run"  # log_dir/<job id>/ on the nodes
     assert {"prefill_0.log", "decode_0.log", "router.log"} <= {p.name for p in node_logs.iterdir()}
     data = json.loads((results / "run" / "results.json").read_text())
@@ -274,3 +288,56 @@ def test_cli_up_keeps_the_allocation_until_down_or_cleanup_releases_it(tmp_path,
     nothing_left(results, slurm)
     with pytest.raises(requests.ConnectionError):
         requests.get(router + "/readiness", timeout=5)
+
+
+@pytest.mark.slurm
+def test_sigterm_while_the_allocation_is_still_queued_cancels_it(tmp_path, slurm):
+    """The release is armed as soon as sbatch names the job: an abort during the wait in the queue cancels it."""
+    results = tmp_path / "results"
+    suite = start_suite(slurm_config(tmp_path, slurm, slurm={"extra_args": ["--begin=now+3600"]}), results)
+    try:
+        deadline = time.monotonic() + 60
+        while [line.split()[1] for line in slurm.jobs()] != ["PENDING"]:
+            assert time.monotonic() < deadline and suite.poll() is None, "the suite's job never queued"
+            time.sleep(0.2)
+        suite.send_signal(signal.SIGTERM)
+        out, _ = suite.communicate(timeout=90)
+    finally:
+        if suite.poll() is None:
+            suite.kill()
+    assert suite.returncode == 2 and "slurm: releasing allocation" in out, out
+    assert slurm.jobs() == []
+
+
+@pytest.mark.slurm
+def test_an_allocation_that_stays_queued_past_its_timeout_fails_naming_the_key_and_is_cancelled(tmp_path, slurm):
+    results = tmp_path / "results"
+    config_path = slurm_config(tmp_path, slurm, slurm={"extra_args": ["--begin=now+3600"], "queue_timeout_s": "3"})
+    run = subprocess.run([sys.executable, "-m", "pytest", CLUSTER_TESTS, f"--cluster-config={config_path}",
+                          f"--results-dir={results}", "--run-id=run", "-p", "no:cacheprovider"],
+                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert run.returncode == 1, run.stdout[-3000:]
+    assert re.search(r"allocation \d+ still pending \(BeginTime\) after 3 s \(\$\.config\.slurm\.queue_timeout_s\)",
+                     run.stdout), run.stdout[-3000:]
+    assert slurm.jobs() == []
+
+
+@pytest.mark.slurm
+@pytest.mark.docker
+def test_docker_containers_started_through_srun_are_removed_before_the_allocation_is_released(
+        tmp_path, slurm, docker_engine, sim_image):
+    """`srun docker run -d` leaves the container to the node's Docker daemon, outside the job: teardown removes it."""
+    name = f"sglang-pd-slurm-selftest-{os.getpid()}"
+    config_path = slurm_config(tmp_path, slurm, runtime="docker", container_image=sim_image, container_name=name,
+                               shm_size="1G", container_config={"device_list": [], "volume_dict": {}, "env_dict": {}})
+    results = tmp_path / "results"
+    owner = f"slurm-selftest-{os.getpid()}"  # the containers' owner label: leftovers of other runs on this machine stay
+    run = subprocess.run([sys.executable, "-m", "pytest", CLUSTER_TESTS, f"--cluster-config={config_path}",
+                          f"--results-dir={results}", "--run-id=run", "-p", "no:cacheprovider"],
+                         capture_output=True, text=True, timeout=600, cwd=REPO,
+                         env={**os.environ, "LOGNAME": owner, "USER": owner})
+    assert run.returncode == 0, run.stdout[-4000:]
+    state = json.loads((results / "run" / "cluster-state.json").read_text())
+    assert {c["node"] for c in state["containers"]} == {"127.0.0.2", "127.0.0.3", "127.0.0.4"}
+    assert [c.name for c in docker_engine.containers.list(all=True) if c.name.startswith(name)] == []
+    assert slurm.jobs() == []
