@@ -360,6 +360,10 @@ exec setsid -w sh -c 'echo "$$"; log=$1; envfile=$2; shift 2; exec >>"$log" 2>&1
 """
 
 
+_SRUN_TASK_STATUS = re.compile(r"^srun: error: \S+: task \d+: (Exited with exit code \d+|Killed|Terminated)\n",
+                               re.MULTILINE)
+
+
 def srun_argv(job_id: str, slurm_node: str, argv: Sequence[str], *, options: Sequence[str] = ()) -> list[str]:
     """argv as a one-task step of allocation job_id on one node, beside the allocation's other steps (--overlap)."""
     return ["srun", "--jobid", str(job_id), "--nodelist", slurm_node, "--overlap", "-N1", "-n1", "--quiet",
@@ -388,7 +392,8 @@ class SlurmHost(LocalHost):
 
     def run(self, argv, *, timeout=60, env=None, stdin=None) -> CommandResult:
         result = super().run(self._srun(argv), timeout=timeout, env=env, stdin=stdin)
-        return CommandResult(tuple(argv), result.exit_status, result.stdout, result.stderr, self.name)
+        stderr = _SRUN_TASK_STATUS.sub("", result.stderr)  # the exit status, told again by srun
+        return CommandResult(tuple(argv), result.exit_status, result.stdout, stderr, self.name)
 
     def spawn(self, argv, *, log_path, env=None, secret_env=None) -> int:
         exports = _exports({**(env or {}), **(secret_env or {})})

@@ -140,6 +140,21 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
 
 
 @pytest.fixture(scope="session")
+def slurm_job(slurm: SlurmCluster) -> Iterator[str]:
+    """A running allocation of all the throwaway Slurm's nodes (what `salloc -N 3` gives a user); cancelled at the end."""
+    job = slurm.run("sbatch", "--parsable", f"--nodes={len(slurm.nodes)}", "--output=/dev/null", "--wrap",
+                    "sleep infinity").strip()
+    try:
+        deadline = time.monotonic() + 60
+        while [line.split()[1] for line in slurm.jobs() if line.split()[0] == job] != ["RUNNING"]:
+            assert time.monotonic() < deadline, f"job {job} not running after 60 s: {slurm.jobs()}"
+            time.sleep(0.2)
+        yield job
+    finally:
+        slurm.run("scancel", job, check=False)
+
+
+@pytest.fixture(scope="session")
 def docker_engine():
     """A docker SDK client for the local engine; skips when the engine does not answer."""
     docker = pytest.importorskip("docker", reason="the docker SDK is not installed (pip install docker)")

@@ -341,3 +341,29 @@ def test_docker_containers_started_through_srun_are_removed_before_the_allocatio
     assert {c["node"] for c in state["containers"]} == {"127.0.0.2", "127.0.0.3", "127.0.0.4"}
     assert [c.name for c in docker_engine.containers.list(all=True) if c.name.startswith(name)] == []
     assert slurm.jobs() == []
+
+
+@pytest.mark.slurm
+def test_a_spawned_process_is_a_step_of_its_own_that_scancel_ends(tmp_path, slurm):
+    """The process outlives the spawn call (its step lasts as long as it) and dies with the allocation."""
+    job = slurm.run("sbatch", "--parsable", "-N", "1", "-w", "n3", "--output=/dev/null", "--wrap",
+                    "sleep infinity").strip()
+    try:
+        deadline = time.monotonic() + 60
+        while slurm.run("squeue", "-h", "-j", job, "-o", "%T").strip() != "RUNNING":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        host = SlurmHost("127.0.0.4", job_id=job, slurm_node="n3")
+        pid = host.spawn(["sleep", "1000"], log_path=str(tmp_path / "sleep.log"))
+        time.sleep(1)
+        assert host.alive(pid) and alive(pid)
+        steps = slurm.run("squeue", "-h", "-s", "-j", job, "-o", "%i %j")
+        assert re.search(rf"^{job}\.\d+ sh$", steps, re.MULTILINE), steps  # the spawned step, beside the batch one
+        slurm.run("scancel", job)
+        deadline = time.monotonic() + 30
+        while alive(pid):
+            assert time.monotonic() < deadline, f"pid {pid} survived scancel {job}"
+            time.sleep(0.2)
+        host.close()
+    finally:
+        slurm.run("scancel", job, check=False)
