@@ -253,10 +253,11 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
                 print(f"stopped {line}")
                 count += 1
     if cfg.transport == "slurm":
-        for job, name in slurm.leftover_jobs():
+        released = slurm.leftover_jobs()
+        for job, name in released:
             slurm.release(job)
             print(f"released slurm allocation {job} ({name})")
-            count += 1
+        print(f"cleanup: {len(released)} allocation(s) of the suite released")
     elif cfg.runtime == "docker":
         nodes = sorted({*cfg.prefill_nodes, *cfg.decode_nodes, cfg.router_node, cfg.benchmark_node})
         hosts = cluster.connect_nodes(cfg, nodes)
@@ -272,7 +273,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             docker_rt.teardown()
             for h in hosts.values():
                 h.close()
-    print(f"cleanup: {count} left-over process(es)/container(s)/allocation(s) removed")
+    print(f"cleanup: {count} left-over process(es)/container(s) removed")
     return 0
 
 

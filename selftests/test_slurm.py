@@ -367,3 +367,36 @@ def test_a_spawned_process_is_a_step_of_its_own_that_scancel_ends(tmp_path, slur
         host.close()
     finally:
         slurm.run("scancel", job, check=False)
+
+
+@pytest.mark.slurm
+def test_keep_cluster_keeps_the_allocation_until_sglang_pd_down(tmp_path, slurm):
+    results = tmp_path / "results"
+    config_path = slurm_config(tmp_path, slurm)
+    run = subprocess.run([sys.executable, "-m", "pytest", CLUSTER_TESTS, f"--cluster-config={config_path}",
+                          f"--results-dir={results}", "--run-id=run", "--keep-cluster", "-p", "no:cacheprovider"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert run.returncode == 0, run.stdout[-4000:]
+    job = json.loads((results / "run" / "cluster-state.json").read_text())["slurm"]["job_id"]
+    assert f"kept running in Slurm allocation {job}, router http://127.0.0.2:" in run.stdout
+    assert f"remove it with: sglang-pd down {results / 'run'} (and release the allocation)" in run.stdout
+    assert [line.split() for line in slurm.jobs()] == [[job, "RUNNING"]]
+    done = _sglang_pd(slurm, "down", str(results / "run"))
+    assert done.returncode == 0 and f"stopped slurm allocation {job} (scancel)" in done.stdout, done.stderr
+    nothing_left(results, slurm)
+
+
+@pytest.mark.slurm
+def test_cleanup_releases_the_suites_orphaned_allocations_and_no_other_job(tmp_path, slurm):
+    """A run killed before it recorded its job (SIGKILL during the queue wait): its sglang-pd-<run id> job is found."""
+    submit = ("sbatch", "--parsable", "-N", "1", "--output=/dev/null", "--wrap", "sleep infinity")
+    orphan = slurm.run(*submit[:2], "--job-name=sglang-pd-killed-run", *submit[2:]).strip()
+    other = slurm.run(*submit[:2], "--job-name=someone-elses-training", *submit[2:]).strip()
+    try:
+        done = _sglang_pd(slurm, "cleanup", str(slurm_config(tmp_path, slurm)), "--results-dir", str(tmp_path))
+        assert done.returncode == 0, done.stderr
+        assert f"released slurm allocation {orphan} (sglang-pd-killed-run)" in done.stdout
+        assert "cleanup: 1 allocation(s) of the suite released" in done.stdout
+        assert [line.split()[0] for line in slurm.jobs()] == [other]
+    finally:
+        slurm.run("scancel", orphan, other, check=False)
