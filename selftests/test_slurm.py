@@ -400,3 +400,14 @@ def test_cleanup_releases_the_suites_orphaned_allocations_and_no_other_job(tmp_p
         assert [line.split()[0] for line in slurm.jobs()] == [other]
     finally:
         slurm.run("scancel", orphan, other, check=False)
+
+
+def test_checks_that_count_instances_count_the_nodes_the_allocation_will_give(tmp_path):
+    """power_of_two needs 2 instances: 2 prefill nodes from the allocation are 2, though the config names none."""
+    data = raw("local-slurm.json")
+    data["benchmark_params"]["llama-8b"]["prefill_policy"] = "power_of_two"
+    with pytest.raises(config.ConfigError) as info:
+        config.load(write(tmp_path, data))
+    assert [p.path for p in info.value.problems] == ['$.benchmark_params["llama-8b"].prefill_policy']
+    data["config"]["slurm"]["prefill_nodes"] = "2"
+    assert config.load(write(tmp_path, data)).slurm.prefill_nodes == 2

@@ -831,7 +831,8 @@ def cross_field_problems(cfg: ClusterConfig) -> list[Problem]:
             problems.append(Problem(mpath, f"model id {m.id!r} cannot be used in test ids: use letters, digits, '.', '_' or '-'"))
         for role in ("prefill", "decode"):
             nodes = cfg.prefill_nodes if role == "prefill" else cfg.decode_nodes
-            n = 1 if cfg.instance_layout == "multi_node" else len(nodes) * m.layout(role).instances_per_node
+            count = len(nodes) or (getattr(cfg.slurm, f"{role}_nodes") if cfg.transport == "slurm" else 0)
+            n = 1 if cfg.instance_layout == "multi_node" else count * m.layout(role).instances_per_node
             if getattr(m, f"{role}_policy") == "power_of_two" and n < 2:
                 problems.append(Problem(f"{mpath}.{role}_policy",
                                         f"power_of_two needs at least 2 {role} instances, the config has {n}"))
