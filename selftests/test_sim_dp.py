@@ -1,0 +1,181 @@
+"""Data parallelism in the simulator (sim/dp.py): SGLang's DP flags and their errors, the load-balance methods, the
+DP-attention cost model and the lockstep loop, per-rank load and DP metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from pytest_sglang_pd import prom
+from pytest_sglang_pd.sim import catalog, loads
+from pytest_sglang_pd.sim.dp import IDLE, Balancer, DPAttentionModel, DPGroup
+from pytest_sglang_pd.sim.launch_server import parse_args
+from pytest_sglang_pd.sim.perf_model import PerfModel
+from pytest_sglang_pd.sim.scheduler import Rejected, Sequence
+from pytest_sglang_pd.sim.worker import SimWorker
+
+DEEPSEEK = catalog.MODELS["DeepSeek-R1"]
+MI355X = catalog.GPUS["MI355X"]
+
+
+def args_of(*flags: str):
+    return parse_args(["--model-path", "deepseek-ai/DeepSeek-R1", "--tp", "8", *flags])
+
+
+def worker_of(*flags: str) -> SimWorker:
+    return SimWorker(args_of(*flags), MI355X, DEEPSEEK)
+
+
+# ------------------------------------------------------------------------------------------------ the flags
+
+def test_deprecated_dp_attention_flags_resolve_to_attn_dp_size(capsys):
+    args = args_of("--dp-size", "4", "--enable-dp-attention", "--disaggregation-mode", "decode")
+    assert (args.attn_dp_size, args.dp_size, args.enable_dp_attention) == (4, 1, False)
+    assert args.chunked_prefill_size == 8192 // 4  # SGLang divides the chunk among the ranks
+    assert args.load_balance_method == "round_robin"  # auto on a PD decode
+    err = capsys.readouterr().err
+    assert "'--enable-dp-attention' is deprecated" in err and "adjusted from 8192 to 2048" in err
+    new = args_of("--attention-data-parallel-size", "4", "--disaggregation-mode", "prefill")
+    assert (new.attn_dp_size, new.load_balance_method) == (4, "follow_bootstrap_room")  # auto on a PD prefill
+    assert args_of("--attn-dp-size", "2", "--load-balance-method", "total_tokens").load_balance_method == "total_tokens"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--dp-size", "2", "--attn-dp-size", "4"), "--dp-size 2 with --attn-dp-size 4: data-parallel replicas combined "
+                                               "with attention data parallelism are not supported."),
+    (("--attn-dp-size", "0"), "--attn-dp-size must be positive (got 0)."),
+    (("--attn-dp-size", "3"), "tp_size must be divisible by attn_dp_size (--tp-size 8, --attn-dp-size 3)"),
+    (("--disaggregation-mode", "prefill", "--disaggregation-transfer-backend", "fake"),
+     "Prefill server does not support 'fake' as the transfer backend"),
+    (("--load-balance-method", "shortest_queue"), "invalid choice: 'shortest_queue'"),
+])
+def test_dp_flags_refused_with_sglangs_message(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        args_of(*flags)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------- the model
+
+def test_one_rank_dp_model_gives_the_base_model_times():
+    base = PerfModel(MI355X, DEEPSEEK, 8)
+    one = DPAttentionModel(base, 1)
+    assert one.step([one.decode_load(64, 64 * 2000)])[0] == pytest.approx(base.decode_step_seconds(64, 64 * 2000))
+    chunks = [(1024, 0), (512, 512)]
+    assert one.step([one.prefill_load(chunks)])[0] == pytest.approx(base.prefill_seconds(chunks))
+    assert one.kv_capacity_tokens(0.88) == base.kv_capacity_tokens(0.88)
+
+
+def test_lockstep_step_lasts_as_long_as_the_slowest_rank_and_idle_ranks_still_run():
+    model = DPAttentionModel(PerfModel(MI355X, DEEPSEEK, 8), 4)
+    busy, light = model.decode_load(64, 64 * 4000), model.decode_load(8, 8 * 4000)
+    seconds, own = model.step([busy, light, light, IDLE])
+    assert seconds == pytest.approx(max(own) + model.base.step_overhead_s)
+    assert own[0] == max(own) > own[1] == own[2] > own[3] > 0  # the idle rank runs the MoE weights all the same
+    # the same 88 tokens balanced: a shorter step than with one rank doing most of them
+    balanced = model.decode_load(22, 22 * 4000)
+    assert model.step([balanced] * 4)[0] < model.step([model.decode_load(82, 82 * 4000), model.decode_load(2, 8000),
+                                                        model.decode_load(2, 8000), model.decode_load(2, 8000)])[0]
+
+
+def test_dp_attention_shortens_long_context_decode_and_multiplies_the_kv_pool():
+    """MLA keeps a full latent KV per attention-TP rank: with TP8 every GPU reads every sequence's KV; DP8 reads
+    only its rank's, and each rank holds its own pool."""
+    base = PerfModel(MI355X, DEEPSEEK, 8)
+    dp8 = DPAttentionModel(base, 8)
+    batch, context = 256, 256 * 8000
+    tp_step = base.decode_step_seconds(batch, context)
+    dp_step = dp8.step([dp8.decode_load(batch // 8, context // 8)] * 8)[0]
+    assert dp_step < 0.5 * tp_step
+    assert 8 * dp8.kv_capacity_tokens(0.88) == pytest.approx(8 * base.kv_capacity_tokens(0.88), rel=1e-6)
+
+
+# -------------------------------------------------------------------------------------------- the balancer
+
+def seq(room: int | None = None, routed: int | None = None) -> Sequence:
+    return Sequence("r", [1] * 10, 4, 14, room=room, routed_dp_rank=routed)
+
+
+def test_balancer_methods_pick_ranks_as_sglangs_controller():
+    ranks = worker_of("--attn-dp-size", "4").ranks
+    assert [Balancer("round_robin", ranks).pick(seq()) for _ in range(1)] == [0]
+    rr = Balancer("round_robin", ranks)
+    assert [rr.pick(seq()) for _ in range(6)] == [0, 1, 2, 3, 0, 1]
+    room = Balancer("follow_bootstrap_room", ranks)
+    assert [room.pick(seq(room=r)) for r in (0, 5, 10, 0)] == [0, 1, 2, 0]  # every fake request (room 0): rank 0
+    assert rr.pick(seq(routed=3)) == 3 and room.pick(seq(room=1, routed=2)) == 2  # routed_dp_rank wins
+    with pytest.raises(Rejected, match="DP rank 4 is not active"):
+        rr.pick(seq(routed=4))
+    with pytest.raises(Rejected, match="bootstrap_room should not be None"):
+        room.pick(seq())
+    ranks[0].reserved, ranks[1].admitted_count = 100, 1
+    assert Balancer("total_requests", ranks).pick(seq()) == 0  # 0 requests on rank 0 (tokens do not count)
+    assert Balancer("total_tokens", ranks).pick(seq()) == 2  # fewest tokens, then fewest requests
+
+
+# ---------------------------------------------------------------------------------------- the lockstep loop
+
+def test_lockstep_loop_runs_idle_batches_and_reports_the_imbalance():
+    worker = worker_of("--attn-dp-size", "2", "--disaggregation-mode", "decode", "--sim-speedup", "0.5")
+    group = worker.scheduler
+    assert isinstance(group, DPGroup) and len(group.ranks) == 2
+    steps = []
+    observe = group.on_step  # the worker's metrics
+    group.on_step = lambda stats: (steps.append(stats), observe(stats))
+    output_tokens = 6
+
+    async def run() -> float:
+        group.start()
+        seqs = [Sequence(f"r{i}", [1] * 500, output_tokens, 520, routed_dp_rank=0) for i in range(4)]
+        await asyncio.gather(*(group.reserve(s) for s in seqs))
+        started = time.monotonic()
+        for s in seqs:
+            group.start_decode(s, started)  # the first token, then output_tokens - 1 decode steps
+        while not all(s.finished for s in seqs):
+            await asyncio.sleep(0.005)
+        elapsed = time.monotonic() - started
+        await group.stop()
+        return elapsed
+
+    elapsed = asyncio.run(run())
+    assert [s.tokens for s in steps] == [[4, 0]] * (output_tokens - 1)
+    assert all(s.imbalance_ratio == 2.0 and s.sync_wait_s[0] == 0 < s.sync_wait_s[1] for s in steps)
+    model = group.lockstep
+    expected = sum(model.step([model.decode_load(4, 4 * (500 + k)), IDLE])[0] for k in range(1, output_tokens)) / 0.5
+    assert expected * 0.9 < elapsed < expected * 3 + 0.2
+    text = worker.metrics.render({}, [{"num_running_reqs": 0}] * 2)
+    samples = prom.parse(text)
+
+    def value(name: str, **labels: str) -> float:
+        return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
+
+    assert value("sglang:dp_attention_steps_total", dp_rank="1", rank_state="idle") == output_tokens - 1
+    assert value("sglang:dp_attention_steps_total", dp_rank="0", rank_state="active") == output_tokens - 1
+    assert value("sglang:dp_attention_tokens_total", dp_rank="1", kind="imbalance") == 4 * (output_tokens - 1)
+    assert value("sglang:dp_attention_token_imbalance_ratio_count") == output_tokens - 1
+    assert value("sglang:dp_attention_sync_wait_seconds_count", dp_rank="1") == output_tokens - 1
+
+
+def test_loads_report_each_rank():
+    worker = worker_of("--attn-dp-size", "4", "--max-running-requests", "1024")
+    worker.ranks[2].reserved, worker.ranks[2].admitted_count = 300, 3
+    body = loads.v1_loads(worker, "core", None)
+    assert [load["dp_rank"] for load in body["loads"]] == [0, 1, 2, 3]
+    assert body["num_accelerators"] == 2 and body["version"] == "0.5.23"
+    assert body["loads"][2]["num_running_reqs"] == 3 and body["loads"][2]["num_used_tokens"] == 300
+    assert {load["max_running_requests"] for load in body["loads"]} == {256}  # --max-running-requests per rank
+    assert [load["dp_rank"] for load in loads.v1_loads(worker, None, "3")["loads"]] == [3]
+    assert "disaggregation" in loads.v1_loads(worker, "all", None)["loads"][0]
+    with pytest.raises(ValueError, match="Invalid include sections"):
+        loads.v1_loads(worker, "core,bogus", None)
+
+
+def test_dp_replicas_are_independent_full_copies():
+    worker = worker_of("--dp-size", "2")
+    group = worker.scheduler
+    assert isinstance(group, DPGroup) and group.lockstep is None
+    assert {rank.max_running for rank in group.ranks} == {1024}
+    assert group.ranks[0].capacity_tokens == PerfModel(MI355X, DEEPSEEK, 8).kv_capacity_tokens(0.88)
