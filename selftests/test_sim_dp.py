@@ -179,3 +179,33 @@ def test_dp_replicas_are_independent_full_copies():
     assert isinstance(group, DPGroup) and group.lockstep is None
     assert {rank.max_running for rank in group.ranks} == {1024}
     assert group.ranks[0].capacity_tokens == PerfModel(MI355X, DEEPSEEK, 8).kv_capacity_tokens(0.88)
+
+
+# ------------------------------------------------------------------------------------------ over real HTTP
+
+@pytest.mark.integration
+def test_attn_dp_decode_behind_the_real_router_serves_and_reports_four_ranks(tmp_path):
+    import requests
+    from concurrent.futures import ThreadPoolExecutor
+
+    from selftests.live import sim_cluster
+
+    with sim_cluster(tmp_path, 1, 1, backend="tcp", worker_args=["--sim-speedup", "20"],
+                     decode_args=["--tp", "4", "--attn-dp-size", "4"]) as cluster:
+        decode = cluster.deployment.role("decode")[0].url
+        body = {"text": "one two three " * 30, "sampling_params": {"max_new_tokens": 8, "ignore_eos": True}}
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: requests.post(cluster.router_url + "/generate", json=body, timeout=60),
+                                    range(16)))
+        assert [a.status_code for a in answers] == [200] * 16, answers[0].text
+        assert {a.json()["meta_info"]["completion_tokens"] for a in answers} == {8}
+        body = requests.get(decode + "/v1/loads", params={"include": "core"}, timeout=5).json()
+        assert [load["dp_rank"] for load in body["loads"]] == [0, 1, 2, 3] and body["num_accelerators"] == 1
+        assert len(requests.get(decode + "/get_load", timeout=5).json()) == 4
+        info = requests.get(decode + "/server_info", timeout=5).json()
+        assert (info["attn_dp_size"], info["enable_dp_attention"], info["load_balance_method"]) == (4, True, "round_robin")
+        samples = prom.fetch(decode + "/metrics")
+        scheduled = {s.labels["dp_rank"]: s.value for s in samples
+                     if s.name == "sglang:dp_attention_tokens_total" and s.labels["kind"] == "scheduled"}
+        assert sorted(scheduled) == ["0", "1", "2", "3"] and all(v > 0 for v in scheduled.values()), scheduled
+        assert sum(scheduled.values()) == 16 * 7  # the decode steps' tokens (the first token comes with the KV)
