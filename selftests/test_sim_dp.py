@@ -181,6 +181,27 @@ def test_dp_replicas_are_independent_full_copies():
     assert group.ranks[0].capacity_tokens == PerfModel(MI355X, DEEPSEEK, 8).kv_capacity_tokens(0.88)
 
 
+# ------------------------------------------------------------------------------------ decode alone, planned
+
+def test_a_decode_alone_test_is_planned_straight_to_the_decode_worker_and_refused_for_gsm8k():
+    from pytest_sglang_pd import config, plan
+    from selftests.configs import raw
+
+    data = raw("local-sim.json")
+    tests = data["benchmark_params"]["llama-8b"]["inference_tests"]
+    tests["alone"] = {"data_set_name": "random", "mode": "decode_alone", "max_concurrency": "1024",
+                      "bench_client": "sglang"}
+    cfg = config.from_dict(data, user="u")
+    assert [t.decode_alone for t in cfg.model("llama-8b").tests][-1]
+    dep = plan.plan(cfg, "llama-8b", run_id="r")
+    argv = next(p.argv for p in dep.bench if p.key == "bench_alone_c1024")
+    decode = dep.servers("decode")[0]
+    assert argv[argv.index("--port") + 1] == str(decode.port) and argv[-1] == "--fake-prefill"
+    tests["gsm8k"]["mode"] = "decode_alone"
+    with pytest.raises(config.ConfigError, match=r"gsm8k.mode: decode_alone measures decode throughput"):
+        config.from_dict(data, user="u")
+
+
 # ------------------------------------------------------------------------------------------ over real HTTP
 
 @pytest.mark.integration
@@ -209,3 +230,50 @@ def test_attn_dp_decode_behind_the_real_router_serves_and_reports_four_ranks(tmp
                      if s.name == "sglang:dp_attention_tokens_total" and s.labels["kind"] == "scheduled"}
         assert sorted(scheduled) == ["0", "1", "2", "3"] and all(v > 0 for v in scheduled.values()), scheduled
         assert sum(scheduled.values()) == 16 * 7  # the decode steps' tokens (the first token comes with the KV)
+
+
+@pytest.mark.integration
+def test_decode_alone_runs_at_batch_1024_on_the_simulator(tmp_path, pytester):
+    """The seed's benchmark mode: 1024 streams straight to the decode worker with the fake bootstrap host; its
+    running batch (polled in /v1/loads while the suite runs) reaches 1024 and the figures are in results.json."""
+    import json
+    import threading
+
+    import requests
+
+    from selftests.configs import REPO, sim_config
+
+    config = sim_config(tmp_path, tests=("bench_serv_random",))
+    data = json.loads(config.read_text())
+    data["config"]["sim"]["speedup"] = "0.25"  # 4x slower steps: the simulator keeps up with 1024 streams on 2 cores
+    data["benchmark_params"]["llama-8b"]["inference_tests"] = {"decode_alone": {
+        "data_set_name": "random", "mode": "decode_alone", "num_prompts": "1024", "max_concurrency": "1024",
+        "input_length": "128", "output_length": "32", "random_range_ratio": "1", "warmup_requests": "0",
+        "expected_results": {"auto": {"output_throughput": {"min": "1000"}}}}}
+    config.write_text(json.dumps(data))
+    decode = f"http://127.0.0.1:{data['config']['decode_serv_port']}"
+    peak, done = [0], threading.Event()
+
+    def poll() -> None:
+        while not done.wait(0.05):
+            try:
+                body = requests.get(decode + "/v1/loads", params={"include": "core"}, timeout=2).json()
+                peak[0] = max(peak[0], sum(load["num_running_reqs"] for load in body["loads"]))
+            except (requests.RequestException, ValueError):
+                pass
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
+    try:
+        out = pytester.runpytest_subprocess(str(REPO / "pytest_sglang_pd" / "suite" / "test_inference.py"),
+                                            f"--cluster-config={config}", f"--results-dir={tmp_path / 'r'}",
+                                            "--run-id=run", "-p", "no:cacheprovider", timeout=600)
+    finally:
+        done.set()
+        watcher.join()
+    assert out.ret == 0, out.stdout.str()
+    test = json.loads((tmp_path / "r" / "run" / "results.json").read_text())["tests"][0]
+    metrics = test["metrics"]
+    assert metrics["completed"] == 1024 and metrics["steady_peak_concurrency"] >= 1000, metrics
+    assert peak[0] >= 1000, f"the decode worker's running batch peaked at {peak[0]}"
+    assert "fake prefill" in test["command"] and metrics["output_throughput"] >= 1000
