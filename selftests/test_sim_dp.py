@@ -245,7 +245,7 @@ def test_decode_alone_runs_at_batch_1024_on_the_simulator(tmp_path, pytester):
 
     config = sim_config(tmp_path, tests=("bench_serv_random",))
     data = json.loads(config.read_text())
-    data["config"]["sim"]["speedup"] = "0.25"  # 4x slower steps: the simulator keeps up with 1024 streams on 2 cores
+    data["config"]["sim"]["speedup"] = "0.1"  # 10x slower steps: the simulator keeps up with 1024 streams on 2 cores
     data["benchmark_params"]["llama-8b"]["inference_tests"] = {"decode_alone": {
         "data_set_name": "random", "mode": "decode_alone", "num_prompts": "1024", "max_concurrency": "1024",
         "input_length": "128", "output_length": "32", "random_range_ratio": "1", "warmup_requests": "0",
@@ -277,3 +277,36 @@ def test_decode_alone_runs_at_batch_1024_on_the_simulator(tmp_path, pytester):
     assert metrics["completed"] == 1024 and metrics["steady_peak_concurrency"] >= 1000, metrics
     assert peak[0] >= 1000, f"the decode worker's running batch peaked at {peak[0]}"
     assert "fake prefill" in test["command"] and metrics["output_throughput"] >= 1000
+    # every step ran the whole batch: TPOT is the modelled step of 1024 sequences (mean context 128 + 16), slowed 10x
+    step_ms = PerfModel(MI355X, catalog.MODELS["Llama-3.1-8B"], 1).decode_step_seconds(1024, 1024 * 144) * 1000 / 0.1
+    assert metrics["mean_tpot_ms"] == pytest.approx(step_ms, rel=0.1), (metrics["mean_tpot_ms"], step_ms)
+
+
+@pytest.mark.integration
+def test_decode_on_the_fake_backend_serves_without_kv_and_a_fake_prefill_refuses_to_start():
+    import subprocess
+    import sys
+
+    import requests
+
+    from selftests.one_worker import sim_worker
+
+    with sim_worker(["--disaggregation-mode", "decode", "--disaggregation-transfer-backend", "fake",
+                     "--sim-speedup", "20"]) as (url, proc):
+        for extra in ({}, {"bootstrap_host": "2.2.2.2", "bootstrap_room": 0}):  # no host on a fake decode: fake too
+            body = {"text": "a b c d", "sampling_params": {"max_new_tokens": 5}, **extra}
+            answer = requests.post(url + "/generate", json=body, timeout=30)
+            assert answer.status_code == 200 and answer.json()["meta_info"]["completion_tokens"] == 5, answer.text
+        assert requests.get(url + "/server_info", timeout=5).json()["sim"]["engine"] is None  # no KV engine opened
+        assert "KV transfer engine" not in proc.tail(50)
+    with sim_worker(["--disaggregation-mode", "decode", "--disaggregation-transfer-backend", "tcp"]) as (url, _):
+        body = {"text": "a b c d", "sampling_params": {"max_new_tokens": 3}}
+        refused = requests.post(url + "/generate", json=body, timeout=30)  # a real backend needs the prefill's room
+        assert refused.status_code == 400 and "no bootstrap_host" in refused.text
+        faked = requests.post(url + "/generate", json={**body, "bootstrap_host": "2.2.2.2", "bootstrap_room": 0},
+                              timeout=30)
+        assert faked.json()["meta_info"]["completion_tokens"] == 3  # the fake host needs no KV on any backend
+    done = subprocess.run([sys.executable, "-m", "pytest_sglang_pd.sim.launch_server", "--model-path", "llama-8b",
+                           "--disaggregation-mode", "prefill", "--disaggregation-transfer-backend", "fake"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Prefill server does not support 'fake' as the transfer backend" in done.stderr
