@@ -46,8 +46,6 @@ def resolve_parallelism(args: argparse.Namespace) -> None:
     if args.attn_dp_size > 1 and args.dp_size > 1:
         raise ValueError(f"--dp-size {args.dp_size} with --attn-dp-size {args.attn_dp_size}: data-parallel replicas "
                          "combined with attention data parallelism are not supported.")
-    if args.dp_size < 1:
-        raise ValueError(f"--dp-size must be positive (got {args.dp_size}).")
     if args.attn_dp_size > 1:
         if args.tp_size % args.attn_dp_size:
             raise ValueError(f"tp_size must be divisible by attn_dp_size (--tp-size {args.tp_size}, "

@@ -243,10 +243,10 @@ class SimWorker:
             self.scheduler.release(seq)
 
     def fake_transfer(self, inp: GenInput) -> bool:
-        """SGLang's ``_is_fake_transfer``: the fake bootstrap host (bench_serving --fake-prefill, /health), or no host
-        on a worker with the fake backend: nothing is transferred."""
-        return inp.bootstrap_host == dp.FAKE_BOOTSTRAP_HOST or (
-            inp.bootstrap_host is None and self.args.disaggregation_transfer_backend == dp.FAKE_BACKEND)
+        """Nothing to transfer: the fake bootstrap host (bench_serving --fake-prefill, /health) on any backend, and
+        every request on a decode with the fake backend (SGLang gives them all its fake KV receiver)."""
+        return (inp.bootstrap_host == dp.FAKE_BOOTSTRAP_HOST
+                or self.args.disaggregation_transfer_backend == dp.FAKE_BACKEND)
 
     async def _prefill_and_send(self, inp: GenInput, seq: Sequence, progress: Progress) -> None:
         if self.fake_transfer(inp):
