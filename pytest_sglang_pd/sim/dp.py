@@ -260,9 +260,6 @@ class DPGroup:
         for rank in self.ranks:
             rank.flush_cache()
 
-    def check_fits(self, seq: Sequence) -> None:
-        self.ranks[0].check_fits(seq)
-
     def _place(self, seq: Sequence) -> Scheduler:
         index = self.balancer.pick(seq)
         self._rank_of[seq] = index

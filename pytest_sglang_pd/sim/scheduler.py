@@ -82,7 +82,7 @@ class Scheduler:
         self.reserved = 0
         self.paused = False
         self.on_tokens: Callable[[Sequence, int], None] = lambda seq, n: None
-        self._wake = wake or asyncio.Event()  # DP attention's ranks share one (sim/dp.py)
+        self._wake = wake or asyncio.Event()  # the schedulers of a DP group share one (sim/dp.py)
         self._task: asyncio.Task | None = None
         self.matched_tokens = 0
         self.prompt_tokens_seen = 0
