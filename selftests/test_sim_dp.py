@@ -204,14 +204,17 @@ def test_a_decode_alone_test_is_planned_straight_to_the_decode_worker_and_refuse
 # ------------------------------------------------------------------------------------------ over real HTTP
 
 @pytest.mark.integration
-def test_attn_dp_decode_behind_the_real_router_serves_and_reports_four_ranks(tmp_path):
+@pytest.mark.parametrize("package", ["sglang-router", "smg"])  # 0.3.2 polls /get_load, smg /v1/loads
+def test_attn_dp_decode_behind_the_real_router_serves_and_reports_four_ranks(tmp_path, package):
     import requests
     from concurrent.futures import ThreadPoolExecutor
 
+    from selftests.configs import smg_python
     from selftests.live import sim_cluster
 
+    router = {"package": "smg", "python": smg_python()} if package == "smg" else None
     with sim_cluster(tmp_path, 1, 1, backend="tcp", worker_args=["--sim-speedup", "20"],
-                     decode_args=["--tp", "4", "--attn-dp-size", "4"]) as cluster:
+                     decode_args=["--tp", "4", "--attn-dp-size", "4"], router=router) as cluster:
         decode = cluster.deployment.role("decode")[0].url
         body = {"text": "one two three " * 30, "sampling_params": {"max_new_tokens": 8, "ignore_eos": True}}
         with ThreadPoolExecutor(8) as pool:
