@@ -314,3 +314,27 @@ def test_decode_on_the_fake_backend_serves_without_kv_and_a_fake_prefill_refuses
                            "--disaggregation-mode", "prefill", "--disaggregation-transfer-backend", "fake"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "Prefill server does not support 'fake' as the transfer backend" in done.stderr
+
+
+@pytest.mark.integration
+def test_real_bench_serving_fake_prefill_measures_the_simulated_decode_alone(tmp_path, pytester):
+    """SGLang 0.5.23's own bench_serving --fake-prefill, planned by the suite, straight to the simulated decode."""
+    import json
+
+    from selftests.configs import REPO, sim_config, tools_python
+
+    config = sim_config(tmp_path, tests=("bench_serv_random",), base="local-sim-sglang-tools.json",
+                        bench_python=tools_python())
+    data = json.loads(config.read_text())
+    data["benchmark_params"]["llama-8b"]["inference_tests"] = {"decode_alone": {
+        "data_set_name": "random", "mode": "decode_alone", "bench_client": "sglang", "num_prompts": "64",
+        "max_concurrency": "64", "input_length": "128", "output_length": "32", "random_range_ratio": "1"}}
+    config.write_text(json.dumps(data))
+    out = pytester.runpytest_subprocess(str(REPO / "pytest_sglang_pd" / "suite" / "test_inference.py"),
+                                        f"--cluster-config={config}", f"--results-dir={tmp_path / 'r'}",
+                                        "--run-id=run", "-p", "no:cacheprovider", timeout=300)
+    assert out.ret == 0, out.stdout.str()
+    test = json.loads((tmp_path / "r" / "run" / "results.json").read_text())["tests"][0]
+    assert "--fake-prefill" in test["command"]
+    assert test["command"].split("--port ")[1].split()[0] == str(data["config"]["decode_serv_port"])  # not the router
+    assert test["metrics"]["completed"] == 64 and test["metrics"]["kv_handoffs"] == 0
