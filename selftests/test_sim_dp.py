@@ -178,6 +178,10 @@ def test_dp_replicas_are_independent_full_copies():
     assert isinstance(group, DPGroup) and group.lockstep is None
     assert {rank.max_running for rank in group.ranks} == {1024}
     assert group.ranks[0].capacity_tokens == PerfModel(MI355X, DEEPSEEK, 8).kv_capacity_tokens(0.88)
+    assert [(labels["dp_rank"], labels["tp_rank"]) for labels in worker.metrics.rank_labels] == [("0", "0"), ("1", "0")]
+    attention = worker_of("--attn-dp-size", "4").metrics.rank_labels  # each rank exported by its first TP rank
+    assert [(labels["dp_rank"], labels["tp_rank"]) for labels in attention] == [("0", "0"), ("1", "2"), ("2", "4"),
+                                                                               ("3", "6")]
 
 
 # ------------------------------------------------------------------------------------ decode alone, planned

@@ -3,8 +3,8 @@
 
 Scheduler metrics carry ``model_name, engine_type, tp_rank, pp_rank, moe_ep_rank`` (one simulated process is the
 first attention-TP rank of its instance, the one that exports) and, with data parallelism, ``dp_rank``: each DP
-rank's scheduler exports its own series (``tp_rank`` = its first TP rank); the worker-wide ones (PD queues, KV
-transfers) are rank 0's. Tokenizer metrics carry ``model_name, engine_type``. With DP attention every lockstep step
+rank's scheduler exports its own series (``tp_rank`` = its first TP rank; 0 for each replica of ``--dp-size``);
+the worker-wide ones (PD queues, KV transfers) are rank 0's. Tokenizer metrics carry ``model_name, engine_type``. With DP attention every lockstep step
 is observed per rank: ``dp_attention_tokens_total{kind}``, ``dp_attention_pairs_total{kind}``,
 ``dp_attention_steps_total{rank_state}``, ``dp_attention_sync_wait_seconds``; and once, on rank 0,
 ``dp_attention_token_imbalance_ratio``.

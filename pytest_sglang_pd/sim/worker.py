@@ -60,7 +60,7 @@ class SimWorker:
         self.scheduler.paused = self.faults.hang
         self.engine: TransferEngine | None = None
         self.metrics = WorkerMetrics(self.role, self.served_model_name, "none", dp_ranks=self.dp_ranks,
-                                     tp_per_rank=max(1, args.tp_size // args.attn_dp_size))
+                                     tp_per_rank=args.tp_size // args.attn_dp_size if args.attn_dp_size > 1 else 0)
         if isinstance(self.scheduler, dp.DPGroup):
             self.scheduler.on_step = lambda s: self.metrics.dp_step(s.tokens, s.pairs, s.sync_wait_s,
                                                                     s.imbalance_ratio)
