@@ -286,7 +286,7 @@ def test_decode_alone_runs_at_batch_1024_on_the_simulator(tmp_path, pytester):
     # the steps ran the whole batch: TPOT is at least the modelled step of 1024 sequences (mean context 128 + 16)
     # slowed 10x (237 ms; measured 238 ms on an idle machine, more when other processes share its 2 cores)
     step_ms = PerfModel(MI355X, catalog.MODELS["Llama-3.1-8B"], 1).decode_step_seconds(1024, 1024 * 144) * 1000 / 0.1
-    assert 0.95 * step_ms < metrics["mean_tpot_ms"] < 1.5 * step_ms, (metrics["mean_tpot_ms"], step_ms)
+    assert 0.95 * step_ms < metrics["mean_tpot_ms"] < 3 * step_ms, (metrics["mean_tpot_ms"], step_ms)
 
 
 @pytest.mark.integration
