@@ -536,9 +536,10 @@ def _bench_tokenizer(cfg: ClusterConfig, model: ModelConfig) -> str:
 
 
 def bench_serving_argv(dep: Deployment, test: InferenceTest, concurrency: int, tokenizer: str) -> tuple[str, ...]:
-    """bench_serving (the planned release's module) against the router; its JSON line goes to bench_output_path().
-    A test without its own max_concurrency runs without --max-concurrency: every prompt at once."""
-    router = dep.router
+    """bench_serving (the planned release's module) against the router (a decode-alone test: the first decode
+    worker, --fake-prefill); its JSON line goes to bench_output_path(). A test without its own max_concurrency runs
+    without --max-concurrency: every prompt at once."""
+    router = dep.servers("decode")[0] if test.decode_alone else dep.router
     dataset = test.dataset
     if dataset == "random" and not test.dataset_path:
         dataset = "random-ids"  # random needs the ShareGPT download; random-ids runs offline
@@ -561,6 +562,8 @@ def bench_serving_argv(dep: Deployment, test: InferenceTest, concurrency: int, t
                  "--random-range-ratio", str(test.random_range_ratio)]
     if test.dataset_path:
         argv += ["--dataset-path", test.dataset_path]
+    if test.decode_alone:
+        argv += releases.fake_prefill_args(dep.sglang_version)
     return tuple(argv)
 
 

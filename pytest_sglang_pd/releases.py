@@ -48,6 +48,17 @@ def gsm8k_host(version: str, host: str) -> str:
     return host if at_least(version, "0.5.23") else f"http://{host}"
 
 
+FAKE_BOOTSTRAP_HOST = "2.2.2.2"  # sglang.srt.disaggregation.utils: a request no prefill serves and no KV follows
+
+
+def fake_prefill_args(version: str) -> list[str]:
+    """bench_serving's decode-alone mode: 0.5.23's ``--fake-prefill``; before it, the same request fields (the
+    fake bootstrap host, room 0) through ``--extra-request-body``."""
+    if at_least(version, "0.5.23"):
+        return ["--fake-prefill"]
+    return ["--extra-request-body", f'{{"bootstrap_host": "{FAKE_BOOTSTRAP_HOST}", "bootstrap_room": 0}}']
+
+
 def dp_attention_args(version: str, dp_size: int) -> list[str]:
     """DP attention over ``dp_size`` ranks: 0.5.23's ``--attn-dp-size N``, 0.5.7's
     ``--dp-size N --enable-dp-attention``."""

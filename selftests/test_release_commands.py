@@ -27,13 +27,16 @@ LAYOUTS = {
 
 
 def deployments(release: str | None = None) -> list[plan.Deployment]:
-    """mi35x-example.json in every layout, each model with DP attention too, planned for ``release``."""
+    """mi35x-example.json in every layout, each model with DP attention and a decode-alone test too, planned for
+    ``release``."""
     out = []
     for overrides in LAYOUTS.values():
         data = raw("mi35x-example.json")
         data["config"].update(overrides)
         for model in data["benchmark_params"].values():
             model["dp_attention"] = "8"
+            model["inference_tests"]["decode_alone"] = {"data_set_name": "random", "mode": "decode_alone",
+                                                        "max_concurrency": "1024", "output_length": "1000"}
         cfg = config.from_dict(data, user="sgl")
         out += [plan.plan(cfg, m, run_id="r", sglang_version=release) for m in cfg.model_ids]
     return out
@@ -78,6 +81,12 @@ def test_the_0_5_7_plan_is_accepted_by_0_5_7s_argument_definitions(defs_0_5_7: d
     assert defs_0_5_7["few_shot_gsm8k_url"] == "joined"
     hosts = {a[a.index("--host") + 1] for a in argvs if tool_of(a) == "few_shot_gsm8k"}
     assert hosts == {"http://mi35x-node01"}
+    # decode alone: straight to the first decode worker; 0.5.7's bench_serving has no --fake-prefill
+    alone = [a for d in deps for p in d.bench if p.key.startswith("bench_decode_alone") for a in [p.argv]]
+    assert alone and all("--fake-prefill" not in a and a[a.index("--host") + 1] == d.servers("decode")[0].host
+                         for d, a in zip(deps, alone))
+    assert {a[a.index("--extra-request-body") + 1] for a in alone} == {
+        '{"bootstrap_host": "2.2.2.2", "bootstrap_room": 0}'}
 
 
 def test_0_5_23s_forms_are_refused_by_0_5_7(defs_0_5_7: dict) -> None:
@@ -115,6 +124,9 @@ def test_every_planned_command_is_accepted_by_the_real_0_5_23_parsers() -> None:
     urls = {g["url"] for a, g in zip(argvs, got) if tool_of(a) == "few_shot_gsm8k"}
     assert urls == {f"http://{h}:8000" for h in routers}  # not http://http://...
     assert got[-1]["url"].startswith("http://http://")
+    alone = [(d, a) for d in deps for p in d.bench if p.key.startswith("bench_decode_alone") for a in [p.argv]]
+    assert alone and all("--fake-prefill" in a and a[a.index("--port") + 1] == str(d.servers("decode")[0].port)
+                         for d, a in alone)
 
 
 @pytest.mark.integration

@@ -31,7 +31,8 @@ def run_benchmark(target: BenchTarget, case: InferenceCase, *, timeout_s: float,
     before, nic_before = workers(), nic_counters()
     router_before = prom.router_metrics(router_url) if router_url else None
     if test.bench_client == "builtin":
-        result = builtin.run(target.router_url, test, case.concurrency, timeout_s=timeout_s, progress=progress,
+        url = target.worker_urls["decode"][0] if test.decode_alone else target.router_url
+        result = builtin.run(url, test, case.concurrency, timeout_s=timeout_s, progress=progress,
                              stop=lambda: target.broken is not None, streamed=streamed)
     else:
         result = sglang_tools.run(target, test, case.concurrency, timeout_s=timeout_s, artifacts_dir=artifacts_dir)
@@ -48,7 +49,8 @@ def run_benchmark(target: BenchTarget, case: InferenceCase, *, timeout_s: float,
     pd_metrics.per_prefill(before, after, result)
     found = {**pd_metrics.kv_metrics(before, after), **pd_metrics.cache_metrics(before, after),
              **pd_metrics.router_metrics(router_before, router_after, result),
-             **pd_metrics.idle_workers(before, after, (router_after or {}).get("requests"), result.errors),
+             **({} if test.decode_alone else  # decode alone: the prefill and the other decodes idle by design
+                pd_metrics.idle_workers(before, after, (router_after or {}).get("requests"), result.errors)),
              **pd_metrics.queue_leaks(workers, result.errors)}
     result.metrics.update({k: v for k, v in found.items() if k not in result.metrics})
     result.metrics.update(nic_metrics(nic_before, nic_counters(), result.errors))

@@ -118,12 +118,20 @@ class InferenceTest:
     max_cv_pct: float | None = key("max_cv_pct", None, PERCENT, "a gated metric whose coefficient of variation over "
                                    "the repeats exceeds this fails as unstable (needs repeats >= 2)", minimum=0,
                                    default_doc="unset: not checked")
+    mode: str = key("mode", "pd", choice("pd", "decode_alone"),
+                    "pd: requests through the router, prefill -> decode; decode_alone: straight to the first decode "
+                    "worker with SGLang's fake bootstrap host (bench_serving --fake-prefill), so no prefill computes and "
+                    "no KV moves: decode measured alone, at a batch as large as max_concurrency (bench_serving only)")
     thresholds: tuple[Threshold, ...] = ()
     unbounded: bool = False  # bench_serving without --max-concurrency: every prompt at once (the seed's meaning)
 
     @property
     def is_sweep(self) -> bool:
         return len(self.max_concurrency) > 1
+
+    @property
+    def decode_alone(self) -> bool:
+        return self.mode == "decode_alone"
 
 
 @dataclass(frozen=True)
@@ -842,6 +850,9 @@ def cross_field_problems(cfg: ClusterConfig) -> list[Problem]:
                 problems.append(Problem(tpath, f"test name {t.name!r} cannot be used in test ids"))
             if len(set(t.max_concurrency)) != len(t.max_concurrency):
                 problems.append(Problem(f"{tpath}.max_concurrency", "lists a value twice"))
+            if t.decode_alone and t.kind == "gsm8k":
+                problems.append(Problem(f"{tpath}.mode", "decode_alone measures decode throughput with bench_serving "
+                                                         "workloads; a gsm8k test needs its prefill (mode pd)"))
     return problems
 
 
