@@ -119,7 +119,7 @@ def nic_text(cfg: config_mod.ClusterConfig) -> str | None:
 def cmd_validate(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     print(f"{cfg.source}: OK ({len(cfg.prefill_nodes)} prefill, {len(cfg.decode_nodes)} decode node(s); "
-          f"models: {', '.join(cfg.model_ids)}; engine {cfg.engine}, runtime {cfg.runtime}, kv {cfg.kv_transfer.backend})")
+          f"models: {', '.join(f'{m.id} (aggregated)' if m.mode == 'aggregated' else m.id for m in cfg.models)}; engine {cfg.engine}, runtime {cfg.runtime}, kv {cfg.kv_transfer.backend})")
     for line in warning_lines(cfg):
         print(line, file=sys.stderr)
     return 0
