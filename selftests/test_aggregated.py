@@ -8,9 +8,12 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import requests
 
+from pytest_sglang_pd import plan, prom
+from pytest_sglang_pd.cluster import LiveCluster
 from pytest_sglang_pd.report import results
-from selftests.configs import REPO, sim_config
+from selftests.configs import REPO, sim_config, smg_python
 
 pytest_plugins = ["pytester"]
 SUITE = str(REPO / "pytest_sglang_pd" / "suite")
@@ -54,3 +57,24 @@ def test_the_aggregated_sim_cluster_serves_a_benchmark_and_records_its_figures(p
     assert float(props["total_throughput_per_gpu"]) == pytest.approx(m["total_throughput_per_gpu"], rel=1e-4)
     html = (run_dir / "report.html").read_text()
     assert "aggregated, 4 GPUs (aggregated 4)" in html and "user_output_throughput" in html
+
+
+@pytest.mark.integration
+def test_smg_serves_the_aggregated_workers_in_its_regular_mode(tmp_path: Path) -> None:
+    """The same plan behind smg (`python -m smg launch --worker-urls ...`): its smoke requests pass and every worker
+    serves requests, none of them counting a KV transfer."""
+    path = sim_config(tmp_path, base="local-sim-aggregated.json")
+    data = json.loads(path.read_text())
+    data["config"]["router"] = {"package": "smg", "python": smg_python()}
+    data["benchmark_params"]["llama-8b"]["prefill_policy"] = "round_robin"
+    path.write_text(json.dumps(data))
+    cfg = plan.load_config(path)
+    with LiveCluster(cfg, plan.plan(cfg, "llama-8b", run_id="agg-smg"), tmp_path / "run") as cluster:
+        cluster.bring_up()
+        assert cluster.deployment.router.argv[1:4] == ("-m", "smg", "launch")
+        for i in range(4):
+            body = {"text": f"question number {i}", "sampling_params": {"max_new_tokens": 2}}
+            assert requests.post(cluster.router_url + "/generate", json=body, timeout=30).status_code == 200
+        served = prom.worker_metrics(cluster.worker_urls)["aggregated"]
+    assert len(served) == 2 and all(m.get("requests", 0) >= 2 for m in served.values()), served
+    assert not any(m.get("kv_transfers") for m in served.values())
