@@ -32,7 +32,7 @@ def deployment_json(dep: plan_mod.Deployment) -> dict:
             "argv": redact.argv(p.argv), "env": redact.env(p.env),
             "secret_env": {k: f"{redact.MASK} (read on the node from {v})" for k, v in p.secret_env_files.items()},
             "port": p.port, "bootstrap_port": p.bootstrap_port, "log_path": p.log_path,
-            **({"gpus": list(p.gpus), "nics": list(p.nics)} if p.role in ("prefill", "decode") else {}),
+            **({"gpus": list(p.gpus), "nics": list(p.nics)} if p.role in plan_mod.WORKER_ROLES else {}),
         } for p in (*dep.processes, *dep.bench)],
         "prechecks": [{"node": c.node, "kind": c.kind, "argv": list(c.argv), "passed": c.passed, "failed": c.failed}
                       for c in dep.prechecks],
@@ -50,8 +50,9 @@ def gpu_range(gpus: tuple[int, ...]) -> str:
 
 def deployment_text(dep: plan_mod.Deployment) -> str:
     lines = [f"model {dep.model.id} ({dep.model.model}): engine {dep.engine}, runtime {dep.runtime}, "
-             f"kv {dep.kv_backend}, router {dep.router_url}, planned for sglang {dep.sglang_version}"]
-    for role in ("prefill", "decode"):
+             f"{'aggregated (no KV transfer)' if dep.aggregated else f'kv {dep.kv_backend}'}, router {dep.router_url}, "
+             f"planned for sglang {dep.sglang_version}"]
+    for role in dep.worker_roles:
         procs = dep.role(role)
         spans = any(p.node_rank for p in procs)
         lines.append(f"  layout {role}: {dep.model.layout(role).describe()} on "
@@ -121,8 +122,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if cfg.transport == "slurm":
         nodes = f"{config_mod.slurm_nodes_needed(cfg)} node(s) of a Slurm allocation" + (
             f" ({nodes} named)" if cfg.prefill_nodes or cfg.decode_nodes else "")
-    print(f"{cfg.source}: OK ({nodes}; "
-          f"models: {', '.join(cfg.model_ids)}; engine {cfg.engine}, runtime {cfg.runtime}, kv {cfg.kv_transfer.backend})")
+    models = ", ".join(f"{m.id} (aggregated)" if m.mode == "aggregated" else m.id for m in cfg.models)
+    print(f"{cfg.source}: OK ({nodes}; models: {models}; engine {cfg.engine}, runtime {cfg.runtime}, "
+          f"kv {cfg.kv_transfer.backend})")
     for line in warning_lines(cfg):
         print(line, file=sys.stderr)
     return 0
@@ -214,7 +216,7 @@ def up_summary(model: str, router_url: str, worker_urls: dict[str, list[str]], s
         return f"ready after {startup_s[key]:.1f} s" if key in startup_s else ""
 
     rows = [("router", router_url, took("router"))]
-    rows += [(role, url, took(role) if i == 0 else "") for role in ("prefill", "decode")
+    rows += [(role, url, took(role) if i == 0 else "") for role in plan_mod.WORKER_ROLES
              for i, url in enumerate(worker_urls.get(role, []))]
     width = max(len(url) for _, url, _ in rows)
     lines = [f"cluster of {model} is up"]

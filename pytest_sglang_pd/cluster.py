@@ -121,7 +121,7 @@ class LiveCluster:
         self.keep = keep
         self.simulated = cfg.simulated
         self.router_url = deployment.router_url
-        self.worker_urls = {role: [p.url for p in deployment.servers(role)] for role in ("prefill", "decode")}
+        self.worker_urls = {role: [p.url for p in deployment.servers(role)] for role in plan_mod.WORKER_ROLES}
         self.hosts: dict[str, hosts_mod.Host] = {}
         self.runtime: Runtime | None = None
         self.procs: dict[str, RunningProcess] = {}
@@ -197,9 +197,9 @@ class LiveCluster:
         self.connect()
         self.precheck()
         self.prepare_containers()
-        self.start("prefill")
-        self.start("decode")
-        self.wait_healthy(("prefill", "decode"))
+        for role in self.deployment.worker_roles:
+            self.start(role)
+        self.wait_healthy(self.deployment.worker_roles)
         self.start_router()
         if smoke:
             self.smoke()
@@ -262,7 +262,7 @@ class LiveCluster:
         if self.simulated:
             return None
         dep = self.deployment
-        node = dep.servers("prefill")[0].node
+        node = dep.servers(dep.worker_roles[0])[0].node
         if self.cfg.runtime == "docker":
             result = DockerNode(self.hosts[node]).docker("run", "--rm", "--entrypoint", dep.python,
                                                           self.cfg.container_image, *releases.PROBE, timeout=300)
@@ -334,7 +334,7 @@ class LiveCluster:
         if self.simulated or not devices:
             return {}
         out = {}
-        for node in sorted({p.node for p in self.deployment.processes if p.role in ("prefill", "decode")}):
+        for node in plan_mod.worker_nodes(self.deployment):
             listing = self.hosts[node].run(["sh", "-c", _READ_IB_COUNTERS, "sh", root, *devices], timeout=30)
             for line in listing.stdout.splitlines():
                 path, _, value = line.rpartition(" ")
@@ -428,7 +428,7 @@ class LiveCluster:
     def wait_router_ready(self) -> dict:
         """Poll the router's /readiness until every instance is healthy there (/health is 200 with zero workers)."""
         spec = self.deployment.router
-        expected = len(self.deployment.servers("prefill")) + len(self.deployment.servers("decode"))
+        expected = sum(len(self.deployment.servers(role)) for role in self.deployment.worker_roles)
         t0 = time.monotonic()
         seen: dict = {}
 
@@ -484,8 +484,13 @@ class LiveCluster:
     def smoke(self) -> float | None:
         """The PD path proven: each prefill's bootstrap address reached from each decode's node, then a non-streamed
         and a streamed /generate through the router that must cross prefill -> decode, then (simulator) a payload
-        through the KV engine per pair."""
+        through the KV engine per pair. Aggregated: the two requests through the router only (no handoff)."""
         dep = self.deployment
+        if dep.aggregated:
+            with self._stage("bring-up", "smoke requests through the router (aggregated: no KV handoff, "
+                                         "bootstrap and KV pair checks skipped)"):
+                self._smoke()
+            return None
         with self._stage("bring-up", "bootstrap addresses reachable from the decodes"):
             unreachable = pd_path.unreachable_bootstraps(dep, self._host_of)
         if unreachable:
@@ -520,11 +525,12 @@ class LiveCluster:
     def _explained(self) -> str:
         """The PD path's addresses and, per worker, the log lines that explain a failed handoff (else its tail)."""
         dep = self.deployment
-        lines = [f"  KV engine {self.cfg.kv_transfer.backend}; bootstrap "
-                 + ", ".join(f"{p.key} {pd_path.bootstrap_address(p)}" for p in dep.servers("prefill"))]
+        lines = [] if dep.aggregated else [
+            f"  KV engine {self.cfg.kv_transfer.backend}; bootstrap "
+            + ", ".join(f"{p.key} {pd_path.bootstrap_address(p)}" for p in dep.servers("prefill"))]
         lines += [f"  {held}" for held in pd_path.where_requests_wait(dep)]
         for rp in self.procs.values():
-            if rp.spec.role not in ("prefill", "decode"):
+            if rp.spec.role not in plan_mod.WORKER_ROLES:
                 continue
             try:
                 text = strip_ansi(self.runtime.log_tail(rp, 400))
@@ -560,6 +566,8 @@ class LiveCluster:
             if r.status_code != 200 or finish.get("type") in ("abort", "unparsable", None):
                 raise ClusterError(f"smoke request (stream={stream}) through the router failed: HTTP {r.status_code}, "
                                    f"finish_reason {json.dumps(finish)}\n  response: {text[:500]}\n" + self._explained())
+        if self.deployment.aggregated:
+            return None
         after = handoffs(self.worker_urls)
         self.handoffs = None if after is None else after - (before or 0.0)
         if self.handoffs is not None and self.handoffs < 2:

@@ -21,6 +21,7 @@ import requests
 
 from . import prom
 from .cluster import ExternalCluster, LiveCluster
+from .plan import WORKER_ROLES
 
 POLL_S = 0.5
 SILENT_S = 2.0
@@ -60,7 +61,7 @@ def workers_of(cluster: LiveCluster | ExternalCluster) -> list[Worker]:
         return [Worker(role, url, url.split("//")[-1].split(":")[0], url)
                 for role, urls in cluster.worker_urls.items() for url in urls]
     return [Worker(s.role, s.key, s.node, s.url, s.health_path)
-            for role in ("prefill", "decode") for s in cluster.deployment.servers(role)]
+            for role in cluster.deployment.worker_roles for s in cluster.deployment.servers(role)]
 
 
 class ClusterWatch:
@@ -151,7 +152,7 @@ class ClusterWatch:
     def _exited(self) -> str | None:
         if not isinstance(self.cluster, LiveCluster):
             return None
-        procs = [rp for rp in list(self.cluster.procs.values()) if rp.spec.role in ("prefill", "decode", "router")]
+        procs = [rp for rp in list(self.cluster.procs.values()) if rp.spec.role in (*WORKER_ROLES, "router")]
         for rp, code in zip(procs, self.cluster.runtime.exit_codes(procs)):
             if code is not None:
                 return self._told(f"{rp.spec.role} {rp.spec.key} on node {rp.spec.node} exited with code {code} at "
