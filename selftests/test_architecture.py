@@ -29,7 +29,7 @@ LEAVES = frozenset({"__init__", "metrics", "stats", "redact", "prom", "failures"
 PYTEST_FACE = frozenset({"plugin", "session", "fixtures", "suite"})
 # The chain of the data flow: config -> plan -> live cluster (hosts, docker_node, runtime, cluster) -> bench
 # -> gating -> report. The faces on top (the CLI, the pytest face) may import all of it.
-CHAIN = frozenset({"config", "plan", "hosts", "docker_node", "runtime", "pd_path", "cluster", "watch", "bench",
+CHAIN = frozenset({"config", "plan", "hosts", "docker_node", "runtime", "pd_path", "services", "cluster", "watch", "bench",
                    "gating", "report"})
 # Which node may import which, besides the shared leaves.
 MAY_IMPORT: Mapping[str, frozenset[str]] = {
@@ -39,8 +39,9 @@ MAY_IMPORT: Mapping[str, frozenset[str]] = {
     "docker_node": frozenset({"hosts", "plan"}),
     "runtime": frozenset({"hosts", "docker_node", "plan"}),
     "pd_path": frozenset({"plan", "hosts"}),
-    "cluster": frozenset({"config", "plan", "hosts", "docker_node", "runtime", "pd_path"}),
-    "watch": frozenset({"config", "plan", "hosts", "docker_node", "runtime", "pd_path", "cluster"}),
+    "services": frozenset({"plan"}),
+    "cluster": frozenset({"config", "plan", "hosts", "docker_node", "runtime", "pd_path", "services"}),
+    "watch": frozenset({"config", "plan", "hosts", "docker_node", "runtime", "pd_path", "services", "cluster"}),
     "bench": frozenset({"config", "plan"}),
     "gating": frozenset({"config", "bench"}),
     "report": frozenset({"config", "bench", "gating"}),
