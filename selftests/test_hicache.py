@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,9 @@ from pytest_sglang_pd import config, plan
 from pytest_sglang_pd.cli import deployment_json
 from pytest_sglang_pd.cluster import ClusterError, LiveCluster
 from pytest_sglang_pd.sim import launch_server
-from selftests.configs import REPO, free_port, raw, sim_config, write
-from selftests.live import CLUSTER_TESTS, alive
+from selftests.configs import REPO, free_port, raw, sim_config, tools_python, write
+from selftests.live import alive
+from selftests.test_release_commands import parse_with_real_sglang
 
 GOLDENS = Path(__file__).with_name("goldens")
 MODEL = "llama-8b"
@@ -118,11 +120,6 @@ def test_a_store_port_taken_by_another_service_of_the_node_is_a_config_error(tmp
                                "store_etcd (client) (HiCache store)")
 
 
-def test_the_shipped_hicache_config_is_the_packaged_one():
-    assert (REPO / "cluster_configs" / "local-sim-hicache.json").read_text() == \
-        (REPO / "pytest_sglang_pd" / "cluster_configs" / "local-sim-hicache.json").read_text()
-
-
 def test_the_sim_worker_refuses_to_start_without_a_reachable_master(monkeypatch):
     args = launch_server.parse_args(["--model-path", "m", "--enable-hierarchical-cache",
                                      "--hicache-storage-backend", "mooncake"])
@@ -136,6 +133,29 @@ def test_the_sim_worker_refuses_to_start_without_a_reachable_master(monkeypatch)
     args.hicache_storage_backend_extra_config = json.dumps({"master_server_address": f"127.0.0.1:{port + 1}"})
     with pytest.raises(ValueError, match=f"master 127.0.0.1:{port + 1} unreachable"):  # the extra config wins
         launch_server.check_mooncake_store(args)
+
+
+# ------------------------------------------------------------------ what the real sglang 0.5.23 makes of it
+_LOAD_FROM_ENV = ("import dataclasses, json\n"
+                  "from sglang.srt.mem_cache.storage.mooncake_store.mooncake_store import MooncakeStoreConfig\n"
+                  "print(json.dumps(dataclasses.asdict(MooncakeStoreConfig.load_from_env())))")
+
+
+@pytest.mark.integration
+def test_the_real_sglang_accepts_the_hicache_flags_and_reads_the_store_from_the_planned_env():
+    data = _mi35x_http()
+    cfg = config.from_dict(data, user="sgl")
+    dep = plan.plan(cfg, cfg.model_ids[0], run_id="r")
+    decode = dep.role("decode")[0]
+    assert [g["error"] for g in parse_with_real_sglang([decode.argv])] == [None]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MOONCAKE_", "SGLANG_HICACHE"))}
+    done = subprocess.run([tools_python(), "-c", _LOAD_FROM_ENV], env={**env, **decode.env}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    store = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (store["master_server_address"], store["metadata_server"], store["local_hostname"], store["protocol"],
+            store["global_segment_size"], store["master_metrics_port"]) == (
+        "node-store:50051", "http://node-store:8080/metadata", decode.node, "tcp", 4 * 1024 ** 3, 9003)
 
 
 # ------------------------------------------------------------------ the services for real (integration)
