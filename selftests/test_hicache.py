@@ -5,9 +5,12 @@ worker and stopped after every worker."""
 from __future__ import annotations
 
 import json
+import re
+import signal
 import os
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from pytest_sglang_pd import config, plan
 from pytest_sglang_pd.cli import deployment_json
 from pytest_sglang_pd.cluster import ClusterError, LiveCluster
 from pytest_sglang_pd.sim import launch_server
+from pytest_sglang_pd.watch import ClusterWatch
 from selftests.configs import REPO, free_port, raw, sim_config, tools_python, write
 from selftests.live import alive
 from selftests.test_release_commands import parse_with_real_sglang
@@ -205,7 +209,7 @@ def test_hicache_on_etcd_comes_up_store_first_serves_a_benchmark_and_stops_the_s
 
 
 @pytest.mark.integration
-def test_hicache_on_the_http_metadata_server_comes_up_and_leaves_nothing(tmp_path):
+def test_hicache_on_the_http_metadata_server_comes_up_the_watch_names_its_exit_and_nothing_is_left(tmp_path):
     cfg = plan.load_config(live_config(tmp_path, metadata="http"))
     dep = plan.plan(cfg, MODEL, run_id="r")
     with LiveCluster(cfg, dep, tmp_path / "run") as cluster:
@@ -215,6 +219,12 @@ def test_hicache_on_the_http_metadata_server_comes_up_and_leaves_nothing(tmp_pat
         assert requests.get(f"{master.url}/health", timeout=5).json()["service_ready"] is True
         assert cluster.procs["decode_0"].spec.env["MOONCAKE_TE_META_DATA_SERVER"] == f"{metadata.url}/metadata"
         pids = {k: rp.pid for k, rp in cluster.procs.items()}
+        os.kill(pids["store_master"], signal.SIGKILL)  # the store going away during a benchmark: the watch names it
+        with ClusterWatch(cluster, "llama-8b-bench_serv_random", stall_s=60) as watch:
+            deadline = time.monotonic() + 10
+            while watch.look() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+        assert (watch.cause or "").startswith(f"store store_master on node {NODE} exited with code"), watch.cause
     assert [k for k, pid in pids.items() if alive(pid)] == []
     assert (tmp_path / "run" / "logs" / NODE / "store_metadata.log").exists()
 
@@ -237,3 +247,18 @@ def test_a_store_service_that_cannot_bind_fails_the_bring_up_and_no_worker_start
     assert "last 50 lines of" in message and "address already in use" in message
     assert set(pids) == {"store_etcd", "store_master"}  # nothing after the store was started
     assert [k for k, pid in pids.items() if alive(pid)] == []
+
+
+@pytest.mark.integration
+def test_up_lists_the_store_and_down_stops_it_after_the_workers(tmp_path):
+    config_path, results = live_config(tmp_path), tmp_path / "results"
+    up = subprocess.run(["sglang-pd", "up", str(config_path), "--results-dir", str(results), "--run-id", "run"],
+                        capture_output=True, text=True, timeout=180)
+    try:
+        assert up.returncode == 0, up.stderr[-3000:]
+        assert re.search(rf"store +http://{re.escape(NODE)}:\d+ +ready after", up.stdout), up.stdout
+    finally:
+        down = subprocess.run(["sglang-pd", "down", str(results / "run")], capture_output=True, text=True, timeout=60)
+    stopped = [line.split()[2] for line in down.stdout.splitlines() if line.startswith("stopped ")]
+    assert sorted(stopped[-2:]) == ["store_etcd", "store_master"] and len(stopped) == 5, down.stdout
+    assert pids_left(results) == []
