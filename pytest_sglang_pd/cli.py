@@ -237,7 +237,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
                 print(f"stopped {line}")
                 count += 1
     if cfg.runtime == "docker":
-        nodes = sorted({*cfg.prefill_nodes, *cfg.decode_nodes, cfg.router_node, cfg.benchmark_node})
+        stores = (plan_mod.store_node(cfg, m) for m in cfg.models if m.hicache.enabled)
+        nodes = sorted({*cfg.prefill_nodes, *cfg.decode_nodes, cfg.router_node, cfg.benchmark_node, *stores})
         hosts = cluster.connect_nodes(cfg, nodes)
         docker_rt = cluster.runtime_of(cfg, hosts)
         try:

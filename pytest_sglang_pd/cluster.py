@@ -97,7 +97,8 @@ def log_name(spec: ProcessSpec) -> str:
 def log_destination(run_dir: Path, spec: ProcessSpec) -> Path:
     """Where a process's log is collected: `<run_dir>/logs/<node>/<role>-<i>.log` (`<key>.log` for a benchmark or a
     store service)."""
-    return run_dir / "logs" / spec.node / (f"{spec.key}.log" if spec.role in ("bench", services.ROLE) else log_name(spec))
+    by_key = spec.role in ("bench", services.ROLE)
+    return run_dir / "logs" / spec.node / (f"{spec.key}.log" if by_key else log_name(spec))
 
 
 class LiveCluster:

@@ -151,7 +151,8 @@ class ClusterWatch:
     def _exited(self) -> str | None:
         if not isinstance(self.cluster, LiveCluster):
             return None
-        procs = [rp for rp in list(self.cluster.procs.values()) if rp.spec.role in ("store", "prefill", "decode", "router")]
+        watched = ("store", "prefill", "decode", "router")
+        procs = [rp for rp in list(self.cluster.procs.values()) if rp.spec.role in watched]
         for rp, code in zip(procs, self.cluster.runtime.exit_codes(procs)):
             if code is not None:
                 return self._told(f"{rp.spec.role} {rp.spec.key} on node {rp.spec.node} exited with code {code} at "

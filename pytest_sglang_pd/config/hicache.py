@@ -30,9 +30,8 @@ class HiCacheSettings:
     storage_backend: str | None = key("storage_backend", None, choice("mooncake"), "every worker's "
                                       "--enable-hierarchical-cache --hicache-storage-backend; the suite starts "
                                       f"{_STORE} before the workers and stops them after", default_doc="HiCache off")
-    node: str | None = key(
-        "node", None, TEXT, "the node that runs the store's master and metadata service (in its own container with runtime docker)",
-        default_doc="the first prefill node")
+    node: str | None = key("node", None, TEXT, "the node that runs the store's master and metadata service (each in "
+                           "its own container with runtime docker)", default_doc="the first prefill node")
     metadata: str = key("metadata", "etcd", choice(*METADATA_KINDS), "the transfer engine's metadata service: "
                         "etcd or Mooncake's HTTP metadata server, started by the suite (MOONCAKE_TE_META_DATA_SERVER "
                         "etcd://node:port or http://node:port/metadata); P2PHANDSHAKE: none")
