@@ -343,9 +343,12 @@ class LiveCluster:
                            lambda: [(s.key, f"store {services.described(s)}: not answering")
                                     for s in pending.values()])
             except ClusterError as exc:
-                failed = ", ".join(services.described(s) for s in pending.values())
-                raise ClusterError(f"HiCache store service(s) not started: {failed}; no worker was started\n{exc}") \
-                    from None
+                waiting = list(pending.values())
+                codes = self.runtime.exit_codes([self.procs[s.key] for s in waiting])
+                failed = [s for s, code in zip(waiting, codes) if code is not None] or waiting
+                raise ClusterError(f"HiCache store service(s) not started: "
+                                   f"{', '.join(services.described(s) for s in failed)}; no worker was started\n"
+                                   f"{exc}") from None
         self.startup_seconds[services.ROLE] = round(time.monotonic() - t0, 3)
 
     def _remove_containers(self) -> None:

@@ -483,16 +483,18 @@ def store_processes(cfg: ClusterConfig, model: ModelConfig, python: str, log_dir
     hc = model.hicache
     if not hc.enabled:
         return []
-    node, bind = store_node(cfg, model), bind_host(store_node(cfg, model))
+    node = store_node(cfg, model)
+    bind = bind_host(node)
     out = []
 
     def service(key: str, argv: list[str], port: int, health_path: str) -> None:
-        out.append(ProcessSpec(key=key, role="store", node=node, argv=tuple(argv), env=dict(cfg.container.env_dict),
+        out.append(ProcessSpec(key=key, role=STORE_ROLE, node=node, argv=tuple(argv), env=dict(cfg.container.env_dict),
                                port=port, log_path=f"{log_dir}/{key}.log", host=node, health_path=health_path))
 
     if hc.metadata == "etcd":
         peer = f"http://{node}:{hc.etcd_peer_port}"
-        service("store_etcd", [hc.etcd, "--name", "store", "--data-dir", f"{log_dir}/store_etcd.data",
+        service("store_etcd", [hc.etcd, "--name", "store", "--logger", "zap",
+                               "--data-dir", f"{log_dir}/store_etcd.data",
                                "--listen-client-urls", f"http://{bind}:{hc.metadata_port}",
                                "--advertise-client-urls", f"http://{node}:{hc.metadata_port}",
                                "--listen-peer-urls", f"http://{bind}:{hc.etcd_peer_port}",
@@ -508,6 +510,7 @@ def store_processes(cfg: ClusterConfig, model: ModelConfig, python: str, log_dir
     return out
 
 
+STORE_ROLE = "store"  # the role of the store's services in the Deployment
 STORE_PROBE_KEY = "sglang-pd-probe"  # a key no one writes: the HTTP metadata server answers 404 while it is up
 
 
@@ -566,7 +569,7 @@ def plan(cfg: ClusterConfig, model: ModelConfig | str, *, run_id: str, sglang_ve
         return key
 
     for spec in store_processes(cfg, model, python, log_dir):
-        processes.append(replace(spec, container=container(spec.key, "store", spec.node)))
+        processes.append(replace(spec, container=container(spec.key, STORE_ROLE, spec.node)))
     layout = _instances(cfg, model)
     prefills, decodes = layout["prefill"], layout["decode"]
     for inst in (*prefills, *decodes):

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import requests
 
-from .plan import ProcessSpec
+from .plan import STORE_ROLE, ProcessSpec
 
-ROLE = "store"
+ROLE = STORE_ROLE
 # what each service answers while it is up: the HTTP metadata server has no value for plan.STORE_PROBE_KEY (404)
 _READY_STATUS = {"store_metadata": 404}
 _PROBE_TIMEOUT_S = 2

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import requests
 
-from . import prom
+from . import prom, services
 from .cluster import ExternalCluster, LiveCluster
 
 POLL_S = 0.5
@@ -151,7 +151,7 @@ class ClusterWatch:
     def _exited(self) -> str | None:
         if not isinstance(self.cluster, LiveCluster):
             return None
-        watched = ("store", "prefill", "decode", "router")
+        watched = (services.ROLE, "prefill", "decode", "router")
         procs = [rp for rp in list(self.cluster.procs.values()) if rp.spec.role in watched]
         for rp, code in zip(procs, self.cluster.runtime.exit_codes(procs)):
             if code is not None:

@@ -204,7 +204,7 @@ def test_hicache_on_etcd_comes_up_store_first_serves_a_benchmark_and_stops_the_s
     assert out.index("stop 1 decode process(es)") < out.index("stop 2 store process(es)")
     assert pids_left(results) == []
     logs = results / "run" / "logs" / NODE
-    assert "ready to serve client requests" in (logs / "store_etcd.log").read_text()
+    assert "serving client traffic" in (logs / "store_etcd.log").read_text()
     assert "Mooncake store master" in (logs / "prefill-0.log").read_text()  # the sim worker reached the master
 
 
@@ -242,7 +242,7 @@ def test_a_store_service_that_cannot_bind_fails_the_bring_up_and_no_worker_start
                 cluster.bring_up()
             pids = {k: rp.pid for k, rp in cluster.procs.items()}
     message = str(info.value)
-    assert f"store_etcd on node {NODE}, port {port}" in message
+    assert f"not started: store_etcd on node {NODE}, port {port} (" in message
     assert "no worker was started" in message
     assert "last 50 lines of" in message and "address already in use" in message
     assert set(pids) == {"store_etcd", "store_master"}  # nothing after the store was started
