@@ -246,7 +246,7 @@ def service_ports(cfg: ClusterConfig, model: ModelConfig) -> list[tuple[str, int
         coord = getattr(cfg, f"{role}_coordinator_addr")
         if cfg.instance_layout == "multi_node" and coord:
             out.append((coord, getattr(cfg, f"{role}_coordinator_port"), f"{role} coordinator"))
-    out += [(node, port, f"{key} (HiCache store)") for node, port, key in store_ports(cfg, model)]
+    out += [(node, port, f"HiCache {key}") for node, port, key in store_ports(cfg, model)]
     out.append((cfg.router_node, cfg.router_port, "router (http)"))
     out.append((cfg.router_node, cfg.router_prometheus_port, "router (prometheus)"))
     return out

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from pytest_sglang_pd import config, plan
-from pytest_sglang_pd.cli import deployment_json
+from pytest_sglang_pd.cli import deployment_json, deployment_text
 from pytest_sglang_pd.cluster import ClusterError, LiveCluster
 from pytest_sglang_pd.sim import launch_server
 from pytest_sglang_pd.watch import ClusterWatch
@@ -88,6 +88,9 @@ def test_workers_get_the_hicache_flags_and_the_store_env_of_their_own_node():
         ("store_master", "127.0.0.9", 9003, "/health")]
     assert [p.role for p in dep.processes][:2] == ["store", "store"]  # started first, so stopped last
     assert "127.0.0.9" in dep.nodes and any(c.node == "127.0.0.9" for c in dep.prechecks)
+    shown = deployment_text(dep)  # sglang-pd plan
+    assert "[store_metadata] role=store node=127.0.0.9 port=8080" in shown
+    assert "$ python3 -m mooncake.cli --rpc_address=127.0.0.9 --rpc_port=50051 --metrics_port=9003" in shown
 
 
 def test_the_store_defaults_to_the_first_prefill_node_and_p2p_handshake_runs_the_master_alone():
@@ -121,7 +124,7 @@ def test_a_store_port_taken_by_another_service_of_the_node_is_a_config_error(tmp
     (problem,) = problems_of(tmp_path, data)
     assert problem.path == "$.config"
     assert problem.message == ("port 30002 on node 127.0.0.1 is used by 2 services: decode_0 (http), "
-                               "store_etcd (client) (HiCache store)")
+                               "HiCache store_etcd (client)")
 
 
 def test_the_sim_worker_refuses_to_start_without_a_reachable_master(monkeypatch):
