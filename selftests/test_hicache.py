@@ -17,15 +17,14 @@ import pytest
 import requests
 
 from pytest_sglang_pd import config, plan
-from pytest_sglang_pd.cli import deployment_json, deployment_text
+from pytest_sglang_pd.cli import deployment_text
 from pytest_sglang_pd.cluster import ClusterError, LiveCluster
 from pytest_sglang_pd.sim import launch_server
 from pytest_sglang_pd.watch import ClusterWatch
-from selftests.configs import REPO, free_port, raw, sim_config, tools_python, write
+from selftests.configs import REPO, assert_plan_golden, free_port, raw, sim_config, tools_python, write
 from selftests.live import alive
 from selftests.test_release_commands import parse_with_real_sglang
 
-GOLDENS = Path(__file__).with_name("goldens")
 MODEL = "llama-8b"
 NODE = "127.0.0.61"  # a loopback address of its own: the store's default ports stay clear of other runs
 
@@ -62,11 +61,7 @@ def _mi35x_http() -> dict:
 @pytest.mark.parametrize("variant", GOLDEN_VARIANTS)
 def test_the_hicache_plans_match_their_goldens(variant):
     cfg = config.from_dict(GOLDEN_VARIANTS[variant](), user="sgl")
-    got = {m: deployment_json(plan.plan(cfg, m, run_id="RUN")) for m in cfg.model_ids}
-    path = GOLDENS / f"hicache-{variant}.json"
-    if os.environ.get("UPDATE_GOLDENS"):
-        path.write_text(json.dumps(got, indent=2, sort_keys=True) + "\n")
-    assert got == json.loads(path.read_text()), f"plan differs from {path}; rerun with UPDATE_GOLDENS=1 after checking"
+    assert_plan_golden(cfg, f"hicache-{variant}.json")
 
 
 def test_workers_get_the_hicache_flags_and_the_store_env_of_their_own_node():
