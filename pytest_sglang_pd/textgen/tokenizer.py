@@ -121,7 +121,7 @@ def encode(text: str) -> list[int]:
 
 def decode(ids: list[int]) -> str:
     tokens, _, _ = _vocab()
-    return " ".join(tokens[i] if 0 <= i < VOCAB_SIZE else tokens[UNK_ID] for i in ids)
+    return " ".join([tokens[i] if 0 <= i < VOCAB_SIZE else tokens[UNK_ID] for i in ids])
 
 
 def pieces(text: str) -> list[tuple[str, int]]:
