@@ -5,6 +5,7 @@ the two come on a live cluster, and the client's CPU, is measured by ``benchmark
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 
 from pytest_sglang_pd import plan
 from pytest_sglang_pd.bench import builtin, sglang_tools, workloads
-from pytest_sglang_pd.bench.http_stream import _Chunked
+from pytest_sglang_pd.bench.http_stream import HTTPStatusError, StreamCut, _Chunked, _Response
 from pytest_sglang_pd.bench.result import RequestRecord, aggregate
 from pytest_sglang_pd.config import InferenceTest
 from pytest_sglang_pd.textgen import tokenizer
@@ -82,6 +83,24 @@ def test_chunked_bodies_decode_whatever_the_bytes_boundaries() -> None:
             if ended:  # what follows the last chunk (trailers) is not read
                 break
         assert (out, ended) == (body, True), step
+
+
+def test_a_response_cut_short_or_refused_says_so() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        got: list[bytes] = []
+        cut = _Response(b"", lambda data, now: got.append(data) or True, loop.create_future())
+        cut.data_received(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\ndata: \r\n20\r\n{\"te")
+        cut.connection_lost(None)
+        assert got == [b'data: {"te'] and isinstance(cut.done.exception(), StreamCut)
+        assert str(cut.done.exception()) == ("the server closed the connection before the end of the response: not "
+                                             "enough data to satisfy transfer length header")
+        refused = _Response(b"", lambda data, now: True, loop.create_future())
+        refused.data_received(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 9\r\n\r\nno worker")
+        error = refused.done.exception()
+        assert isinstance(error, HTTPStatusError) and (error.status, error.body) == (503, b"no worker")
+    finally:
+        loop.close()
 
 
 def test_random_prompts_are_bench_servings_random_ids_draws() -> None:

@@ -114,7 +114,9 @@ class _Response(asyncio.Protocol):
                 self.done.set_result(None)
             return
         cause = f"{type(exc).__name__}: {exc}" if exc else "the server closed the connection"
-        self.done.set_exception(StreamCut(f"{cause} before the end of the response"))
+        where = ("the end of the response: not enough data to satisfy transfer length header" if self.body
+                 else "the response's headers")
+        self.done.set_exception(StreamCut(f"{cause} before {where}"))
 
 
 class _Sized:
