@@ -9,7 +9,7 @@ bring-up; then, --runs times each, the builtin client and bench_serving of the S
 each in a process of its own, every worker's prefix cache flushed before each run (the prompts repeat).
 bench_serving runs the command the suite plans for a bench_client "sglang" test (random-ids prompts on the
 simulator's tokenizer). A client's CPU is what its process spent in the benchmark by getrusage (warmup,
-requests, metrics; the builtin's prompt generation too, not bench_serving's).
+requests, metrics; for both, not the prompt generation before it).
 
 The table shows each figure's median over the runs of each client and the ratio builtin / bench_serving:
 PASS within 5% (client CPU per 1000 output tokens: at most 0.5x).
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pytest_sglang_pd import plan  # noqa: E402
-from pytest_sglang_pd.bench import builtin, sglang_tools  # noqa: E402
+from pytest_sglang_pd.bench import builtin, sglang_tools, workloads  # noqa: E402
 from pytest_sglang_pd.config import InferenceTest  # noqa: E402
 from pytest_sglang_pd.textgen.tokenizer import tokenizer_dir  # noqa: E402
 from selftests.configs import tools_venv  # noqa: E402
@@ -79,8 +79,10 @@ def cpu_seconds() -> float:
 
 def builtin_child(url: str, args: argparse.Namespace) -> None:
     """In the builtin's own process: one run, its figures as a JSON line."""
+    test = fidelity_test(args)
+    workloads.prompts_for(test)  # made before the measured part, as bench_serving makes its dataset before benchmark()
     before = cpu_seconds()
-    result = builtin.run(url, fidelity_test(args), args.concurrency, timeout_s=1800)
+    result = builtin.run(url, test, args.concurrency, timeout_s=1800)
     cpu_s = cpu_seconds() - before
     if result.failed:
         sys.exit(f"the builtin client: {result.failed} requests failed: {result.errors[:3]}")

@@ -10,7 +10,7 @@ import random
 import re
 import time
 from dataclasses import replace
-from typing import Callable
+from typing import Callable, Sequence
 
 import uvloop
 
@@ -170,7 +170,7 @@ async def _warm_up(url: str, prompt: Prompt, count: int, limit: asyncio.Semaphor
     return [f"warmup request failed: {r.error}" for r in records if not r.success]
 
 
-async def _run_all(url: str, prompts: list[Prompt], concurrency: int, request_rate: float, seed: int,
+async def _run_all(url: str, prompts: Sequence[Prompt], concurrency: int, request_rate: float, seed: int,
                    warmup: int, timeout_s: float, progress: Progress | None,
                    stop: Stop) -> tuple[list[RequestRecord], float, list[str]]:
     limit = asyncio.Semaphore(concurrency)
@@ -226,7 +226,7 @@ def run(router_url: str, test: InferenceTest, concurrency: int, *, timeout_s: fl
                        errors=warnings + first_errors(records), command=command, tool_version=__version__)
 
 
-def score_answers(prompts: list[Prompt], records: list[RequestRecord], duration_s: float) -> dict[str, float]:
+def score_answers(prompts: Sequence[Prompt], records: list[RequestRecord], duration_s: float) -> dict[str, float]:
     """few_shot_gsm8k's accuracy and invalid fractions (a failed request scores as invalid) and latency."""
     preds = [answer_value(r.text) if r.success else INVALID_ANSWER for r in records]
     n = max(len(prompts), 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -66,7 +67,13 @@ def gsm8k_prompts(test: InferenceTest) -> list[Prompt]:
                    stop=GSM8K_STOP, answer=a) for q, a in questions]
 
 
-def prompts_for(test: InferenceTest) -> list[Prompt]:
+@lru_cache(maxsize=4)
+def prompts_for(test: InferenceTest) -> tuple[Prompt, ...]:
+    """The test's prompts, made once for its repeats (the same seed draws the same prompts)."""
+    return tuple(_prompts(test))
+
+
+def _prompts(test: InferenceTest) -> list[Prompt]:
     if test.kind == "gsm8k":
         return gsm8k_prompts(test)
     if test.dataset == "generated-shared-prefix":
