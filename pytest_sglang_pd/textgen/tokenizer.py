@@ -1,7 +1,8 @@
 """The deterministic word-level tokenizer of the simulated model, and its HuggingFace ``tokenizer.json`` twin.
 
 The simulated workers count and produce tokens with it (and serve its files as the model's tokenizer);
-the builtin benchmark client builds prompts of an exact token length with ``random_text``.
+the builtin benchmark client builds its prompts with it (``decode`` of bench_serving's random-ids runs of ids,
+``random_text`` for shared prefixes), each of an exact token length.
 
 The rule (a client can reproduce it without this module, or load ``tokenizer_dir()`` with
 ``PreTrainedTokenizerFast``):
