@@ -423,6 +423,10 @@ def _worker_argv(cfg: ClusterConfig, model: ModelConfig, inst: _Instance, member
                  else ["--dp-size", str(layout.dp_size)])
     if layout.load_balance_method:
         argv += ["--load-balance-method", layout.load_balance_method]
+    if model.quantization:
+        argv += ["--quantization", model.quantization]
+    if model.kv_cache_dtype:
+        argv += ["--kv-cache-dtype", model.kv_cache_dtype]
     if multi:
         coord = getattr(cfg, f"{inst.role}_coordinator_addr") or inst.head
         argv += ["--nnodes", str(len(inst.members)), "--node-rank", str(member.rank),
