@@ -426,6 +426,10 @@ def _worker_argv(cfg: ClusterConfig, model: ModelConfig, inst: _Instance, member
         argv += ["--load-balance-method", layout.load_balance_method]
     if model.hicache.enabled:
         argv += ["--enable-hierarchical-cache", "--hicache-storage-backend", model.hicache.storage_backend]
+    if model.quantization:
+        argv += ["--quantization", model.quantization]
+    if model.kv_cache_dtype:
+        argv += ["--kv-cache-dtype", model.kv_cache_dtype]
     if multi:
         coord = getattr(cfg, f"{inst.role}_coordinator_addr") or inst.head
         argv += ["--nnodes", str(len(inst.members)), "--node-rank", str(member.rank),

@@ -372,3 +372,22 @@ def test_aggregated_layout_problems_name_the_aggregated_keys():
     with pytest.raises(config.ConfigError) as err:
         config.from_dict(data, user="sgl")
     assert '$.benchmark_params["llama-70b"].mode: aggregated mode runs per_node instances' in str(err.value)
+
+
+def test_a_models_quantization_and_kv_cache_dtype_reach_every_worker_and_a_bad_kv_dtype_is_a_config_error():
+    data = raw("local-sim-2tp4-1tp8.json")
+    name = next(iter(data["benchmark_params"]))
+    argvs = [p.argv for p in plan.plan(config.from_dict(data, user="sgl"), name, run_id="r").processes]
+    assert not any("--quantization" in a or "--kv-cache-dtype" in a for a in argvs)
+    data["benchmark_params"][name].update(quantization="fp8", kv_cache_dtype="fp8_e4m3")
+    dep = plan.plan(config.from_dict(data, user="sgl"), name, run_id="r")
+    workers = [*dep.role("prefill"), *dep.role("decode")]
+    assert len(workers) == 3
+    for worker in workers:
+        assert worker.argv[worker.argv.index("--quantization") + 1] == "fp8"
+        assert worker.argv[worker.argv.index("--kv-cache-dtype") + 1] == "fp8_e4m3"
+    data["benchmark_params"][name]["kv_cache_dtype"] = "fp8"
+    with pytest.raises(config.ConfigError) as info:
+        config.from_dict(data, user="sgl")
+    assert f'$.benchmark_params["{name}"].kv_cache_dtype: "fp8" is not one of "auto", "fp8_e5m2", "fp8_e4m3"' in str(
+        info.value)

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import jsonschema
 import yaml
 
-from .. import metrics, nic
+from .. import metrics, nic, releases
 from .keys import (ARGS, BOOL_OR_INT, CSV, INT, INT_OR_LIST, LIST_MAP, NODES, NUMBER, OBJECT, PERCENT, RATE, RELEASE,
                    STRING, STRING_MAP, TEXT, Key, Kind, Problem, choice, count, json_path, key, port, read, to_float,
                    to_percent)
@@ -198,6 +198,15 @@ class ModelConfig:
                 "instead of polling its log a number of times")
     dtype: str = key("dtype", "auto", TEXT, "selects the expected_results entry the tests gate on (the workers "
                                             "load the checkpoint's dtype; add --dtype to server_args to force one)")
+    quantization: str | None = key("quantization", None, STRING,
+                                   f"{WORKER_ARGV} --quantization (e.g. fp8, w8a8_fp8, modelopt_fp8: SGLang's "
+                                   "methods); the simulator models its weight bytes and GEMM format",
+                                   default_doc="unset: the checkpoint's (the simulator: FP8 when the model path "
+                                   "names fp8, else the catalog's bf16)")
+    kv_cache_dtype: str | None = key("kv_cache_dtype", None, choice(*releases.KV_CACHE_DTYPES),
+                                     f"{WORKER_ARGV} --kv-cache-dtype; the simulator models its KV bytes (capacity, "
+                                     "decode reads, PD transfer)", default_doc="unset: SGLang's auto (the model's "
+                                     "dtype)")
     server_args: tuple[str, ...] = key("server_args", (), ARGS, f"appended to every {WORKER_ARGV}")
     prefill_server_args: tuple[str, ...] = key("prefill_server_args", (), ARGS, f"appended to the prefill {WORKER_ARGV}")
     decode_server_args: tuple[str, ...] = key("decode_server_args", (), ARGS, f"appended to the decode {WORKER_ARGV}")

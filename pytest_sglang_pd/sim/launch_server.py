@@ -19,8 +19,9 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from pytest_sglang_pd import releases
 from pytest_sglang_pd.kv_transfer import BACKENDS, KVTransferError
-from pytest_sglang_pd.sim import catalog
+from pytest_sglang_pd.sim import catalog, dtypes
 from pytest_sglang_pd.sim.dp import FAKE_BACKEND, LOAD_BALANCE_METHODS, resolve_parallelism
 
 log = logging.getLogger("pytest_sglang_pd.sim")
@@ -64,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--schedule-policy", choices=("lpm", "random", "fcfs", "dfs-weight", "lof", "priority"), default="fcfs")
     a("--page-size", type=int, default=1)
     a("--disable-radix-cache", action="store_true")
-    a("--kv-cache-dtype", default="auto")
+    a("--kv-cache-dtype", choices=releases.KV_CACHE_DTYPES, default="auto")
+    a("--quantization", default=None, help="SGLang's quantization method (sets the weight dtype, sim/dtypes.py)")
     a("--enable-metrics", action="store_true")
     a("--log-level", default="info")
     a("--enable-hierarchical-cache", action="store_true")
@@ -184,10 +186,12 @@ async def _serve(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     _install_stop(stop)
     gpu = catalog.find_gpu(args.sim_gpu)
-    profile = catalog.find_model(args.sim_model_profile, args.model_path)
+    profile = dtypes.with_dtypes(catalog.find_model(args.sim_model_profile, args.model_path), args.quantization,
+                                 args.kv_cache_dtype, args.model_path)
     worker = SimWorker(args, gpu, profile)
-    log.info("simulating %s on %d x %s, role %s, speedup %g, KV capacity %d tokens", profile.name,
-             worker.perf.gpus, gpu.name, args.disaggregation_mode, args.sim_speedup, worker.scheduler.capacity_tokens)
+    log.info("simulating %s (%s weights, %s KV) on %d x %s, role %s, speedup %g, KV capacity %d tokens",
+             profile.name, profile.weight_dtype, profile.kv_dtype, worker.perf.gpus, gpu.name, args.disaggregation_mode,
+             args.sim_speedup, worker.scheduler.capacity_tokens)
     ranks = await _wait_for_ranks(args, stop)
     runner = web.AppRunner(build_app(worker), access_log=None, shutdown_timeout=0.5)
     try:
