@@ -87,6 +87,43 @@ def exports_pd(metrics: Mapping[str, Mapping[str, Mapping[str, float]]]) -> bool
     return any(name in w for role in metrics.values() for w in role.values() for name in PD_EXPORTED)
 
 
+
+# the workers' DP-attention metrics, per DP rank (label dp_rank): short name -> (metric, the label values it keeps)
+DP_RANK_METRICS = {
+    "tokens": ("sglang:dp_attention_tokens_total", {"kind": "scheduled"}),  # tokens the rank's steps scheduled
+    "active_steps": ("sglang:dp_attention_steps_total", {"rank_state": "active"}),
+    "idle_steps": ("sglang:dp_attention_steps_total", {"rank_state": "idle"}),  # steps it ran an idle batch
+    "sync_wait_s": ("sglang:dp_attention_sync_wait_seconds_sum", {}),  # its wait for the slowest rank
+}
+DP_STEP_IMBALANCE = ("sglang:dp_attention_token_imbalance_ratio_sum", "sglang:dp_attention_token_imbalance_ratio_count")
+
+
+def dp_ranks(samples: Sequence[Sample]) -> dict[str, dict[int, float]]:
+    """short name -> DP rank -> value of a worker's DP-attention samples, and "step_imbalance_sum" / "_count"
+    (rank -1: the worker's, observed once on rank 0); {} for a worker without DP attention."""
+    out: dict[str, dict[int, float]] = {}
+    for short, (name, wanted) in DP_RANK_METRICS.items():
+        for s in samples:
+            if s.name == name and "dp_rank" in s.labels and all(s.labels.get(k) == v for k, v in wanted.items()):
+                rank = int(s.labels["dp_rank"])
+                out.setdefault(short, {})[rank] = out.get(short, {}).get(rank, 0.0) + s.value
+    if out:
+        for short, name in zip(("step_imbalance_sum", "step_imbalance_count"), DP_STEP_IMBALANCE):
+            out[short] = {-1: total(samples, name) or 0.0}
+    return out
+
+
+def worker_dp_ranks(urls_by_role: Mapping[str, Sequence[str]]) -> dict[str, dict[str, dict[str, dict[int, float]]]]:
+    """role -> worker URL -> ``dp_ranks`` of it, for each worker with DP attention that answered."""
+    out: dict[str, dict[str, dict[str, dict[int, float]]]] = {}
+    for role, urls in urls_by_role.items():
+        for url in urls:
+            samples = fetch(f"{url}/metrics")
+            found = dp_ranks(samples) if samples is not None else {}
+            if found:
+                out.setdefault(role, {})[url] = found
+    return out
+
 # the router's (sglang-router 0.3.2 and smg 1.13.0 both export only smg_*; smg adds per-worker request counts)
 def router_metrics(url: str) -> dict[str, dict[str, float]] | None:
     """``router_summary`` of the router's /metrics; None when it does not answer."""

@@ -128,6 +128,9 @@ class SuiteRun:
             return ["sglang-pd: no cluster config"]
         return [f"sglang-pd: {cfg.source} engine={cfg.engine} runtime={cfg.runtime} transport={cfg.transport} "
                 f"kv={cfg.kv_transfer.backend} models={','.join(cfg.model_ids)} run={self.run_id}",
+                *(f"sglang-pd: layout {m.id}: " + "; ".join(
+                    f"{role} {m.layout(role).describe()} on {len(getattr(cfg, f'{role}_nodes'))} node(s)"
+                    for role in ("prefill", "decode")) for m in cfg.models),
                 *(f"sglang-pd: warning: {w}" for w in cfg.warnings)]
 
 
