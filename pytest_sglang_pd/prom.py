@@ -4,10 +4,13 @@ metrics and the router's ``smg_*`` metrics by the names real SGLang 0.5.23 and i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence, TypeVar
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -63,17 +66,25 @@ WORKER_METRICS = {
 PD_EXPORTED = ("kv_transfers", "transfer_failed", "prefill_bootstrap_queue", "decode_transfer_queue")
 
 
-def worker_metrics(urls_by_role: Mapping[str, Sequence[str]]) -> dict[str, dict[str, dict[str, float]]]:
-    """role -> worker URL -> short name -> value, for each worker that answered (a metric it lacks is absent)."""
-    out: dict[str, dict[str, dict[str, float]]] = {}
+def _each_worker(urls_by_role: Mapping[str, Sequence[str]], read: Callable[[list[Sample]], T]) -> dict[str, dict[str, T]]:
+    """role -> worker URL -> ``read`` of its /metrics, for each worker that answered."""
+    out: dict[str, dict[str, T]] = {}
     for role, urls in urls_by_role.items():
         out[role] = {}
         for url in urls:
             samples = fetch(f"{url}/metrics")
             if samples is not None:
-                found = {short: total(samples, name) for short, name in WORKER_METRICS.items()}
-                out[role][url] = {k: v for k, v in found.items() if v is not None}
+                out[role][url] = read(samples)
     return out
+
+
+def worker_metrics(urls_by_role: Mapping[str, Sequence[str]]) -> dict[str, dict[str, dict[str, float]]]:
+    """role -> worker URL -> short name -> value, for each worker that answered (a metric it lacks is absent)."""
+    def found(samples: list[Sample]) -> dict[str, float]:
+        values = {short: total(samples, name) for short, name in WORKER_METRICS.items()}
+        return {k: v for k, v in values.items() if v is not None}
+
+    return _each_worker(urls_by_role, found)
 
 
 def role_sum(metrics: Mapping[str, Mapping[str, Mapping[str, float]]], role: str, name: str) -> float | None:
@@ -85,7 +96,6 @@ def role_sum(metrics: Mapping[str, Mapping[str, Mapping[str, float]]], role: str
 def exports_pd(metrics: Mapping[str, Mapping[str, Mapping[str, float]]]) -> bool:
     """Whether any worker exports SGLang's PD metrics (else every KV figure is 'not measured')."""
     return any(name in w for role in metrics.values() for w in role.values() for name in PD_EXPORTED)
-
 
 
 # the workers' DP-attention metrics, per DP rank (label dp_rank): short name -> (metric, the label values it keeps)
@@ -114,15 +124,9 @@ def dp_ranks(samples: Sequence[Sample]) -> dict[str, dict[int, float]]:
 
 
 def worker_dp_ranks(urls_by_role: Mapping[str, Sequence[str]]) -> dict[str, dict[str, dict[str, dict[int, float]]]]:
-    """role -> worker URL -> ``dp_ranks`` of it, for each worker with DP attention that answered."""
-    out: dict[str, dict[str, dict[str, dict[int, float]]]] = {}
-    for role, urls in urls_by_role.items():
-        for url in urls:
-            samples = fetch(f"{url}/metrics")
-            found = dp_ranks(samples) if samples is not None else {}
-            if found:
-                out.setdefault(role, {})[url] = found
-    return out
+    """role -> worker URL -> ``dp_ranks`` of it ({} for a worker without DP attention), for each worker that answered."""
+    return _each_worker(urls_by_role, dp_ranks)
+
 
 # the router's (sglang-router 0.3.2 and smg 1.13.0 both export only smg_*; smg adds per-worker request counts)
 def router_metrics(url: str) -> dict[str, dict[str, float]] | None:

@@ -183,9 +183,9 @@ def dp_load_html(url: str, worker: Mapping[str, Any]) -> str:
     step = dp.get("step_imbalance_ratio")
     title = (f"DP load of {worker.get('role', 'worker')} {url}: {len(dp['ranks'])} ranks, imbalance "
              f"{dp['imbalance_ratio']:.2f} (busiest rank / mean)" + (f", per step {step:.2f}" if step else "")
-             + f", idle steps {dp['idle_step_fraction'] * 100:.1f}%, mean sync wait {dp['mean_sync_wait_ms']:.2f} ms")
+             + f", idle steps {dp['idle_step_fraction'] * 100:.1f}%, mean sync wait per step {dp['mean_sync_wait_ms']:.3g} ms")
     return (f"<p><b>{escape(title)}</b></p>"
-            + _table(("DP rank", "tokens scheduled", "share", "idle steps", "sync wait (ms)"), body, "dp-load"))
+            + _table(("DP rank", "tokens scheduled", "share", "idle steps", "sync wait, total (ms)"), body, "dp-load"))
 
 
 def overall_html(counts: Mapping[str, int], problems: list[tuple[str, list[str], str]], warnings: list[str],
