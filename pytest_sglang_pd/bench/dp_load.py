@@ -22,17 +22,15 @@ def worker_load(before: Ranks, after: Ranks) -> dict | None:
     total = sum(tokens)
     if not ranks or total <= 0:
         return None
-    rows = []
-    for rank, scheduled in zip(ranks, tokens):
-        idle, steps = grown("idle_steps", rank), grown("idle_steps", rank) + grown("active_steps", rank)
-        rows.append({"rank": rank, "tokens": scheduled, "share": scheduled / total,
-                     "idle_step_fraction": idle / steps if steps else 0.0, "sync_wait_s": grown("sync_wait_s", rank)})
-    steps = sum(grown("idle_steps", r) + grown("active_steps", r) for r in ranks)
+    idle = [grown("idle_steps", r) for r in ranks]
+    steps = [i + grown("active_steps", r) for r, i in zip(ranks, idle)]
+    rows = [{"rank": rank, "tokens": n, "share": n / total, "idle_step_fraction": i / k if k else 0.0,
+             "sync_wait_s": grown("sync_wait_s", rank)} for rank, n, i, k in zip(ranks, tokens, idle, steps)]
     observed = grown("step_imbalance_count", -1)
     return {"ranks": rows, "tokens": total, "imbalance_ratio": max(tokens) / (total / len(ranks)),
             "step_imbalance_ratio": grown("step_imbalance_sum", -1) / observed if observed else None,
-            "idle_step_fraction": sum(grown("idle_steps", r) for r in ranks) / steps if steps else 0.0,
-            "mean_sync_wait_ms": sum(row["sync_wait_s"] for row in rows) / steps * 1000 if steps else 0.0}
+            "idle_step_fraction": sum(idle) / sum(steps) if sum(steps) else 0.0,
+            "mean_sync_wait_ms": sum(row["sync_wait_s"] for row in rows) / sum(steps) * 1000 if sum(steps) else 0.0}
 
 
 def dp_metrics(before: Workers, after: Workers, result: BenchResult) -> dict[str, float]:
