@@ -94,6 +94,13 @@ def test_the_seed_dp16_layout_is_in_the_facts_with_gpus_nics_and_ports() -> None
     assert rows[2].gpus == tuple(range(8)) and rows[2].nics == tuple(f"mlx5_{g}" for g in range(8))
 
 
+def test_an_aggregated_layout_lists_its_plain_workers() -> None:
+    cfg = load_config(CONFIGS / "local-sim-aggregated.json")
+    rows = layout_facts(plan(cfg, cfg.model_ids[0], run_id="r"))
+    assert [(r.key, r.role, r.tp_size, r.gpus, r.bootstrap_port) for r in rows] == [
+        ("aggregated_0", "aggregated", 2, (0, 1), None), ("aggregated_1", "aggregated", 2, (2, 3), None)]
+
+
 def test_the_report_renders_the_layout_and_the_per_rank_load(tmp_path: Path) -> None:
     before, after = ({"decode": {URL: prom.dp_ranks(prom.parse(text))}} for text in (BEFORE, AFTER))
     result = BenchResult(tool="builtin", metrics={}, num_requests=1)

@@ -43,7 +43,9 @@ WARNINGS_SHOWN = 5
 KEY_METRICS = ("completed", "failed", "duration", "request_throughput", "input_throughput", "output_throughput",
                "total_throughput", "mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "median_tpot_ms",
                "p99_tpot_ms", "mean_itl_ms", "p99_itl_ms", "mean_e2e_latency_ms", "p99_e2e_latency_ms",
-               "cache_hit_rate", "accuracy", "invalid", "latency")
+               "cache_hit_rate", "accuracy", "invalid", "latency", "output_throughput_per_decode_gpu",
+               "input_throughput_per_prefill_gpu", "total_throughput_per_gpu", "interactivity",
+               "user_output_throughput", "goodput", "goodput_output_throughput", "slo_attainment")
 
 
 def _first_line(text: str | None) -> str:
@@ -119,6 +121,14 @@ def tool_line(result: BenchResult) -> str:
     return f"{result.tool} ({package} {result.tool_version or 'version unknown'}){through}"
 
 
+def deployment_line(deployment: Mapping[str, Any]) -> str:
+    """E.g. ``aggregated, 4 GPUs (aggregated 4)`` or ``disaggregated, 16 GPUs (prefill 8, decode 8)``."""
+    gpus = dict(deployment.get("gpus", {}))
+    total = gpus.pop("total", 0)
+    return (f"{deployment.get('mode')}, {total} GPUs ("
+            + ", ".join(f"{role} {n}" for role, n in gpus.items() if n) + ")")
+
+
 def case_html(result: BenchResult | None, gate: GateResult | None, *, message: str | None,
               log_files: Mapping[str, Path], base_dir: Path, simulated: bool) -> str:
     """A test's extra: verdicts, measured metrics, TTFT/TPOT histograms, the command, errors and links."""
@@ -140,6 +150,8 @@ def case_html(result: BenchResult | None, gate: GateResult | None, *, message: s
         parts.append('<div class="charts">' + "".join(row) + "</div>")
         parts += [dp_load_html(url, w) for url, w in sorted(result.workers.items()) if "dp" in w]
         parts.append(f"<p><b>measured by</b> {escape(tool_line(result))}</p>")
+        if result.deployment:
+            parts.append(f"<p><b>deployment</b> {escape(deployment_line(result.deployment))}</p>")
         parts.append(f"<p><b>command</b></p><pre>{escape(result.command)}</pre>")
         if result.errors:
             parts.append(f"<p><b>errors</b></p><pre>{escape(chr(10).join(result.errors))}</pre>")
