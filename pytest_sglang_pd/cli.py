@@ -48,9 +48,17 @@ def gpu_range(gpus: tuple[int, ...]) -> str:
     return f"{gpus[0]}-{gpus[-1]}" if len(gpus) > 1 else str(gpus[0])
 
 
+def _transfer_text(dep: plan_mod.Deployment) -> str:
+    if dep.aggregated:
+        return "aggregated (no KV transfer)"
+    if dep.decode_alone:
+        return "decode alone (kv fake: no prefill, no router)"
+    return f"kv {dep.kv_backend}"
+
+
 def deployment_text(dep: plan_mod.Deployment) -> str:
     lines = [f"model {dep.model.id} ({dep.model.model}): engine {dep.engine}, runtime {dep.runtime}, "
-             f"{'aggregated (no KV transfer)' if dep.aggregated else f'kv {dep.kv_backend}'}, router {dep.router_url}, "
+             f"{_transfer_text(dep)}, {'router' if dep.has_router else 'requests straight to'} {dep.router_url}, "
              f"planned for sglang {dep.sglang_version}"]
     for role in dep.worker_roles:
         procs = dep.role(role)
@@ -122,7 +130,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if cfg.transport == "slurm":
         nodes = f"{config_mod.slurm_nodes_needed(cfg)} node(s) of a Slurm allocation" + (
             f" ({nodes} named)" if cfg.prefill_nodes or cfg.decode_nodes else "")
-    models = ", ".join(f"{m.id} (aggregated)" if m.mode == "aggregated" else m.id for m in cfg.models)
+    models = ", ".join(m.id if m.mode == config_mod.DISAGGREGATED else f"{m.id} ({m.mode})" for m in cfg.models)
     print(f"{cfg.source}: OK ({nodes}; models: {models}; engine {cfg.engine}, runtime {cfg.runtime}, "
           f"kv {cfg.kv_transfer.backend})")
     for line in warning_lines(cfg):
@@ -201,7 +209,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"bring-up failed (everything started was stopped):\n{exc}", file=sys.stderr)
         return 1
     services = {"store": [s.url for s in live.deployment.role("store")]}
-    print(up_summary(model, live.router_url, {**services, **live.worker_urls}, live.startup_seconds, run_dir))
+    print(up_summary(model, live.router_url if live.deployment.has_router else None, {**services, **live.worker_urls}, live.startup_seconds, run_dir))
     return 0
 
 
@@ -210,14 +218,14 @@ def _say_on_stderr(line: str, level: int) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-def up_summary(model: str, router_url: str, worker_urls: dict[str, list[str]], startup_s: dict[str, float],
+def up_summary(model: str, router_url: str | None, worker_urls: dict[str, list[str]], startup_s: dict[str, float],
                run_dir: Path) -> str:
-    """What `sglang-pd up` brought up: the router, each role's URLs (the store's services too) and start-up time, the
+    """What `sglang-pd up` brought up: the router (none: decode alone), each role's URLs (the store's services too) and start-up time, the
     logs, how to stop it."""
     def took(key: str) -> str:
         return f"ready after {startup_s[key]:.1f} s" if key in startup_s else ""
 
-    rows = [("router", router_url, took("router"))]
+    rows = [("router", router_url, took("router"))] if router_url else []
     rows += [(role, url, took(role) if i == 0 else "") for role in ("store", *plan_mod.WORKER_ROLES)
              for i, url in enumerate(worker_urls.get(role, []))]
     width = max(len(url) for _, url, _ in rows)

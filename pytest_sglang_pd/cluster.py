@@ -136,7 +136,8 @@ class LiveCluster:
         self._collected: set[str] = set()
         self._tool_versions: dict[tuple, str | None] = {}
         self.router_version: str | None = None  # "<package> <version>" once the router is up
-        self.router_metrics_url = f"http://{cfg.router_node}:{cfg.router_prometheus_port}/metrics"
+        self.router_metrics_url = (f"http://{cfg.router_node}:{cfg.router_prometheus_port}/metrics"
+                                   if deployment.has_router else None)
         self._stack = ExitStack()
         self._steps: dict[str, ExitStack] = {}
         self._undo_errors: list[str] = []
@@ -422,7 +423,11 @@ class LiveCluster:
         return found[-1].strip() if found else None
 
     def start_router(self) -> dict:
-        """The router started and ready on /readiness; undone (with any benchmark process) by stopping it."""
+        """The router started and ready on /readiness; undone (with any benchmark process) by stopping it.
+        Decode alone: no router, the step only stops the benchmark processes."""
+        if not self.deployment.has_router:
+            self._undo_with(self._step("router"), "bench", lambda: self._stop_role("bench"))
+            return {}
         self.start("router")
         undo = self._steps["router"]
         self._undo_with(undo, "bench", lambda: self._stop_role("bench"))
@@ -519,8 +524,15 @@ class LiveCluster:
     def smoke(self) -> float | None:
         """The PD path proven: each prefill's bootstrap address reached from each decode's node, then a non-streamed
         and a streamed /generate through the router that must cross prefill -> decode, then (simulator) a payload
-        through the KV engine per pair. Aggregated: the two requests through the router only (no handoff)."""
+        through the KV engine per pair. Aggregated: the two requests through the router only (no handoff). Decode
+        alone: one fake-prefill request straight to each decode worker."""
         dep = self.deployment
+        if dep.decode_alone:
+            with self._stage("bring-up", "a fake-prefill request to each decode worker (decode alone: no router, "
+                                         "bootstrap and KV pair checks skipped)"):
+                for url in self.worker_urls["decode"]:
+                    self._smoke(url, releases.FAKE_PREFILL, streams=(False,))
+            return None
         if dep.aggregated:
             with self._stage("bring-up", "smoke requests through the router (aggregated: no KV handoff, "
                                          "bootstrap and KV pair checks skipped)"):
@@ -579,29 +591,34 @@ class LiveCluster:
                 lines.append(self._tail_block(rp))
         return "\n".join(lines)
 
-    def _smoke(self) -> dict[str, float]:
+    def _smoke(self, url: str | None = None, extra: dict | None = None,
+               streams: tuple[bool, ...] = (False, True)) -> dict[str, float]:
+        """/generate on ``url`` (else through the router), with ``extra`` request fields, once per stream form."""
+        url = url or self.router_url
+        via = f"through the router {url}" if self.deployment.has_router else f"to the decode worker {url}"
         before = handoffs(self.worker_urls)
-        body = {"text": "The capital of France is", "sampling_params": {"max_new_tokens": 8, "temperature": 0}}
+        body = {"text": "The capital of France is", "sampling_params": {"max_new_tokens": 8, "temperature": 0},
+                **(extra or {})}
         deadline_s = self.cfg.timeouts.smoke_s
         t0 = time.monotonic()
-        for stream in (False, True):
+        for stream in streams:
             self.check_alive()
             left = max(deadline_s - (time.monotonic() - t0), 0.1)
             try:
-                r = requests.post(f"{self.router_url}/generate", json={**body, "stream": stream},
+                r = requests.post(f"{url}/generate", json={**body, "stream": stream},
                                   timeout=(min(5.0, left), left), stream=stream)
                 text = body_within(r, t0 + deadline_s)
             except requests.Timeout:
-                raise ClusterError(f"smoke request (stream={stream}) through the router {self.router_url}: no answer "
+                raise ClusterError(f"smoke request (stream={stream}) {via}: no answer "
                                    f"within {deadline_s:g} s ($.config.timeouts.smoke_s)\n" + self._explained()) from None
             except requests.RequestException as exc:
-                raise ClusterError(f"smoke request (stream={stream}) through the router {self.router_url} failed: "
+                raise ClusterError(f"smoke request (stream={stream}) {via} failed: "
                                    f"{type(exc).__name__}\n" + self._explained()) from None
             finish = _finish_reason(text, stream)
             if r.status_code != 200 or finish.get("type") in ("abort", "unparsable", None):
-                raise ClusterError(f"smoke request (stream={stream}) through the router failed: HTTP {r.status_code}, "
+                raise ClusterError(f"smoke request (stream={stream}) {via} failed: HTTP {r.status_code}, "
                                    f"finish_reason {json.dumps(finish)}\n  response: {text[:500]}\n" + self._explained())
-        if self.deployment.aggregated:
+        if not self.deployment.moves_kv:
             return None
         after = handoffs(self.worker_urls)
         self.handoffs = None if after is None else after - (before or 0.0)
@@ -628,7 +645,7 @@ class LiveCluster:
             self.collect(spec.key)
 
     def _bench_node(self) -> str:
-        return next((c.node for c in self.deployment.containers if c.key == "bench"), self.deployment.router.node)
+        return next((c.node for c in self.deployment.containers if c.key == "bench"), self.deployment.entry.node)
 
     def fetch(self, remote_path: str, local: Path) -> None:
         """Copy a file from the benchmark node (container logs are bind mounts at the same path)."""

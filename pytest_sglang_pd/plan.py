@@ -15,7 +15,7 @@ from typing import Mapping
 from . import config as config_mod
 from . import nic, releases
 from .nic import IB_SYSFS
-from .config import AGGREGATED, ROLES, SYSFS, ClusterConfig, InferenceTest, Layout, ModelConfig, Problem, role_nodes
+from .config import AGGREGATED, DECODE_ALONE, DISAGGREGATED, ROLES, SYSFS, ClusterConfig, InferenceTest, Layout, ModelConfig, Problem, role_nodes
 from .textgen.tokenizer import tokenizer_dir
 
 @dataclass(frozen=True)
@@ -115,6 +115,16 @@ class Deployment:
         return self.model.mode == AGGREGATED
 
     @property
+    def decode_alone(self) -> bool:
+        """Decode workers only, on the fake transfer backend: no prefill, no router, no KV transfer."""
+        return self.model.mode == DECODE_ALONE
+
+    @property
+    def moves_kv(self) -> bool:
+        """Prefill hands KV to decode (disaggregated mode): the KV env, NICs and transfer prechecks apply."""
+        return self.model.mode == DISAGGREGATED
+
+    @property
     def worker_roles(self) -> tuple[str, ...]:
         """The roles of the deployment's workers, in start order."""
         return self.model.roles
@@ -131,8 +141,17 @@ class Deployment:
         return tuple(dict.fromkeys(p.node for p in self.processes))
 
     @property
+    def has_router(self) -> bool:
+        return bool(self.role("router"))
+
+    @property
     def router(self) -> ProcessSpec:
         return self.role("router")[0]
+
+    @property
+    def entry(self) -> ProcessSpec:
+        """Where requests enter: the router, or (decode alone) the first decode worker."""
+        return self.router if self.has_router else self.servers("decode")[0]
 
 
 @dataclass(frozen=True)
@@ -380,12 +399,17 @@ def nic_map_path(cfg: ClusterConfig, node: str) -> str:
     return f"{cfg.log_dir.rstrip('/')}/ib-devices-{node}.json"
 
 
-def member_nics(cfg: ClusterConfig, member: _Member, role: str) -> tuple[tuple[str, ...], str | None]:
+def transfer_backend(cfg: ClusterConfig, model: ModelConfig) -> str:
+    """The workers' --disaggregation-transfer-backend: the configured KV backend, or (decode alone) ``fake``."""
+    return "fake" if model.mode == DECODE_ALONE else cfg.kv_transfer.backend
+
+
+def member_nics(cfg: ClusterConfig, model: ModelConfig, member: _Member) -> tuple[tuple[str, ...], str | None]:
     """(the NICs a member's GPUs use, its --disaggregation-ib-device value or None). With a device map: the map's
     entries of its own GPUs, as SGLang's per-GPU JSON form; else the shared list (every NIC for every GPU).
-    Aggregated workers move no KV: none."""
+    Aggregated and decode-alone workers move no KV: none."""
     kv = cfg.kv_transfer
-    if kv.backend not in IB_DEVICE_BACKENDS or role == AGGREGATED:
+    if kv.backend not in IB_DEVICE_BACKENDS or model.mode != DISAGGREGATED:
         return (), None
     if kv.mooncake.device_map == SYSFS and kv.backend == "mooncake":
         return (), nic_map_path(cfg, member.node)
@@ -405,10 +429,10 @@ def _worker_argv(cfg: ClusterConfig, model: ModelConfig, inst: _Instance, member
     layout = inst.layout
     argv = [python, "-m", module, "--model-path", model.model]
     if inst.role != AGGREGATED:
-        argv += ["--disaggregation-mode", inst.role, "--disaggregation-transfer-backend", kv.backend]
+        argv += ["--disaggregation-mode", inst.role, "--disaggregation-transfer-backend", transfer_backend(cfg, model)]
     if inst.role == "prefill":
         argv += ["--disaggregation-bootstrap-port", str(inst.bootstrap_port)]
-    ib_device = member_nics(cfg, member, inst.role)[1]
+    ib_device = member_nics(cfg, model, member)[1]
     if ib_device:
         argv += ["--disaggregation-ib-device", ib_device]
     argv += ["--host", bind_host(member.node), "--port", str(inst.port),
@@ -570,7 +594,7 @@ def plan(cfg: ClusterConfig, model: ModelConfig | str, *, run_id: str, sglang_ve
     release = sglang_version or cfg.sglang_version or releases.DEFAULT
     docker = cfg.runtime == "docker"
     log_dir = f"{cfg.log_dir.rstrip('/')}/{run_id}"
-    base_env = {**node_env(cfg), **({} if model.mode == AGGREGATED else kv_env(cfg))}
+    base_env = {**node_env(cfg), **(kv_env(cfg) if model.mode == DISAGGREGATED else {})}
     secrets = {"HF_TOKEN": cfg.hf_token_file} if cfg.hf_token_file else {}
     containers: list[ContainerSpec] = []
     processes: list[ProcessSpec] = []
@@ -604,21 +628,23 @@ def plan(cfg: ClusterConfig, model: ModelConfig | str, *, run_id: str, sglang_ve
                 log_path=f"{log_dir}/{key}.log",
                 container=container(key, inst.role, member.node), host=inst.head,
                 instance=inst.index, node_rank=member.rank,
-                bootstrap_port=inst.bootstrap_port, gpus=member.gpus, nics=member_nics(cfg, member, inst.role)[0],
+                bootstrap_port=inst.bootstrap_port, gpus=member.gpus, nics=member_nics(cfg, model, member)[0],
                 secret_env_files=secrets))
-    processes.append(ProcessSpec(
-        key="router", role="router", node=cfg.router_node,
-        argv=_router_argv(cfg, model, layout, python),
-        env={**cfg.container.env_dict, **(SIM_ROUTER_ENV if cfg.simulated else {})},
-        port=cfg.router_port, log_path=f"{log_dir}/router.log",
-        container=container("router", "router", cfg.router_node), host=cfg.router_node,
-        health_path="/readiness"))
-    router_url = f"http://{cfg.router_node}:{cfg.router_port}"
+    if model.mode != DECODE_ALONE:  # decode alone: requests go straight to the decode workers
+        processes.append(ProcessSpec(
+            key="router", role="router", node=cfg.router_node,
+            argv=_router_argv(cfg, model, layout, python),
+            env={**cfg.container.env_dict, **(SIM_ROUTER_ENV if cfg.simulated else {})},
+            port=cfg.router_port, log_path=f"{log_dir}/router.log",
+            container=container("router", "router", cfg.router_node), host=cfg.router_node,
+            health_path="/readiness"))
+    entry = layout["decode"][0] if model.mode == DECODE_ALONE else None  # the bench target without a router
+    router_url = f"http://{entry.head}:{entry.port}" if entry else f"http://{cfg.router_node}:{cfg.router_port}"
     if cfg.bench_client == "sglang" or any(t.bench_client == "sglang" for t in model.tests):
         container("bench", "bench", cfg.benchmark_node)
     dep = Deployment(run_id=run_id, model=model, engine=cfg.engine, runtime=cfg.runtime, log_dir=log_dir,
                      containers=tuple(containers), processes=tuple(processes), router_url=router_url,
-                     kv_backend=cfg.kv_transfer.backend, python=python,
+                     kv_backend=transfer_backend(cfg, model), python=python,
                      bench_python=cfg.bench_python or python, sglang_version=release)
     return replace(dep, bench=_bench_processes(dep, _bench_tokenizer(cfg, model)), prechecks=prechecks(cfg, dep))
 
@@ -694,7 +720,7 @@ def _bench_processes(dep: Deployment, tokenizer: str) -> tuple[ProcessSpec, ...]
     HF_HUB_OFFLINE=1 only where the tokenizer is a local directory (a hub id may need a download)."""
     out = []
     bench = next((c for c in dep.containers if c.key == "bench"), None)
-    node = bench.node if bench else dep.router.node
+    node = bench.node if bench else dep.entry.node
     env = {"HF_HUB_OFFLINE": "1"} if tokenizer.startswith("/") else {}
     for test in dep.model.tests:
         if test.bench_client != "sglang":
@@ -765,7 +791,7 @@ def prechecks(cfg: ClusterConfig, dep: Deployment) -> tuple[Precheck, ...]:
                                     "($.config.container_config.device_list)"))
     kv = cfg.kv_transfer
     env = kv_env(cfg)
-    for node in [] if dep.aggregated else worker_nodes(dep):  # aggregated: no KV transfer to check
+    for node in worker_nodes(dep) if dep.moves_kv else []:  # aggregated, decode alone: no KV transfer to check
         nics = [n for p in dep.processes if p.node == node for n in p.nics] or (
             list(kv.ib_devices) if kv.backend == "nixl" else [])
         nics = list(dict.fromkeys(nics))

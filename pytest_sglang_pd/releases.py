@@ -6,6 +6,7 @@ the newest known release at or below it; one older than every known release gets
 
 from __future__ import annotations
 
+import json
 import re
 
 KNOWN = ("0.5.7", "0.5.23")
@@ -49,6 +50,7 @@ def gsm8k_host(version: str, host: str) -> str:
 
 
 FAKE_BOOTSTRAP_HOST = "2.2.2.2"  # sglang.srt.disaggregation.utils: a request no prefill serves and no KV follows
+FAKE_PREFILL = {"bootstrap_host": FAKE_BOOTSTRAP_HOST, "bootstrap_room": 0}  # the request fields of --fake-prefill
 
 
 def fake_prefill_args(version: str) -> list[str]:
@@ -56,7 +58,7 @@ def fake_prefill_args(version: str) -> list[str]:
     fake bootstrap host, room 0) through ``--extra-request-body``."""
     if at_least(version, "0.5.23"):
         return ["--fake-prefill"]
-    return ["--extra-request-body", f'{{"bootstrap_host": "{FAKE_BOOTSTRAP_HOST}", "bootstrap_room": 0}}']
+    return ["--extra-request-body", json.dumps(FAKE_PREFILL)]
 
 
 def dp_attention_args(version: str, dp_size: int) -> list[str]:

@@ -335,7 +335,7 @@ def test_failing_kv_transfer_is_caught_at_bring_up_and_explained(pytester, tmp_p
     result = run_suite(pytester, config, tmp_path / "results")
     out = result.stdout.str()
     assert result.ret == 1
-    assert "smoke request (stream=False) through the router failed" in out
+    assert re.search(r"smoke request \(stream=False\) through the router http://\S+ failed: HTTP", out)
     assert '"type": "abort"' in out and "mooncake transfer to 127.0.0.1:" in out
     assert "KV engine mooncake; bootstrap prefill_0 127.0.0.1:" in out
     assert re.search(r"prefill prefill_0 on node 127\.0\.0\.1 logged \(\S+prefill_0\.log\):\n", out)

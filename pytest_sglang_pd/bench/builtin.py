@@ -27,7 +27,6 @@ STOP_POLL_S = 0.5
 ERROR_BODY_CHARS = 300
 WARMUP_MAX_NEW_TOKENS = 32  # bench_serving's warmup: min(output_len, 32)
 WARMUP_PAUSE_S = 1.0  # and its asyncio.sleep(1.0) before the measured run
-FAKE_PREFILL = {"bootstrap_host": releases.FAKE_BOOTSTRAP_HOST, "bootstrap_room": 0}  # bench_serving --fake-prefill
 
 
 def _abort_message(finish_reason: object) -> str | None:
@@ -223,7 +222,7 @@ def run(url: str, test: InferenceTest, concurrency: int, *, timeout_s: float, pr
     url = url.rstrip("/")
     records, duration, warnings = uvloop.run(_run_all(  # uvloop: a third less CPU per chunk than asyncio's own loop
         url, prompts, concurrency, test.request_rate, test.seed, test.warmup_requests, timeout_s, progress, stop,
-        FAKE_PREFILL if test.decode_alone else None, streamed))
+        releases.FAKE_PREFILL if test.decode_alone else None, streamed))
     metrics, totals = aggregate(records, duration)
     metrics.update(steady_state.figures(records, test.steady_state_ratio))
     if test.kind == "gsm8k":

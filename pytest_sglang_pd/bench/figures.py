@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Iterable
 
-from ..config import AGGREGATED, InferenceTest
+from ..config import AGGREGATED, DECODE_ALONE, DISAGGREGATED, InferenceTest
 from ..plan import WORKER_ROLES, Deployment
 from .result import BenchResult, RequestRecord
 
@@ -38,7 +38,9 @@ class GPUs:
 
     @property
     def mode(self) -> str:
-        return AGGREGATED if self.aggregated else "disaggregated"
+        if self.aggregated:
+            return AGGREGATED
+        return DECODE_ALONE if self.decode and not self.prefill else DISAGGREGATED
 
     def as_dict(self) -> dict[str, int]:
         return {"prefill": self.prefill, "decode": self.decode, "aggregated": self.aggregated, "total": self.total}

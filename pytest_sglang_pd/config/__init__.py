@@ -26,7 +26,7 @@ from .keys import (ARGS, BOOL_OR_INT, CSV, INT, INT_OR_LIST, LIST_MAP, NODES, NU
                    to_percent)
 from . import keys as keys_mod
 from .hicache import HiCacheSettings, hicache_problems
-from .layout import (AGGREGATED, DISAGGREGATED, LOAD_BALANCE_METHODS, ROLES, SYSFS, Layout, MooncakeSettings,
+from .layout import (AGGREGATED, DECODE_ALONE, DISAGGREGATED, LOAD_BALANCE_METHODS, ROLES, SYSFS, Layout, MooncakeSettings,
                      RoleSettings, device_map_problems, key_path, layout_problems, read_mooncake_json, resolve,
                      role_nodes, translate_mooncake_json)
 
@@ -138,7 +138,8 @@ class InferenceTest:
     mode: str = key("mode", "pd", choice("pd", "decode_alone"),
                     "pd: requests through the router, prefill -> decode; decode_alone: straight to the first decode "
                     "worker with SGLang's fake bootstrap host (bench_serving --fake-prefill), so no prefill computes and "
-                    "no KV moves: decode measured alone, at a batch as large as max_concurrency (bench_serving only)")
+                    "no KV moves: decode measured alone, at a batch as large as max_concurrency (bench_serving only); "
+                    "implied by the model's mode decode_alone")
     slo: SLOSettings = key("slo", section=SLOSettings, effect="the per-request SLO of goodput and slo_attainment; "
                            "any key set here replaces every limit taken from expected_results")
     thresholds: tuple[Threshold, ...] = ()
@@ -183,11 +184,12 @@ class ModelConfig:
                                           "the choices of the planned release)",
                                           default_doc="unset: SGLang's auto (follow_bootstrap_room on a prefill, "
                                           "round_robin on a decode)")
-    mode: str = key("mode", DISAGGREGATED, choice(DISAGGREGATED, AGGREGATED),
+    mode: str = key("mode", DISAGGREGATED, choice(DISAGGREGATED, AGGREGATED, DECODE_ALONE),
                     "disaggregated: prefill and decode instances behind the router's PD mode; aggregated: plain "
                     "workers (no --disaggregation-mode) on every node of prefill_node_list and decode_node_list "
                     "(each once), laid out by the aggregated section, behind the router's regular mode "
-                    "(--worker-urls)")
+                    "(--worker-urls); decode_alone: decode instances only (--disaggregation-transfer-backend fake), "
+                    "no prefill, no router: every test is a decode_alone test, sent to the first decode worker")
     prefill: RoleSettings = key("prefill", section=RoleSettings)
     decode: RoleSettings = key("decode", section=RoleSettings)
     aggregated: RoleSettings = key("aggregated", section=RoleSettings)
@@ -220,8 +222,8 @@ class ModelConfig:
 
     @property
     def roles(self) -> tuple[str, ...]:
-        """The worker roles the model's mode deploys: prefill and decode, or aggregated."""
-        return (AGGREGATED,) if self.mode == AGGREGATED else ROLES
+        """The worker roles the model's mode deploys: prefill and decode, aggregated, or decode alone."""
+        return {AGGREGATED: (AGGREGATED,), DECODE_ALONE: ("decode",)}.get(self.mode, ROLES)
 
 
 @dataclass(frozen=True)
@@ -752,8 +754,12 @@ def _build_model(model_id: str, m: Mapping, bench_client: str) -> tuple[ModelCon
         kind, dataset, problem = _classify(name, t)
         if problem:
             problems.append(Problem(tpath, problem))
+        implied = {"mode": DECODE_ALONE} if values["mode"] == DECODE_ALONE else {}
+        if implied and t.get("mode", DECODE_ALONE) != DECODE_ALONE:
+            problems.append(Problem(json_path(tpath, "mode"), f"{t['mode']!r}: the model's mode decode_alone "
+                                    f"({json_path(base, 'mode')}) deploys no prefill and no router"))
         tv = read(InferenceTest, t, tpath, problems,
-                  defaults={"max_concurrency": (values["max_concurrency"],), "bench_client": bench_client})
+                  defaults={"max_concurrency": (values["max_concurrency"],), "bench_client": bench_client, **implied})
         if t.get("num_prompts") is None and dataset == "generated-shared-prefix":  # every group's prompts
             tv["num_prompts"] = tv["gsp_num_groups"] * tv["gsp_prompts_per_group"]
         if kind == "bench_serving" and t.get("max_concurrency") is None:  # the seed suite: every prompt at once

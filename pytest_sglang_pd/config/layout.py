@@ -19,6 +19,7 @@ from .keys import BOOL_OR_INT, INT, OBJECT, STRING_MAP, Kind, Problem, choice, c
 
 ROLES = ("prefill", "decode")
 DISAGGREGATED, AGGREGATED = "disaggregated", "aggregated"  # a model's mode; "aggregated" is also its one role
+DECODE_ALONE = "decode_alone"  # a model's mode: decode workers only, on the fake transfer backend
 # --load-balance-method's choices in any known release (the plan checks them against the planned release)
 LOAD_BALANCE_METHODS = tuple(dict.fromkeys(m for methods in releases.LOAD_BALANCE_METHODS.values() for m in methods))
 _WORKER = "worker argv"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
+from pytest_sglang_pd import releases
 from pytest_sglang_pd.cluster import handoffs
 from pytest_sglang_pd.plan import WORKER_ROLES
 
@@ -26,6 +27,8 @@ def test_workers_healthy(pd_cluster):
 
 
 def test_router_ready_with_every_worker(pd_cluster, cluster_config):
+    if pd_cluster.deployment is not None and not pd_cluster.deployment.has_router:
+        pytest.skip("decode alone: no router is deployed (requests go straight to the decode workers)")
     r = requests.get(f"{pd_cluster.router_url}/readiness", timeout=10)
     assert r.status_code == 200, f"router /readiness: HTTP {r.status_code} {r.text[:300]}"
     body = r.json()
@@ -44,8 +47,15 @@ def test_router_ready_with_every_worker(pd_cluster, cluster_config):
 def test_kv_handoff(pd_cluster):
     """A request through the router crosses prefill -> decode: the prefill counts one more KV transfer
     (sglang:kv_transfer_latency_ms, where the workers export SGLang's PD metrics). Aggregated: one worker serves it
-    whole, no KV transfer counted."""
+    whole, no KV transfer counted. Decode alone: each decode worker serves a fake-prefill request with no prefill."""
     before = handoffs(pd_cluster.worker_urls)
+    if pd_cluster.deployment is not None and pd_cluster.deployment.decode_alone:
+        for url in pd_cluster.worker_urls["decode"]:
+            r = requests.post(f"{url}/generate", timeout=120, json={
+                "text": "Hello there", "sampling_params": {"max_new_tokens": 4}, **releases.FAKE_PREFILL})
+            assert r.status_code == 200 and r.json()["meta_info"]["finish_reason"]["type"] != "abort", r.text[:500]
+        assert not pd_cluster.worker_urls["prefill"], "decode alone planned prefill workers"
+        return
     if pd_cluster.deployment is not None and pd_cluster.deployment.aggregated:
         r = requests.post(f"{pd_cluster.router_url}/generate", timeout=120,
                           json={"text": "Hello there", "sampling_params": {"max_new_tokens": 4}})
