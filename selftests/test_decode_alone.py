@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from pytest_sglang_pd import config, plan
+from pytest_sglang_pd import cli, config, plan
 from selftests.configs import REPO, assert_plan_golden, raw, sim_config
 from selftests.test_release_commands import parse_with_real_sglang
 
@@ -56,6 +56,14 @@ def test_decode_alone_plans_fake_decodes_only_and_benchmarks_the_first_decode():
     assert bench.argv[bench.argv.index("--host") + 1] == first.host
     assert bench.argv[bench.argv.index("--port") + 1] == str(first.port)
     assert bench.argv[-1] == "--fake-prefill" and bench.argv[bench.argv.index("--max-concurrency") + 1] == "1024"
+
+
+def test_plan_and_up_say_requests_go_straight_to_the_decode_and_list_no_router(tmp_path: Path):
+    dep = plan.plan(config.from_dict(raw("local-sim-decode-alone.json"), user="u"), "llama-8b", run_id="r")
+    assert ("decode alone (kv fake: no prefill, no router), requests straight to http://127.0.0.1:30022"
+            in cli.deployment_text(dep))
+    up = cli.up_summary("llama-8b", None, {"decode": [dep.router_url]}, {"decode": 1.0}, tmp_path)
+    assert "router" not in up and "decode   http://127.0.0.1:30022  ready after 1.0 s" in up
 
 
 def test_every_test_of_a_decode_alone_model_is_decode_alone_and_gsm8k_or_mode_pd_is_refused():
