@@ -97,7 +97,7 @@ class API:
         if not self.worker.args.enable_metrics:
             return web.Response(status=404, text="metrics are disabled; start with --enable-metrics")
         s = self.worker.scheduler
-        gauges = {"num_running_reqs": s.num_running, "num_queue_reqs": s.num_queued,
+        gauges = {"num_running_reqs": s.running_batch, "num_queue_reqs": s.num_queued,
                   "cache_hit_rate": s.cache_hit_rate, "gen_throughput": self.worker.gen_throughput(),
                   "token_usage": s.reserved / s.capacity_tokens if s.capacity_tokens else 0.0}
         return web.Response(text=self.worker.metrics.render({**gauges, **self.worker.queue_reqs}), content_type="text/plain")

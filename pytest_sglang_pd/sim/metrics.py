@@ -6,11 +6,24 @@ first attention-TP rank of its instance, the one that exports); tokenizer metric
 As in SGLang the KV transfer latency, size and speed histograms are observed on the prefill side only; the sim
 observes ``kv_transfer_bootstrap_ms`` on prefill (its wait for the decode's KV destination) and
 ``kv_transfer_alloc_ms`` on decode (its wait for KV room), where it can tell them apart.
+
+Simulator-only metrics are named ``sim_...`` (SGLang has no such names): per ``forward_mode`` (prefill,
+decode) the counters of ``scheduler.BatchStats`` (``sim_forward_steps_total``, ``sim_forward_batch_reqs_total``,
+``sim_forward_batch_reqs_squared_total``, ``sim_forward_batch_context_tokens_total``,
+``sim_forward_modelled_seconds_total``, ``sim_forward_batch_reqs_seconds_total``) and the gauges
+``sim_running_reqs_window_mean`` / ``sim_running_reqs_window_max`` over the last ``scheduler.WINDOW_S`` seconds.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from pytest_sglang_pd.sim.scheduler import BatchStats
 
 # SGLang's buckets
 TTFT_BUCKETS = (0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 20.0, 40.0, 60.0, 80.0, 120.0, 160.0)
@@ -25,6 +38,43 @@ ENGINE_TYPE = {"prefill": "prefill", "decode": "decode", "null": "unified"}
 QUEUES = {"prefill": ("num_prefill_bootstrap_queue_reqs", "num_prefill_inflight_queue_reqs"),
           "decode": ("num_decode_prealloc_queue_reqs", "num_decode_transfer_queue_reqs")}
 MB = 1024 * 1024
+
+
+BATCH_COUNTERS = (  # BatchStats attribute -> sim_ counter name, help
+    ("steps", "sim_forward_steps", "Forward steps the simulated scheduler ran."),
+    ("reqs", "sim_forward_batch_reqs", "Sum over steps of the requests in the step's batch."),
+    ("reqs_squared", "sim_forward_batch_reqs_squared", "Sum over steps of the batch size squared."),
+    ("reqs_context", "sim_forward_batch_context_tokens", "Sum over steps of batch size x KV tokens of the batch "
+     "(prefill: new tokens)."),
+    ("seconds", "sim_forward_modelled_seconds", "Modelled (hardware) seconds of the steps."),
+    ("reqs_seconds", "sim_forward_batch_reqs_seconds", "Sum over steps of batch size x modelled seconds."),
+)
+
+
+class BatchCollector(Collector):
+    """The ``sim_`` batch metrics, read from the scheduler's ``BatchStats`` at scrape time."""
+
+    def __init__(self, labels: Mapping[str, str], source: Callable[[], Mapping[str, BatchStats]]) -> None:
+        self.labels, self.source = dict(labels), source
+
+    def collect(self) -> Iterator[Metric]:
+        names = [*self.labels, "forward_mode"]
+        stats, now = self.source(), time.monotonic()
+        for attribute, name, doc in BATCH_COUNTERS:
+            family = CounterMetricFamily(name, doc, labels=names)
+            for mode, batch in stats.items():
+                family.add_metric([*self.labels.values(), mode], getattr(batch, attribute))
+            yield family
+        mean = GaugeMetricFamily("sim_running_reqs_window_mean", "Time-weighted mean batch of the last "
+                                 "window's steps.", labels=names)
+        peak = GaugeMetricFamily("sim_running_reqs_window_max", "Largest batch of the last window's steps.",
+                                 labels=names)
+        for mode, batch in stats.items():
+            window_mean, window_max = batch.window_mean_max(now)
+            mean.add_metric([*self.labels.values(), mode], window_mean)
+            peak.add_metric([*self.labels.values(), mode], window_max)
+        yield mean
+        yield peak
 
 
 class WorkerMetrics:
@@ -65,6 +115,10 @@ class WorkerMetrics:
         self._gauges = {name: Gauge(f"sglang:{name}", name.replace("_", " "), sched, registry=r)
                         for name in (*QUEUES.get(role, ()), "num_running_reqs", "num_queue_reqs", "cache_hit_rate",
                                      "gen_throughput", "token_usage")}
+
+    def watch_batches(self, source: Callable[[], Mapping[str, BatchStats]]) -> None:
+        """Export the ``sim_`` batch metrics of forward mode -> ``BatchStats`` that ``source`` returns."""
+        self.registry.register(BatchCollector(self.labels, source))
 
     def request(self, prompt_tokens: int) -> None:
         self._requests.inc()

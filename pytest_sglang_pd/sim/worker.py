@@ -56,6 +56,7 @@ class SimWorker:
         self.scheduler.paused = self.faults.hang
         self.engine: TransferEngine | None = None
         self.metrics = WorkerMetrics(self.role, self.served_model_name, "none")
+        self.metrics.watch_batches(lambda: self.scheduler.batches)
         self.rooms = pd.RoomTable()
         self.queue_reqs: collections.Counter[str] = collections.Counter()
         self.bootstrap: pd.BootstrapServer | None = None
