@@ -8,7 +8,7 @@ from .. import prom
 from ..config import InferenceCase
 from . import builtin, pd_metrics, sglang_tools
 from .builtin import Progress
-from .result import BenchResult, RequestRecord, combine
+from .result import BenchResult, RequestRecord, combine, undilate
 from .sglang_tools import BenchToolError
 from .target import BenchTarget
 
@@ -16,10 +16,17 @@ __all__ = ["BenchResult", "BenchTarget", "BenchToolError", "Progress", "RequestR
 
 
 def run_benchmark(target: BenchTarget, case: InferenceCase, *, timeout_s: float, artifacts_dir: Path,
-                  progress: Progress | None = None) -> BenchResult:
+                  progress: Progress | None = None, time_dilation: float = 1.0) -> BenchResult:
     """Run ``case`` against ``target`` with the tool its test names (bench_client builtin | sglang), then add what
     the workers' and the router's metrics say of the PD path (``pd_metrics``). It stops as soon as the cluster watch
-    finds the target broken (``target.broken``)."""
+    finds the target broken (``target.broken``). On a time-dilated simulator (its clock ``time_dilation`` times
+    slower) every time figure is rescaled to modelled time (``undilate``)."""
+    return undilate(_measure(target, case, timeout_s=timeout_s, artifacts_dir=artifacts_dir, progress=progress),
+                    time_dilation)
+
+
+def _measure(target: BenchTarget, case: InferenceCase, *, timeout_s: float, artifacts_dir: Path,
+             progress: Progress | None) -> BenchResult:
     test = case.test
     nic_counters = getattr(target, "nic_error_counters", dict)  # RDMA port error counters (real clusters)
     router_url = getattr(target, "router_metrics_url", None)
