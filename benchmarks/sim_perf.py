@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pytest_sglang_pd import prom  # noqa: E402
 from pytest_sglang_pd.sim import catalog  # noqa: E402
+from pytest_sglang_pd.sim.metrics import RanBatch, batch_counters, modelled_tpot_s  # noqa: E402
 from pytest_sglang_pd.sim.perf_model import PerfModel  # noqa: E402
 from pytest_sglang_pd.textgen import tokenizer  # noqa: E402
 from selftests.configs import tools_venv  # noqa: E402
@@ -43,42 +44,10 @@ from selftests.live import sim_cluster  # noqa: E402
 
 MODEL_ARGS = ["--sim-model-profile", "Llama-3.3-70B", "--tp", "8", "--sim-gpu", "MI355X"]
 MODEL = PerfModel(catalog.GPUS["MI355X"], catalog.MODELS["Llama-3.3-70B"], 8)
-COUNTERS = ("sim_forward_batch_reqs_total", "sim_forward_batch_reqs_squared_total",
-            "sim_forward_batch_context_tokens_total", "sim_forward_steps_total")
-
-
-@dataclass(frozen=True)
-class DecodeBatch:
-    """What one decode instance ran over an interval (differenced ``sim_forward_*`` counters)."""
-
-    tokens: float  # tokens emitted by decode steps
-    steps: float
-    mean_batch: float  # token-weighted
-    mean_context: float  # KV tokens of the batch, token-weighted
-
-    @classmethod
-    def between(cls, before: dict[str, float], after: dict[str, float]) -> DecodeBatch:
-        d = {name: after[name] - before[name] for name in COUNTERS}
-        tokens = d["sim_forward_batch_reqs_total"]
-        if not tokens:
-            return cls(0.0, 0.0, 0.0, 0.0)
-        return cls(tokens, d["sim_forward_steps_total"], d["sim_forward_batch_reqs_squared_total"] / tokens,
-                   d["sim_forward_batch_context_tokens_total"] / tokens)
-
-    def modelled_step_s(self) -> float:
-        return MODEL.decode_step_seconds(self.mean_batch, self.mean_context)  # type: ignore[arg-type]
-
-
-def modelled_tpot_s(batches: list[DecodeBatch]) -> float:
-    """The model's decode step at each instance's measured batch, weighted by the tokens each emitted."""
-    tokens = sum(b.tokens for b in batches)
-    return sum(b.tokens * b.modelled_step_s() for b in batches) / tokens
 
 
 def decode_counters(url: str) -> dict[str, float]:
-    samples = prom.fetch(url + "/metrics") or []
-    return {name: sum(s.value for s in samples if s.name == name and s.labels.get("forward_mode") == "decode")
-            for name in COUNTERS}
+    return batch_counters(prom.fetch(url + "/metrics") or [], "decode")
 
 
 class PeakBatch(threading.Thread):
@@ -137,7 +106,7 @@ class Row:
     concurrency: int
     prompts: int
     speedup: float
-    batches: list[DecodeBatch]
+    batches: list[RanBatch]
     peak_batch: float
     tpot_ms: float  # rescaled to modelled time
     modelled_ms: float
@@ -177,10 +146,10 @@ def measure(decodes: int, concurrency: int, speedup: float, args: argparse.Names
         finally:
             peak.done.set()
         cpu_after, rss = process_groups_stat(groups)
-        batches = [DecodeBatch.between(b, decode_counters(url)) for b, url in zip(before, urls)]
+        batches = [RanBatch.between(b, decode_counters(url)) for b, url in zip(before, urls)]
     tokens = result["total_output_tokens"]
     return Row(decodes, concurrency, prompts, speedup, batches, peak.peak, result["mean_tpot_ms"] * speedup,
-               modelled_tpot_s(batches) * 1e3, result["mean_ttft_ms"] * speedup, result["output_throughput"] / speedup,
+               modelled_tpot_s(MODEL, batches) * 1e3, result["mean_ttft_ms"] * speedup, result["output_throughput"] / speedup,
                (cpu_after - cpu_before) / tokens * 1e3, rss)
 
 

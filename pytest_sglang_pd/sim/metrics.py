@@ -17,12 +17,15 @@ decode) the counters of ``scheduler.BatchStats`` (``sim_forward_steps_total``, `
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from pytest_sglang_pd.prom import Sample
+from pytest_sglang_pd.sim.perf_model import PerfModel
 from pytest_sglang_pd.sim.scheduler import BatchStats
 
 # SGLang's buckets
@@ -49,6 +52,41 @@ BATCH_COUNTERS = (  # BatchStats attribute -> sim_ counter name, help
     ("seconds", "sim_forward_modelled_seconds", "Modelled (hardware) seconds of the steps."),
     ("reqs_seconds", "sim_forward_batch_reqs_seconds", "Sum over steps of batch size x modelled seconds."),
 )
+
+
+def batch_counters(samples: Iterable[Sample], mode: str = "decode") -> dict[str, float]:
+    """The ``sim_forward_*`` counters of one forward mode in a worker's parsed /metrics, by ``BatchStats`` attribute."""
+    attribute_of = {f"{name}_total": attribute for attribute, name, _ in BATCH_COUNTERS}
+    out = dict.fromkeys(attribute_of.values(), 0.0)
+    for s in samples:
+        if s.name in attribute_of and s.labels.get("forward_mode") == mode:
+            out[attribute_of[s.name]] += s.value
+    return out
+
+
+@dataclass(frozen=True)
+class RanBatch:
+    """What one instance's steps ran between two reads of its counters (``batch_counters``)."""
+
+    tokens: float  # requests summed over the steps (decode: the tokens the steps emitted)
+    steps: float
+    mean_batch: float  # token-weighted: the batch an average token was computed in
+    mean_context: float  # the KV tokens of that batch, token-weighted
+
+    @classmethod
+    def between(cls, before: Mapping[str, float], after: Mapping[str, float]) -> RanBatch:
+        d = {name: after[name] - before[name] for name in after}
+        tokens = d["reqs"]
+        if not tokens:
+            return cls(0.0, d["steps"], 0.0, 0.0)
+        return cls(tokens, d["steps"], d["reqs_squared"] / tokens, d["reqs_context"] / tokens)
+
+
+def modelled_tpot_s(model: PerfModel, batches: Sequence[RanBatch]) -> float:
+    """The model's decode step at each instance's measured batch and context, weighted by the tokens it emitted:
+    what the mean TPOT of those tokens should be (the step time is affine in batch and context for dense models)."""
+    tokens = sum(b.tokens for b in batches)
+    return sum(b.tokens * model.decode_step_seconds(b.mean_batch, b.mean_context) for b in batches) / tokens  # type: ignore[arg-type]
 
 
 class BatchCollector(Collector):
