@@ -1,7 +1,8 @@
 """Simulator fidelity benchmark: TPOT measured by the real bench_serving vs the perf model at the decode batch that ran.
 
     python benchmarks/sim_perf.py [--decodes 1 2] [--concurrency 64 256 1024] [--speedup 1 0.5 0.25]
-                                  [--input-len 1024] [--output-len 128] [--engines]
+                                  [--input-len 1024] [--output-len 128]
+    python benchmarks/sim_perf.py --engines
 
 Per row, a fresh 1 prefill + N decode sim cluster (Llama-3.3-70B, TP8, MI355X, Mooncake) behind the real sglang
 router serves the real ``sglang.bench_serving`` (the tools venv, $BENCH_TOOLS_VENV or .bench-tools) with random
@@ -12,7 +13,7 @@ modelled" is the model's decode step at that batch and context (token-weighted o
 Where ``--speedup`` < 1 the simulator runs time-dilated (its clock 1/speedup x slower) and every time figure is
 rescaled to modelled time (times x speedup, rates / speedup). Worker CPU is the user + system time of the worker
 processes per output token; peak RSS is the largest VmHWM of one worker process.
-``--engines`` adds the KV bytes/s each transfer engine moves on loopback.
+``--engines`` measures instead the KV bytes/s each transfer engine moves on loopback.
 """
 
 from __future__ import annotations
@@ -211,14 +212,15 @@ def main() -> None:
     parser.add_argument("--speedup", type=float, nargs="+", help="--sim-speedup per concurrency (default 1)")
     parser.add_argument("--input-len", type=int, default=1024)
     parser.add_argument("--output-len", type=int, default=128)
-    parser.add_argument("--engines", action="store_true", help="also measure each KV engine's bytes/s")
+    parser.add_argument("--engines", action="store_true", help="measure each KV engine's bytes/s instead")
     parser.add_argument("--kv-payload-bytes-per-token", type=int, default=4096)
     args = parser.parse_args()
     if args.speedup and len(args.speedup) != len(args.concurrency):
         parser.error("--speedup needs one value per --concurrency")
-    fidelity(args)
     if args.engines:
         engine_rates(args)
+    else:
+        fidelity(args)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pytest_sglang_pd import prom
 from pytest_sglang_pd.sim import catalog
 from pytest_sglang_pd.sim.faults import Faults
 from pytest_sglang_pd.sim.launch_server import parse_args
-from pytest_sglang_pd.sim.metrics import WorkerMetrics
+from pytest_sglang_pd.sim.metrics import RanBatch, WorkerMetrics, batch_counters, modelled_tpot_s
 from pytest_sglang_pd.sim.output import answer_text, plan_output
 from pytest_sglang_pd.sim.pd import HandoffError, build_payload, payload_length, verify_payload
 from pytest_sglang_pd.sim.perf_model import PerfModel
@@ -213,6 +213,12 @@ def test_scheduler_reports_the_decode_batches_it_ran_as_sim_metrics():
     values = {s.name: s.value for s in samples}
     assert values["sim_forward_steps_total"] == 7 and values["sim_forward_batch_reqs_squared_total"] == 37
     assert values["sim_running_reqs_window_max"] == 3
+    # a client differencing the counters gets the batch its tokens were computed in, and the model at that batch is
+    # the mean time between the tokens the steps emitted (the step time is affine in batch and context)
+    ran = RanBatch.between(dict.fromkeys(batch_counters([]), 0.0), batch_counters(prom.parse(metrics.render({}))))
+    assert (ran.tokens, ran.steps, ran.mean_batch) == (15, 7, pytest.approx(37 / 15))
+    token_mean_s = sum(b * model.decode_step_seconds(b, c) for b, c in _decode_steps()) / 15
+    assert modelled_tpot_s(model, [ran]) == pytest.approx(token_mean_s)
 
 
 def _decode_steps() -> list[tuple[int, int]]:
