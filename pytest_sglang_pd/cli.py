@@ -11,7 +11,7 @@ from typing import Sequence
 
 from . import config as config_mod
 from . import plan as plan_mod
-from . import nic, redact
+from . import nic, redact, slurm
 from .hosts import HostError
 from .runtime import RuntimeFailure
 
@@ -32,6 +32,7 @@ def deployment_json(dep: plan_mod.Deployment) -> dict:
             "argv": redact.argv(p.argv), "env": redact.env(p.env),
             "secret_env": {k: f"{redact.MASK} (read on the node from {v})" for k, v in p.secret_env_files.items()},
             "port": p.port, "bootstrap_port": p.bootstrap_port, "log_path": p.log_path,
+            **({"gpus": list(p.gpus), "nics": list(p.nics)} if p.role in ("prefill", "decode") else {}),
         } for p in (*dep.processes, *dep.bench)],
         "prechecks": [{"node": c.node, "kind": c.kind, "argv": list(c.argv), "passed": c.passed, "failed": c.failed}
                       for c in dep.prechecks],
@@ -42,13 +43,25 @@ def deployment_json(dep: plan_mod.Deployment) -> dict:
     }
 
 
+def gpu_range(gpus: tuple[int, ...]) -> str:
+    """(4, 5, 6, 7) -> "4-7"; a single GPU as its id."""
+    return f"{gpus[0]}-{gpus[-1]}" if len(gpus) > 1 else str(gpus[0])
+
+
 def deployment_text(dep: plan_mod.Deployment) -> str:
     lines = [f"model {dep.model.id} ({dep.model.model}): engine {dep.engine}, runtime {dep.runtime}, "
              f"kv {dep.kv_backend}, router {dep.router_url}, planned for sglang {dep.sglang_version}"]
+    for role in ("prefill", "decode"):
+        procs = dep.role(role)
+        spans = any(p.node_rank for p in procs)
+        lines.append(f"  layout {role}: {dep.model.layout(role).describe()} on "
+                     f"{', '.join(dict.fromkeys(p.node for p in procs))}" + (" (one instance over them)" if spans else ""))
     lines += [f"  test {t.name}: {concurrency_text(t)}" for t in dep.model.tests]
     containers = {c.key: c for c in dep.containers}
     for p in (*dep.processes, *dep.bench):
-        lines.append(f"  [{p.key}] role={p.role} node={p.node}" + (f" port={p.port}" if p.port else ""))
+        lines.append(f"  [{p.key}] role={p.role} node={p.node}" + (f" port={p.port}" if p.port else "")
+                     + (f" bootstrap={p.bootstrap_port}" if p.bootstrap_port and p.serves_http else "")
+                     + (f" gpus={gpu_range(p.gpus)}" if p.gpus else "") + (f" nics={','.join(p.nics)}" if p.nics else ""))
         c = containers.get(p.container or "")
         if c:
             lines.append(f"    container {c.name} image={c.image} devices={','.join(c.devices) or '-'} "
@@ -104,7 +117,11 @@ def nic_text(cfg: config_mod.ClusterConfig) -> str | None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
-    print(f"{cfg.source}: OK ({len(cfg.prefill_nodes)} prefill, {len(cfg.decode_nodes)} decode node(s); "
+    nodes = f"{len(cfg.prefill_nodes)} prefill, {len(cfg.decode_nodes)} decode node(s)"
+    if cfg.transport == "slurm":
+        nodes = f"{config_mod.slurm_nodes_needed(cfg)} node(s) of a Slurm allocation" + (
+            f" ({nodes} named)" if cfg.prefill_nodes or cfg.decode_nodes else "")
+    print(f"{cfg.source}: OK ({nodes}; "
           f"models: {', '.join(cfg.model_ids)}; engine {cfg.engine}, runtime {cfg.runtime}, kv {cfg.kv_transfer.backend})")
     for line in warning_lines(cfg):
         print(line, file=sys.stderr)
@@ -126,14 +143,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 1
     from .cluster import node_access
 
+    try:
+        cfg = slurm.planned(cfg)
+    except slurm.SlurmError as exc:
+        print(f"{cfg.source}: {exc}", file=sys.stderr)
+        return 1
     deps = [plan_mod.plan(cfg, m, run_id=args.run_id) for m in models]
     access = node_access(cfg, [s.node for d in deps for s in (*d.processes, *d.containers, *d.bench)])
+    steps = {d.model.id: slurm.steps_text(cfg, d) for d in deps} if cfg.transport == "slurm" else {}
     if args.format == "json":
-        print(json.dumps({"nodes": access, "warnings": [str(w) for w in cfg.warnings],
-                          "models": {d.model.id: deployment_json(d) for d in deps}}, indent=2))
+        models_json = {d.model.id: deployment_json(d) for d in deps}
+        for model, text in steps.items():
+            models_json[model]["slurm"] = text.splitlines()
+        print(json.dumps({"nodes": access, "warnings": [str(w) for w in cfg.warnings], "models": models_json},
+                         indent=2))
     else:
         head = "\n".join(filter(None, [access_text(access), nic_text(cfg), *warning_lines(cfg, models)]))
-        print("\n\n".join([head, *(deployment_text(d) for d in deps)]))
+        print("\n\n".join([head, *(deployment_text(d) + ("\n" + steps[d.model.id] if steps else "") for d in deps)]))
     return 0
 
 
@@ -143,6 +169,8 @@ def access_text(access: list[dict]) -> str:
     for a in access:
         if a["transport"] == "local":
             lines.append(f"  {a['node']}: local (this machine)")
+        elif a["transport"] == "slurm":
+            lines.append(f"  {a['node']}: slurm node {a['slurm_node']} of allocation {a['job_id']} (srun steps)")
         else:
             key = f"key {a['key_file']}" if a["key_file"] else "default keys / ssh-agent"
             lines.append(f"  {a['node']}: ssh {a['user']}@{a['node']}:{a['port']}, {key}, "
@@ -158,14 +186,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     if _unknown_model(cfg, [model]):
         return 1
     run_id = args.run_id if args.run_id != PLAN_RUN_ID else plan_mod.default_run_id()
-    dep = plan_mod.plan(cfg, model, run_id=run_id)
     run_dir = Path(args.results_dir) / run_id
-    live = cluster.LiveCluster(cfg, dep, run_dir, say=_say_on_stderr)
     try:
-        with live:
-            live.bring_up()
-            live.detach()  # leaving the context now copies the logs and disconnects; the cluster stays up
-    except (cluster.ClusterError, HostError, RuntimeFailure) as exc:
+        with slurm.allocation(cfg, run_id, say=_say_on_stderr) as alloc:
+            dep = plan_mod.plan(alloc.cfg, model, run_id=run_id)
+            live = cluster.LiveCluster(alloc.cfg, dep, run_dir, say=_say_on_stderr)
+            with live:
+                live.bring_up()
+                live.detach()  # leaving the context now copies the logs and disconnects; the cluster stays up
+            alloc.keep = True  # released by sglang-pd down / cleanup
+    except (cluster.ClusterError, HostError, RuntimeFailure, slurm.SlurmError) as exc:
         print(f"bring-up failed (everything started was stopped):\n{exc}", file=sys.stderr)
         return 1
     print(up_summary(model, live.router_url, live.worker_urls, live.startup_seconds, run_dir))
@@ -208,7 +238,8 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    """Containers this suite left on the config's nodes, and kept runs under the results folder."""
+    """Containers this suite left on the config's nodes, kept runs under the results folder, and (transport slurm)
+    every allocation the suite made for this user (jobs named sglang-pd-<run id>)."""
     from . import cluster
     from .runtime import find_leftover_containers
 
@@ -221,7 +252,13 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             for line in cluster.down(state):
                 print(f"stopped {line}")
                 count += 1
-    if cfg.runtime == "docker":
+    if cfg.transport == "slurm":
+        released = slurm.leftover_jobs()
+        for job, name in released:
+            slurm.release(job)
+            print(f"released slurm allocation {job} ({name})")
+        print(f"cleanup: {len(released)} allocation(s) of the suite released")
+    elif cfg.runtime == "docker":
         nodes = sorted({*cfg.prefill_nodes, *cfg.decode_nodes, cfg.router_node, cfg.benchmark_node})
         hosts = cluster.connect_nodes(cfg, nodes)
         docker_rt = cluster.runtime_of(cfg, hosts)

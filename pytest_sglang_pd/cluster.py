@@ -4,7 +4,7 @@ The order is the one of the role fixtures (README: Bring-up, teardown and failur
 transfer prechecks -> containers -> prefill and decode (started together, waited on together) ->
 router -> /readiness -> each prefill's bootstrap address reached from each decode's node -> a smoke request
 through the router that must cross prefill -> decode (``timeouts.smoke_s``) -> a payload through the KV engine
-per prefill -> decode pair (simulator; GB/s gated by ``kv_transfer.min_gbps``).
+per prefill -> decode pair, inside the workers' containers (GB/s gated by ``kv_transfer.min_gbps``).
 Every wait watches every process started so far: one that exits fails the wait at once with its
 role, node, exit code and log tail. Teardown stops in reverse order and collects every log into
 ``<run_dir>/logs/<node>/<role>-<i>.log`` first.
@@ -26,7 +26,7 @@ import requests
 
 from . import hosts as hosts_mod
 from . import plan as plan_mod
-from . import pd_path, prom, redact, releases, sse
+from . import kv_transfer, pd_path, prom, redact, releases, slurm, sse
 from .config import ClusterConfig
 from .facts import ClusterFacts
 from .plan import Deployment, ProcessSpec
@@ -68,6 +68,8 @@ _READ_IB_COUNTERS = ('root=$1; shift; for d; do for f in "$root/$d"/ports/*/coun
 
 
 def _access_settings(cfg: ClusterConfig) -> dict:
+    if cfg.transport == "slurm":
+        return {"transport": "slurm", "job_id": cfg.slurm.job_id, "slurm_nodes": cfg.slurm.node_names}
     ssh = cfg.ssh
     return {"transport": cfg.transport, "user": ssh.user, "key_file": ssh.key_file, "port": ssh.port,
             "connect_timeout": ssh.connect_timeout}
@@ -491,8 +493,7 @@ class LiveCluster:
                                + _indent(unreachable, "  ") + "\n" + self._explained())
         with self._stage("bring-up", "smoke requests through the router (KV handoff prefill -> decode)"):
             moved = self._smoke()
-        if self.simulated:
-            self.check_kv_pairs()
+        self.check_kv_pairs()
         return moved
 
     def _host_of(self, spec: ProcessSpec) -> hosts_mod.Host:
@@ -502,9 +503,11 @@ class LiveCluster:
     def check_kv_pairs(self) -> dict[str, float | None]:
         """Each prefill -> decode pair moves a payload through the configured engine; its GB/s recorded, and a
         pair that moves nothing or less than ``kv_transfer.min_gbps`` fails before any benchmark runs."""
-        kv = self.cfg.kv_transfer
+        kv, dep = self.cfg.kv_transfer, self.deployment
         with self._stage("bring-up", f"KV transfer ({kv.backend}) per prefill -> decode pair"):
-            pairs = pd_path.measure_pairs(self.deployment, kv.backend, self._host_of)
+            all_of(lambda node: self.hosts[node].put(Path(kv_transfer.__file__), pd_path.pair_script(dep)),
+                   plan_mod.worker_nodes(dep))
+            pairs = pd_path.measure_pairs(dep, kv.backend, self._host_of, kv.ib_devices)
         self.kv_pairs_gbps = {f"{p.prefill.key} -> {p.decode.key}": p.gbps for p in pairs}
         for p in pairs:
             self.say(f"  {p.name}: {'-' if p.gbps is None else f'{p.gbps:g} GB/s'}", 1)
@@ -643,7 +646,7 @@ class LiveCluster:
         state = {
             "config": self.cfg.source, "run_id": self.deployment.run_id, "model": self.deployment.model.id,
             "runtime": self.cfg.runtime, "transport": self.cfg.transport, "router_url": self.router_url,
-            "stopped": stopped,
+            "stopped": stopped, "slurm": slurm.state_of(self.cfg),
             "processes": [{"key": k, "role": rp.spec.role, "node": rp.spec.node, "pid": rp.pid,
                            "container_id": rp.container_id} for k, rp in self.procs.items()],
             "containers": [{"key": c.key, "node": c.node, "name": c.name} for c in self.deployment.containers],
@@ -789,6 +792,29 @@ def down(state_path: Path) -> list[str]:
 
     state = json.loads(state_path.read_text())
     cfg = config_mod.load(state["config"])
+    stopped = []
+    if state.get("slurm"):
+        cfg = slurm.adopted(cfg, state["slurm"])
+        if slurm.job_state(cfg.slurm.job_id) is None:  # the job has ended, and its steps' processes with it
+            state["processes"] = []
+            if state["containers"]:  # docker's containers live outside the job, and no step reaches them now
+                raise ClusterError(
+                    f"allocation {cfg.slurm.job_id} has ended, but its containers may still run outside it: "
+                    + ", ".join(f"{c['name']} on {c['node']}" for c in state["containers"])
+                    + "; remove them on their nodes (docker rm -f), or run sglang-pd cleanup inside an allocation "
+                    "of those nodes")
+    if state["processes"] or state["containers"]:
+        stopped += _stop_recorded(cfg, state)
+    if state.get("slurm") and state["slurm"]["owned"] and slurm.job_state(cfg.slurm.job_id) is not None:
+        slurm.release(cfg.slurm.job_id)
+        stopped.append(f"slurm allocation {cfg.slurm.job_id} (scancel)")
+    state["stopped"] = True
+    state_path.write_text(json.dumps(state, indent=2))
+    return stopped
+
+
+def _stop_recorded(cfg: ClusterConfig, state: dict) -> list[str]:
+    """Stop the processes and containers a state file records; what was stopped."""
     hosts = connect_nodes(cfg, [*(p["node"] for p in state["processes"]), *(c["node"] for c in state["containers"])])
     runtime = runtime_of(cfg, hosts)
     stopped = []
@@ -813,6 +839,4 @@ def down(state_path: Path) -> list[str]:
         runtime.teardown()
         for h in hosts.values():
             h.close()
-    state["stopped"] = True
-    state_path.write_text(json.dumps(state, indent=2))
     return stopped

@@ -106,11 +106,12 @@ class DockerNode:
         return self._checked(*args, spec.image, *spec.command, stdin=_env_file(spec.env)).stdout.strip()
 
     def remove(self, container_id: str) -> bool:
-        """Force-remove a container; False when it was already gone."""
+        """Force-remove a container; False when it was already gone (or going: logical nodes that share one Docker
+        daemon, as Slurm nodes on one machine do, may remove the same leftover at once)."""
         args = ("rm", "-f", container_id)
         result = self.docker(*args, timeout=60)
         if result.exit_status != 0:
-            if "no such container" in result.stderr.lower():
+            if "no such container" in result.stderr.lower() or "is already in progress" in result.stderr.lower():
                 return False
             self._fail(args, result)
         return True

@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 import pytest
 
 from . import plan as plan_mod
-from . import report
+from . import report, slurm
 from .cluster import ClusterError, ExternalCluster, KVTransferCheck, LiveCluster, facts_of
 from .config import ClusterConfig
 from .facts import ClusterFacts
@@ -28,10 +28,19 @@ def suite_run(request: pytest.FixtureRequest) -> SuiteRun:
 
 
 @pytest.fixture(scope="session")
-def cluster_config(suite_run: SuiteRun) -> ClusterConfig:
+def cluster_config(request: pytest.FixtureRequest, suite_run: SuiteRun) -> Iterator[ClusterConfig]:
+    """The run's config; with transport slurm placed on the run's allocation (docs/slurm.md). One the suite made
+    is released once every cluster of the run is down, also on Ctrl-C / SIGTERM (kept with --keep-cluster)."""
     if suite_run.cluster_config is None:
         pytest.fail(NO_CONFIG_HINT, pytrace=False)
-    return suite_run.cluster_config
+    if suite_run.router_url:  # a cluster already up: no node is reached, nothing allocated
+        yield suite_run.cluster_config
+        return
+    with _as_failure(), slurm.allocation(suite_run.cluster_config, suite_run.run_id,
+                                         say=terminal_say(request.config)) as alloc:
+        alloc.keep = suite_run.keep_cluster
+        suite_run.cluster_config = alloc.cfg  # the report records the nodes the run got
+        yield alloc.cfg
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +64,7 @@ def _as_failure() -> Iterator[None]:
     """A bring-up error is reported as its message (role, node, log tail), not as a traceback."""
     try:
         yield
-    except (ClusterError, HostError, RuntimeFailure) as exc:
+    except (ClusterError, HostError, RuntimeFailure, slurm.SlurmError) as exc:
         raise pytest.fail.Exception(str(exc), pytrace=False) from None
 
 

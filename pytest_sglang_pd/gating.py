@@ -180,12 +180,13 @@ def check_requests(result: BenchResult, allowed_failures: int) -> Verdict:
                    "requests", passed, message)
 
 
-def check_pd(result: BenchResult) -> list[Verdict]:
+def check_pd(result: BenchResult, *, decode_alone: bool = False) -> list[Verdict]:
     """What fails a PD run whatever its limits (a failing verdict each, none when all is well): requests served with
-    no KV transfer (a silent fallback to non-PD serving), and requests left in the decode queues (they hold KV slots)."""
+    no KV transfer (a silent fallback to non-PD serving; a decode-alone test moves none by design), and requests left
+    in the decode queues (they hold KV slots)."""
     out = []
     handoffs, leaks = result.metrics.get("kv_handoffs"), result.metrics.get("kv_queue_leaks")
-    if handoffs == 0 and result.completed > 0:
+    if handoffs == 0 and result.completed > 0 and not decode_alone:
         out.append(Verdict("kv_handoffs", "kv_handoffs", 0.0, 1.0, 1.0, "min", 0.0, "pd", False,
                            f"no KV transfer for {result.completed} completed requests (kv_handoffs 0): the cluster "
                            "served them without prefill -> decode, a silent fallback to non-PD serving"))
@@ -204,7 +205,8 @@ def evaluate(case_id: str, test: InferenceTest, result: BenchResult, *, tol_pct:
     noise when the limit lies inside its confidence interval), the stability of each gated metric over the repeats
     (``max_cv_pct``), every baseline comparison (at the baseline tolerance, and significant by Welch's t-test when
     both runs have repeats), and the change of every metric both runs measured."""
-    verdicts = [check_requests(result, test.allow_failed_requests), *check_pd(result), *check_lengths(test, result)]
+    verdicts = [check_requests(result, test.allow_failed_requests), *check_pd(result, decode_alone=test.decode_alone),
+                *check_lengths(test, result)]
     spread = result.spread
     for t in test.thresholds:
         verdicts.append(_noted(check(t.metric, t.canonical, result.metrics.get(t.canonical), t.value, t.direction,

@@ -1,4 +1,4 @@
-"""Hosts: run, copy and spawn commands on a cluster node, on this machine or over SSH (fabric).
+"""Hosts: run, copy and spawn commands on a cluster node: on this machine, over SSH (fabric) or as srun steps.
 
 Every command is an argv list (quoted with shlex when it crosses a shell) with a timeout.
 ``run`` returns a CommandResult and never raises for a non-zero exit; ``CommandResult.check``
@@ -11,11 +11,13 @@ import io
 import logging
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -345,13 +347,112 @@ class SSHHost(Host):
             self._connection.close()
 
 
-def host_for(node: str, *, transport: str, **ssh: Any) -> Host:
-    """The Host for a node: transport "local" (this machine) or "ssh" (``ssh``: SSHHost's keyword settings)."""
+# The step of a spawned process, run by `sh -c` on the node: $1 log path, then argv; env exports on stdin as in
+# _SPAWN_SCRIPT. The step lasts as long as the process (scancel ends both); `setsid -w` makes the process a
+# session and group leader and waits for it; the leader prints its pid (its pgid) on the step's stdout first.
+_STEP_SCRIPT = r"""
+log=$1; shift
+mkdir -p -- "$(dirname -- "$log")" || exit 1
+envfile=$(mktemp) || exit 1
+cat >"$envfile" || { rm -f -- "$envfile"; exit 1; }
+exec setsid -w sh -c 'echo "$$"; log=$1; envfile=$2; shift 2; exec >>"$log" 2>&1 </dev/null
+. "$envfile"; rc=$?; rm -f -- "$envfile"; [ "$rc" -eq 0 ] || exit 1; exec "$@"' sh "$log" "$envfile" "$@"
+"""
+
+
+_SRUN_TASK_STATUS = re.compile(r"^srun: error: \S+: task \d+: (Exited with exit code \d+|Killed|Terminated)\n",
+                               re.MULTILINE)
+
+
+def srun_argv(job_id: str, slurm_node: str, argv: Sequence[str], *, options: Sequence[str] = ()) -> list[str]:
+    """argv as a one-task step of allocation job_id on one node, beside the allocation's other steps (--overlap)."""
+    return ["srun", "--jobid", str(job_id), "--nodelist", slurm_node, "--overlap", "-N1", "-n1", "--quiet",
+            *options, *argv]
+
+
+class SlurmHost(LocalHost):
+    """A node of a Slurm allocation: every command an srun step on it, run from this machine (the submit host).
+
+    ``name`` is the node's address (what the plan and the URLs use), ``slurm_node`` its Slurm node name. A spawned
+    process is a step of its own that lasts as long as the process, so cancelling the allocation ends it.
+    """
+
+    def __init__(self, name: str, *, job_id: str, slurm_node: str) -> None:
+        super().__init__(name)
+        self.job_id = job_id
+        self.slurm_node = slurm_node
+        self._steps: list[subprocess.Popen] = []
+
+    @property
+    def access(self) -> dict:
+        return {"node": self.name, "transport": "slurm", "job_id": self.job_id, "slurm_node": self.slurm_node}
+
+    def _srun(self, argv: Sequence[str]) -> list[str]:
+        return srun_argv(self.job_id, self.slurm_node, argv)
+
+    def run(self, argv, *, timeout=60, env=None, stdin=None) -> CommandResult:
+        result = super().run(self._srun(argv), timeout=timeout, env=env, stdin=stdin)
+        stderr = _SRUN_TASK_STATUS.sub("", result.stderr)  # the exit status, told again by srun
+        return CommandResult(tuple(argv), result.exit_status, result.stdout, stderr, self.name)
+
+    def spawn(self, argv, *, log_path, env=None, secret_env=None) -> int:
+        exports = _exports({**(env or {}), **(secret_env or {})})
+        log.debug("%s: srun step %s > %s (env %s)", self.name, shlex.join(argv), log_path, sorted(env or {}))
+        said = tempfile.TemporaryFile()  # srun's own messages; a file, so srun outlives this process (sglang-pd up)
+        step = subprocess.Popen(self._srun(["sh", "-c", _STEP_SCRIPT, "sh", log_path, *argv]), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=said, start_new_session=True)
+        self._steps.append(step)
+        step.stdin.write(exports.encode())
+        step.stdin.close()
+        ready, _, _ = select.select([step.stdout], [], [], 60)
+        line = step.stdout.readline() if ready else b""
+        step.stdout.close()
+        if line.strip().isdigit():
+            return int(line)
+        if not ready:
+            step.kill()
+        step.wait()
+        said.seek(0)
+        tail = "\n".join(said.read().decode(errors="replace").strip().splitlines()[-10:])
+        raise HostError(f"{self.name}: srun step `{shlex.join(argv)}` on {self.slurm_node} (job {self.job_id}) "
+                        f"{'printed no pid within 60 s' if not ready else f'exited with status {step.returncode}'}"
+                        + (f":\n{tail}" if tail else ""))
+
+    def put(self, local: Path, remote: str) -> None:
+        script = 'mkdir -p -- "$(dirname -- "$1")" && cat >"$1"'
+        self._copy(self._srun(["sh", "-c", script, "sh", remote]), f"copy {local} to {remote}",
+                   stdin=local.read_bytes())
+
+    def get(self, remote: str, local: Path) -> None:
+        data = self._copy(self._srun(["cat", "--", remote]), f"copy {remote} to {local}")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(data)
+
+    def _copy(self, argv: list[str], what: str, stdin: bytes | None = None) -> bytes:
+        try:
+            proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise HostError(f"{self.name}: cannot {what}: {exc}") from None
+        if proc.returncode != 0:
+            raise HostError(f"{self.name}: cannot {what}: {proc.stderr.decode(errors='replace').strip()}")
+        return proc.stdout
+
+    def close(self) -> None:
+        """Reap the steps that have ended; those still running stay (their processes are the cluster)."""
+        self._steps = [step for step in self._steps if step.poll() is None]
+
+
+def host_for(node: str, *, transport: str, job_id: str | None = None, slurm_nodes: Mapping[str, str] | None = None,
+             **ssh: Any) -> Host:
+    """The Host for a node: transport "local" (this machine), "ssh" (``ssh``: SSHHost's keyword settings) or
+    "slurm" (srun steps of allocation ``job_id``; ``slurm_nodes``: node address -> Slurm node name)."""
     if transport == "local":
         return LocalHost(node)
     if transport == "ssh":
         return SSHHost(node, **ssh)
-    raise ValueError(f"unknown transport {transport!r} (expected 'local' or 'ssh')")
+    if transport == "slurm":
+        return SlurmHost(node, job_id=str(job_id), slurm_node=(slurm_nodes or {}).get(node, node))
+    raise ValueError(f"unknown transport {transport!r} (expected 'local', 'ssh' or 'slurm')")
 
 
 def connect_all(nodes: Sequence[str], *, transport: str, **ssh: Any) -> dict[str, Host]:

@@ -6,8 +6,9 @@ A decode worker opens an engine, registers a receive region and hands the region
 
 Run `python -m pytest_sglang_pd.kv_transfer peer --backend B` for a receiving peer process
 (prints its descriptor, then serves reads of its region) - the self-tests and the benchmark use it;
-`... pair --backend B --hostname H --peer-hostname P` moves a payload into such a peer and prints its GB/s
-(the live cluster's prefill -> decode pair check).
+`... receive` on a decode's node and `... send` on a prefill's node move one payload between them and print its
+GB/s (the live cluster's prefill -> decode pair check). The file imports nothing of its package, so the check copies
+it into the workers' containers (an SGLang image has the engines, not this suite) and runs it there.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import logging
 import mmap
 import os
+import random
 import socket
 import struct
 import sys
@@ -29,10 +31,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from .nic import IB_SYSFS
 
 log = logging.getLogger("pytest_sglang_pd.kv_transfer")
 
+IB_SYSFS = "/sys/class/infiniband"  # one folder per RDMA device
 BACKENDS = ("mooncake", "mooncake_tcp", "nixl", "tcp")
 
 NIXL_TRANSFER_TIMEOUT_S = 30.0
@@ -380,13 +382,16 @@ def _import_nixl() -> Any:
         # UCX's InfiniBand module pulls in a second libnl copy whose destructor segfaults at exit.
         log.info("nixl: no RDMA device in %s -> UCX_MODULES=^ib (UCX without its InfiniBand module)", IB_SYSFS)
         os.environ["UCX_MODULES"] = "^ib"
-    try:
-        from nixl_cu12 import _api
-    except ImportError as error:
-        raise EngineUnavailable(
-            "nixl",
-            f"{error}; install it with `pip install --no-deps nixl-cu12 numpy` (its torch dependency is not needed)",
-        ) from error
+    try:  # what SGLang imports (the `nixl` package of its images), else the CUDA 12 wheel itself
+        from nixl import _api
+    except ImportError:
+        try:
+            from nixl_cu12 import _api
+        except ImportError as error:
+            raise EngineUnavailable(
+                "nixl",
+                f"{error}; install it with `pip install --no-deps nixl-cu12 numpy` (its torch dependency is not needed)",
+            ) from error
     return _api
 
 
@@ -733,23 +738,51 @@ class PeerProcess:
         self.log.close()
 
 
-def measure_pair(backend: str, hostname: str, peer_hostname: str, length: int, slow: float = 1.0) -> dict:
-    """Move ``length`` bytes from an engine on ``hostname`` into a peer process's region on ``peer_hostname``, read
-    a sample back; the GB/s it took (``slow``: the simulator's slowed pair, the time stretched that many times)."""
-    data = os.urandom(length)
-    peer = PeerProcess(backend, length, hostname=peer_hostname)
-    try:
-        with open_engine(backend, hostname=hostname) as engine:
-            result = engine.write(peer.descriptor, data)
-        sample = min(length, 4096)
-        if peer.read(length - sample, sample) != data[-sample:]:
-            raise KVTransferError(backend, peer_hostname, "the payload arrived corrupted")
-    finally:
-        peer.stop()
+def pair_payload(seed: int, length: int) -> bytes:
+    """The pair check's payload: the same bytes on the sending and the receiving node for the same seed."""
+    return random.Random(seed).randbytes(length)
+
+
+def receive_pair(backend: str, hostname: str, length: int, seed: int, descriptor_file: str, wait_s: float,
+                 ib_devices: Sequence[str] = ()) -> dict:
+    """The decode's side of the pair check: a receive region whose descriptor goes to ``descriptor_file``, then a wait
+    until the payload of ``seed`` has landed whole. The sender's side removes the file when it is done: the wait then
+    ends at once (a last look at the region decides), as it does after ``wait_s``."""
+    expected = pair_payload(seed, length)
+    with open_engine(backend, hostname=hostname, ib_devices=ib_devices) as engine:
+        buffer = engine.register_receive_buffer(length)
+        with open(descriptor_file + ".part", "w") as out:
+            json.dump(buffer.descriptor, out)
+        os.replace(descriptor_file + ".part", descriptor_file)
+        deadline = time.monotonic() + wait_s
+        try:
+            while buffer.read(0, length) != expected:
+                if not os.path.exists(descriptor_file) or time.monotonic() > deadline:
+                    if buffer.read(0, length) == expected:
+                        break
+                    landed = sum(a == b for a, b in zip(buffer.read(0, 4096), expected[:4096]))
+                    raise KVTransferError(engine.name, hostname, f"the payload did not land whole within {wait_s:g} s"
+                                          if os.path.exists(descriptor_file) else
+                                          f"the sender ended but the payload did not land whole "
+                                          f"({landed} of the first 4096 bytes right)")
+                time.sleep(0.02)
+        finally:
+            if os.path.exists(descriptor_file):
+                os.unlink(descriptor_file)
+    return {"engine": engine.name, "bytes": length, "received": True}
+
+
+def send_pair(backend: str, hostname: str, descriptor: dict, seed: int, slow: float = 1.0,
+              ib_devices: Sequence[str] = ()) -> dict:
+    """The prefill's side of the pair check: the payload of ``seed`` written into the peer's region; the GB/s it
+    took (``slow``: the simulator's slowed pair, the time stretched that many times)."""
+    data = pair_payload(seed, int(descriptor["length"]))
+    with open_engine(backend, hostname=hostname, ib_devices=ib_devices) as engine:
+        result = engine.write(descriptor, data)
     seconds = result.seconds * slow
     if slow > 1:
         time.sleep(seconds - result.seconds)
-    return {"engine": result.engine, "bytes": length, "seconds": seconds, "gbps": length / seconds / 1e9}
+    return {"engine": result.engine, "bytes": len(data), "seconds": seconds, "gbps": len(data) / seconds / 1e9}
 
 
 PAIR_LINE_PREFIX = "KVPAIR "
@@ -765,17 +798,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     probe = sub.add_parser("probe", help="open the engine on this node, print its name and protocol, close it")
     probe.add_argument("--backend", choices=BACKENDS, required=True)
     probe.add_argument("--hostname", default="127.0.0.1")
-    pair = sub.add_parser("pair", help="move a payload into a peer process on --peer-hostname, print its GB/s")
-    pair.add_argument("--backend", choices=BACKENDS, required=True)
-    pair.add_argument("--hostname", default="127.0.0.1")
-    pair.add_argument("--peer-hostname", default="127.0.0.1")
-    pair.add_argument("--bytes", type=int, default=64 << 20)
-    pair.add_argument("--slow", type=float, default=1.0, help="stretch the measured time (a simulated slow pair)")
+    receive = sub.add_parser("receive", help="the pair check's receiving side: descriptor to a file, wait for the payload")
+    receive.add_argument("--length", type=int, required=True)
+    receive.add_argument("--descriptor-file", required=True)
+    receive.add_argument("--wait-s", type=float, default=60.0)
+    send = sub.add_parser("send", help="the pair check's sending side: the payload into --descriptor, print its GB/s")
+    send.add_argument("--descriptor", required=True, help="the receiving side's descriptor (JSON)")
+    send.add_argument("--slow", type=float, default=1.0, help="stretch the measured time (a simulated slow pair)")
+    for side in (receive, send):
+        side.add_argument("--backend", choices=BACKENDS, required=True)
+        side.add_argument("--hostname", default="127.0.0.1")
+        side.add_argument("--seed", type=int, required=True)
+        side.add_argument("--ib-devices", default="", help="comma-separated RDMA devices (default: the engine's choice)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    if args.command == "pair":
-        print(PAIR_LINE_PREFIX + json.dumps(measure_pair(args.backend, args.hostname, args.peer_hostname, args.bytes,
-                                                         args.slow)), flush=True)
+    devices = tuple(d for d in getattr(args, "ib_devices", "").split(",") if d)
+    if args.command == "receive":
+        print(PAIR_LINE_PREFIX + json.dumps(receive_pair(args.backend, args.hostname, args.length, args.seed,
+                                                         args.descriptor_file, args.wait_s, devices)), flush=True)
+    elif args.command == "send":
+        print(PAIR_LINE_PREFIX + json.dumps(send_pair(args.backend, args.hostname, json.loads(args.descriptor),
+                                                      args.seed, args.slow, devices)), flush=True)
     elif args.command == "probe":
         engine = open_engine(args.backend, hostname=args.hostname)
         print(engine.name, engine.protocol)

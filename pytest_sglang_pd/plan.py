@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -14,7 +15,7 @@ from typing import Mapping
 from . import config as config_mod
 from . import nic, releases
 from .nic import IB_SYSFS
-from .config import ClusterConfig, InferenceTest, ModelConfig, Problem
+from .config import ROLES, SYSFS, ClusterConfig, InferenceTest, Layout, ModelConfig, Problem
 from .textgen.tokenizer import tokenizer_dir
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class ProcessSpec:
     instance: int = 0
     node_rank: int = 0
     bootstrap_port: int | None = None
+    gpus: tuple[int, ...] = ()  # the GPU ids it uses on its node (--base-gpu-id onwards)
+    nics: tuple[str, ...] = ()  # the RDMA NICs of those GPUs (--disaggregation-ib-device)
     health_path: str = "/health"
     secret_env_files: Mapping[str, str] = field(default_factory=dict)
 
@@ -75,8 +78,9 @@ class Precheck:
     """A command run on a node before anything starts; exit status 0 means the node passes.
 
     ``kind`` groups the checks ("devices": the GPUs the containers get; "nic": the nic_type's verbs
-    provider on the host; "kv_transfer": RDMA devices, the engine loading, side services); ``passed`` / ``failed`` say what either outcome means, the
-    failure with the config key that set it up.
+    provider on the host; "kv_transfer": RDMA devices, the engine loading, side services; "nic_map": the GPU -> NIC
+    map written from sysfs; "hugepages": the host's huge pages); ``passed`` / ``failed`` say what either outcome
+    means, the failure with the config key that set it up.
     """
 
     node: str
@@ -125,6 +129,7 @@ class Deployment:
 class _Member:
     node: str
     rank: int
+    gpus: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,7 @@ class _Instance:
     members: tuple[_Member, ...]
     port: int
     bootstrap_port: int | None
+    layout: Layout
 
     @property
     def head(self) -> str:
@@ -173,31 +179,70 @@ def node_python(cfg: ClusterConfig) -> str:
     return cfg.python or (sys.executable if local else "python3")
 
 
-def instances(cfg: ClusterConfig, role: str) -> tuple[_Instance, ...]:
-    """The serving instances of a role: one per node (per_node) or one spanning all nodes (multi_node)."""
-    nodes = cfg.prefill_nodes if role == "prefill" else cfg.decode_nodes
-    base_port = cfg.prefill_port if role == "prefill" else cfg.decode_port
-    bootstrap = cfg.kv_transfer.bootstrap_port if role == "prefill" else None
+def instances(cfg: ClusterConfig, model: ModelConfig, role: str) -> tuple[_Instance, ...]:
+    """The serving instances of a role: ``instances_per_node`` on each of its nodes (per_node) or one spanning all
+    its nodes (multi_node); each with its own GPUs (a node's GPUs are handed out in order, prefill first) and, on a
+    shared node, ports ``port_step`` apart."""
+    return _instances(cfg, model)[role]
+
+
+def _instances(cfg: ClusterConfig, model: ModelConfig) -> dict[str, tuple[_Instance, ...]]:
+    next_gpu: Counter = Counter()  # node -> its first GPU not handed out yet
+
+    def member(node: str, rank: int, gpus: int) -> _Member:
+        first = next_gpu[node]
+        next_gpu[node] += gpus
+        return _Member(node, rank, tuple(range(first, first + gpus)))
+
+    out = {}
+    for role in ROLES:
+        layout = model.layout(role)
+        nodes = cfg.prefill_nodes if role == "prefill" else cfg.decode_nodes
+        base_port = cfg.prefill_port if role == "prefill" else cfg.decode_port
+        bootstrap = cfg.kv_transfer.bootstrap_port if role == "prefill" else None
+        if cfg.instance_layout == "multi_node":
+            members = tuple(member(n, r, layout.gpus) for r, n in enumerate(nodes))
+            out[role] = (_Instance(role, 0, members, base_port, bootstrap, layout),)
+            continue
+        insts, seen = [], Counter()
+        for node in nodes:
+            for _ in range(layout.instances_per_node):
+                shift = seen[node] * layout.port_step
+                seen[node] += 1
+                insts.append(_Instance(role, len(insts), (member(node, 0, layout.gpus),), base_port + shift,
+                                       None if bootstrap is None else bootstrap + shift, layout))
+        out[role] = tuple(insts)
+    return out
+
+
+# SGLang 0.5.23 with DP attention also listens on --port + 13 (the DP port handshake) and on 7 ports from
+# --port + 233 (one node) or from the --dist-init-addr port (several nodes) (srt/server_args.py PortArgs.init_new,
+# srt/managers/data_parallel_controller.py)
+DP_HANDSHAKE_DELTA, DP_ZMQ_DELTA, DP_DERIVED_PORTS = 13, 233, 7
+
+
+def _derived_ports(cfg: ClusterConfig, inst: _Instance) -> list[tuple[str, int]]:
+    """(node, port) SGLang derives from an instance's ports with DP attention."""
+    if not (inst.layout.dp_attention and inst.layout.dp_size > 1):
+        return []
     if cfg.instance_layout == "multi_node":
-        members = tuple(_Member(n, r) for r, n in enumerate(nodes))
-        return (_Instance(role, 0, members, base_port, bootstrap),)
-    out, seen = [], Counter()
-    for i, node in enumerate(nodes):
-        k = seen[node]
-        seen[node] += 1
-        out.append(_Instance(role, i, (_Member(node, 0),), base_port + k,
-                             None if bootstrap is None else bootstrap + k))
-    return tuple(out)
+        coord = getattr(cfg, f"{inst.role}_coordinator_addr") or inst.head
+        first = getattr(cfg, f"{inst.role}_coordinator_port")
+        return [(coord, first + i) for i in (*range(1, DP_DERIVED_PORTS), DP_HANDSHAKE_DELTA)]
+    return [(inst.head, inst.port + DP_HANDSHAKE_DELTA),
+            *((inst.head, inst.port + DP_ZMQ_DELTA + i) for i in range(DP_DERIVED_PORTS))]
 
 
-def service_ports(cfg: ClusterConfig) -> list[tuple[str, int, str]]:
-    """(node, port, service) for every listening service the plan places."""
+def service_ports(cfg: ClusterConfig, model: ModelConfig) -> list[tuple[str, int, str]]:
+    """(node, port, service) for every listening service the plan of ``model`` places."""
     out = []
-    for role in ("prefill", "decode"):
-        for inst in instances(cfg, role):
+    for role, insts in _instances(cfg, model).items():
+        for inst in insts:
             out.append((inst.head, inst.port, f"{role}_{inst.index} (http)"))
             if inst.bootstrap_port is not None:
                 out.append((inst.head, inst.bootstrap_port, f"{role}_{inst.index} (bootstrap)"))
+            out += [(node, port, f"{role}_{inst.index} (DP attention, derived)")
+                    for node, port in _derived_ports(cfg, inst)]
         coord = getattr(cfg, f"{role}_coordinator_addr")
         if cfg.instance_layout == "multi_node" and coord:
             out.append((coord, getattr(cfg, f"{role}_coordinator_port"), f"{role} coordinator"))
@@ -207,14 +252,54 @@ def service_ports(cfg: ClusterConfig) -> list[tuple[str, int, str]]:
 
 
 def plan_problems(cfg: ClusterConfig) -> list[Problem]:
-    """What a config asks that no plan of it can carry out: two services on one port of a node."""
-    ports = service_ports(cfg)
+    """What a config asks that no plan of it can carry out: two services on one port of a node (ports SGLang derives
+    with DP attention included), a GPU without an entry in the device map."""
     problems = []
-    for (node, port), n in Counter((node, port) for node, port, _ in ports).items():
-        if n > 1:
-            users = [what for nd, p, what in ports if (nd, p) == (node, port)]
-            problems.append(Problem("$.config", f"port {port} on node {node} is used by {n} services: {', '.join(users)}"))
-    return problems
+    for model in cfg.models:
+        clashes: dict[tuple[str, tuple[str, ...]], list[int]] = {}
+        ports = service_ports(cfg, model)
+        for (node, port), n in Counter((node, port) for node, port, _ in ports).items():
+            if n > 1:
+                users = tuple(dict.fromkeys(what for nd, p, what in ports if (nd, p) == (node, port)))
+                clashes.setdefault((node, users), []).append(port)
+        for (node, users), taken in clashes.items():
+            where = f"port {taken[0]}" if len(taken) == 1 else f"ports {', '.join(map(str, taken))}"
+            problems.append(Problem("$.config", f"{where} on node {node} {'is' if len(taken) == 1 else 'are'} used by "
+                                                f"{len(users)} services: {', '.join(users)}"))
+        problems += _device_map_problems(cfg, model) + _release_problems(cfg, model)
+    return list(dict.fromkeys(problems))
+
+
+def _release_problems(cfg: ClusterConfig, model: ModelConfig) -> list[Problem]:
+    """A load-balance method the config's release (else the default) does not have. A release probed later that
+    lacks it refuses it in its own parser, told in the worker's log tail."""
+    release = cfg.sglang_version or releases.DEFAULT
+    methods = releases.load_balance_methods(release)
+    out = []
+    for role in ROLES:
+        method = model.layout(role).load_balance_method
+        if method and method not in methods:
+            out.append(Problem(config_mod.key_path(config_mod.json_path("$.benchmark_params", model.id), role,
+                                                   getattr(model, role), "load_balance_method"),
+                               f"{method!r} is not a --load-balance-method of sglang {release} (it has "
+                               f"{', '.join(methods)})"))
+    return out
+
+
+def _device_map_problems(cfg: ClusterConfig, model: ModelConfig) -> list[Problem]:
+    device_map = cfg.kv_transfer.mooncake.device_map
+    if not device_map or device_map == SYSFS or cfg.kv_transfer.backend != "mooncake":
+        return []
+    out = []
+    for insts in _instances(cfg, model).values():
+        for inst in insts:
+            for m in inst.members:
+                missing = [g for g in m.gpus if str(g) not in device_map]
+                if missing:
+                    out.append(Problem("$.config.kv_transfer.mooncake.device_map", (
+                        f"no entry for GPU {', '.join(map(str, missing))} of {inst.role}_{inst.index} on node "
+                        f"{m.node} ({model.id}: GPUs {m.gpus[0]}-{m.gpus[-1]}); SGLang refuses a GPU the map lacks")))
+    return out
 
 
 def load_config(name: str | Path, *, user: str | None = None) -> ClusterConfig:
@@ -255,15 +340,47 @@ def nic_mounts(cfg: ClusterConfig) -> tuple[str, ...]:
 
 
 def kv_env(cfg: ClusterConfig) -> dict[str, str]:
-    """What the transfer engine needs beyond the worker flags (docs/failure-modes.md rows 3 and 4)."""
+    """What the transfer engine needs beyond the worker flags (docs/failure-modes.md rows 3 and 4): for Mooncake what
+    SGLang's PD engine reads (MOONCAKE_PROTOCOL, MC_FORCE_TCP for tcp) and Mooncake itself (MC_GID_INDEX)."""
     kv = cfg.kv_transfer
     env: dict[str, str] = {}
     if kv.backend == "nixl" and kv.ib_devices:
         env["UCX_NET_DEVICES"] = ",".join(d if ":" in d else f"{d}:1" for d in kv.ib_devices)
-    if kv.backend in ("mooncake", "mooncake_tcp") and gid_index(cfg) is not None:
-        env["MC_GID_INDEX"] = str(gid_index(cfg))
+    if kv.backend in ("mooncake", "mooncake_tcp"):
+        mc = kv.mooncake
+        gid = mc.gid_index if mc.gid_index is not None else gid_index(cfg)
+        if gid is not None:
+            env["MC_GID_INDEX"] = str(gid)
+        if mc.protocol:
+            env["MOONCAKE_PROTOCOL"] = mc.protocol
+        if mc.protocol == "tcp":
+            env["MC_FORCE_TCP"] = "1"
+        env.update(mc.env)
     env.update(kv.env)
     return env
+
+
+IB_DEVICE_BACKENDS = ("mooncake", "mori")  # the backends --disaggregation-ib-device is passed to
+
+
+def nic_map_path(cfg: ClusterConfig, node: str) -> str:
+    """Where a node's GPU -> NIC map from sysfs is written (the log folder: mounted into its containers)."""
+    return f"{cfg.log_dir.rstrip('/')}/ib-devices-{node}.json"
+
+
+def member_nics(cfg: ClusterConfig, member: _Member) -> tuple[tuple[str, ...], str | None]:
+    """(the NICs a member's GPUs use, its --disaggregation-ib-device value or None). With a device map: the map's
+    entries of its own GPUs, as SGLang's per-GPU JSON form; else the shared list (every NIC for every GPU)."""
+    kv = cfg.kv_transfer
+    if kv.backend not in IB_DEVICE_BACKENDS:
+        return (), None
+    if kv.mooncake.device_map == SYSFS and kv.backend == "mooncake":
+        return (), nic_map_path(cfg, member.node)
+    if kv.mooncake.device_map and kv.backend == "mooncake":
+        entries = {str(g): kv.mooncake.device_map.get(str(g), "") for g in member.gpus}
+        nics = tuple(dict.fromkeys(n.strip() for v in entries.values() for n in v.split(",") if n.strip()))
+        return nics, json.dumps(entries, separators=(",", ":"))
+    return kv.ib_devices, (",".join(kv.ib_devices) if kv.ib_devices else None)
 
 
 def _worker_argv(cfg: ClusterConfig, model: ModelConfig, inst: _Instance, member: _Member, python: str,
@@ -272,24 +389,29 @@ def _worker_argv(cfg: ClusterConfig, model: ModelConfig, inst: _Instance, member
     module = SIM_WORKER_MODULE if cfg.simulated else SGLANG_WORKER_MODULE
     policy = model.prefill_policy if inst.role == "prefill" else model.decode_policy
     multi = cfg.instance_layout == "multi_node"
-    tp = model.tensor_parallelism * (len(inst.members) if multi else 1)
+    layout = inst.layout
     argv = [python, "-m", module,
             "--model-path", model.model,
             "--disaggregation-mode", inst.role,
             "--disaggregation-transfer-backend", kv.backend]
     if inst.role == "prefill":
         argv += ["--disaggregation-bootstrap-port", str(inst.bootstrap_port)]
-    if kv.ib_devices and kv.backend in ("mooncake", "mori"):
-        argv += ["--disaggregation-ib-device", ",".join(kv.ib_devices)]
+    ib_device = member_nics(cfg, member)[1]
+    if ib_device:
+        argv += ["--disaggregation-ib-device", ib_device]
     argv += ["--host", bind_host(member.node), "--port", str(inst.port),
-             "--tp-size", str(tp),
+             "--tp-size", str(layout.tensor_parallelism * len(inst.members)),
+             "--base-gpu-id", str(member.gpus[0]),
              "--mem-fraction-static", str(model.memory_fraction),
              "--tokenizer-mode", model.tokenizer_mode,
              "--schedule-policy", POLICY_TO_SCHEDULE[policy],
              "--log-level", cfg.log_level,
              "--enable-metrics", "--trust-remote-code"]
-    if model.dp_attention:
-        argv += releases.dp_attention_args(release, model.dp_attention)
+    if layout.dp_size > 1:
+        argv += (releases.dp_attention_args(release, layout.dp_size) if layout.dp_attention
+                 else ["--dp-size", str(layout.dp_size)])
+    if layout.load_balance_method:
+        argv += ["--load-balance-method", layout.load_balance_method]
     if multi:
         coord = getattr(cfg, f"{inst.role}_coordinator_addr") or inst.head
         argv += ["--nnodes", str(len(inst.members)), "--node-rank", str(member.rank),
@@ -362,7 +484,8 @@ def plan(cfg: ClusterConfig, model: ModelConfig | str, *, run_id: str, sglang_ve
                     f"{LABEL_PREFIX}.key": key, f"{LABEL_PREFIX}.model": model.id}))
         return key
 
-    prefills, decodes = instances(cfg, "prefill"), instances(cfg, "decode")
+    layout = _instances(cfg, model)
+    prefills, decodes = layout["prefill"], layout["decode"]
     for inst in (*prefills, *decodes):
         for member in inst.members:
             key = f"{inst.role}_{inst.index}" + (f"_rank{member.rank}" if member.rank else "")
@@ -372,7 +495,8 @@ def plan(cfg: ClusterConfig, model: ModelConfig | str, *, run_id: str, sglang_ve
                 env=base_env, port=inst.port, log_path=f"{log_dir}/{key}.log",
                 container=container(key, inst.role, member.node), host=inst.head,
                 instance=inst.index, node_rank=member.rank,
-                bootstrap_port=inst.bootstrap_port, secret_env_files=secrets))
+                bootstrap_port=inst.bootstrap_port, gpus=member.gpus, nics=member_nics(cfg, member)[0],
+                secret_env_files=secrets))
     processes.append(ProcessSpec(
         key="router", role="router", node=cfg.router_node,
         argv=_router_argv(cfg, model, prefills, decodes, python),
@@ -412,9 +536,10 @@ def _bench_tokenizer(cfg: ClusterConfig, model: ModelConfig) -> str:
 
 
 def bench_serving_argv(dep: Deployment, test: InferenceTest, concurrency: int, tokenizer: str) -> tuple[str, ...]:
-    """bench_serving (the planned release's module) against the router; its JSON line goes to bench_output_path().
-    A test without its own max_concurrency runs without --max-concurrency: every prompt at once."""
-    router = dep.router
+    """bench_serving (the planned release's module) against the router (a decode-alone test: the first decode
+    worker, --fake-prefill); its JSON line goes to bench_output_path(). A test without its own max_concurrency runs
+    without --max-concurrency: every prompt at once."""
+    router = dep.servers("decode")[0] if test.decode_alone else dep.router
     dataset = test.dataset
     if dataset == "random" and not test.dataset_path:
         dataset = "random-ids"  # random needs the ShareGPT download; random-ids runs offline
@@ -437,6 +562,8 @@ def bench_serving_argv(dep: Deployment, test: InferenceTest, concurrency: int, t
                  "--random-range-ratio", str(test.random_range_ratio)]
     if test.dataset_path:
         argv += ["--dataset-path", test.dataset_path]
+    if test.decode_alone:
+        argv += releases.fake_prefill_args(dep.sglang_version)
     return tuple(argv)
 
 
@@ -478,6 +605,9 @@ _ADDRESS = re.compile(r"^(?:[a-z0-9+]+://)?([A-Za-z0-9.-]+):(\d{1,5})(?:/.*)?$")
 # $@: paths; fails naming those that do not exist
 _ALL_EXIST = 'm=""; for p; do [ -e "$p" ] || m="$m $p"; done; [ -z "$m" ] || { echo "missing:$m" >&2; exit 1; }'
 _TCP_CONNECT = 'exec 3<>"/dev/tcp/$1/$2"'
+# $1: the huge pages asked for; fails naming what the host has
+_HUGEPAGES = ('have=$(awk \'/^HugePages_Total:/ {print $2}\' /proc/meminfo); [ "${have:-0}" -ge "$1" ] || '
+              '{ echo "HugePages_Total is ${have:-0}, the config asks for at least $1" >&2; exit 1; }')
 # $1: a folder to create and write; then files to read (never printed)
 _PATHS_USABLE = ('d=$1; shift; mkdir -p -- "$d" 2>/dev/null && [ -w "$d" ] || { echo "log folder $d: cannot be '
                  'created or written" >&2; exit 1; }; for f; do [ -r "$f" ] || { echo "$f: not readable" >&2; '
@@ -527,12 +657,28 @@ def prechecks(cfg: ClusterConfig, dep: Deployment) -> tuple[Precheck, ...]:
     kv = cfg.kv_transfer
     env = kv_env(cfg)
     for node in worker_nodes(dep):
-        if not cfg.simulated and kv.backend in ("mooncake", "nixl", "mori") and kv.ib_devices:
+        nics = [n for p in dep.processes if p.node == node for n in p.nics] or (
+            list(kv.ib_devices) if kv.backend == "nixl" else [])
+        nics = list(dict.fromkeys(nics))
+        if not cfg.simulated and kv.backend in ("mooncake", "nixl", "mori") and nics:
+            key = ("$.config.kv_transfer.mooncake.device_map" if kv.mooncake.device_map and kv.backend == "mooncake"
+                   else "$.config.kv_transfer.ib_devices, default $.config.nccl_ib_hca")
             out.append(Precheck(node, "kv_transfer",
-                                ("sh", "-c", _ALL_EXIST, "sh", *(f"{IB_SYSFS}/{d}" for d in kv.ib_devices)),
-                                f"RDMA devices present: {', '.join(kv.ib_devices)}",
-                                f"node {node}: RDMA device(s) not in {IB_SYSFS} "
-                                "($.config.kv_transfer.ib_devices, default $.config.nccl_ib_hca)"))
+                                ("sh", "-c", _ALL_EXIST, "sh", *(f"{IB_SYSFS}/{d}" for d in nics)),
+                                f"RDMA devices present: {', '.join(nics)}",
+                                f"node {node}: RDMA device(s) not in {IB_SYSFS} ({key})"))
+        if kv.mooncake.device_map == SYSFS and kv.backend == "mooncake":
+            path = nic_map_path(cfg, node)
+            out.append(Precheck(node, "nic_map", nic.sysfs_map_argv(path),
+                                f"GPU -> NIC map from the PCIe topology written to {path}",
+                                f"node {node}: no GPU -> NIC map from sysfs ($.config.kv_transfer.mooncake.device_map "
+                                "\"sysfs\"); name the NICs of each GPU there instead"))
+        if kv.mooncake.hugepages and kv.backend in ("mooncake", "mooncake_tcp"):
+            want = kv.mooncake.hugepages
+            out.append(Precheck(node, "hugepages", ("sh", "-c", _HUGEPAGES, "sh", str(want)),
+                                f"HugePages_Total >= {want}",
+                                f"node {node}: fewer huge pages than $.config.kv_transfer.mooncake.hugepages "
+                                f"({want}) in /proc/meminfo HugePages_Total"))
         if nic_mounts(cfg):
             profile = nic.profile(cfg.nic_type)
             out.append(Precheck(node, "nic", ("sh", "-c", _ALL_EXIST, "sh", *nic_mounts(cfg)),

@@ -48,9 +48,39 @@ def gsm8k_host(version: str, host: str) -> str:
     return host if at_least(version, "0.5.23") else f"http://{host}"
 
 
+FAKE_BOOTSTRAP_HOST = "2.2.2.2"  # sglang.srt.disaggregation.utils: a request no prefill serves and no KV follows
+
+
+def fake_prefill_args(version: str) -> list[str]:
+    """bench_serving's decode-alone mode: 0.5.23's ``--fake-prefill``; before it, the same request fields (the
+    fake bootstrap host, room 0) through ``--extra-request-body``."""
+    if at_least(version, "0.5.23"):
+        return ["--fake-prefill"]
+    return ["--extra-request-body", f'{{"bootstrap_host": "{FAKE_BOOTSTRAP_HOST}", "bootstrap_room": 0}}']
+
+
 def dp_attention_args(version: str, dp_size: int) -> list[str]:
     """DP attention over ``dp_size`` ranks: 0.5.23's ``--attn-dp-size N``, 0.5.7's
     ``--dp-size N --enable-dp-attention``."""
     if at_least(version, "0.5.23"):
         return ["--attn-dp-size", str(dp_size)]
     return ["--dp-size", str(dp_size), "--enable-dp-attention"]
+
+
+# --load-balance-method's choices (0.5.7: srt/server_args.py; 0.5.23: srt/arg_groups/fields/parallel.py, where auto
+# resolves to follow_bootstrap_room on a PD prefill and round_robin on a decode: srt/arg_groups/serving_hook.py)
+LOAD_BALANCE_METHODS = {
+    "0.5.7": ("round_robin", "decode_round_robin", "shortest_queue", "minimum_tokens"),
+    "0.5.23": ("auto", "round_robin", "follow_bootstrap_room", "total_requests", "total_tokens"),
+}
+
+
+def forms_of(version: str) -> str:
+    """The known release whose command-line forms ``version`` is planned with: the newest at or below it, else the
+    oldest."""
+    below = [k for k in KNOWN if at_least(version, k)]
+    return max(below, key=parse) if below else min(KNOWN, key=parse)
+
+
+def load_balance_methods(version: str) -> tuple[str, ...]:
+    return LOAD_BALANCE_METHODS[forms_of(version)]

@@ -65,6 +65,7 @@ class RunningProcess:
     container_id: str | None
     exec_id: str | None
     started_at: float
+    node_pid: int | None = None  # a container's process as its node sees it (docker), when found
 
 
 def _exit_path(log_path: str) -> str:
@@ -112,19 +113,13 @@ class Runtime(ABC):
 
     def exit_code(self, rp: RunningProcess) -> int | None:
         """None while the process runs; else its exit status (128+N when killed by signal N)."""
-        recorded = self._recorded_exit(rp)
-        if recorded is not None:
-            return recorded
-        if rp.host.alive(rp.pid):  # (a process in a stopped or removed container is not alive)
-            return None
-        recorded = self._recorded_exit(rp)  # it may have exited between the two looks
-        return _KILLED_WITHOUT_STATUS if recorded is None else recorded
+        return self._exit_codes_on([rp])[0]
 
     def exit_codes(self, rps: Sequence[RunningProcess]) -> list[int | None]:
-        """``exit_code`` of each process, all nodes at once (one command per node where the runtime can)."""
+        """``exit_code`` of each process, all nodes at once (one command per node, or per container)."""
         groups: dict[int, list[int]] = {}
         for index, rp in enumerate(rps):
-            groups.setdefault(id(rp.host), []).append(index)
+            groups.setdefault(id(self._status_source(rp)[0]), []).append(index)
         codes: list[int | None] = [None] * len(rps)
         found = all_of(lambda indices: self._exit_codes_on([rps[i] for i in indices]), list(groups.values()))
         for indices, group_codes in zip(groups.values(), found):
@@ -133,13 +128,22 @@ class Runtime(ABC):
         return codes
 
     def _exit_codes_on(self, rps: Sequence[RunningProcess]) -> list[int | None]:
-        """The exit codes of processes that share one Host."""
-        return [self.exit_code(rp) for rp in rps]
+        """The exit codes of processes that share one Host, in one command where they run: the status the wrapper
+        wrote beside the log (containers bind-mount the log folder), else whether the process is still there."""
+        sources = [self._status_source(rp) for rp in rps]
+        found = _read_exit_codes(sources[0][0], [(path, pid) for _, path, pid in sources])
+        return self._exit_codes_unread(rps, found) if isinstance(found, CommandResult) else found
 
-    def _recorded_exit(self, rp: RunningProcess) -> int | None:
-        """The status the wrapper wrote beside the log on the node (containers bind-mount the log folder)."""
-        status = self._node(rp.spec).run(["cat", "--", _exit_path(rp.spec.log_path)], timeout=30)
-        return int(status.stdout) if status.exit_status == 0 and status.stdout.strip().isdigit() else None
+    def _status_source(self, rp: RunningProcess) -> tuple[Host, str, int | None]:
+        """Where one command reads a process's status: the host, the status file its wrapper writes as that host
+        sees it, and the process's pid there."""
+        return rp.host, _exit_path(rp.spec.log_path), rp.pid
+
+    def _exit_codes_unread(self, rps: Sequence[RunningProcess], result: CommandResult) -> list[int | None]:
+        """When the one command could not tell: an error naming the host and what it printed."""
+        raise HostError(f"{rps[0].host.name}: exit status check (exit {result.exit_status}) printed "
+                        f"{result.stdout!r} {result.stderr.strip()[-300:]!r} for {len(rps)} processes")
+
 
     def stop(self, rp: RunningProcess, grace_s: float = 10) -> None:
         """SIGTERM the process group, wait up to grace_s, then SIGKILL. Idempotent."""
@@ -217,21 +221,28 @@ while [ $# -ge 2 ]; do f=$1; p=$2; shift 2
 done
 """
 
+# $1: container id, $2: a pid inside it; prints that process's pid on the node: the one process in the container's
+# cgroup whose innermost namespace pid is $2 (/proc/*/cgroup and status are readable without root)
+_NODE_PID = r"""
+for f in $(grep -l -- "$1" /proc/[0-9]*/cgroup 2>/dev/null); do d=${f%/cgroup}
+  awk -v want="$2" -v pid="${d#/proc/}" '$1 == "NSpid:" && $NF == want && NF > 2 { print pid }' "$d/status" 2>/dev/null
+done
+"""
+
+
+def _read_exit_codes(host: Host, files_and_pids: Sequence[tuple[str, int | None]]) -> list[int | None] | CommandResult:
+    """Per (status file, pid) on ``host``: the recorded status, None while the pid runs, else killed without one; the
+    command's result when it could not tell."""
+    pairs = [arg for path, pid in files_and_pids for arg in (path, str(pid or 0))]
+    result = host.run(["sh", "-c", _EXIT_CODES, "sh", *pairs], timeout=30)
+    lines = result.stdout.split()
+    if result.exit_status != 0 or len(lines) != len(files_and_pids):
+        return result
+    return [None if line == "running" else int(line) if line.isdigit() else _KILLED_WITHOUT_STATUS for line in lines]
+
 
 class ProcessRuntime(Runtime):
     """Each process is spawned directly on its node."""
-
-    def exit_code(self, rp: RunningProcess) -> int | None:
-        return self._exit_codes_on([rp])[0]
-
-    def _exit_codes_on(self, rps: Sequence[RunningProcess]) -> list[int | None]:
-        pairs = [arg for rp in rps for arg in (_exit_path(rp.spec.log_path), str(rp.pid))]
-        result = rps[0].host.run(["sh", "-c", _EXIT_CODES, "sh", *pairs], timeout=30).check()
-        lines = result.stdout.split()
-        if len(lines) != len(rps):
-            raise HostError(f"{rps[0].host.name}: exit status check printed {result.stdout!r} for {len(rps)} processes")
-        return [None if line == "running" else int(line) if line.isdigit() else _KILLED_WITHOUT_STATUS
-                for line in lines]
 
     def _spawn(self, proc, argv, secret_env) -> RunningProcess:
         node = self._node(proc)
@@ -365,7 +376,20 @@ class DockerRuntime(Runtime):
         pid = shell.spawn(
             [*argv, _exit_path(inside_log), *proc.argv], log_path=inside_log, env=proc.env, secret_env=secret_env,
         )
-        return RunningProcess(proc, shell, pid, shell.container_id, None, time.time())
+        found = self._node(proc).run(["sh", "-c", _NODE_PID, "sh", shell.container_id, str(pid)], timeout=30)
+        node_pid = int(found.stdout.split()[0]) if found.exit_status == 0 and found.stdout.strip().isdigit() else None
+        return RunningProcess(proc, shell, pid, shell.container_id, None, time.time(), node_pid)
+
+    def _status_source(self, rp: RunningProcess) -> tuple[Host, str, int | None]:
+        """The node itself where the process's node pid is known (no ``docker exec`` per poll), else the container."""
+        if rp.node_pid is not None:
+            return self._node(rp.spec), _exit_path(rp.spec.log_path), rp.node_pid
+        return rp.host, _exit_path(container_path(self._specs[rp.spec.container], rp.spec.log_path)), rp.pid
+
+    def _exit_codes_unread(self, rps: Sequence[RunningProcess], result: CommandResult) -> list[int | None]:
+        """The container is gone (docker exec failed): what its processes recorded on the node, else killed."""
+        found = _read_exit_codes(self._node(rps[0].spec), [(_exit_path(rp.spec.log_path), None) for rp in rps])
+        return super()._exit_codes_unread(rps, found) if isinstance(found, CommandResult) else found
 
     @staticmethod
     def _container_running(rp: RunningProcess) -> bool:

@@ -115,9 +115,12 @@ class SuiteRun:
         if not self.keep_cluster:
             return
         for cluster in self.clusters:
+            slurm = cluster.cfg.slurm if cluster.cfg.transport == "slurm" else None
+            held = f" in Slurm allocation {slurm.job_id}" if slurm else ""
+            released = " (and release the allocation)" if slurm and slurm.owned else ""
             terminalreporter.write_line(
-                f"sglang-pd: cluster of {cluster.deployment.model.id} kept running, router {cluster.router_url}; "
-                f"remove it with: sglang-pd down {cluster.run_dir}", yellow=True)
+                f"sglang-pd: cluster of {cluster.deployment.model.id} kept running{held}, router {cluster.router_url}; "
+                f"remove it with: sglang-pd down {cluster.run_dir}{released}", yellow=True)
 
     def pytest_report_header(self) -> list[str]:
         cfg = self.cluster_config

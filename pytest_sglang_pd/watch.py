@@ -1,5 +1,5 @@
 """The cluster watch beside every benchmark: each process's exit status, each worker's /health and /metrics, and
-progress (tokens the workers generated, requests the client completed). The first cause found is kept on the
+progress (tokens streamed to the client, tokens the workers generated, requests the client completed). The first cause found is kept on the
 cluster (``cluster.broken``), which stops the running benchmark at once; its text starts with the cause, then the
 log tail of the process named, then the metric lines.
 
@@ -7,7 +7,7 @@ Causes, in the order they are looked for every ``POLL_S``:
 - a process (prefill, decode, router) exited: role, key, node, exit code;
 - a worker stopped answering /health (``timeouts.health_misses`` probes in a row without a 200 within
   ``timeouts.health_s``; during a stall, one probe unanswered for ``SILENT_S``);
-- a stall: nothing generated and no request completed for ``timeouts.stall_s`` while a worker holds requests
+- a stall: nothing streamed, nothing generated and no request completed for ``timeouts.stall_s`` while a worker holds requests
   (its PD queues, running or waiting requests) or does not answer /metrics: the side and the queue are named.
 """
 
@@ -73,6 +73,7 @@ class ClusterWatch:
         self.workers = workers_of(cluster)
         self.cause: str | None = None
         self.completed = 0  # requests the client finished, told by ``completions``
+        self.streamed_tokens = 0  # output tokens the client received, told by ``streamed``
         self._done = threading.Event()
         self._threads: list[threading.Thread] = []
         self._t0 = time.monotonic()
@@ -94,6 +95,10 @@ class ClusterWatch:
     def completions(self, done: int, total: int, elapsed_s: float) -> None:
         """A benchmark progress callback (bench.Progress): requests completed count as progress."""
         self.completed = done
+
+    def streamed(self, tokens: int) -> None:
+        """A benchmark stream callback (bench.Streamed): output tokens the client received count as progress."""
+        self.streamed_tokens += tokens
 
     def look(self) -> str | None:
         """The cause found so far; at the end of a benchmark also an exit the last poll has not seen yet."""
@@ -166,8 +171,8 @@ class ClusterWatch:
         return None
 
     def _stall_for(self) -> float:
-        """Seconds since the progress signal (tokens generated + requests completed) last grew."""
-        signal = self.completed + sum((w.metrics or {}).get("generation_tokens", 0.0) for w in self.workers)
+        """Seconds since the progress signal (tokens streamed + tokens generated + requests completed) last grew."""
+        signal = self.completed + self.streamed_tokens + sum((w.metrics or {}).get("generation_tokens", 0.0) for w in self.workers)
         now = time.monotonic()
         if signal > self._progress[0]:
             self._progress = (signal, now)
@@ -186,7 +191,7 @@ class ClusterWatch:
         where = [f"{w.name} holds {n} request(s) in its {what} ({prom.WORKER_METRICS[short]})"
                  for w, short, what, n in held] + [f"{w.name} does not answer /metrics" for w in silent]
         first = (held[0][0] if held else silent[0]).key
-        return self._told(f"stall: {'; '.join(where)}; nothing generated and no request completed for {quiet:.0f} s "
+        return self._told(f"stall: {'; '.join(where)}; nothing streamed, nothing generated and no request completed for {quiet:.0f} s "
                           f"($.config.timeouts.stall_s = {self.stall_s:g}) from {self.at(self._progress[1])}", first)
 
     def _told(self, cause: str, key: str) -> str:
@@ -198,5 +203,5 @@ class ClusterWatch:
         parts.append("  the workers' metrics (last read):")
         parts += [f"    {w.name}: " + (", ".join(f"{s} {w.metrics[s]:g}" for s in METRIC_LINES if s in w.metrics)
                                        if w.metrics is not None else "/metrics not answering") for w in self.workers]
-        parts.append(f"    client: {self.completed} request(s) completed")
+        parts.append(f"    client: {self.completed} request(s) completed, {self.streamed_tokens} output token(s) streamed")
         return "\n".join(parts)

@@ -71,8 +71,7 @@ def sim_config(tmp_path: Path, *, prefill: tuple[str, ...] = ("127.0.0.1",), dec
             c[key].update(value)
         else:
             c[key] = value
-    model = data["benchmark_params"]["llama-8b"]
-    if tests is not None:
+    for model in data["benchmark_params"].values() if tests is not None else ():
         model["inference_tests"] = {k: v for k, v in model["inference_tests"].items() if k in tests}
     return write(tmp_path, data)
 

@@ -1,4 +1,5 @@
-"""Shared selftest fixtures: a throwaway OpenSSH server on two loopback "nodes" and the Docker engine."""
+"""Shared selftest fixtures: a throwaway OpenSSH server on two loopback "nodes", a throwaway Slurm and the Docker
+engine."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Iterator
 import pytest
 
 from selftests.configs import free_port
+from selftests.slurm_cluster import SlurmCluster, throwaway_slurm
 
 REPO = Path(__file__).resolve().parent.parent
 SSHD = "/usr/sbin/sshd"
@@ -26,9 +28,9 @@ SIM_BASE_IMAGE = "pytest-sglang-pd-base:bookworm"
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Needing Docker or sshd makes a test integration, marked so or not: the quick tier starts neither."""
+    """Needing Docker, sshd or Slurm makes a test integration, marked so or not: the quick tier starts none."""
     for item in items:
-        if item.get_closest_marker("docker") or item.get_closest_marker("ssh"):
+        if any(item.get_closest_marker(m) for m in ("docker", "ssh", "slurm")):
             item.add_marker(pytest.mark.integration)
 
 
@@ -127,6 +129,29 @@ def _stop_sshd(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    """A real Slurm of 3 nodes (n1..n3 on 127.0.0.2..4), its conf in SLURM_CONF for the suite's own srun/sbatch."""
+    with throwaway_slurm(tmp_path_factory.mktemp("slurm")) as cluster, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLURM_CONF", str(cluster.conf))
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def slurm_job(slurm: SlurmCluster) -> Iterator[str]:
+    """A running allocation of all the throwaway Slurm's nodes (what `salloc -N 3` gives a user); cancelled at the end."""
+    job = slurm.run("sbatch", "--parsable", f"--nodes={len(slurm.nodes)}", "--output=/dev/null", "--wrap",
+                    "sleep infinity").strip()
+    try:
+        deadline = time.monotonic() + 60
+        while [line.split()[1] for line in slurm.jobs() if line.split()[0] == job] != ["RUNNING"]:
+            assert time.monotonic() < deadline, f"job {job} not running after 60 s: {slurm.jobs()}"
+            time.sleep(0.2)
+        yield job
+    finally:
+        slurm.run("scancel", job, check=False)
 
 
 @pytest.fixture(scope="session")

@@ -83,4 +83,20 @@ def test_validate_warns_of_keys_that_have_no_effect_and_keys_prints_the_table():
     assert "[precheck nic] node=mi35x-node01" in r.stdout
     table = sglang_pd("keys").stdout
     assert "| `config.prefill_serv_port` | port | required | >= 1 and <= 65535 | prefill worker argv --port |" in table
-    assert json.loads(sglang_pd("schema").stdout)["properties"]["config"]["required"][0] == "prefill_node_list"
+    assert json.loads(sglang_pd("schema").stdout)["properties"]["config"]["required"][0] == "prefill_serv_port"
+
+
+def test_plan_text_shows_each_instances_gpus_nics_and_ports():
+    r = sglang_pd("plan", str(CONFIGS / "local-sim-2tp4-1tp8.json"))
+    assert r.returncode == 0, r.stderr
+    assert "  layout prefill: 2 x TP4 per node on 127.0.0.2\n  layout decode: 1 x TP8 per node on 127.0.0.3\n" in r.stdout
+    assert ("[prefill_0] role=prefill node=127.0.0.2 port=30001 bootstrap=8998 gpus=0-3 "
+            "nics=mlx5_0,mlx5_1,mlx5_2,mlx5_3\n") in r.stdout
+    assert ("[prefill_1] role=prefill node=127.0.0.2 port=30002 bootstrap=8999 gpus=4-7 "
+            "nics=mlx5_4,mlx5_5,mlx5_6,mlx5_7\n") in r.stdout
+    assert "[decode_0] role=decode node=127.0.0.3 port=30001 gpus=0-7 nics=mlx5_0," in r.stdout
+    r = sglang_pd("plan", str(CONFIGS / "pd-dp16-example.json"))
+    assert r.returncode == 0, r.stderr
+    assert ("  layout decode: 1 x TP8 per node, DP attention 16 on dp-node02, dp-node03 (one instance over them)"
+            in r.stdout)
+    assert "warning: $.config.kv_transfer.mooncake.mooncake_json.metadata_server: " in r.stdout  # the plan says it

@@ -99,7 +99,8 @@ def test_missing_required_and_empty_node_lists(tmp_path):
     del data["config"]["proxy_router_node"]
     data["config"]["decode_node_list"] = []
     by_path = {p.path: p.message for p in problems_of(tmp_path, data)}
-    assert by_path["$.config.proxy_router_node"] == "is required but missing"
+    assert by_path["$.config.proxy_router_node"].startswith("is required but missing (only with \"transport\": "
+                                                            "\"slurm\" do the nodes come from the allocation)")
     assert by_path["$.config.decode_node_list"] == "must not be empty"
 
 
@@ -116,16 +117,26 @@ def test_cross_field_checks(tmp_path):
     assert "the suite cannot measure 'p42_ttft_ms'" in text
 
 
-def test_two_prefill_instances_on_one_node_get_distinct_ports(tmp_path):
+def test_two_prefill_instances_on_one_node_get_distinct_ports_and_gpus(tmp_path):
     data = raw("local-sim.json")
-    data["config"]["prefill_node_list"] = ["127.0.0.1", "127.0.0.1"]
     data["config"]["decode_serv_port"] = "31001"
-    data["config"]["nnodes"] = "3"
+    data["benchmark_params"]["llama-8b"]["prefill"] = {"instances_per_node": "2"}
     cfg = config.from_dict(data)
     from pytest_sglang_pd.plan import instances
 
-    got = [(i.head, i.port, i.bootstrap_port) for i in instances(cfg, "prefill")]
-    assert got == [("127.0.0.1", 30001, 8998), ("127.0.0.1", 30002, 8999)]
+    got = [(i.head, i.port, i.bootstrap_port, i.members[0].gpus) for i in instances(cfg, cfg.models[0], "prefill")]
+    assert got == [("127.0.0.1", 30001, 8998, (0,)), ("127.0.0.1", 30002, 8999, (1,))]
+    assert instances(cfg, cfg.models[0], "decode")[0].members[0].gpus == (2,)  # the node's GPUs after the prefills'
+
+
+def test_a_node_listed_twice_in_a_role_points_at_instances_per_node(tmp_path):
+    data = raw("local-sim.json")
+    data["config"]["prefill_node_list"] = ["127.0.0.1", "127.0.0.1"]
+    data["config"]["nnodes"] = "3"
+    found = {p.path: p.message for p in problems_of(tmp_path, data)}
+    assert found["$.config.prefill_node_list[1]"] == (
+        "node 127.0.0.1 is listed again (first at [0]): list it once and set "
+        "benchmark_params.<model>.prefill.instances_per_node for several instances on one node")
 
 
 def test_model_and_test_ids_must_be_usable_in_test_ids(tmp_path):
@@ -225,10 +236,11 @@ def _keyed(cls):
     return [(f, f.metadata["key"]) for f in dataclasses.fields(cls) if "key" in f.metadata]
 
 
-@pytest.mark.parametrize("cls", [config.ClusterConfig, config.ModelConfig, config.InferenceTest,
-                                 config.SSHSettings, config.KVTransferSettings, config.Timeouts, config.SimSettings])
+@pytest.mark.parametrize("cls", [config.ClusterConfig, config.ModelConfig, config.InferenceTest, config.SSHSettings,
+                                 config.SlurmSettings, config.KVTransferSettings, config.Timeouts, config.SimSettings])
 def test_every_key_is_in_the_schema_with_its_choices_and_a_said_effect(cls):
     sections = {config.ClusterConfig: ("config",), config.SSHSettings: ("config", "ssh"),
+                config.SlurmSettings: ("config", "slurm"),
                 config.KVTransferSettings: ("config", "kv_transfer"), config.Timeouts: ("config", "timeouts"),
                 config.SimSettings: ("config", "sim")}
     node = config.schema()
@@ -255,8 +267,10 @@ def test_a_config_without_a_key_gets_the_default_its_description_gives(tmp_path)
     model = data["benchmark_params"]["llama-70b"]
     data["benchmark_params"] = {"m": {"model": model["model"], "inference_tests": {"gsm8k": {}}}}
     cfg = config.from_dict(data)
-    derived = {"benchmark_node", "bench_client", "ib_devices", "max_concurrency", "container_image"}  # set above or derived
-    for section in (cfg, cfg.ssh, cfg.kv_transfer, cfg.timeouts, cfg.sim, cfg.models[0], cfg.models[0].tests[0]):
+    derived = {"benchmark_node", "bench_client", "ib_devices", "max_concurrency", "container_image",
+               "prefill_nodes", "decode_nodes", "router_node"}  # set above or derived
+    for section in (cfg, cfg.ssh, cfg.slurm, cfg.kv_transfer, cfg.timeouts, cfg.sim, cfg.models[0],
+                    cfg.models[0].tests[0]):
         for f, k in _keyed(type(section)):
             if k.required or k.section is not None or f.name in derived:
                 continue
@@ -351,17 +365,52 @@ def test_schema_and_cross_field_problems_of_one_file_are_listed_in_one_run(tmp_p
     assert "does not fit gpus_per_node 8" in found['$.benchmark_params["llama-70b"].tensor_parallelism']
 
 
-def test_a_node_listed_twice_needs_the_gpus_of_both_instances(tmp_path):
+def test_a_node_shared_by_both_roles_needs_the_gpus_of_all_its_instances(tmp_path):
     data = raw("mi35x-example.json")
     data["config"]["decode_node_list"] = ["mi35x-node03", "mi35x-node01"]  # node01 is a prefill node too
     data["config"]["nnodes"] = "4"
     found = {p.path: p.message for p in problems_of(tmp_path, data)}
-    assert found["$.config.decode_node_list[1]"] == ("node mi35x-node01 is listed again: 2 instances there need 16 "
-                                                     "GPUs (llama-70b tensor_parallelism 8, deepseek-r1 "
-                                                     "tensor_parallelism 8), gpus_per_node is 8")
+    assert found["$.config.decode_node_list[1]"] == (
+        "node mi35x-node01: the instances there need more GPUs than gpus_per_node 8: llama-70b 16 (prefill 1 x 8 "
+        "GPUs + decode 1 x 8 GPUs); deepseek-r1 16 (prefill 1 x 8 GPUs + decode 1 x 8 GPUs)")
     for model in data["benchmark_params"].values():
         model["tensor_parallelism"] = "4"  # two TP4 instances fit one 8-GPU node
     config.from_dict(data)
+
+
+def test_the_gpu_budget_counts_instances_per_node_and_dp_replicas(tmp_path):
+    data = raw("mi35x-example.json")
+    model = data["benchmark_params"]["llama-70b"]
+    model["prefill"] = {"tensor_parallelism": "4", "instances_per_node": "3"}
+    model["decode"] = {"tensor_parallelism": "2", "dp_size": "8"}  # 8 plain DP replicas of TP2: 16 GPUs
+    found = {p.path: p.message for p in problems_of(tmp_path, data)}
+    assert found["$.config.prefill_node_list[0]"] == ("node mi35x-node01: the instances there need more GPUs than "
+                                                      "gpus_per_node 8: llama-70b 12 (prefill 3 x 4 GPUs)")
+    assert found['$.benchmark_params["llama-70b"].decode.tensor_parallelism'] == (
+        "TP2 x 8 DP replicas = 16 GPUs per decode instance do not fit gpus_per_node 8")
+
+
+def test_dp_attention_must_split_the_tp_group(tmp_path):
+    data = raw("mi35x-example.json")
+    data["benchmark_params"]["llama-70b"]["decode"] = {"dp_size": "3", "dp_attention": True}
+    data["benchmark_params"]["deepseek-r1"]["dp_attention"] = "true"
+    found = {p.path: p.message for p in problems_of(tmp_path, data)}
+    assert found['$.benchmark_params["llama-70b"].decode.dp_size'] == (
+        "3 does not divide the decode instance's TP size 8: SGLang requires tp_size divisible by attn_dp_size")
+    assert found['$.benchmark_params["deepseek-r1"].dp_attention'] == "DP attention needs dp_size >= 2, dp_size is 1"
+
+
+def test_role_sections_default_to_the_models_keys():
+    data = raw("mi35x-example.json")
+    model = data["benchmark_params"]["deepseek-r1"]
+    model.update(dp_attention="8", load_balance_method="round_robin")
+    model["prefill"] = {"tensor_parallelism": "4", "instances_per_node": "2", "dp_size": "2"}
+    m = config.from_dict(data).model("deepseek-r1")
+    assert m.layout("decode") == config.Layout("decode", 8, 1, 8, True, "round_robin")  # the earlier integer form
+    assert m.layout("prefill") == config.Layout("prefill", 4, 2, 2, True, "round_robin")
+    assert m.layout("prefill").gpus == 4  # DP attention splits the TP group
+    replicas = config.resolve("prefill", config.RoleSettings(tensor_parallelism=2, dp_attention=False), m)
+    assert (replicas.dp_size, replicas.dp_attention, replicas.gpus) == (8, False, 16)  # plain DP: 8 replicas of TP2
 
 
 def test_a_throughput_limit_that_littles_law_rules_out_is_a_warning_naming_both_figures():
@@ -412,3 +461,46 @@ def test_sim_faults_of_the_wrong_shape_say_the_shape(tmp_path):
     found = {p.path: p.message for p in problems_of(tmp_path, data)}
     assert found["$.config.sim.faults"] == ('expected an object of role (prefill, decode) or process (prefill_0) -> '
                                             'list of fault specs, such as {"decode": ["slow=2"]}, got ["slow=2"]')
+
+
+SEED_MOONCAKE_JSON = {"local_hostname": "10.239.129.9", "metadata_server": "10.239.129.81:2379", "protocol": "tcp",
+                      "device_name": "mlx5_0,mlx5_3", "master_server_address": "10.239.129.81:50051"}
+
+
+def test_a_seed_mooncake_json_is_translated_and_its_servers_reported_as_unused_by_sglangs_pd_path(tmp_path):
+    from pytest_sglang_pd import plan
+
+    (tmp_path / "mooncake.json").write_text(json.dumps(SEED_MOONCAKE_JSON))
+    data = raw("local-sim.json")
+    data["config"]["kv_transfer"]["mooncake"] = {"mooncake_json": "mooncake.json", "gid_index": "3"}
+    cfg = config.load(write(tmp_path, data))  # the path is read beside the config file
+    assert cfg.kv_transfer.ib_devices == ("mlx5_0", "mlx5_3") and cfg.kv_transfer.mooncake.protocol == "tcp"
+    warnings = {w.path: w.message for w in cfg.warnings}
+    base = "$.config.kv_transfer.mooncake.mooncake_json"
+    for name in ("metadata_server", "master_server_address"):
+        assert warnings[f"{base}.{name}"].startswith(f"{SEED_MOONCAKE_JSON[name]!r} is not used by SGLang's PD path: "
+                                                     "sglang 0.5.23 initialises its PD Mooncake engine with the "
+                                                     "hard-coded P2PHANDSHAKE")
+    assert "SGLANG_HOST_IP" in warnings[f"{base}.local_hostname"]
+    worker = plan.plan(cfg, "llama-8b", run_id="r").role("prefill")[0]
+    assert {k: worker.env[k] for k in ("MOONCAKE_PROTOCOL", "MC_FORCE_TCP", "MC_GID_INDEX")} == {
+        "MOONCAKE_PROTOCOL": "tcp", "MC_FORCE_TCP": "1", "MC_GID_INDEX": "3"}
+    assert worker.argv[worker.argv.index("--disaggregation-ib-device") + 1] == "mlx5_0,mlx5_3"
+    data["config"]["kv_transfer"]["mooncake"] = {"mooncake_json": {**SEED_MOONCAKE_JSON, "protocol": "rdma"},
+                                                 "protocol": "tcp"}  # inline; the config's own key wins
+    assert config.from_dict(data).kv_transfer.mooncake.protocol == "tcp"
+    data["config"]["kv_transfer"]["backend"] = "nixl"
+    assert "$.config.kv_transfer.mooncake: is set, but kv_transfer.backend is 'nixl': not used" in map(
+        str, config.from_dict(data).warnings)
+
+
+def test_a_broken_mooncake_json_or_device_map_is_a_problem_at_its_path(tmp_path):
+    data = raw("local-sim.json")
+    data["config"]["kv_transfer"]["mooncake"] = {"mooncake_json": {"protocol": "efa2"}, "device_map": {"gpu0": "x"}}
+    found = {p.path: p.message for p in problems_of(tmp_path, data)}
+    assert found["$.config.kv_transfer.mooncake.mooncake_json.protocol"] == '"efa2" is not one of "rdma", "tcp"'
+    assert found["$.config.kv_transfer.mooncake.device_map.gpu0"] == "key 'gpu0' is not a GPU id (0, 1, ...)"
+    data["config"]["kv_transfer"]["mooncake"] = {"mooncake_json": "no-such-mooncake.json"}
+    found = {p.path: p.message for p in problems_of(tmp_path, data)}
+    assert found["$.config.kv_transfer.mooncake.mooncake_json"].endswith("no-such-mooncake.json: cannot be read "
+                                                                         "(No such file or directory)")

@@ -1,4 +1,5 @@
-"""Tests for hosts.py: LocalHost and SSHHost (a real throwaway sshd on two loopback nodes)."""
+"""Tests for hosts.py: LocalHost, SSHHost (a real throwaway sshd on two loopback nodes) and SlurmHost (srun steps of
+an allocation of a real throwaway Slurm)."""
 
 from __future__ import annotations
 
@@ -22,10 +23,16 @@ from pytest_sglang_pd.hosts import (
 )
 
 
-@pytest.fixture(params=["local", "ssh-127.0.0.2", "ssh-127.0.0.3"])
+@pytest.fixture(params=["local", "ssh-127.0.0.2", "ssh-127.0.0.3", pytest.param("slurm-n2", marks=pytest.mark.slurm)])
 def host(request) -> Host:
     if request.param == "local":
         yield LocalHost("localhost")
+        return
+    if request.param == "slurm-n2":  # node n2 of the allocation, by its address
+        job = request.getfixturevalue("slurm_job")
+        h = host_for("127.0.0.3", transport="slurm", job_id=job, slurm_nodes={"127.0.0.3": "n2"})
+        yield h
+        h.close()
         return
     server = request.getfixturevalue("sshd")
     node = request.param.removeprefix("ssh-")

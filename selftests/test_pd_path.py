@@ -4,19 +4,23 @@ streams cut short counted and named in the verdict (docs/failure-modes.md row 19
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import re
+import shutil
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from pytest_sglang_pd import gating, pd_path, plan
+from pytest_sglang_pd import gating, kv_transfer, pd_path, plan
 from pytest_sglang_pd.bench import builtin, sglang_tools
 from pytest_sglang_pd.bench.result import TRUNCATED, truncated_count
 from pytest_sglang_pd.cluster import ClusterError, LiveCluster
+from pytest_sglang_pd.hosts import LocalHost
 from pytest_sglang_pd.plan import ProcessSpec
 from selftests.configs import REPO, sim_config, tools_python
 from selftests.live import CLUSTER_TESTS, alive, sim_cluster
@@ -50,6 +54,51 @@ def test_the_explaining_log_lines_are_the_aborts_kvpoll_states_and_engine_errors
     assert pd_path.explaining_lines(log) == [
         "WARNING KVTransferError(bootstrap_room=7): Request 7 timed out after 300.0s in KVPoll.Bootstrapping",
         "ERROR NIXL_ERR_BACKEND while posting the transfer"]
+
+
+def _pair_plan(tmp_path: Path, prefill: str, decode: str) -> plan.Deployment:
+    cfg = plan.load_config(sim_config(tmp_path, prefill=(prefill,), decode=(decode,), kv_transfer={"backend": "tcp"}))
+    dep = plan.plan(cfg, "llama-8b", run_id="x")
+    Path(dep.log_dir).mkdir(parents=True)
+    shutil.copyfile(kv_transfer.__file__, pd_path.pair_script(dep))
+    return dep
+
+
+@pytest.mark.integration
+def test_the_pair_check_moves_its_payload_from_the_prefill_node_to_the_decode_node(tmp_path):
+    """As on a real cluster: the engine file copied to the nodes (it needs nothing of this suite: it runs with
+    ``python -I -S``), a receiver on the decode's node (127.0.0.3 here), a sender on the prefill's (127.0.0.2)."""
+    dep = _pair_plan(tmp_path, "127.0.0.2", "127.0.0.3")
+    alone = subprocess.run([sys.executable, "-I", "-S", pd_path.pair_script(dep), "send", "--help"],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert alone.returncode == 0 and "--descriptor" in alone.stdout, alone.stderr
+    ran: list[tuple[str, str]] = []
+
+    class Node(LocalHost):
+        def run(self, argv, **kw):
+            ran.append((self.name, argv[2] if len(argv) > 2 else argv[0]))
+            return super().run(argv, **kw)
+
+    pairs = pd_path.measure_pairs(dep, "tcp", lambda spec: Node(spec.node))
+    assert [(p.name, p.error) for p in pairs] == [("prefill_0 on 127.0.0.2 -> decode_0 on 127.0.0.3", None)]
+    assert pairs[0].gbps > 0
+    assert ("127.0.0.3", "receive") in ran and ("127.0.0.2", "send") in ran
+    assert not list(Path(dep.log_dir).glob("kv_pair-*.json"))  # the descriptor file is gone
+
+
+@pytest.mark.integration
+def test_a_pair_whose_sender_fails_ends_at_once_naming_the_side_and_why(tmp_path):
+    """The sender cannot open its engine (its node's address is not on this machine): the receiver's wait ends
+    when the sender's side is done, not after pd_path.PAIR_WAIT_S."""
+    dep = _pair_plan(tmp_path, "127.0.0.2", "127.0.0.3")
+    dep = dataclasses.replace(dep, processes=tuple(dataclasses.replace(p, node="10.255.255.1") if p.role == "prefill"
+                                                   else p for p in dep.processes))
+    t0 = time.monotonic()
+    pairs = pd_path.measure_pairs(dep, "tcp", lambda spec: LocalHost(spec.node))
+    assert time.monotonic() - t0 < 15
+    assert pairs[0].gbps is None
+    assert pairs[0].error.startswith("sending side: ") and "Cannot assign requested address" in pairs[0].error
+    assert "receiving side: " in pairs[0].error and "the sender ended" in pairs[0].error
 
 
 @pytest.mark.integration

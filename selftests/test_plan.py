@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from sglang_router.launch_router import parse_router_args
 
-from pytest_sglang_pd import config, plan
+from pytest_sglang_pd import config, plan, slurm
 from pytest_sglang_pd.cli import deployment_json
 from pytest_sglang_pd.textgen.tokenizer import tokenizer_dir
 from selftests.configs import CONFIGS, REPO, raw, write
@@ -42,6 +42,68 @@ def test_plan_matches_golden(variant):
             f.write("\n")
     with open(path) as f:
         assert got == json.load(f), f"plan differs from {path}; rerun with UPDATE_GOLDENS=1 after checking the change"
+
+
+SEED_LAYOUTS = {"2tp4-1tp8": "local-sim-2tp4-1tp8.json", "pd-dp16": "pd-dp16-example.json"}
+
+
+@pytest.mark.parametrize("layout", SEED_LAYOUTS)
+def test_the_seed_layouts_match_their_goldens(layout):
+    """Two TP4 prefill instances on one node with their own GPUs, NICs and ports beside one TP8 decode; one prefill
+    and a decode with DP attention 16 over two nodes."""
+    data = raw(SEED_LAYOUTS[layout])
+    data["config"]["python"] = "python3"  # not this machine's interpreter
+    cfg = config.from_dict(data, user="sgl")
+    got = {m: deployment_json(plan.plan(cfg, m, run_id="RUN")) for m in cfg.model_ids}
+    path = os.path.join(GOLDENS, f"layout-{layout}.json")
+    if os.environ.get("UPDATE_GOLDENS"):
+        with open(path, "w") as f:
+            json.dump(got, f, indent=2, sort_keys=True)
+            f.write("\n")
+    with open(path) as f:
+        assert got == json.load(f), f"plan differs from {path}; rerun with UPDATE_GOLDENS=1 after checking the change"
+
+
+def test_two_tp4_instances_on_one_node_get_gpus_0_3_and_4_7_disjoint_nics_and_ports():
+    cfg = config.from_dict(raw("local-sim-2tp4-1tp8.json"))
+    dep = plan.plan(cfg, "llama-70b", run_id="r")
+    flag = lambda a, f: a[a.index(f) + 1]  # noqa: E731
+    p0, p1 = dep.role("prefill")
+    assert (p0.node, p1.node) == ("127.0.0.2", "127.0.0.2")
+    assert (p0.gpus, p1.gpus) == ((0, 1, 2, 3), (4, 5, 6, 7))
+    assert (flag(p0.argv, "--base-gpu-id"), flag(p1.argv, "--base-gpu-id")) == ("0", "4")
+    assert not set(p0.nics) & set(p1.nics)
+    assert json.loads(flag(p1.argv, "--disaggregation-ib-device")) == {str(g): f"mlx5_{g}" for g in range(4, 8)}
+    assert (p0.port, p0.bootstrap_port, p1.port, p1.bootstrap_port) == (30001, 8998, 30002, 8999)
+    (decode,) = dep.role("decode")
+    assert flag(decode.argv, "--tp-size") == "8" and decode.gpus == tuple(range(8))
+    assert p0.env["MOONCAKE_PROTOCOL"] == "tcp" and p0.env["MC_FORCE_TCP"] == "1"
+
+
+def test_dp_attention_instances_on_one_node_keep_clear_of_sglangs_derived_ports():
+    data = raw("local-sim-2tp4-1tp8.json")
+    data["benchmark_params"]["llama-70b"]["prefill"].update(dp_size="4", dp_attention=True)
+    cfg = config.from_dict(data)
+    p0, p1 = plan.plan(cfg, "llama-70b", run_id="r").role("prefill")
+    assert (p0.port, p1.port, p0.bootstrap_port, p1.bootstrap_port) == (30001, 30011, 8998, 9008)
+    assert plan.plan_problems(cfg) == []
+    data["config"]["router_prometheus_port"] = "30235"  # inside prefill_0's ports from --port + 233
+    data["config"]["proxy_router_node"] = "127.0.0.2"
+    assert [str(p) for p in plan.plan_problems(config.from_dict(data))] == [
+        "$.config: port 30235 on node 127.0.0.2 is used by 2 services: prefill_0 (DP attention, derived), "
+        "router (prometheus)"]
+
+
+def test_a_device_map_without_a_gpu_of_an_instance_is_a_plan_problem():
+    data = raw("local-sim-2tp4-1tp8.json")
+    del data["config"]["kv_transfer"]["mooncake"]["device_map"]["6"]
+    with pytest.raises(config.ConfigError) as info:
+        config.from_dict(data, checks=(plan.plan_problems,))
+    assert [str(p) for p in info.value.problems] == [
+        "$.config.kv_transfer.mooncake.device_map: no entry for GPU 6 of prefill_1 on node 127.0.0.2 (llama-70b: "
+        "GPUs 4-7); SGLang refuses a GPU the map lacks",
+        "$.config.kv_transfer.mooncake.device_map: no entry for GPU 6 of decode_0 on node 127.0.0.3 (llama-70b: "
+        "GPUs 0-7); SGLang refuses a GPU the map lacks"]
 
 
 def test_per_node_layout_is_xpyd_with_pd_flags():
@@ -130,10 +192,10 @@ def test_every_router_argv_is_accepted_by_the_installed_sglang_router(name, layo
         assert argv[1:3] == ("-m", "sglang_router.launch_router")
         args = parse_router_args(list(argv[3:]))
         assert args.pd_disaggregation
-        prefills = plan.instances(cfg, "prefill")
+        prefills = plan.instances(cfg, cfg.model(model), "prefill")
         assert [u for u, _ in args.prefill_urls] == [f"http://{i.head}:{i.port}" for i in prefills]
         assert [p for _, p in args.prefill_urls] == [i.bootstrap_port for i in prefills]
-        assert len(args.decode_urls) == len(plan.instances(cfg, "decode"))
+        assert len(args.decode_urls) == len(plan.instances(cfg, cfg.model(model), "decode"))
 
 
 def test_bench_commands_for_the_sglang_tools():
@@ -190,7 +252,7 @@ def test_all_shipped_configs_plan():
     for path in CONFIGS.glob("*.json"):
         if path.name == "mi35x.json":
             continue
-        cfg = plan.load_config(path)
+        cfg = slurm.planned(plan.load_config(path))  # a Slurm config's nodes as `sglang-pd plan` shows them
         for m in cfg.model_ids:
             assert plan.plan(cfg, m, run_id="r").processes
 
@@ -238,3 +300,41 @@ def test_the_router_entry_point_follows_the_package():
     assert argv[:4] == ("/opt/smg/bin/python", "-m", "smg", "launch")
     for a in (default, argv):  # smg's default retry of 30 s would hold up every bring-up
         assert a[a.index("--worker-startup-check-interval") + 1] == "1"
+
+
+@pytest.mark.integration
+def test_the_hugepages_precheck_reads_this_hosts_meminfo_and_names_value_and_limit():
+    have = int(re.search(r"^HugePages_Total:\s+(\d+)", open("/proc/meminfo").read(), re.M).group(1))
+
+    def check(hugepages: int) -> tuple[plan.Precheck, subprocess.CompletedProcess]:
+        data = raw("local-sim-2tp4-1tp8.json")
+        data["config"]["kv_transfer"]["mooncake"]["hugepages"] = hugepages
+        dep = plan.plan(config.from_dict(data), "llama-70b", run_id="r")
+        pre = [c for c in dep.prechecks if c.kind == "hugepages"]
+        assert [c.node for c in pre] == ["127.0.0.2", "127.0.0.3"]
+        return pre[0], subprocess.run(pre[0].argv, capture_output=True, text=True, timeout=30)
+
+    pre, done = check(have + 1)
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"HugePages_Total is {have}, the config asks for at least {have + 1}"
+    assert pre.failed == (f"node 127.0.0.2: fewer huge pages than $.config.kv_transfer.mooncake.hugepages "
+                          f"({have + 1}) in /proc/meminfo HugePages_Total")
+    if have:
+        assert check(have)[1].returncode == 0
+
+
+def test_a_load_balance_method_is_planned_only_when_configured_and_in_the_planned_releases_choices():
+    data = raw("pd-dp16-example.json")
+    cfg = config.from_dict(data, user="sgl")
+    assert not any("--load-balance-method" in p.argv for p in plan.plan(cfg, "deepseek-r1", run_id="r").processes)
+    data["benchmark_params"]["deepseek-r1"]["decode"]["load_balance_method"] = "follow_bootstrap_room"
+    dep = plan.plan(config.from_dict(data, user="sgl"), "deepseek-r1", run_id="r")
+    assert [p.argv[p.argv.index("--load-balance-method") + 1] for p in dep.role("decode")] == [
+        "follow_bootstrap_room"] * 2
+    assert "--load-balance-method" not in dep.role("prefill")[0].argv
+    data["config"]["sglang_version"] = "0.5.7"
+    with pytest.raises(config.ConfigError) as info:
+        config.from_dict(data, user="sgl", checks=(plan.plan_problems,))
+    assert [str(p) for p in info.value.problems] == [
+        "$.benchmark_params[\"deepseek-r1\"].decode.load_balance_method: 'follow_bootstrap_room' is not a "
+        "--load-balance-method of sglang 0.5.7 (it has round_robin, decode_round_robin, shortest_queue, minimum_tokens)"]

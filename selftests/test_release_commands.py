@@ -27,13 +27,16 @@ LAYOUTS = {
 
 
 def deployments(release: str | None = None) -> list[plan.Deployment]:
-    """mi35x-example.json in every layout, each model with DP attention too, planned for ``release``."""
+    """mi35x-example.json in every layout, each model with DP attention and a decode-alone test too, planned for
+    ``release``."""
     out = []
     for overrides in LAYOUTS.values():
         data = raw("mi35x-example.json")
         data["config"].update(overrides)
         for model in data["benchmark_params"].values():
             model["dp_attention"] = "8"
+            model["inference_tests"]["decode_alone"] = {"data_set_name": "random", "mode": "decode_alone",
+                                                        "max_concurrency": "1024", "output_length": "1000"}
         cfg = config.from_dict(data, user="sgl")
         out += [plan.plan(cfg, m, run_id="r", sglang_version=release) for m in cfg.model_ids]
     return out
@@ -78,6 +81,12 @@ def test_the_0_5_7_plan_is_accepted_by_0_5_7s_argument_definitions(defs_0_5_7: d
     assert defs_0_5_7["few_shot_gsm8k_url"] == "joined"
     hosts = {a[a.index("--host") + 1] for a in argvs if tool_of(a) == "few_shot_gsm8k"}
     assert hosts == {"http://mi35x-node01"}
+    # decode alone: straight to the first decode worker; 0.5.7's bench_serving has no --fake-prefill
+    alone = [a for d in deps for p in d.bench if p.key.startswith("bench_decode_alone") for a in [p.argv]]
+    assert alone and all("--fake-prefill" not in a and a[a.index("--host") + 1] == d.servers("decode")[0].host
+                         for d, a in zip(deps, alone))
+    assert {a[a.index("--extra-request-body") + 1] for a in alone} == {
+        '{"bootstrap_host": "2.2.2.2", "bootstrap_room": 0}'}
 
 
 def test_0_5_23s_forms_are_refused_by_0_5_7(defs_0_5_7: dict) -> None:
@@ -115,6 +124,9 @@ def test_every_planned_command_is_accepted_by_the_real_0_5_23_parsers() -> None:
     urls = {g["url"] for a, g in zip(argvs, got) if tool_of(a) == "few_shot_gsm8k"}
     assert urls == {f"http://{h}:8000" for h in routers}  # not http://http://...
     assert got[-1]["url"].startswith("http://http://")
+    alone = [(d, a) for d in deps for p in d.bench if p.key.startswith("bench_decode_alone") for a in [p.argv]]
+    assert alone and all("--fake-prefill" in a and a[a.index("--port") + 1] == str(d.servers("decode")[0].port)
+                         for d, a in alone)
 
 
 @pytest.mark.integration
@@ -168,3 +180,56 @@ def test_workers_that_report_another_release_than_planned_fail_the_bring_up(tmp_
                                            r"report 0\.5\.23, prefill workers report 0\.5\.23"):
         with LiveCluster(cfg, plan.plan(cfg, "llama-8b", run_id="r"), tmp_path / "run") as cluster:
             cluster.bring_up(smoke=False)
+
+
+# ------------------------------------------------------------------ the seeds' layouts, as the real parser reads them
+
+SEED_LAYOUTS = ("local-sim-2tp4-1tp8.json", "pd-dp16-example.json")  # 2 x TP4 + 1 x TP8; 1 prefill + DP16 over 2
+
+
+def seed_layout_workers(release: str) -> list[plan.ProcessSpec]:
+    """The worker processes of the seeds' layouts planned for the real engine and ``release``."""
+    out = []
+    for name in SEED_LAYOUTS:
+        data = raw(name)
+        data["config"].update(engine="sglang", runtime="docker", container_image="sglang:placeholder")
+        cfg = config.from_dict(data, user="sgl")
+        out += [p for m in cfg.model_ids for p in plan.plan(cfg, m, run_id="r", sglang_version=release).processes
+                if p.role != "router"]
+    return out
+
+
+def test_the_seed_layouts_in_0_5_7s_form_are_accepted_by_0_5_7s_definitions(defs_0_5_7: dict) -> None:
+    workers = seed_layout_workers("0.5.7")
+    assert errors_0_5_7(defs_0_5_7, [p.argv for p in workers]) == []
+    dp16 = [p.argv for p in workers if "--dp-size" in p.argv]
+    assert dp16 and all(a[a.index("--dp-size") + 1] == "16" and "--enable-dp-attention" in a for a in dp16)
+
+
+# SGLang's own reading of --disaggregation-ib-device: which NICs each GPU of each planned worker gets
+_IB_DEVICES_PER_GPU = """
+import json, sys
+from sglang.srt.distributed.device_communicators.mooncake_transfer_engine import get_ib_devices_for_gpu
+print(json.dumps([{str(g): get_ib_devices_for_gpu(value, g) for g in gpus} for value, gpus in json.load(sys.stdin)]))
+"""
+
+
+@pytest.mark.integration
+def test_the_seed_layouts_are_accepted_by_the_real_0_5_23_parser_and_its_ib_device_reading() -> None:
+    workers = seed_layout_workers("0.5.23")
+    got = parse_with_real_sglang([p.argv for p in workers])
+    assert [(p.key, g["error"]) for p, g in zip(workers, got) if g["error"]] == []
+    values = [(p.argv[p.argv.index("--disaggregation-ib-device") + 1], list(p.gpus)) for p in workers]
+    done = subprocess.run([tools_python(), "-c", _IB_DEVICES_PER_GPU], input=json.dumps(values), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    per_gpu = json.loads(done.stdout)
+    prefills = [(p, nics) for p, nics in zip(workers, per_gpu) if p.role == "prefill" and p.node == "127.0.0.2"]
+    assert [p.gpus for p, _ in prefills] == [(0, 1, 2, 3), (4, 5, 6, 7)]  # the two TP4 instances of one node
+    assert [sorted(nics.values()) for _, nics in prefills] == [[f"mlx5_{g}" for g in range(4)],
+                                                               [f"mlx5_{g}" for g in range(4, 8)]]
+    for p, nics in zip(workers, per_gpu):
+        assert sorted(nics.values()) == sorted(p.nics), p.key  # what SGLang reads is what the plan shows
+    decode = [p for p in workers if p.role == "decode" and "--attn-dp-size" in p.argv]
+    assert [(p.node, p.argv[p.argv.index("--node-rank") + 1]) for p in decode] == [("dp-node02", "0"),
+                                                                                   ("dp-node03", "1")]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import secrets
 import time
 import uuid
@@ -214,6 +216,8 @@ def test_docker_prepare_start_stop_teardown_leaves_no_container(docker_runtime, 
     while "in=" not in docker_runtime.log_tail(rp) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert docker_runtime.log_tail(rp) == "in=yes role=prefill token=22\n"  # log read on the node (bind mount)
+    # the node's own pid of the process: its status is read on the node, no docker exec per poll
+    assert rp.node_pid != rp.pid and "sleep" in Path(f"/proc/{rp.node_pid}/cmdline").read_text()
     assert docker_runtime.exit_code(rp) is None
     docker_runtime.stop(rp, grace_s=5)
     assert docker_runtime.exit_code(rp) == 143
@@ -228,6 +232,8 @@ def test_docker_prepare_start_stop_teardown_leaves_no_container(docker_runtime, 
     docker_runtime.teardown()
     assert containers_of_run(docker_engine, run_id) == []
     docker_runtime.teardown()  # idempotent
+    # without the node pid the status is asked in the container; once it is gone, what the node has recorded
+    assert docker_runtime.exit_code(dataclasses.replace(rp, node_pid=None)) == 143
 
 
 def test_docker_log_outside_a_bind_mount_is_a_clear_error(docker_runtime, sim_base_image, run_id, tmp_path):

@@ -208,7 +208,7 @@ def test_scheduler_reports_the_decode_batches_it_ran_as_sim_metrics():
         sum(b * model.decode_step_seconds(b, c) for b, c in _decode_steps()) /
         sum(model.decode_step_seconds(b, c) for b, c in _decode_steps()))
     metrics = WorkerMetrics("null", "m", "none")
-    metrics.watch_batches(lambda: scheduler.batches)
+    metrics.watch_batches(lambda: [scheduler.batches])
     samples = [s for s in prom.parse(metrics.render({})) if s.labels.get("forward_mode") == "decode"]
     values = {s.name: s.value for s in samples}
     assert values["sim_forward_steps_total"] == 7 and values["sim_forward_batch_reqs_squared_total"] == 37

@@ -63,6 +63,21 @@ def test_an_idle_cluster_is_no_stall_and_progress_resets_the_bound():
     assert watch.check().startswith(f"stall: decode {DECODE} on node 127.0.0.1 holds 4 request(s) in its running requests")
 
 
+def test_tokens_streamed_to_the_client_are_progress_while_the_workers_counters_stand_still():
+    watch = _watch()
+    watch.workers[1].metrics.update(running=4.0)  # requests held, generation_tokens frozen (e.g. /metrics lagging)
+    assert watch.check() is None
+    for _ in range(4):
+        time.sleep(watch.stall_s * 0.6)
+        watch.streamed(2)
+        assert watch.check() is None
+    time.sleep(watch.stall_s * 2)
+    cause = watch.check()
+    assert cause.startswith(f"stall: decode {DECODE} on node 127.0.0.1 holds 4 request(s)")
+    assert "nothing streamed, nothing generated and no request completed for" in cause.splitlines()[0]
+    assert "    client: 0 request(s) completed, 8 output token(s) streamed" in cause
+
+
 def test_a_worker_not_answering_health_is_named_with_when_it_stopped():
     watch = _watch(stall_s=60)
     decode = watch.workers[1]

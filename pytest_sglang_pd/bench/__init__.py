@@ -7,26 +7,28 @@ from pathlib import Path
 from .. import prom
 from ..config import InferenceCase
 from . import builtin, pd_metrics, sglang_tools
-from .builtin import Progress
+from .builtin import Progress, Streamed
 from .result import BenchResult, RequestRecord, combine, undilate
 from .sglang_tools import BenchToolError
 from .target import BenchTarget
 
-__all__ = ["BenchResult", "BenchTarget", "BenchToolError", "Progress", "RequestRecord", "combine", "run_benchmark"]
+__all__ = ["BenchResult", "BenchTarget", "BenchToolError", "Progress", "RequestRecord", "Streamed", "combine", "run_benchmark"]
 
 
 def run_benchmark(target: BenchTarget, case: InferenceCase, *, timeout_s: float, artifacts_dir: Path,
-                  progress: Progress | None = None, time_dilation: float = 1.0) -> BenchResult:
+                  progress: Progress | None = None, streamed: Streamed | None = None,
+                  time_dilation: float = 1.0) -> BenchResult:
     """Run ``case`` against ``target`` with the tool its test names (bench_client builtin | sglang), then add what
     the workers' and the router's metrics say of the PD path (``pd_metrics``). It stops as soon as the cluster watch
-    finds the target broken (``target.broken``). On a time-dilated simulator (its clock ``time_dilation`` times
-    slower) every time figure is rescaled to modelled time (``undilate``)."""
-    return undilate(_measure(target, case, timeout_s=timeout_s, artifacts_dir=artifacts_dir, progress=progress),
-                    time_dilation)
+    finds the target broken (``target.broken``). ``streamed`` is told the output tokens as the client receives them
+(the builtin client; SGLang's tools report nothing until they end). On a time-dilated simulator (its clock
+    ``time_dilation`` times slower) every time figure is rescaled to modelled time (``undilate``)."""
+    return undilate(_measure(target, case, timeout_s=timeout_s, artifacts_dir=artifacts_dir, progress=progress,
+                             streamed=streamed), time_dilation)
 
 
 def _measure(target: BenchTarget, case: InferenceCase, *, timeout_s: float, artifacts_dir: Path,
-             progress: Progress | None) -> BenchResult:
+             progress: Progress | None, streamed: Streamed | None) -> BenchResult:
     test = case.test
     nic_counters = getattr(target, "nic_error_counters", dict)  # RDMA port error counters (real clusters)
     router_url = getattr(target, "router_metrics_url", None)
@@ -37,8 +39,9 @@ def _measure(target: BenchTarget, case: InferenceCase, *, timeout_s: float, arti
     before, nic_before = workers(), nic_counters()
     router_before = prom.router_metrics(router_url) if router_url else None
     if test.bench_client == "builtin":
-        result = builtin.run(target.router_url, test, case.concurrency, timeout_s=timeout_s, progress=progress,
-                             stop=lambda: target.broken is not None)
+        url = target.worker_urls["decode"][0] if test.decode_alone else target.router_url
+        result = builtin.run(url, test, case.concurrency, timeout_s=timeout_s, progress=progress,
+                             stop=lambda: target.broken is not None, streamed=streamed)
     else:
         result = sglang_tools.run(target, test, case.concurrency, timeout_s=timeout_s, artifacts_dir=artifacts_dir)
     result.router = target.router_version
@@ -54,7 +57,8 @@ def _measure(target: BenchTarget, case: InferenceCase, *, timeout_s: float, arti
     pd_metrics.per_prefill(before, after, result)
     found = {**pd_metrics.kv_metrics(before, after), **pd_metrics.cache_metrics(before, after),
              **pd_metrics.router_metrics(router_before, router_after, result),
-             **pd_metrics.idle_workers(before, after, (router_after or {}).get("requests"), result.errors),
+             **({} if test.decode_alone else  # decode alone: the prefill and the other decodes idle by design
+                pd_metrics.idle_workers(before, after, (router_after or {}).get("requests"), result.errors)),
              **pd_metrics.queue_leaks(workers, result.errors)}
     result.metrics.update({k: v for k, v in found.items() if k not in result.metrics})
     result.metrics.update(nic_metrics(nic_before, nic_counters(), result.errors))

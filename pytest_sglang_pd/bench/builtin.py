@@ -1,5 +1,6 @@
 """The builtin benchmark client (asyncio + aiohttp): streams /generate through the router like
-bench_serving's ``--backend sglang`` and measures every request, failures included."""
+bench_serving's ``--backend sglang`` and measures every request, failures included. A decode-alone test goes
+straight to a decode worker with SGLang's fake bootstrap host, as bench_serving's ``--fake-prefill`` does."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ from typing import Callable
 
 import aiohttp
 
-from .. import __version__, sse
+from .. import __version__, releases, sse
 from ..config import InferenceTest
 from . import steady_state
 from .result import TRUNCATED, BenchResult, RequestRecord, aggregate, first_errors
 from .workloads import INVALID_ANSWER, Prompt, answer_value, prompts_for
 
 Progress = Callable[[int, int, float], None]  # (completed or failed so far, total, elapsed seconds)
+Streamed = Callable[[int], None]  # told the output tokens each stream delivered, as they arrive
 Stop = Callable[[], bool]  # true once the benchmark must end now (the cluster watch found a cause)
 STOP_POLL_S = 0.5
 ERROR_BODY_CHARS = 300
@@ -30,16 +32,20 @@ def _abort_message(finish_reason: object) -> str | None:
     return None
 
 
-async def send_request(session: aiohttp.ClientSession, url: str, prompt: Prompt) -> RequestRecord:
+FAKE_PREFILL = {"bootstrap_host": releases.FAKE_BOOTSTRAP_HOST, "bootstrap_room": 0}  # bench_serving --fake-prefill
+
+
+async def send_request(session: aiohttp.ClientSession, url: str, prompt: Prompt, extra: dict | None = None,
+                       streamed: Streamed | None = None) -> RequestRecord:
     """One streamed /generate; TTFT at the first chunk with text, ITL spread over the new tokens of
     each later chunk, token counts from the server's meta_info. A stream cut short (its connection closed
     or reset before ``[DONE]``) is a failed request whose error says so (``result.TRUNCATED``)."""
     sampling = {"max_new_tokens": prompt.max_new_tokens, "temperature": 0.0, "ignore_eos": prompt.ignore_eos}
     if prompt.stop:
         sampling["stop"] = list(prompt.stop)
-    body = {"text": prompt.text, "sampling_params": sampling, "stream": True}
+    body = {"text": prompt.text, "sampling_params": sampling, "stream": True, **(extra or {})}
     record = RequestRecord(success=False, start_s=time.perf_counter())
-    stream = _Stream(record, record.start_s)
+    stream = _Stream(record, record.start_s, streamed)
     try:
         async with session.post(f"{url}/generate", json=body) as resp:
             if resp.status != 200:
@@ -82,8 +88,8 @@ def _truncated(url: str, tokens: int, cause: str) -> str:
 class _Stream:
     """What one request's stream has delivered so far: meta_info, tokens, timings, its ``[DONE]``."""
 
-    def __init__(self, record: RequestRecord, start: float) -> None:
-        self.record, self.start, self.last_time = record, start, start
+    def __init__(self, record: RequestRecord, start: float, streamed: Streamed | None = None) -> None:
+        self.record, self.start, self.last_time, self.streamed = record, start, start, streamed
         self.tokens, self.meta, self.done = 0, {}, False
 
     def take(self, events: list[bytes]) -> bool:
@@ -110,19 +116,22 @@ class _Stream:
                 record.itl_s.extend([(now - self.last_time) / new_tokens] * new_tokens)
             else:
                 continue
+            if self.streamed is not None and tokens > self.tokens:
+                self.streamed(tokens - self.tokens)
             self.last_time, self.tokens = now, tokens
         return True
 
 
 async def _run_all(url: str, prompts: list[Prompt], concurrency: int, request_rate: float, seed: int,
-                   warmup: int, timeout_s: float, progress: Progress | None,
-                   stop: Stop) -> tuple[list[RequestRecord], float, list[str]]:
+                   warmup: int, timeout_s: float, progress: Progress | None, stop: Stop, extra: dict | None,
+                   streamed: Streamed | None) -> tuple[list[RequestRecord], float, list[str]]:
     timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=30)
     warnings: list[str] = []
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
         for _ in range(warmup if prompts else 0):
             w = prompts[0]
-            record = await send_request(session, url, Prompt(w.text, min(w.max_new_tokens, 16), w.ignore_eos, w.stop))
+            record = await send_request(session, url, Prompt(w.text, min(w.max_new_tokens, 16), w.ignore_eos, w.stop),
+                                        extra)
             if not record.success:
                 warnings.append(f"warmup request failed: {record.error}")
         records: list[RequestRecord | None] = [None] * len(prompts)
@@ -134,7 +143,7 @@ async def _run_all(url: str, prompts: list[Prompt], concurrency: int, request_ra
         async def one(index: int, prompt: Prompt) -> None:
             nonlocal done
             async with limit:
-                records[index] = await send_request(session, url, prompt)
+                records[index] = await send_request(session, url, prompt, extra, streamed)
             done += 1
             if progress is not None:
                 progress(done, len(prompts), time.perf_counter() - start)
@@ -158,20 +167,24 @@ async def _run_all(url: str, prompts: list[Prompt], concurrency: int, request_ra
     return [r if r is not None else unfinished for r in records], duration, warnings
 
 
-def run(router_url: str, test: InferenceTest, concurrency: int, *, timeout_s: float,
-        progress: Progress | None = None, stop: Stop = lambda: False) -> BenchResult:
-    """Run ``test`` at ``concurrency`` against ``router_url``; gsm8k-shaped tests also score answers."""
+def run(url: str, test: InferenceTest, concurrency: int, *, timeout_s: float, progress: Progress | None = None,
+        stop: Stop = lambda: False, streamed: Streamed | None = None) -> BenchResult:
+    """Run ``test`` at ``concurrency`` against ``url`` (the router; a decode worker for a decode-alone test);
+    gsm8k-shaped tests also score answers; ``streamed`` is told the output tokens as they arrive (the cluster
+    watch's progress)."""
     prompts = prompts_for(test)
-    url = router_url.rstrip("/")
+    url = url.rstrip("/")
     records, duration, warnings = asyncio.run(_run_all(
-        url, prompts, concurrency, test.request_rate, test.seed, test.warmup_requests, timeout_s, progress, stop))
+        url, prompts, concurrency, test.request_rate, test.seed, test.warmup_requests, timeout_s, progress, stop,
+        FAKE_PREFILL if test.decode_alone else None, streamed))
     metrics, totals = aggregate(records, duration)
     metrics.update(steady_state.figures(records, test.steady_state_ratio))
     if test.kind == "gsm8k":
         metrics.update(score_answers(prompts, records, duration))
     workload = "gsm8k" if test.kind == "gsm8k" else test.dataset
     rate = "inf" if math.isinf(test.request_rate) else f"{test.request_rate:g}"
-    command = (f"builtin client: POST {url}/generate (stream), {workload}, {len(prompts)} requests, "
+    fake = ", fake prefill (decode alone)" if test.decode_alone else ""
+    command = (f"builtin client: POST {url}/generate (stream{fake}), {workload}, {len(prompts)} requests, "
                f"max concurrency {concurrency}, request rate {rate}/s, seed {test.seed}, warmup {test.warmup_requests}")
     return BenchResult(tool="builtin", metrics=metrics, num_requests=len(prompts), records=records, totals=totals,
                        errors=warnings + first_errors(records), command=command, tool_version=__version__)

@@ -21,9 +21,12 @@ import jsonschema
 import yaml
 
 from .. import metrics, nic
-from .keys import (ARGS, CSV, INT, INT_OR_LIST, LIST_MAP, NODES, NUMBER, OBJECT, PERCENT, RATE, RELEASE, STRING,
-                   STRING_MAP, TEXT, Key, Problem, choice, count, json_path, key, port, read, to_float, to_percent)
+from .keys import (ARGS, BOOL_OR_INT, CSV, INT, INT_OR_LIST, LIST_MAP, NODES, NUMBER, OBJECT, PERCENT, RATE, RELEASE,
+                   STRING, STRING_MAP, TEXT, Key, Kind, Problem, choice, count, json_path, key, port, read, to_float,
+                   to_percent)
 from . import keys as keys_mod
+from .layout import (LOAD_BALANCE_METHODS, ROLES, SYSFS, Layout, MooncakeSettings, RoleSettings, device_map_problems,
+                     key_path, layout_problems, read_mooncake_json, resolve, translate_mooncake_json)
 
 PLACEHOLDER = "<changeme>"
 USER_TOKEN = "{user-id}"
@@ -115,12 +118,20 @@ class InferenceTest:
     max_cv_pct: float | None = key("max_cv_pct", None, PERCENT, "a gated metric whose coefficient of variation over "
                                    "the repeats exceeds this fails as unstable (needs repeats >= 2)", minimum=0,
                                    default_doc="unset: not checked")
+    mode: str = key("mode", "pd", choice("pd", "decode_alone"),
+                    "pd: requests through the router, prefill -> decode; decode_alone: straight to the first decode "
+                    "worker with SGLang's fake bootstrap host (bench_serving --fake-prefill), so no prefill computes and "
+                    "no KV moves: decode measured alone, at a batch as large as max_concurrency (bench_serving only)")
     thresholds: tuple[Threshold, ...] = ()
     unbounded: bool = False  # bench_serving without --max-concurrency: every prompt at once (the seed's meaning)
 
     @property
     def is_sweep(self) -> bool:
         return len(self.max_concurrency) > 1
+
+    @property
+    def decode_alone(self) -> bool:
+        return self.mode == "decode_alone"
 
 
 @dataclass(frozen=True)
@@ -141,8 +152,19 @@ class ModelConfig:
     tokenizer: str | None = key("tokenizer", None, TEXT, "bench_serving --tokenizer: a tokenizer folder on the "
                                 "benchmark node; HF_HUB_OFFLINE=1 for the tools only when it is a local folder",
                                 default_doc="the model path the workers load")
-    dp_attention: int | None = count("dp_attention", None, f"DP attention ranks per worker instance: {WORKER_ARGV} "
-                                     "--attn-dp-size N (0.5.23) or --dp-size N --enable-dp-attention (0.5.7)")
+    dp_size: int | None = count("dp_size", None, f"DP ranks of each worker instance: {WORKER_ARGV} --attn-dp-size "
+                                "(dp_attention) or --dp-size (replicas)", default_doc="1")
+    dp_attention: bool | int | None = key("dp_attention", None, BOOL_OR_INT, "DP attention over dp_size ranks inside "
+                                          f"the TP group: {WORKER_ARGV} --attn-dp-size N (0.5.23) or --dp-size N "
+                                          "--enable-dp-attention (0.5.7); an integer N: dp_size N with DP attention",
+                                          minimum=1, default_doc="false")
+    load_balance_method: str | None = key("load_balance_method", None, choice(*LOAD_BALANCE_METHODS),
+                                          f"{WORKER_ARGV} --load-balance-method (which DP rank takes a request; "
+                                          "the choices of the planned release)",
+                                          default_doc="unset: SGLang's auto (follow_bootstrap_room on a prefill, "
+                                          "round_robin on a decode)")
+    prefill: RoleSettings = key("prefill", section=RoleSettings)
+    decode: RoleSettings = key("decode", section=RoleSettings)
     inference_poll_iterations: int = count(
         "inference_poll_iterations", 16, "",
         ignored="the suite follows each benchmark's own process and bounds it by config.timeouts.benchmark_s "
@@ -156,6 +178,10 @@ class ModelConfig:
                                         "simulator --sim-model-profile (else told from the model path)")
     tests: tuple[InferenceTest, ...] = ()
 
+    def layout(self, role: str) -> Layout:
+        """The role's parallelism, instances per node and DP: its section over the model's keys."""
+        return resolve(role, getattr(self, role), self)
+
 
 @dataclass(frozen=True)
 class SSHSettings:
@@ -165,6 +191,43 @@ class SSHSettings:
     port: int | None = port("port", None, "the SSH port", default_doc="~/.ssh/config, else 22")
     connect_timeout: float = key("connect_timeout", 10.0, NUMBER, "seconds to open a connection",
                                  minimum=0, exclusive_minimum=True)
+
+
+SLURM_DEFAULT = "required; with transport slurm: from the allocation (docs/slurm.md)"
+_SLURM_TIME = Kind("Slurm time", {"type": "string", "pattern": r"^([0-9]+-)?[0-9]+(:[0-9]+){0,2}$"}, str,
+                   'a Slurm time limit: minutes, "MM:SS", "HH:MM:SS" or "D-HH[:MM[:SS]]" (sbatch --time)')
+_JOB_ID = Kind("job id", {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": r"^[0-9]+$"}]},
+               lambda v: str(v).strip(), "a Slurm job id such as 4242")
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    """How the run gets its nodes from Slurm (transport slurm): an allocation it is in, is given, or makes."""
+
+    partition: str | None = key("partition", None, TEXT, "sbatch --partition of the allocation the suite makes",
+                                default_doc="the cluster's default partition")
+    account: str | None = key("account", None, TEXT, "sbatch --account of the allocation the suite makes")
+    time_limit: str | None = key("time_limit", None, _SLURM_TIME, "sbatch --time of the allocation the suite makes",
+                                 default_doc="the partition's default")
+    nodes: int | None = count("nodes", None, "sbatch --nodes of the allocation the suite makes (at least the "
+                              "nodes the roles need)", default_doc="1 router node + the prefill and decode nodes")
+    prefill_nodes: int = count("prefill_nodes", 1, "prefill nodes taken from the allocation when "
+                               "prefill_node_list is omitted (xP: nodes 2..xP+1)")
+    decode_nodes: int = count("decode_nodes", 1, "decode nodes taken from the allocation when decode_node_list "
+                              "is omitted (yD: the nodes after the prefill nodes)")
+    job_id: str | None = key("job_id", None, _JOB_ID, "an existing allocation to run in (the suite never "
+                             "cancels it)", default_doc="$SLURM_JOB_ID inside an allocation, else the suite allocates")
+    extra_args: tuple[str, ...] = key("extra_args", (), ARGS, "more sbatch arguments of the allocation the suite "
+                                      "makes (--gres=gpu:8, --exclusive, --reservation=R, ...)")
+    queue_timeout_s: float = key("queue_timeout_s", 3600.0, NUMBER, "how long the allocation the suite makes may "
+                                 "wait in the queue before the run fails (and cancels it)", minimum=0,
+                                 exclusive_minimum=True)
+    containers: str = key("containers", "docker", choice("docker", "pyxis"), "how runtime docker's containers start: "
+                          "docker run through an srun step, or pyxis/enroot (srun --container-image; planned and "
+                          "shown by sglang-pd plan, not started by this release)")
+    # filled in when the nodes are known (slurm.allocation), never read from the file
+    node_names: Mapping[str, str] = dataclasses.field(default_factory=dict)  # node address -> Slurm node name
+    owned: bool = False  # the suite made the allocation: it releases it
 
 
 @dataclass(frozen=True)
@@ -180,6 +243,7 @@ class KVTransferSettings:
     min_gbps: float | None = key("min_gbps", None, NUMBER, "floor of the GB/s each prefill -> decode pair moves a "
                                  "payload at through the engine before the benchmarks (recorded always; "
                                  "unset: not gated)", minimum=0, exclusive_minimum=True)
+    mooncake: MooncakeSettings = key("mooncake", section=MooncakeSettings)
 
 
 @dataclass(frozen=True)
@@ -239,14 +303,14 @@ class RouterSettings:
 class ClusterConfig:
     EXTRA_KEYS = (port("proxy_router_serv_port", None, "must equal proxy_router_port (the seed format names "
                                                        "the one router port twice)").metadata["key"],)
-    prefill_nodes: tuple[str, ...] = key("prefill_node_list", kind=NODES, effect="one prefill instance per node "
-                                         "(per_node) or one over all (multi_node)", required=True)
-    decode_nodes: tuple[str, ...] = key("decode_node_list", kind=NODES, effect="the decode instances, likewise",
-                                        required=True)
-    router_node: str = key("proxy_router_node", kind=TEXT, effect="where the router runs", required=True)
     prefill_port: int = port("prefill_serv_port", dataclasses.MISSING, f"prefill {WORKER_ARGV} --port", required=True)
     decode_port: int = port("decode_serv_port", dataclasses.MISSING, f"decode {WORKER_ARGV} --port", required=True)
     router_port: int = port("proxy_router_port", dataclasses.MISSING, "router --port", required=True)
+    prefill_nodes: tuple[str, ...] = key("prefill_node_list", (), NODES, "one prefill instance per node "
+                                         "(per_node) or one over all (multi_node)", default_doc=SLURM_DEFAULT)
+    decode_nodes: tuple[str, ...] = key("decode_node_list", (), NODES, "the decode instances, likewise",
+                                        default_doc=SLURM_DEFAULT)
+    router_node: str = key("proxy_router_node", None, TEXT, "where the router runs", default_doc=SLURM_DEFAULT)
     source: str = "<config>"
     models: tuple[ModelConfig, ...] = ()
     warnings: tuple[Problem, ...] = ()  # keys read but not honoured
@@ -285,7 +349,8 @@ class ClusterConfig:
                       "sglang.launch_server")
     runtime: str = key("runtime", "docker", choice("docker", "process"), "process: plain processes instead of "
                        "one container per logical node")
-    transport: str = key("transport", "ssh", choice("ssh", "local"), "local: every node is this machine")
+    transport: str = key("transport", "ssh", choice("ssh", "local", "slurm"), "local: every node is this machine; "
+                         "slurm: every command runs as an srun step of the run's allocation (docs/slurm.md)")
     bench_client: str = key("bench_client", "sglang", choice("sglang", "builtin"), "the tests' default bench_client",
                             default_doc="builtin with engine sim, else sglang")
     python: str | None = key("python", None, STRING, "the python of every planned process",
@@ -297,6 +362,7 @@ class ClusterConfig:
                                      "flags); a probed release that differs is an error",
                                      default_doc="probed from the nodes' python or image before the workers start")
     ssh: SSHSettings = key("ssh", section=SSHSettings)
+    slurm: SlurmSettings = key("slurm", section=SlurmSettings)
     kv_transfer: KVTransferSettings = key("kv_transfer", section=KVTransferSettings)
     instance_layout: str = key("instance_layout", "per_node", choice("per_node", "multi_node"),
                                "per_node: each node an instance of TP = tensor_parallelism; multi_node: each "
@@ -552,9 +618,7 @@ def _build(raw: dict, source: str) -> tuple[ClusterConfig, list[Problem]]:
     values = read(ClusterConfig, c, "$.config", problems)
     bench_client = values["bench_client"] if c.get("bench_client") else (
         "builtin" if values["engine"] == "sim" else "sglang")
-    kv = values["kv_transfer"]
-    if not (c.get("kv_transfer") or {}).get("ib_devices"):
-        kv = dataclasses.replace(kv, ib_devices=values["nccl_ib_hca"] or values["nccl_ib_hca_list"])
+    kv, mooncake_warnings = _kv_transfer(values, c, source, problems)
     ssh = values["ssh"]
     if ssh.key_file:
         ssh = dataclasses.replace(ssh, key_file=os.path.expanduser(ssh.key_file))
@@ -568,12 +632,37 @@ def _build(raw: dict, source: str) -> tuple[ClusterConfig, list[Problem]]:
     cfg = ClusterConfig(**{**values, "source": source, "bench_client": bench_client, "kv_transfer": kv, "ssh": ssh,
                            "benchmark_node": values["benchmark_node"] or values["router_node"],
                            "models": tuple(models)})
-    cfg = dataclasses.replace(cfg, warnings=tuple(ignored_keys(raw) + nic_warnings(cfg) + capacity_warnings(cfg)))
+    cfg = dataclasses.replace(cfg, warnings=tuple(ignored_keys(raw) + nic_warnings(cfg) + capacity_warnings(cfg)
+                                                  + mooncake_warnings))
     if serv_port is not None and serv_port != cfg.router_port:
         problems.append(Problem("$.config.proxy_router_serv_port",
                                 f"{serv_port} differs from proxy_router_port {cfg.router_port}: "
                                 "both name the one port the router serves on"))
     return cfg, problems
+
+
+def _kv_transfer(values: dict, c: Mapping, source: str,
+                 problems: list[Problem]) -> tuple[KVTransferSettings, list[Problem]]:
+    """kv_transfer with its defaults filled in: ib_devices from nccl_ib_hca; a mooncake_json translated into the
+    keys SGLang's PD path reads (what it sets explicitly wins). Returns the warnings of that translation."""
+    kv = values["kv_transfer"]
+    raw_kv = c.get("kv_transfer") or {}
+    path = "$.config.kv_transfer.mooncake"
+    problems += device_map_problems(kv.mooncake.device_map, f"{path}.device_map")
+    warnings: list[Problem] = []
+    if raw_kv.get("mooncake") and kv.backend not in ("mooncake", "mooncake_tcp"):
+        warnings.append(Problem(path, f"is set, but kv_transfer.backend is {kv.backend!r}: not used"))
+    ib_devices = kv.ib_devices if raw_kv.get("ib_devices") else ()
+    if kv.mooncake.mooncake_json is not None:
+        data, read_problems = read_mooncake_json(kv.mooncake.mooncake_json, Path(source).resolve().parent,
+                                                 f"{path}.mooncake_json")
+        translated, more, said = translate_mooncake_json(data, f"{path}.mooncake_json")
+        problems += read_problems + more
+        warnings += said
+        ib_devices = ib_devices or translated.get("ib_devices", ())
+        if kv.mooncake.protocol is None and "protocol" in translated:
+            kv = dataclasses.replace(kv, mooncake=dataclasses.replace(kv.mooncake, protocol=translated["protocol"]))
+    return dataclasses.replace(kv, ib_devices=ib_devices or values["nccl_ib_hca"] or values["nccl_ib_hca_list"]), warnings
 
 
 def ignored_keys(raw: Mapping) -> list[Problem]:
@@ -688,28 +777,43 @@ def _thresholds(expected: Mapping, dtype: str, path: str) -> tuple[tuple[Thresho
 
 
 # --------------------------------------------------------------------------------------- cross-field
-def _gpu_budget_problems(cfg: ClusterConfig) -> list[Problem]:
-    """A node listed again whose instances need more GPUs than it has: named at the entry that overflows it."""
-    out = []
-    seen: dict[str, int] = {}  # node -> instances so far
-    for role, nodes in (("prefill", cfg.prefill_nodes), ("decode", cfg.decode_nodes)):
-        for i, node in enumerate(nodes):
-            seen[node] = seen.get(node, 0) + 1
-            over = [m for m in cfg.models if seen[node] > 1 and seen[node] * m.tensor_parallelism > cfg.gpus_per_node]
-            if over:
-                tps = ", ".join(f"{m.id} tensor_parallelism {m.tensor_parallelism}" for m in over)
-                out.append(Problem(f"$.config.{role}_node_list[{i}]",
-                                   f"node {node} is listed again: {seen[node]} instances there need "
-                                   f"{max(seen[node] * m.tensor_parallelism for m in over)} GPUs ({tps}), "
-                                   f"gpus_per_node is {cfg.gpus_per_node}"))
-    return out
+def slurm_nodes_needed(cfg: ClusterConfig) -> int:
+    """Nodes a Slurm run needs: those the config names, 1 router node when it names none, and slurm.prefill_nodes /
+    slurm.decode_nodes where the node lists are omitted."""
+    s = cfg.slurm
+    named = {*cfg.prefill_nodes, *cfg.decode_nodes, *filter(None, [cfg.router_node])}
+    return len(named) + (0 if cfg.router_node else 1) + (0 if cfg.prefill_nodes else s.prefill_nodes) + \
+        (0 if cfg.decode_nodes else s.decode_nodes)
+
+
+def _slurm_problems(cfg: ClusterConfig) -> list[Problem]:
+    """A slurm section without transport slurm; an allocation too small for the nodes the roles need."""
+    c = "$.config.slurm"
+    if cfg.transport != "slurm":
+        return [Problem(c, f"is read only with \"transport\": \"slurm\" (transport is {cfg.transport!r})")] \
+            if cfg.slurm != SlurmSettings() else []
+    s = cfg.slurm
+    needed = slurm_nodes_needed(cfg)
+    if s.containers == "pyxis" and cfg.runtime != "docker":
+        return [Problem(f"{c}.containers", f"pyxis starts the containers of runtime docker; runtime is {cfg.runtime!r}")]
+    if s.nodes is not None and s.nodes < needed:
+        return [Problem(f"{c}.nodes", f"{s.nodes} is fewer than the {needed} nodes the roles need "
+                                      "(1 router node + the prefill and decode nodes)")]
+    return []
 
 
 def cross_field_problems(cfg: ClusterConfig) -> list[Problem]:
     """Problems between fields; those that need the plan (two services on one port) are plan.plan_problems."""
     c = "$.config"
     problems: list[Problem] = []
-    if cfg.nnodes is not None and cfg.nnodes != len(cfg.prefill_nodes) + len(cfg.decode_nodes):
+    if cfg.transport != "slurm":
+        for name, value in (("prefill_node_list", cfg.prefill_nodes), ("decode_node_list", cfg.decode_nodes),
+                            ("proxy_router_node", cfg.router_node)):
+            if not value:
+                problems.append(Problem(f"{c}.{name}", "is required but missing (only with \"transport\": "
+                                                       "\"slurm\" do the nodes come from the allocation)"))
+    problems += _slurm_problems(cfg)
+    if cfg.nnodes is not None and cfg.prefill_nodes and cfg.nnodes != len(cfg.prefill_nodes) + len(cfg.decode_nodes):
         problems.append(Problem(f"{c}.nnodes", f"{cfg.nnodes} does not match the node lists: "
                                                f"{len(cfg.prefill_nodes)} prefill + {len(cfg.decode_nodes)} decode = "
                                                f"{len(cfg.prefill_nodes) + len(cfg.decode_nodes)}"))
@@ -720,8 +824,7 @@ def cross_field_problems(cfg: ClusterConfig) -> list[Problem]:
             if len(nodes) > 1 and not getattr(cfg, f"{role}_coordinator_addr"):
                 problems.append(Problem(f"{c}.{role}_coordinator_addr",
                                         f"multi_node layout with {len(nodes)} {role} nodes needs a coordinator address"))
-    if not cfg.simulated and cfg.instance_layout == "per_node":
-        problems += _gpu_budget_problems(cfg)
+    problems += layout_problems(cfg)
     if cfg.transport == "ssh" and cfg.ssh.key_file and not os.path.isfile(cfg.ssh.key_file):
         problems.append(Problem(f"{c}.ssh.key_file", f"{cfg.ssh.key_file}: no such file on this machine "
                                 "(the private key the suite logs in with)"))
@@ -742,12 +845,10 @@ def cross_field_problems(cfg: ClusterConfig) -> list[Problem]:
         mpath = json_path("$.benchmark_params", m.id)
         if not _ID_PATTERN.match(m.id):
             problems.append(Problem(mpath, f"model id {m.id!r} cannot be used in test ids: use letters, digits, '.', '_' or '-'"))
-        if m.tensor_parallelism > cfg.gpus_per_node:
-            problems.append(Problem(f"{mpath}.tensor_parallelism",
-                                    f"{m.tensor_parallelism} does not fit gpus_per_node {cfg.gpus_per_node}"))
         for role in ("prefill", "decode"):
             nodes = cfg.prefill_nodes if role == "prefill" else cfg.decode_nodes
-            n = 1 if cfg.instance_layout == "multi_node" else len(nodes)
+            count = len(nodes) or (getattr(cfg.slurm, f"{role}_nodes") if cfg.transport == "slurm" else 0)
+            n = 1 if cfg.instance_layout == "multi_node" else count * m.layout(role).instances_per_node
             if getattr(m, f"{role}_policy") == "power_of_two" and n < 2:
                 problems.append(Problem(f"{mpath}.{role}_policy",
                                         f"power_of_two needs at least 2 {role} instances, the config has {n}"))
@@ -757,6 +858,9 @@ def cross_field_problems(cfg: ClusterConfig) -> list[Problem]:
                 problems.append(Problem(tpath, f"test name {t.name!r} cannot be used in test ids"))
             if len(set(t.max_concurrency)) != len(t.max_concurrency):
                 problems.append(Problem(f"{tpath}.max_concurrency", "lists a value twice"))
+            if t.decode_alone and t.kind == "gsm8k":
+                problems.append(Problem(f"{tpath}.mode", "decode_alone measures decode throughput with bench_serving "
+                                                         "workloads; a gsm8k test needs its prefill (mode pd)"))
     return problems
 
 

@@ -45,6 +45,24 @@ def to_csv(v: Any) -> tuple[str, ...]:
     return tuple(s.strip() for s in items if str(s).strip())
 
 
+def to_bool(v: Any) -> bool:
+    """true / false, also as the strings "true" / "false" (the CVS format writes values as strings)."""
+    if isinstance(v, bool):
+        return v
+    text = str(v).strip().lower()
+    if text not in ("true", "false"):
+        raise ValueError(v)
+    return text == "true"
+
+
+def to_bool_or_int(v: Any) -> bool | int:
+    """true / false, or an integer (a count that also means true)."""
+    try:
+        return to_bool(v)
+    except ValueError:
+        return to_int(v)
+
+
 def to_int_list(v: Any) -> tuple[int, ...]:
     return tuple(to_int(x) for x in v) if isinstance(v, list) else (to_int(v),)
 
@@ -63,6 +81,10 @@ STRING = Kind("string", {"type": "string"})
 TEXT = Kind("non-empty string", {"type": "string", "minLength": 1})
 INT = Kind("integer", {"anyOf": _num_or_string("integer", _INT)}, to_int,
            'an integer (a number or a string such as "8")')
+_BOOL = [{"type": "boolean"}, {"type": "string", "pattern": r"^\s*(true|false)\s*$"}]
+BOOL = Kind("boolean", {"anyOf": _BOOL}, to_bool, 'true or false (or the string "true" / "false")')
+BOOL_OR_INT = Kind("boolean or integer", {"anyOf": [*_BOOL, *_num_or_string("integer", _INT)]}, to_bool_or_int,
+                   "true, false or an integer")
 NUMBER = Kind("number", {"anyOf": _num_or_string("number", _NUMBER)}, to_float,
               'a number (or a string such as "0.7")')
 PORT = Kind("port", {"anyOf": _num_or_string("integer", _INT)}, to_int,

@@ -362,7 +362,8 @@ class RunReport:
             "sglang": ", ".join(f"{k} {v}" for k, v in sorted(worker_versions.items())) or None,
             "router": found.get("sglang-router"), "mooncake": found.get("mooncake-transfer-engine-non-cuda"),
             "suite": found["pytest-sglang-pd"],
-            "nodes": sorted({*cfg.prefill_nodes, *cfg.decode_nodes, cfg.router_node, cfg.benchmark_node}) if cfg else [],
+            "nodes": sorted({*cfg.prefill_nodes, *cfg.decode_nodes, cfg.router_node, cfg.benchmark_node} - {None})
+            if cfg else [],  # (a Slurm run whose allocation never came has no nodes)
             "selection": {"args": [Path(a).name for a in self.config.args], "keyword": opt.keyword or None,
                           "markexpr": opt.markexpr or None, "router_url": self.run.router_url,
                           "perf_tolerance_pct": self.run.perf_tolerance_pct},

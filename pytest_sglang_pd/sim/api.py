@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from pytest_sglang_pd.sim import openai_api
+from pytest_sglang_pd.sim import loads, openai_api
 from pytest_sglang_pd.sim import worker as worker_mod
 from pytest_sglang_pd.sim.request import Aborted, GenInput, Progress, as_list
 from pytest_sglang_pd.textgen import tokenizer
@@ -40,6 +40,7 @@ class API:
         get("/flush_cache", self._flush_cache)
         post("/flush_cache", self._flush_cache)
         get("/get_load", self._get_load)
+        get("/v1/loads", self._loads)
         get("/metrics", self._metrics)
         post("/generate", self._generate)
         post("/v1/completions", lambda request: openai_api.completions(self, request))
@@ -67,7 +68,8 @@ class API:
         resolved["tokenizer_path"] = str(tokenizer.tokenizer_dir())
         return web.json_response({
             **resolved, "version": worker_mod.SGLANG_VERSION, "disaggregation_mode": self.worker.role,
-            "load_balance_method": "round_robin", "max_total_num_tokens": self.worker.scheduler.capacity_tokens,
+            "enable_dp_attention": self.worker.args.attn_dp_size > 1,
+            "max_total_num_tokens": self.worker.ranks[0].capacity_tokens,
             "internal_states": [{"last_gen_throughput": self.worker.gen_throughput()}], "sim": self.worker.sim_info(),
         })
 
@@ -90,18 +92,27 @@ class API:
                                  "running or waiting requests, the operation will not be performed.)\n")
 
     async def _get_load(self, _: web.Request) -> web.Response:
-        s = self.worker.scheduler
-        return web.json_response([{"dp_rank": 0, "num_reqs": s.num_running + s.num_queued,
-                                   "num_waiting_reqs": s.num_queued, "num_tokens": s.reserved}])
+        """The older per-DP-rank load list that sglang-router 0.3.2 polls."""
+        return web.json_response([{"dp_rank": load["dp_rank"], "num_reqs": load["num_running_reqs"] + load["num_waiting_reqs"],
+                                   "num_waiting_reqs": load["num_waiting_reqs"], "num_tokens": load["num_total_tokens"]}
+                                  for load in loads.rank_loads(self.worker)])
+
+    async def _loads(self, request: web.Request) -> web.Response:
+        """SGLang 0.5.23's ``GET /v1/loads`` (``?include=core,...``, ``?dp_rank=N``), which smg polls."""
+        try:
+            return web.json_response(loads.v1_loads(self.worker, request.query.get("include"),
+                                                    request.query.get("dp_rank")))
+        except ValueError as error:
+            return web.json_response({"detail": str(error)}, status=400)
 
     async def _metrics(self, _: web.Request) -> web.Response:
         if not self.worker.args.enable_metrics:
             return web.Response(status=404, text="metrics are disabled; start with --enable-metrics")
-        s = self.worker.scheduler
-        gauges = {"num_running_reqs": s.running_batch, "num_queue_reqs": s.num_queued,
-                  "cache_hit_rate": s.cache_hit_rate, "gen_throughput": self.worker.gen_throughput(),
-                  "token_usage": s.reserved / s.capacity_tokens if s.capacity_tokens else 0.0}
-        return web.Response(text=self.worker.metrics.render({**gauges, **self.worker.queue_reqs}), content_type="text/plain")
+        per_rank = [{"num_running_reqs": load["num_running_reqs"], "num_queue_reqs": load["num_waiting_reqs"],
+                     "cache_hit_rate": load["cache_hit_rate"], "gen_throughput": load["gen_throughput"],
+                     "token_usage": load["token_usage"]} for load in loads.rank_loads(self.worker)]
+        text = self.worker.metrics.render(dict(self.worker.queue_reqs), per_rank)
+        return web.Response(text=text, content_type="text/plain")
 
     async def _get_faults(self, _: web.Request) -> web.Response:
         return web.json_response(self.worker.faults.as_dict())
@@ -219,7 +230,7 @@ class API:
                     max_new_tokens=sp.get("max_new_tokens"), stop=sp.get("stop"),
                     stop_token_ids=sp.get("stop_token_ids"), rid=pick(body.get("rid"), i), room=pick(rooms, i),
                     host=pick(body.get("bootstrap_host"), i), port=pick(body.get("bootstrap_port"), i),
-                    default_max=128))
+                    routed=pick(body.get("routed_dp_rank", body.get("data_parallel_rank")), i), default_max=128))
         except Aborted as error:
             return web.json_response({"error": {"message": str(error)}}, status=error.status)
 

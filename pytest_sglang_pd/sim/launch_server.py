@@ -18,6 +18,7 @@ from aiohttp import web
 
 from pytest_sglang_pd.kv_transfer import BACKENDS, KVTransferError
 from pytest_sglang_pd.sim import catalog
+from pytest_sglang_pd.sim.dp import FAKE_BACKEND, LOAD_BALANCE_METHODS, resolve_parallelism
 
 log = logging.getLogger("pytest_sglang_pd.sim")
 READY_LINE = "The server is fired up and ready to roll!"
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--port", type=int, default=30000)
     a("--tp-size", "--tensor-parallel-size", "--tp", dest="tp_size", type=int, default=1)
     a("--dp-size", "--data-parallel-size", "--dp", dest="dp_size", type=int, default=1)
+    a("--attn-dp-size", "--attention-data-parallel-size", dest="attn_dp_size", type=int, default=1)
+    a("--enable-dp-attention", action="store_true", help="deprecated: --dp-size N --enable-dp-attention is --attn-dp-size N")
+    a("--load-balance-method", choices=LOAD_BALANCE_METHODS, default="auto")
     a("--pp-size", "--pipeline-parallel-size", dest="pp_size", type=int, default=1)
     a("--ep-size", "--expert-parallel-size", dest="ep_size", type=int, default=1)
     a("--nnodes", type=int, default=1)
@@ -46,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--base-gpu-id", type=int, default=0)
     a("--nccl-port", type=int, default=None)
     a("--disaggregation-mode", choices=("null", "prefill", "decode"), default="null")
-    a("--disaggregation-transfer-backend", choices=BACKENDS, default="mooncake")
+    a("--disaggregation-transfer-backend", choices=(*BACKENDS, FAKE_BACKEND), default="mooncake")
     a("--disaggregation-bootstrap-port", type=int, default=8998)
     a("--disaggregation-ib-device", default=None)
     a("--mem-fraction-static", type=float, default=0.88)
@@ -87,6 +91,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--sim-speedup must be > 0")
     if not 0 <= args.sim_accuracy <= 1:
         parser.error("--sim-accuracy must be within [0, 1]")
+    try:
+        resolve_parallelism(args)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 

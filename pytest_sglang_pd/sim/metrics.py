@@ -2,7 +2,12 @@
 ``prometheus_client`` as SGLang does (``sglang/srt/observability/metrics_collector.py``).
 
 Scheduler metrics carry ``model_name, engine_type, tp_rank, pp_rank, moe_ep_rank`` (one simulated process is the
-first attention-TP rank of its instance, the one that exports); tokenizer metrics ``model_name, engine_type``.
+first attention-TP rank of its instance, the one that exports) and, with data parallelism, ``dp_rank``: each DP
+rank's scheduler exports its own series (``tp_rank`` = its first TP rank; 0 for each replica of ``--dp-size``);
+the worker-wide ones (PD queues, KV transfers) are rank 0's. Tokenizer metrics carry ``model_name, engine_type``. With DP attention every lockstep step
+is observed per rank: ``dp_attention_tokens_total{kind}``, ``dp_attention_pairs_total{kind}``,
+``dp_attention_steps_total{rank_state}``, ``dp_attention_sync_wait_seconds``; and once, on rank 0,
+``dp_attention_token_imbalance_ratio``.
 As in SGLang the KV transfer latency, size and speed histograms are observed on the prefill side only; the sim
 observes ``kv_transfer_bootstrap_ms`` on prefill (its wait for the decode's KV destination) and
 ``kv_transfer_alloc_ms`` on decode (its wait for KV room), where it can tell them apart.
@@ -36,6 +41,9 @@ LATENCY_MS_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 SPEED_GB_S_BUCKETS = (0.1, 0.5, 1, 5, 10, 25, 50, 100, 200, 400)
 TOTAL_MB_BUCKETS = (1, 5, 10, 50, 100, 500, 1000, 5000, 10000)
 PHASE_MS_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
+IMBALANCE_BUCKETS = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0)
+SYNC_WAIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+SCHEDULER_GAUGES = ("num_running_reqs", "num_queue_reqs", "cache_hit_rate", "gen_throughput", "token_usage")
 ENGINE_TYPE = {"prefill": "prefill", "decode": "decode", "null": "unified"}
 # gauges of the PD queues each role has
 QUEUES = {"prefill": ("num_prefill_bootstrap_queue_reqs", "num_prefill_inflight_queue_reqs"),
@@ -90,27 +98,30 @@ def modelled_tpot_s(model: PerfModel, batches: Sequence[RanBatch]) -> float:
 
 
 class BatchCollector(Collector):
-    """The ``sim_`` batch metrics, read from the scheduler's ``BatchStats`` at scrape time."""
+    """The ``sim_`` batch metrics, read from each DP rank's ``BatchStats`` at scrape time (one rank without DP)."""
 
-    def __init__(self, labels: Mapping[str, str], source: Callable[[], Mapping[str, BatchStats]]) -> None:
-        self.labels, self.source = dict(labels), source
+    def __init__(self, rank_labels: Sequence[Mapping[str, str]],
+                 source: Callable[[], Sequence[Mapping[str, BatchStats]]]) -> None:
+        self.rank_labels, self.source = [dict(labels) for labels in rank_labels], source
 
     def collect(self) -> Iterator[Metric]:
-        names = [*self.labels, "forward_mode"]
-        stats, now = self.source(), time.monotonic()
+        names = [*self.rank_labels[0], "forward_mode"]
+        ranks, now = list(zip(self.rank_labels, self.source())), time.monotonic()
         for attribute, name, doc in BATCH_COUNTERS:
             family = CounterMetricFamily(name, doc, labels=names)
-            for mode, batch in stats.items():
-                family.add_metric([*self.labels.values(), mode], getattr(batch, attribute))
+            for labels, stats in ranks:
+                for mode, batch in stats.items():
+                    family.add_metric([*labels.values(), mode], getattr(batch, attribute))
             yield family
         mean = GaugeMetricFamily("sim_running_reqs_window_mean", "Time-weighted mean batch of the last "
                                  "window's steps.", labels=names)
         peak = GaugeMetricFamily("sim_running_reqs_window_max", "Largest batch of the last window's steps.",
                                  labels=names)
-        for mode, batch in stats.items():
-            window_mean, window_max = batch.window_mean_max(now)
-            mean.add_metric([*self.labels.values(), mode], window_mean)
-            peak.add_metric([*self.labels.values(), mode], window_max)
+        for labels, stats in ranks:
+            for mode, batch in stats.items():
+                window_mean, window_max = batch.window_mean_max(now)
+                mean.add_metric([*labels.values(), mode], window_mean)
+                peak.add_metric([*labels.values(), mode], window_max)
         yield mean
         yield peak
 
@@ -118,12 +129,14 @@ class BatchCollector(Collector):
 class WorkerMetrics:
     """One worker's collectors in a registry of its own; ``render`` is its /metrics text."""
 
-    def __init__(self, role: str, model_name: str, engine: str) -> None:
+    def __init__(self, role: str, model_name: str, engine: str, *, dp_ranks: int = 1, tp_per_rank: int = 1) -> None:
         self.role, self.engine = role, engine
         self.registry = CollectorRegistry()
         self.generation_tokens = 0  # also read for the gen_throughput gauge
         tokenizer = {"model_name": model_name, "engine_type": ENGINE_TYPE.get(role, role)}
-        self.labels = {**tokenizer, "tp_rank": "0", "pp_rank": "0", "moe_ep_rank": "0"}
+        self.rank_labels = [{**tokenizer, "tp_rank": str(r * tp_per_rank), "pp_rank": "0", "moe_ep_rank": "0",
+                             **({"dp_rank": str(r)} if dp_ranks > 1 else {})} for r in range(dp_ranks)]
+        self.labels = self.rank_labels[0]
         r, sched, tok = self.registry, list(self.labels), list(tokenizer)
 
         self._prompt = Counter("sglang:prompt_tokens", "Number of prefill tokens processed.", tok, registry=r).labels(**tokenizer)
@@ -151,12 +164,48 @@ class WorkerMetrics:
         self._bootstrap_failed = Counter("sglang:num_bootstrap_failed_reqs", "The number of bootstrap failed requests.",
                                          sched, registry=r).labels(**self.labels)
         self._gauges = {name: Gauge(f"sglang:{name}", name.replace("_", " "), sched, registry=r)
-                        for name in (*QUEUES.get(role, ()), "num_running_reqs", "num_queue_reqs", "cache_hit_rate",
-                                     "gen_throughput", "token_usage")}
+                        for name in (*QUEUES.get(role, ()), *SCHEDULER_GAUGES)}
+        self._dp: dict[str, list] = {}
+        if dp_ranks > 1:
+            self._dp_collectors(sched)
 
-    def watch_batches(self, source: Callable[[], Mapping[str, BatchStats]]) -> None:
-        """Export the ``sim_`` batch metrics of forward mode -> ``BatchStats`` that ``source`` returns."""
-        self.registry.register(BatchCollector(self.labels, source))
+    def _dp_collectors(self, sched: list[str]) -> None:
+        """SGLang's DP-attention collectors, children made per rank at start (a ratio chart needs both kinds)."""
+        r = self.registry
+        tokens = Counter("sglang:dp_attention_tokens", "Tokens of MLP-sync steps on this DP rank (kind: scheduled, "
+                         "imbalance).", [*sched, "kind"], registry=r)
+        pairs = Counter("sglang:dp_attention_pairs", "Causal (query, key) pairs attended by MLP-sync steps on this DP "
+                        "rank (kind: scheduled, imbalance).", [*sched, "kind"], registry=r)
+        steps = Counter("sglang:dp_attention_steps", "MLP-sync steps on this DP rank (rank_state: active, idle).",
+                        [*sched, "rank_state"], registry=r)
+        wait = Histogram("sglang:dp_attention_sync_wait_seconds", "Wall time of this DP rank's scheduler MLP-sync "
+                         "all-gather per step.", sched, buckets=SYNC_WAIT_BUCKETS, registry=r)
+        ratio = Histogram("sglang:dp_attention_token_imbalance_ratio", "Per MLP-sync step, max tokens over mean tokens "
+                          "across the DP ranks.", sched, buckets=IMBALANCE_BUCKETS, registry=r)
+        self._dp = {
+            "tokens": [{k: tokens.labels(**lab, kind=k) for k in ("scheduled", "imbalance")} for lab in self.rank_labels],
+            "pairs": [{k: pairs.labels(**lab, kind=k) for k in ("scheduled", "imbalance")} for lab in self.rank_labels],
+            "steps": [{k: steps.labels(**lab, rank_state=k) for k in ("active", "idle")} for lab in self.rank_labels],
+            "wait": [wait.labels(**lab) for lab in self.rank_labels],
+            "ratio": [ratio.labels(**self.labels)],
+        }
+
+    def dp_step(self, tokens: list[int], pairs: list[int], sync_wait_s: list[float], imbalance: float | None) -> None:
+        """One DP-attention lockstep step: per rank its tokens and pairs, its wait for the slowest rank."""
+        top_tokens, top_pairs = max(tokens), max(pairs)
+        for rank, (mine, my_pairs, waited) in enumerate(zip(tokens, pairs, sync_wait_s)):
+            self._dp["tokens"][rank]["scheduled"].inc(mine)
+            self._dp["tokens"][rank]["imbalance"].inc(top_tokens - mine)
+            self._dp["pairs"][rank]["scheduled"].inc(my_pairs)
+            self._dp["pairs"][rank]["imbalance"].inc(top_pairs - my_pairs)
+            self._dp["steps"][rank]["active" if mine else "idle"].inc()
+            self._dp["wait"][rank].observe(waited)
+        if imbalance is not None:
+            self._dp["ratio"][0].observe(imbalance)
+
+    def watch_batches(self, source: Callable[[], Sequence[Mapping[str, BatchStats]]]) -> None:
+        """Export the ``sim_`` batch metrics of the forward mode -> ``BatchStats`` of each DP rank ``source`` returns."""
+        self.registry.register(BatchCollector(self.rank_labels, source))
 
     def request(self, prompt_tokens: int) -> None:
         self._requests.inc()
@@ -190,8 +239,10 @@ class WorkerMetrics:
     def bootstrap_failed(self) -> None:
         self._bootstrap_failed.inc()
 
-    def render(self, gauges: dict[str, float]) -> str:
-        for name, value in gauges.items():
-            if name in self._gauges:
-                self._gauges[name].labels(**self.labels).set(value)
+    def render(self, gauges: dict[str, float], per_rank: list[dict[str, float]] | None = None) -> str:
+        """The exposition, with ``gauges`` set on rank 0's series and ``per_rank[r]`` on rank r's."""
+        for labels, values in ((self.labels, gauges), *zip(self.rank_labels, per_rank or [])):
+            for name, value in values.items():
+                if name in self._gauges:
+                    self._gauges[name].labels(**labels).set(value)
         return generate_latest(self.registry).decode()

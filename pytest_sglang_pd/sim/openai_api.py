@@ -90,7 +90,7 @@ def _inputs(api: API, body: dict, prompts: list, default_max: int) -> list[GenIn
         text=None if isinstance(prompt, list) else prompt, ids=prompt if isinstance(prompt, list) else None,
         max_new_tokens=max_tokens, stop=body.get("stop"), stop_token_ids=body.get("stop_token_ids"),
         rid=body.get("rid"), room=pick("bootstrap_room", i), host=pick("bootstrap_host", i),
-        port=pick("bootstrap_port", i), default_max=default_max) for i, prompt in enumerate(prompts)]
+        port=pick("bootstrap_port", i), routed=pick("routed_dp_rank", i), default_max=default_max) for i, prompt in enumerate(prompts)]
 
 
 async def _respond(api: API, request: web.Request, *, chat: bool) -> web.StreamResponse:

@@ -26,6 +26,7 @@ class GenInput:
     room: int | None = None
     bootstrap_host: str | None = None
     bootstrap_port: int | None = None
+    routed_dp_rank: int | None = None  # the DP rank the client asks for (``data_parallel_rank``, deprecated)
 
 
 @dataclass

@@ -51,6 +51,8 @@ class Sequence:
     prefill_done: asyncio.Future | None = None
     progress: asyncio.Event = field(default_factory=asyncio.Event)
     finished: bool = False
+    room: int | None = None  # bootstrap_room and routed_dp_rank: what a DP load balancer reads (sim/dp.py)
+    routed_dp_rank: int | None = None
 
     @property
     def context(self) -> int:
@@ -108,6 +110,7 @@ class Scheduler:
         policy: str,
         time_scale: Callable[[], float],
         seed: int = 0,
+        wake: asyncio.Event | None = None,
     ) -> None:
         self.model = model
         self.role = role
@@ -125,7 +128,7 @@ class Scheduler:
         self.reserved = 0
         self.paused = False
         self.on_tokens: Callable[[Sequence, int], None] = lambda seq, n: None
-        self._wake = asyncio.Event()
+        self._wake = wake or asyncio.Event()  # the schedulers of a DP group share one (sim/dp.py)
         self._task: asyncio.Task | None = None
         self.matched_tokens = 0
         self.prompt_tokens_seen = 0
@@ -196,11 +199,6 @@ class Scheduler:
     @property
     def num_running(self) -> int:
         return self.admitted_count
-
-    @property
-    def running_batch(self) -> int:
-        """Requests in the running batch (being prefilled or decoded), SGLang's ``num_running_reqs``."""
-        return len(self.prefilling) + len(self.decoding)
 
     @property
     def num_queued(self) -> int:
@@ -292,17 +290,24 @@ class Scheduler:
             self.release(seq)
         seq.progress.set()
 
+    def next_step(self) -> tuple[float, Callable[[float], None]] | None:
+        """Admit what fits, then plan the next step: (modelled seconds, apply(now)); None when idle or paused."""
+        self._admit()
+        if self.paused or not (self.prefilling or self.decoding):
+            return None
+        return self._prefill_step() if self.prefilling else self._decode_step()
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time()
         while True:
-            self._admit()
-            if self.paused or not (self.prefilling or self.decoding):
+            step = self.next_step()
+            if step is None:
                 self._wake.clear()
                 await self._wake.wait()
                 deadline = loop.time()
                 continue
-            seconds, apply = self._prefill_step() if self.prefilling else self._decode_step()
+            seconds, apply = step
             now = loop.time()
             deadline = max(deadline, now - MAX_LAG_S) + seconds * self.time_scale()
             await asyncio.sleep(max(deadline - now, 0.0))  # behind schedule: the writes of the last step go first

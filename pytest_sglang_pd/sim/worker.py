@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from pytest_sglang_pd.kv_transfer import KVTransferError, TransferEngine, open_engine
-from pytest_sglang_pd.sim import pd
+from pytest_sglang_pd.sim import dp, pd
 from pytest_sglang_pd.sim.catalog import GPU, ModelProfile
 from pytest_sglang_pd.sim.faults import Faults
 from pytest_sglang_pd.sim.metrics import WorkerMetrics
@@ -45,32 +45,40 @@ class SimWorker:
         self.faults = Faults()
         for spec in args.sim_fault:
             self.faults.apply(spec)
-        capacity = args.max_total_tokens or self.perf.kv_capacity_tokens(args.mem_fraction_static)
-        self.scheduler = Scheduler(
-            self.perf, role=self.role, capacity_tokens=capacity, max_running=args.max_running_requests,
-            chunked_prefill_size=args.chunked_prefill_size if args.chunked_prefill_size > 0 else 1 << 30,
-            cache=RadixCache(args.page_size, enabled=not args.disable_radix_cache), policy=args.schedule_policy,
-            time_scale=lambda: self.faults.slow / args.sim_speedup, seed=args.sim_seed,
-        )
+
+        def build(model: PerfModel, capacity: int, max_running: int, seed: int, wake: asyncio.Event | None) -> Scheduler:
+            return Scheduler(
+                model, role=self.role, capacity_tokens=capacity, max_running=max_running,
+                chunked_prefill_size=args.chunked_prefill_size if args.chunked_prefill_size > 0 else 1 << 30,
+                cache=RadixCache(args.page_size, enabled=not args.disable_radix_cache), policy=args.schedule_policy,
+                time_scale=lambda: self.faults.slow / args.sim_speedup, seed=seed, wake=wake,
+            )
+
+        self.scheduler = dp.make_scheduler(args, self.perf, build)
+        self.dp_ranks = dp.dp_ranks(args)
         self.scheduler.on_tokens = self._on_tokens
         self.scheduler.paused = self.faults.hang
         self.engine: TransferEngine | None = None
-        self.metrics = WorkerMetrics(self.role, self.served_model_name, "none")
-        self.metrics.watch_batches(lambda: self.scheduler.batches)
+        self.metrics = WorkerMetrics(self.role, self.served_model_name, "none", dp_ranks=self.dp_ranks,
+                                     tp_per_rank=args.tp_size // args.attn_dp_size if args.attn_dp_size > 1 else 0)
+        if isinstance(self.scheduler, dp.DPGroup):
+            self.scheduler.on_step = lambda s: self.metrics.dp_step(s.tokens, s.pairs, s.sync_wait_s,
+                                                                    s.imbalance_ratio)
+        self.metrics.watch_batches(lambda: [rank.batches for rank in self.ranks])
         self.rooms = pd.RoomTable()
         self.queue_reqs: collections.Counter[str] = collections.Counter()
         self.bootstrap: pd.BootstrapServer | None = None
         self.handoff: pd.DecodeHandoff | None = None
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kv-write")
         self.generation_requests = 0
-        self._throughput_mark = (time.monotonic(), 0)
+        self._throughput_mark = (time.monotonic(), [0] * self.dp_ranks)
 
     # ---------------------------------------------------------------------------- life cycle
 
     async def start(self) -> None:
         self.scheduler.start()
-        if self.role == "null":
-            return
+        if self.role == "null" or self.args.disaggregation_transfer_backend == dp.FAKE_BACKEND:
+            return  # the fake backend (decode alone) opens no engine and registers nowhere
         loop = asyncio.get_running_loop()
         ib_devices = [d for d in (self.args.disaggregation_ib_device or "").split(",") if d and "{" not in d]
         self.engine = await loop.run_in_executor(None, lambda: open_engine(
@@ -112,12 +120,22 @@ class SimWorker:
             "kv_capacity_tokens": self.scheduler.capacity_tokens, "faults": self.faults.as_dict(),
         }
 
-    def gen_throughput(self) -> float:
-        now, tokens = time.monotonic(), self.metrics.generation_tokens
+    @property
+    def ranks(self) -> list[Scheduler]:
+        """The scheduler of each DP rank (one without data parallelism)."""
+        return self.scheduler.ranks if isinstance(self.scheduler, dp.DPGroup) else [self.scheduler]
+
+    def gen_throughputs(self) -> list[float]:
+        """Tokens per second each DP rank generated, over the last second or more."""
+        tokens = self.scheduler.rank_tokens if isinstance(self.scheduler, dp.DPGroup) else [self.metrics.generation_tokens]
+        now = time.monotonic()
         then, before = self._throughput_mark
         if now - then >= 1.0:
-            self._throughput_mark = (now, tokens)
-        return (tokens - before) / (now - then) if now > then else 0.0
+            self._throughput_mark = (now, list(tokens))
+        return [(n - b) / (now - then) if now > then else 0.0 for n, b in zip(tokens, before)]
+
+    def gen_throughput(self) -> float:
+        return sum(self.gen_throughputs())
 
     @contextmanager
     def _queued(self, queue: str) -> Iterator[None]:
@@ -165,7 +183,7 @@ class SimWorker:
 
     def make_input(self, *, text: str | None, ids: list[int] | None, max_new_tokens: int | None, stop: object,
                     stop_token_ids: object, rid: str | None, room: object, host: object, port: object,
-                    default_max: int) -> GenInput:
+                    routed: object, default_max: int) -> GenInput:
         if ids is None:
             if text is None:
                 raise Aborted("either text, input_ids or a prompt is required", 400)
@@ -182,7 +200,7 @@ class SimWorker:
         return GenInput(text, list(ids), max_new, [s for s in as_list(stop) if isinstance(s, str)],
                         [int(t) for t in as_list(stop_token_ids)], rid or uuid.uuid4().hex,
                         None if room is None else int(room), None if host is None else str(host),
-                        None if port is None else int(port))
+                        None if port is None else int(port), None if routed is None else int(routed))
 
     async def run(self, inp: GenInput) -> AsyncIterator[Progress]:
         """Serve one request in this worker's role; yields progress, ends finished or with ``error``."""
@@ -192,7 +210,7 @@ class SimWorker:
             plan = OutputPlan(plan.surfaces[:1], plan.ids[:1], len(plan.surfaces[0]),
                               {"type": "length", "length": 1})
         reserve = len(inp.ids) + (1 if self.role == "prefill" else inp.max_new_tokens)
-        seq = Sequence(inp.rid, inp.ids, plan.num_tokens, reserve)
+        seq = Sequence(inp.rid, inp.ids, plan.num_tokens, reserve, room=inp.room, routed_dp_rank=inp.routed_dp_rank)
         progress = Progress(0, plan, len(inp.ids), 0, time.monotonic())
         self.metrics.request(len(inp.ids))
         try:
@@ -225,7 +243,16 @@ class SimWorker:
         finally:
             self.scheduler.release(seq)
 
+    def fake_transfer(self, inp: GenInput) -> bool:
+        """Nothing to transfer: the fake bootstrap host (bench_serving --fake-prefill, /health) on any backend, and
+        every request on a decode with the fake backend (SGLang gives them all its fake KV receiver)."""
+        return (inp.bootstrap_host == dp.FAKE_BOOTSTRAP_HOST
+                or self.args.disaggregation_transfer_backend == dp.FAKE_BACKEND)
+
     async def _prefill_and_send(self, inp: GenInput, seq: Sequence, progress: Progress) -> None:
+        if self.fake_transfer(inp):
+            await self.scheduler.prefill(seq)
+            return
         assert self.engine is not None
         if inp.room is None:
             raise Aborted("prefill: the request has no bootstrap_room; a prefill worker serves requests from the "
@@ -270,6 +297,11 @@ class SimWorker:
             self.rooms.discard(inp.room)
 
     async def _receive(self, inp: GenInput, seq: Sequence, progress: Progress) -> None:
+        if self.fake_transfer(inp):  # decode alone: the prompt's KV is taken as there, no prefill computes it
+            with self._queued("num_decode_prealloc_queue_reqs"):
+                await self.scheduler.reserve(seq)
+            self.scheduler.start_decode(seq, time.monotonic())
+            return
         assert self.handoff is not None
         if inp.room is None or inp.bootstrap_host is None:
             raise Aborted("decode: the request has no bootstrap_host/bootstrap_room; a decode worker serves requests "
