@@ -32,7 +32,7 @@ def deployment_json(dep: plan_mod.Deployment) -> dict:
             "argv": redact.argv(p.argv), "env": redact.env(p.env),
             "secret_env": {k: f"{redact.MASK} (read on the node from {v})" for k, v in p.secret_env_files.items()},
             "port": p.port, "bootstrap_port": p.bootstrap_port, "log_path": p.log_path,
-            **({"gpus": list(p.gpus), "nics": list(p.nics)} if p.role in ("prefill", "decode") else {}),
+            **({"gpus": list(p.gpus), "nics": list(p.nics)} if p.role in plan_mod.WORKER_ROLES else {}),
         } for p in (*dep.processes, *dep.bench)],
         "prechecks": [{"node": c.node, "kind": c.kind, "argv": list(c.argv), "passed": c.passed, "failed": c.failed}
                       for c in dep.prechecks],
@@ -50,8 +50,9 @@ def gpu_range(gpus: tuple[int, ...]) -> str:
 
 def deployment_text(dep: plan_mod.Deployment) -> str:
     lines = [f"model {dep.model.id} ({dep.model.model}): engine {dep.engine}, runtime {dep.runtime}, "
-             f"kv {dep.kv_backend}, router {dep.router_url}, planned for sglang {dep.sglang_version}"]
-    for role in ("prefill", "decode"):
+             f"{'aggregated (no KV transfer)' if dep.aggregated else f'kv {dep.kv_backend}'}, router {dep.router_url}, "
+             f"planned for sglang {dep.sglang_version}"]
+    for role in dep.worker_roles:
         procs = dep.role(role)
         spans = any(p.node_rank for p in procs)
         lines.append(f"  layout {role}: {dep.model.layout(role).describe()} on "
@@ -121,8 +122,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if cfg.transport == "slurm":
         nodes = f"{config_mod.slurm_nodes_needed(cfg)} node(s) of a Slurm allocation" + (
             f" ({nodes} named)" if cfg.prefill_nodes or cfg.decode_nodes else "")
-    print(f"{cfg.source}: OK ({nodes}; "
-          f"models: {', '.join(cfg.model_ids)}; engine {cfg.engine}, runtime {cfg.runtime}, kv {cfg.kv_transfer.backend})")
+    models = ", ".join(f"{m.id} (aggregated)" if m.mode == "aggregated" else m.id for m in cfg.models)
+    print(f"{cfg.source}: OK ({nodes}; models: {models}; engine {cfg.engine}, runtime {cfg.runtime}, "
+          f"kv {cfg.kv_transfer.backend})")
     for line in warning_lines(cfg):
         print(line, file=sys.stderr)
     return 0
@@ -198,7 +200,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     except (cluster.ClusterError, HostError, RuntimeFailure, slurm.SlurmError) as exc:
         print(f"bring-up failed (everything started was stopped):\n{exc}", file=sys.stderr)
         return 1
-    print(up_summary(model, live.router_url, live.worker_urls, live.startup_seconds, run_dir))
+    services = {"store": [s.url for s in live.deployment.role("store")]}
+    print(up_summary(model, live.router_url, {**services, **live.worker_urls}, live.startup_seconds, run_dir))
     return 0
 
 
@@ -209,12 +212,13 @@ def _say_on_stderr(line: str, level: int) -> None:
 
 def up_summary(model: str, router_url: str, worker_urls: dict[str, list[str]], startup_s: dict[str, float],
                run_dir: Path) -> str:
-    """What `sglang-pd up` brought up: the router, each role's URLs and start-up time, the logs, how to stop it."""
+    """What `sglang-pd up` brought up: the router, each role's URLs (the store's services too) and start-up time, the
+    logs, how to stop it."""
     def took(key: str) -> str:
         return f"ready after {startup_s[key]:.1f} s" if key in startup_s else ""
 
     rows = [("router", router_url, took("router"))]
-    rows += [(role, url, took(role) if i == 0 else "") for role in ("prefill", "decode")
+    rows += [(role, url, took(role) if i == 0 else "") for role in ("store", *plan_mod.WORKER_ROLES)
              for i, url in enumerate(worker_urls.get(role, []))]
     width = max(len(url) for _, url, _ in rows)
     lines = [f"cluster of {model} is up"]
@@ -259,7 +263,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             print(f"released slurm allocation {job} ({name})")
         print(f"cleanup: {len(released)} allocation(s) of the suite released")
     elif cfg.runtime == "docker":
-        nodes = sorted({*cfg.prefill_nodes, *cfg.decode_nodes, cfg.router_node, cfg.benchmark_node})
+        stores = (plan_mod.store_node(cfg, m) for m in cfg.models if m.hicache.enabled)
+        nodes = sorted({*cfg.prefill_nodes, *cfg.decode_nodes, cfg.router_node, cfg.benchmark_node, *stores})
         hosts = cluster.connect_nodes(cfg, nodes)
         docker_rt = cluster.runtime_of(cfg, hosts)
         try:

@@ -26,9 +26,9 @@ import requests
 
 from . import hosts as hosts_mod
 from . import plan as plan_mod
-from . import kv_transfer, pd_path, prom, redact, releases, slurm, sse
+from . import kv_transfer, pd_path, prom, redact, releases, services, slurm, sse
 from .config import ClusterConfig
-from .facts import ClusterFacts
+from .facts import ClusterFacts, InstanceFacts
 from .plan import Deployment, ProcessSpec
 from .docker_node import DockerNode
 from .image import SOURCE_LABEL, source_digest
@@ -97,8 +97,10 @@ def log_name(spec: ProcessSpec) -> str:
 
 
 def log_destination(run_dir: Path, spec: ProcessSpec) -> Path:
-    """Where a process's log is collected: `<run_dir>/logs/<node>/<role>-<i>.log` (`<key>.log` for a benchmark)."""
-    return run_dir / "logs" / spec.node / (log_name(spec) if spec.role != "bench" else f"{spec.key}.log")
+    """Where a process's log is collected: `<run_dir>/logs/<node>/<role>-<i>.log` (`<key>.log` for a benchmark or a
+    store service)."""
+    by_key = spec.role in ("bench", services.ROLE)
+    return run_dir / "logs" / spec.node / (f"{spec.key}.log" if by_key else log_name(spec))
 
 
 class LiveCluster:
@@ -121,7 +123,7 @@ class LiveCluster:
         self.keep = keep
         self.simulated = cfg.simulated
         self.router_url = deployment.router_url
-        self.worker_urls = {role: [p.url for p in deployment.servers(role)] for role in ("prefill", "decode")}
+        self.worker_urls = {role: [p.url for p in deployment.servers(role)] for role in plan_mod.WORKER_ROLES}
         self.hosts: dict[str, hosts_mod.Host] = {}
         self.runtime: Runtime | None = None
         self.procs: dict[str, RunningProcess] = {}
@@ -197,9 +199,10 @@ class LiveCluster:
         self.connect()
         self.precheck()
         self.prepare_containers()
-        self.start("prefill")
-        self.start("decode")
-        self.wait_healthy(("prefill", "decode"))
+        self.start_services()
+        for role in self.deployment.worker_roles:
+            self.start(role)
+        self.wait_healthy(self.deployment.worker_roles)
         self.start_router()
         if smoke:
             self.smoke()
@@ -262,7 +265,7 @@ class LiveCluster:
         if self.simulated:
             return None
         dep = self.deployment
-        node = dep.servers("prefill")[0].node
+        node = dep.servers(dep.worker_roles[0])[0].node
         if self.cfg.runtime == "docker":
             result = DockerNode(self.hosts[node]).docker("run", "--rm", "--entrypoint", dep.python,
                                                           self.cfg.container_image, *releases.PROBE, timeout=300)
@@ -318,6 +321,38 @@ class LiveCluster:
         with self._stage("bring-up", f"{len(self.deployment.containers)} container(s)"):
             self.runtime.prepare(self.deployment.containers)
 
+    def start_services(self) -> None:
+        """The side services (HiCache's Mooncake Store: metadata service and master) started and answering before
+        any worker; as an earlier step, they are stopped after every worker (logs collected like the workers')."""
+        specs = self.deployment.role(services.ROLE)
+        if not specs:
+            return
+        t0 = time.monotonic()
+        self.start(services.ROLE)
+        pending = {s.key: s for s in specs}
+
+        def probe() -> bool:
+            for key, spec in list(pending.items()):
+                if services.answers(spec):
+                    pending.pop(key)
+                    self.say(f"  {key} answering on {spec.url}", 1)
+            return not pending
+
+        with self._stage("bring-up", f"{len(specs)} store service(s) answering",
+                         lambda: f"waiting for {_some(pending)}"):
+            try:
+                self._wait(probe, self.cfg.timeouts.services_s, "timeouts.services_s",
+                           lambda: [(s.key, f"store {services.described(s)}: not answering")
+                                    for s in pending.values()])
+            except ClusterError as exc:
+                waiting = list(pending.values())
+                codes = self.runtime.exit_codes([self.procs[s.key] for s in waiting])
+                failed = [s for s, code in zip(waiting, codes) if code is not None] or waiting
+                raise ClusterError(f"HiCache store service(s) not started: "
+                                   f"{', '.join(services.described(s) for s in failed)}; no worker was started\n"
+                                   f"{exc}") from None
+        self.startup_seconds[services.ROLE] = round(time.monotonic() - t0, 3)
+
     def _remove_containers(self) -> None:
         if self.keep:
             return
@@ -334,7 +369,7 @@ class LiveCluster:
         if self.simulated or not devices:
             return {}
         out = {}
-        for node in sorted({p.node for p in self.deployment.processes if p.role in ("prefill", "decode")}):
+        for node in plan_mod.worker_nodes(self.deployment):
             listing = self.hosts[node].run(["sh", "-c", _READ_IB_COUNTERS, "sh", root, *devices], timeout=30)
             for line in listing.stdout.splitlines():
                 path, _, value = line.rpartition(" ")
@@ -428,7 +463,7 @@ class LiveCluster:
     def wait_router_ready(self) -> dict:
         """Poll the router's /readiness until every instance is healthy there (/health is 200 with zero workers)."""
         spec = self.deployment.router
-        expected = len(self.deployment.servers("prefill")) + len(self.deployment.servers("decode"))
+        expected = sum(len(self.deployment.servers(role)) for role in self.deployment.worker_roles)
         t0 = time.monotonic()
         seen: dict = {}
 
@@ -484,8 +519,13 @@ class LiveCluster:
     def smoke(self) -> float | None:
         """The PD path proven: each prefill's bootstrap address reached from each decode's node, then a non-streamed
         and a streamed /generate through the router that must cross prefill -> decode, then (simulator) a payload
-        through the KV engine per pair."""
+        through the KV engine per pair. Aggregated: the two requests through the router only (no handoff)."""
         dep = self.deployment
+        if dep.aggregated:
+            with self._stage("bring-up", "smoke requests through the router (aggregated: no KV handoff, "
+                                         "bootstrap and KV pair checks skipped)"):
+                self._smoke()
+            return None
         with self._stage("bring-up", "bootstrap addresses reachable from the decodes"):
             unreachable = pd_path.unreachable_bootstraps(dep, self._host_of)
         if unreachable:
@@ -520,11 +560,12 @@ class LiveCluster:
     def _explained(self) -> str:
         """The PD path's addresses and, per worker, the log lines that explain a failed handoff (else its tail)."""
         dep = self.deployment
-        lines = [f"  KV engine {self.cfg.kv_transfer.backend}; bootstrap "
-                 + ", ".join(f"{p.key} {pd_path.bootstrap_address(p)}" for p in dep.servers("prefill"))]
+        lines = [] if dep.aggregated else [
+            f"  KV engine {self.cfg.kv_transfer.backend}; bootstrap "
+            + ", ".join(f"{p.key} {pd_path.bootstrap_address(p)}" for p in dep.servers("prefill"))]
         lines += [f"  {held}" for held in pd_path.where_requests_wait(dep)]
         for rp in self.procs.values():
-            if rp.spec.role not in ("prefill", "decode"):
+            if rp.spec.role not in plan_mod.WORKER_ROLES:
                 continue
             try:
                 text = strip_ansi(self.runtime.log_tail(rp, 400))
@@ -560,6 +601,8 @@ class LiveCluster:
             if r.status_code != 200 or finish.get("type") in ("abort", "unparsable", None):
                 raise ClusterError(f"smoke request (stream={stream}) through the router failed: HTTP {r.status_code}, "
                                    f"finish_reason {json.dumps(finish)}\n  response: {text[:500]}\n" + self._explained())
+        if self.deployment.aggregated:
+            return None
         after = handoffs(self.worker_urls)
         self.handoffs = None if after is None else after - (before or 0.0)
         if self.handoffs is not None and self.handoffs < 2:
@@ -721,7 +764,21 @@ def facts_of(cluster: LiveCluster | ExternalCluster, *, versions: bool = True) -
                         startup_seconds=dict(cluster.startup_seconds),
                         kv_pairs_gbps=dict(cluster.kv_pairs_gbps), image_ids=dict(cluster.image_ids),
                         worker_versions=worker_versions(cluster.worker_urls) if versions else {}, log_files=logs,
-                        started=tuple(cluster.procs))
+                        started=tuple(cluster.procs), layout=() if dep is None else layout_facts(dep))
+
+
+def layout_facts(dep: Deployment) -> tuple[InstanceFacts, ...]:
+    """Each planned worker process: node, GPUs, NICs, ports, and its instance's TP and DP."""
+    out = []
+    for role in dep.worker_roles:
+        layout, procs = dep.model.layout(role), dep.role(role)
+        for p in procs:
+            nnodes = sum(1 for q in procs if q.instance == p.instance)
+            out.append(InstanceFacts(key=p.key, role=role, instance=p.instance, node=p.node, node_rank=p.node_rank,
+                                     nnodes=nnodes, tp_size=layout.tensor_parallelism * nnodes, dp_size=layout.dp_size,
+                                     dp_attention=layout.dp_attention, gpus=p.gpus, nics=p.nics, port=p.port,
+                                     bootstrap_port=p.bootstrap_port))
+    return tuple(out)
 
 
 def worker_versions(worker_urls: dict[str, list[str]]) -> dict[str, str]:
@@ -831,10 +888,12 @@ def _stop_recorded(cfg: ClusterConfig, state: dict) -> list[str]:
             running = [RunningProcess(specs[p["key"]], hosts[p["node"]], p["pid"], None, None, 0.0)
                        for p in state["processes"] if p["pid"]]
             running = [rp for rp, alive in zip(running, all_of(lambda rp: rp.host.group_alive(rp.pid), running)) if alive]
-            errors = runtime.stop_all(running)
-            if errors:
-                raise ClusterError("could not stop:\n" + "\n".join(f"  {e}" for e in errors))
-            stopped += [f"{rp.spec.role} {rp.spec.key} on {rp.spec.node} (pid {rp.pid})" for rp in running]
+            for last in (False, True):  # the side services after everything that uses them
+                wave = [rp for rp in running if (rp.spec.role == services.ROLE) == last]
+                errors = runtime.stop_all(wave) if wave else []
+                if errors:
+                    raise ClusterError("could not stop:\n" + "\n".join(f"  {e}" for e in errors))
+                stopped += [f"{rp.spec.role} {rp.spec.key} on {rp.spec.node} (pid {rp.pid})" for rp in wave]
     finally:
         runtime.teardown()
         for h in hosts.values():

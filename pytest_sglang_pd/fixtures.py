@@ -133,20 +133,32 @@ def node_containers(cluster_nodes: LiveCluster, kv_transfer: KVTransferCheck) ->
 
 
 @pytest.fixture(scope="session")
-def prefill_group(node_containers: LiveCluster) -> Iterator[list]:
-    """The prefill instances launched (parallel across nodes); stopped together, logs collected, at the end."""
-    yield from _step_fixture(node_containers, "prefill", lambda: node_containers.start("prefill"))
+def side_services(node_containers: LiveCluster) -> Iterator[LiveCluster]:
+    """The side services some deployments need (HiCache's Mooncake Store), answering before any worker; stopped
+    after every worker."""
+    yield from _step_fixture(node_containers, "store", lambda: node_containers.start_services() or node_containers)
+
+
+@pytest.fixture(scope="session")
+def prefill_group(node_containers: LiveCluster, side_services: LiveCluster) -> Iterator[list]:
+    """The prefill instances (aggregated mode: the workers) launched (parallel across nodes); stopped together, logs
+    collected, at the end."""
+    first = node_containers.deployment.worker_roles[0]
+    yield from _step_fixture(node_containers, first, lambda: node_containers.start(first))
 
 
 @pytest.fixture(scope="session")
 def decode_group(node_containers: LiveCluster, prefill_group: list) -> Iterator[list]:
-    """The decode instances launched, then prefill and decode waited on together until all are healthy."""
+    """The decode instances launched (none in aggregated mode), then every worker waited on until all are healthy."""
+    roles = node_containers.deployment.worker_roles
+    rest = roles[1:]
+
     def start() -> list:
-        procs = node_containers.start("decode")
-        node_containers.wait_healthy(("prefill", "decode"))
+        procs = [p for role in rest for p in node_containers.start(role)]
+        node_containers.wait_healthy(roles)
         return procs
 
-    yield from _step_fixture(node_containers, "decode", start)
+    yield from _step_fixture(node_containers, rest[0] if rest else "workers healthy", start)
 
 
 @pytest.fixture(scope="session")

@@ -49,6 +49,25 @@ def _catalog() -> dict[str, Metric]:
         Metric("nic_errors", "", "max", "growth of the worker nodes' RDMA port error counters during the benchmark"),
         Metric("kv_transfer_throughput", "B/s", "min", "KV bytes per second of transfer time (prefill side)"),
     ]
+    worst = "the worst worker with DP attention"
+    metrics += [Metric("dp_imbalance_ratio", "", "max", f"tokens scheduled on the busiest DP rank over the mean rank, {worst} "
+                       "(sglang:dp_attention_tokens_total{kind=scheduled} by dp_rank)"),
+                Metric("dp_step_imbalance_ratio", "", "max", f"mean per step of max over mean tokens across the DP ranks, {worst} "
+                       "(sglang:dp_attention_token_imbalance_ratio)"),
+                Metric("dp_idle_step_fraction", "", "max", f"fraction of DP rank steps run as idle batches, {worst} "
+                       "(sglang:dp_attention_steps_total{rank_state})"),
+                Metric("mean_dp_sync_wait_ms", "ms", "max", f"mean wait of a DP rank's step for the slowest rank, {worst} "
+                       "(sglang:dp_attention_sync_wait_seconds)")]
+    per_gpu = "(aggregated: every GPU)"
+    metrics += [Metric("output_throughput_per_decode_gpu", "tok/s/GPU", "min", f"generated tokens per second per decode GPU {per_gpu}"),
+                Metric("input_throughput_per_prefill_gpu", "tok/s/GPU", "min", f"prompt tokens per second per prefill GPU {per_gpu}"),
+                Metric("total_throughput_per_gpu", "tok/s/GPU", "min", "prompt + generated tokens per second per GPU of the deployment"),
+                Metric("interactivity", "tok/s/user", "min", "1000 / mean TPOT (InferenceX's per-user axis)"),
+                Metric("user_output_throughput", "tok/s/user", "min", "mean over requests of output tokens / end-to-end "
+                       "latency (genai-perf's output token throughput per user)"),
+                Metric("goodput", "req/s", "min", "completed requests per second that met the test's SLO"),
+                Metric("goodput_output_throughput", "tok/s", "min", "generated tokens per second of the requests that met the SLO"),
+                Metric("slo_attainment", "", "min", "fraction of the requests sent that met the test's SLO")]
     steady = "over the steady-state window (in-flight requests >= steady_state_ratio x peak)"
     metrics += [Metric("steady_output_throughput", "tok/s", "min", f"generated tokens per second {steady}"),
                 Metric("steady_input_throughput", "tok/s", "min", f"prompt tokens of the requests sent {steady}, per second"),
@@ -77,6 +96,8 @@ ALIASES: dict[str, str] = {
     "input_throughput_per_sec": "input_throughput",
     "total_throughput_per_sec": "total_throughput",
     "requests_per_sec": "request_throughput",
+    "tok_s_per_gpu": "total_throughput_per_gpu",
+    "user_tok_s": "user_output_throughput",
 }
 
 

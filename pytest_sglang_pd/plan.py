@@ -15,7 +15,7 @@ from typing import Mapping
 from . import config as config_mod
 from . import nic, releases
 from .nic import IB_SYSFS
-from .config import ROLES, SYSFS, ClusterConfig, InferenceTest, Layout, ModelConfig, Problem
+from .config import AGGREGATED, ROLES, SYSFS, ClusterConfig, InferenceTest, Layout, ModelConfig, Problem, role_nodes
 from .textgen.tokenizer import tokenizer_dir
 
 @dataclass(frozen=True)
@@ -109,6 +109,16 @@ class Deployment:
     bench: tuple[ProcessSpec, ...] = ()  # the sglang benchmark tools, one per test and concurrency
     prechecks: tuple[Precheck, ...] = ()  # run on the nodes before anything starts
 
+    @property
+    def aggregated(self) -> bool:
+        """Plain workers behind the router's regular mode: no PD handoff, no KV transfer."""
+        return self.model.mode == AGGREGATED
+
+    @property
+    def worker_roles(self) -> tuple[str, ...]:
+        """The roles of the deployment's workers, in start order."""
+        return self.model.roles
+
     def role(self, role: str) -> tuple[ProcessSpec, ...]:
         return tuple(p for p in self.processes if p.role == role)
 
@@ -156,6 +166,7 @@ SIM_WORKER_MODULE = "pytest_sglang_pd.sim.launch_server"
 # A simulated cluster serves no real model: send that lookup to a closed local port, not the internet.
 SIM_ROUTER_ENV = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "1"}
 SGLANG_WORKER_MODULE = "sglang.launch_server"
+WORKER_ROLES = (*ROLES, AGGREGATED)  # the roles of serving workers, in either mode
 
 
 def _is_ip(node: str) -> bool:
@@ -195,10 +206,10 @@ def _instances(cfg: ClusterConfig, model: ModelConfig) -> dict[str, tuple[_Insta
         return _Member(node, rank, tuple(range(first, first + gpus)))
 
     out = {}
-    for role in ROLES:
+    for role in model.roles:
         layout = model.layout(role)
-        nodes = cfg.prefill_nodes if role == "prefill" else cfg.decode_nodes
-        base_port = cfg.prefill_port if role == "prefill" else cfg.decode_port
+        nodes = role_nodes(cfg, role)
+        base_port = cfg.decode_port if role == "decode" else cfg.prefill_port
         bootstrap = cfg.kv_transfer.bootstrap_port if role == "prefill" else None
         if cfg.instance_layout == "multi_node":
             members = tuple(member(n, r, layout.gpus) for r, n in enumerate(nodes))
@@ -243,9 +254,10 @@ def service_ports(cfg: ClusterConfig, model: ModelConfig) -> list[tuple[str, int
                 out.append((inst.head, inst.bootstrap_port, f"{role}_{inst.index} (bootstrap)"))
             out += [(node, port, f"{role}_{inst.index} (DP attention, derived)")
                     for node, port in _derived_ports(cfg, inst)]
-        coord = getattr(cfg, f"{role}_coordinator_addr")
+        coord = getattr(cfg, f"{role}_coordinator_addr", None)  # aggregated: per_node only
         if cfg.instance_layout == "multi_node" and coord:
             out.append((coord, getattr(cfg, f"{role}_coordinator_port"), f"{role} coordinator"))
+    out += [(node, port, f"HiCache {key}") for node, port, key in store_ports(cfg, model)]
     out.append((cfg.router_node, cfg.router_port, "router (http)"))
     out.append((cfg.router_node, cfg.router_prometheus_port, "router (prometheus)"))
     return out
@@ -276,7 +288,7 @@ def _release_problems(cfg: ClusterConfig, model: ModelConfig) -> list[Problem]:
     release = cfg.sglang_version or releases.DEFAULT
     methods = releases.load_balance_methods(release)
     out = []
-    for role in ROLES:
+    for role in model.roles:
         method = model.layout(role).load_balance_method
         if method and method not in methods:
             out.append(Problem(config_mod.key_path(config_mod.json_path("$.benchmark_params", model.id), role,
@@ -288,7 +300,7 @@ def _release_problems(cfg: ClusterConfig, model: ModelConfig) -> list[Problem]:
 
 def _device_map_problems(cfg: ClusterConfig, model: ModelConfig) -> list[Problem]:
     device_map = cfg.kv_transfer.mooncake.device_map
-    if not device_map or device_map == SYSFS or cfg.kv_transfer.backend != "mooncake":
+    if not device_map or device_map == SYSFS or cfg.kv_transfer.backend != "mooncake" or model.mode == AGGREGATED:
         return []
     out = []
     for insts in _instances(cfg, model).values():
@@ -368,11 +380,12 @@ def nic_map_path(cfg: ClusterConfig, node: str) -> str:
     return f"{cfg.log_dir.rstrip('/')}/ib-devices-{node}.json"
 
 
-def member_nics(cfg: ClusterConfig, member: _Member) -> tuple[tuple[str, ...], str | None]:
+def member_nics(cfg: ClusterConfig, member: _Member, role: str) -> tuple[tuple[str, ...], str | None]:
     """(the NICs a member's GPUs use, its --disaggregation-ib-device value or None). With a device map: the map's
-    entries of its own GPUs, as SGLang's per-GPU JSON form; else the shared list (every NIC for every GPU)."""
+    entries of its own GPUs, as SGLang's per-GPU JSON form; else the shared list (every NIC for every GPU).
+    Aggregated workers move no KV: none."""
     kv = cfg.kv_transfer
-    if kv.backend not in IB_DEVICE_BACKENDS:
+    if kv.backend not in IB_DEVICE_BACKENDS or role == AGGREGATED:
         return (), None
     if kv.mooncake.device_map == SYSFS and kv.backend == "mooncake":
         return (), nic_map_path(cfg, member.node)
@@ -387,16 +400,15 @@ def _worker_argv(cfg: ClusterConfig, model: ModelConfig, inst: _Instance, member
                  release: str) -> tuple[str, ...]:
     kv = cfg.kv_transfer
     module = SIM_WORKER_MODULE if cfg.simulated else SGLANG_WORKER_MODULE
-    policy = model.prefill_policy if inst.role == "prefill" else model.decode_policy
+    policy = model.decode_policy if inst.role == "decode" else model.prefill_policy
     multi = cfg.instance_layout == "multi_node"
     layout = inst.layout
-    argv = [python, "-m", module,
-            "--model-path", model.model,
-            "--disaggregation-mode", inst.role,
-            "--disaggregation-transfer-backend", kv.backend]
+    argv = [python, "-m", module, "--model-path", model.model]
+    if inst.role != AGGREGATED:
+        argv += ["--disaggregation-mode", inst.role, "--disaggregation-transfer-backend", kv.backend]
     if inst.role == "prefill":
         argv += ["--disaggregation-bootstrap-port", str(inst.bootstrap_port)]
-    ib_device = member_nics(cfg, member)[1]
+    ib_device = member_nics(cfg, member, inst.role)[1]
     if ib_device:
         argv += ["--disaggregation-ib-device", ib_device]
     argv += ["--host", bind_host(member.node), "--port", str(inst.port),
@@ -412,6 +424,12 @@ def _worker_argv(cfg: ClusterConfig, model: ModelConfig, inst: _Instance, member
                  else ["--dp-size", str(layout.dp_size)])
     if layout.load_balance_method:
         argv += ["--load-balance-method", layout.load_balance_method]
+    if model.hicache.enabled:
+        argv += ["--enable-hierarchical-cache", "--hicache-storage-backend", model.hicache.storage_backend]
+    if model.quantization:
+        argv += ["--quantization", model.quantization]
+    if model.kv_cache_dtype:
+        argv += ["--kv-cache-dtype", model.kv_cache_dtype]
     if multi:
         coord = getattr(cfg, f"{inst.role}_coordinator_addr") or inst.head
         argv += ["--nnodes", str(len(inst.members)), "--node-rank", str(member.rank),
@@ -426,8 +444,90 @@ def _worker_argv(cfg: ClusterConfig, model: ModelConfig, inst: _Instance, member
         key = f"{inst.role}_{inst.index}"
         for fault in (*s.faults.get(inst.role, ()), *s.faults.get(key, ())):
             argv += ["--sim-fault", fault]
-    argv += [*model.server_args, *(model.prefill_server_args if inst.role == "prefill" else model.decode_server_args)]
+    argv += [*model.server_args, *{"prefill": model.prefill_server_args,
+                                   "decode": model.decode_server_args}.get(inst.role, ())]
     return tuple(argv)
+
+
+# ------------------------------------------------------------- HiCache: the Mooncake Store's services
+def store_node(cfg: ClusterConfig, model: ModelConfig) -> str:
+    """Where the Mooncake Store's master and metadata service run: ``hicache.node``, else the first prefill node."""
+    return model.hicache.node or cfg.prefill_nodes[0]
+
+
+def metadata_server(cfg: ClusterConfig, model: ModelConfig) -> str:
+    """MOONCAKE_TE_META_DATA_SERVER: the suite's etcd or HTTP metadata server, or P2PHANDSHAKE (none)."""
+    hc, node = model.hicache, store_node(cfg, model)
+    return {"etcd": f"etcd://{node}:{hc.metadata_port}",
+            "http": f"http://{node}:{hc.metadata_port}/metadata"}.get(hc.metadata, hc.metadata)
+
+
+def hicache_env(cfg: ClusterConfig, model: ModelConfig, node: str) -> dict[str, str]:
+    """What SGLang's Mooncake Store reads from the env of a worker on ``node`` (MooncakeStoreConfig.load_from_env);
+    the protocol is kv_transfer.mooncake's (else SGLang's rdma)."""
+    hc = model.hicache
+    if not hc.enabled:
+        return {}
+    env = {"MOONCAKE_MASTER": f"{store_node(cfg, model)}:{hc.master_port}",
+           "MOONCAKE_MASTER_METRICS_PORT": str(hc.master_metrics_port),
+           "MOONCAKE_TE_META_DATA_SERVER": metadata_server(cfg, model),
+           "MOONCAKE_LOCAL_HOSTNAME": node,
+           "MOONCAKE_GLOBAL_SEGMENT_SIZE": hc.global_segment_size}
+    if cfg.kv_transfer.mooncake.protocol:
+        env["MOONCAKE_PROTOCOL"] = cfg.kv_transfer.mooncake.protocol
+    return env
+
+
+def store_ports(cfg: ClusterConfig, model: ModelConfig) -> list[tuple[str, int, str]]:
+    """(node, port, service) of every port the store's services listen on."""
+    hc = model.hicache
+    if not hc.enabled:
+        return []
+    node = store_node(cfg, model)
+    out = [(node, hc.master_port, "store_master (rpc)"), (node, hc.master_metrics_port, "store_master (metrics)")]
+    if hc.metadata == "etcd":
+        out += [(node, hc.metadata_port, "store_etcd (client)"), (node, hc.etcd_peer_port, "store_etcd (peer)")]
+    elif hc.metadata == "http":
+        out.append((node, hc.metadata_port, "store_metadata (http)"))
+    return out
+
+
+def store_processes(cfg: ClusterConfig, model: ModelConfig, python: str, log_dir: str) -> list[ProcessSpec]:
+    """The store's services in start order, each with the address it answers on when ready: the metadata service
+    (etcd's /health; the HTTP metadata server's 404 for an unknown key), then the master (/health on its metrics
+    port). The master is the Mooncake wheel's (``python -m mooncake.cli`` execs its ``mooncake_master``)."""
+    hc = model.hicache
+    if not hc.enabled:
+        return []
+    node = store_node(cfg, model)
+    bind = bind_host(node)
+    out = []
+
+    def service(key: str, argv: list[str], port: int, health_path: str) -> None:
+        out.append(ProcessSpec(key=key, role=STORE_ROLE, node=node, argv=tuple(argv), env=dict(cfg.container.env_dict),
+                               port=port, log_path=f"{log_dir}/{key}.log", host=node, health_path=health_path))
+
+    if hc.metadata == "etcd":
+        peer = f"http://{node}:{hc.etcd_peer_port}"
+        service("store_etcd", [hc.etcd, "--name", "store", "--logger", "zap",
+                               "--data-dir", f"{log_dir}/store_etcd.data",
+                               "--listen-client-urls", f"http://{bind}:{hc.metadata_port}",
+                               "--advertise-client-urls", f"http://{node}:{hc.metadata_port}",
+                               "--listen-peer-urls", f"http://{bind}:{hc.etcd_peer_port}",
+                               "--initial-advertise-peer-urls", peer, "--initial-cluster", f"store={peer}"],
+                hc.metadata_port, "/health")
+    elif hc.metadata == "http":
+        service("store_metadata", [python, "-m", "mooncake.http_metadata_server", "--host", bind,
+                                   "--port", str(hc.metadata_port)],
+                hc.metadata_port, f"/metadata?key={STORE_PROBE_KEY}")
+    service("store_master", [python, "-m", "mooncake.cli", f"--rpc_address={bind}", f"--rpc_port={hc.master_port}",
+                             f"--metrics_port={hc.master_metrics_port}"],
+            hc.master_metrics_port, "/health")
+    return out
+
+
+STORE_ROLE = "store"  # the role of the store's services in the Deployment
+STORE_PROBE_KEY = "sglang-pd-probe"  # a key no one writes: the HTTP metadata server answers 404 while it is up
 
 
 # the entry point of each router package: sglang-router (in images, module sglang_router) or its successor smg
@@ -435,16 +535,23 @@ ROUTER_ENTRY = {"sglang-router": ("-m", "sglang_router.launch_router"), "smg": (
 ROUTER_STARTUP_CHECK_S = 1  # how often the router retries a worker's registration (smg's default is 30 s)
 
 
-def _router_argv(cfg: ClusterConfig, model: ModelConfig, prefills: tuple[_Instance, ...],
-                 decodes: tuple[_Instance, ...], python: str) -> tuple[str, ...]:
-    argv = [cfg.router_python or python, *ROUTER_ENTRY[cfg.router_package], "--pd-disaggregation"]
-    for inst in prefills:
-        argv += ["--prefill", f"http://{inst.head}:{inst.port}", str(inst.bootstrap_port)]
-    for inst in decodes:
-        argv += ["--decode", f"http://{inst.head}:{inst.port}"]
-    argv += ["--prefill-policy", POLICY_TO_ROUTER[model.prefill_policy],
-             "--decode-policy", POLICY_TO_ROUTER[model.decode_policy],
-             "--host", bind_host(cfg.router_node), "--port", str(cfg.router_port),
+def _router_argv(cfg: ClusterConfig, model: ModelConfig, layout: dict[str, tuple[_Instance, ...]],
+                 python: str) -> tuple[str, ...]:
+    """PD mode (--pd-disaggregation, each prefill with its bootstrap port), or aggregated: the regular mode over
+    --worker-urls with one --policy."""
+    argv = [cfg.router_python or python, *ROUTER_ENTRY[cfg.router_package]]
+    if model.mode == AGGREGATED:
+        argv += ["--worker-urls", *(f"http://{inst.head}:{inst.port}" for inst in layout[AGGREGATED]),
+                 "--policy", POLICY_TO_ROUTER[model.prefill_policy]]
+    else:
+        argv.append("--pd-disaggregation")
+        for inst in layout["prefill"]:
+            argv += ["--prefill", f"http://{inst.head}:{inst.port}", str(inst.bootstrap_port)]
+        for inst in layout["decode"]:
+            argv += ["--decode", f"http://{inst.head}:{inst.port}"]
+        argv += ["--prefill-policy", POLICY_TO_ROUTER[model.prefill_policy],
+                 "--decode-policy", POLICY_TO_ROUTER[model.decode_policy]]
+    argv += ["--host", bind_host(cfg.router_node), "--port", str(cfg.router_port),
              "--prometheus-port", str(cfg.router_prometheus_port),
              "--worker-startup-timeout-secs", str(int(cfg.timeouts.server_start_s)),
              "--worker-startup-check-interval", str(ROUTER_STARTUP_CHECK_S),
@@ -463,7 +570,7 @@ def plan(cfg: ClusterConfig, model: ModelConfig | str, *, run_id: str, sglang_ve
     release = sglang_version or cfg.sglang_version or releases.DEFAULT
     docker = cfg.runtime == "docker"
     log_dir = f"{cfg.log_dir.rstrip('/')}/{run_id}"
-    base_env = {**node_env(cfg), **kv_env(cfg)}
+    base_env = {**node_env(cfg), **({} if model.mode == AGGREGATED else kv_env(cfg))}
     secrets = {"HF_TOKEN": cfg.hf_token_file} if cfg.hf_token_file else {}
     containers: list[ContainerSpec] = []
     processes: list[ProcessSpec] = []
@@ -472,7 +579,7 @@ def plan(cfg: ClusterConfig, model: ModelConfig | str, *, run_id: str, sglang_ve
         if not docker:
             return None
         volumes = dict(cfg.container.volume_dict)
-        if role in ("prefill", "decode"):
+        if role in WORKER_ROLES:
             volumes.update({path: path for path in nic_mounts(cfg) if path not in volumes})
         if not any(log_dir == v or log_dir.startswith(v.rstrip("/") + "/") for v in volumes.values()):
             volumes[cfg.log_dir] = cfg.log_dir
@@ -484,22 +591,24 @@ def plan(cfg: ClusterConfig, model: ModelConfig | str, *, run_id: str, sglang_ve
                     f"{LABEL_PREFIX}.key": key, f"{LABEL_PREFIX}.model": model.id}))
         return key
 
+    for spec in store_processes(cfg, model, python, log_dir):
+        processes.append(replace(spec, container=container(spec.key, STORE_ROLE, spec.node)))
     layout = _instances(cfg, model)
-    prefills, decodes = layout["prefill"], layout["decode"]
-    for inst in (*prefills, *decodes):
+    for inst in (inst for role in model.roles for inst in layout[role]):
         for member in inst.members:
             key = f"{inst.role}_{inst.index}" + (f"_rank{member.rank}" if member.rank else "")
             processes.append(ProcessSpec(
                 key=key, role=inst.role, node=member.node,
                 argv=_worker_argv(cfg, model, inst, member, python, release),
-                env=base_env, port=inst.port, log_path=f"{log_dir}/{key}.log",
+                env={**base_env, **hicache_env(cfg, model, member.node)}, port=inst.port,
+                log_path=f"{log_dir}/{key}.log",
                 container=container(key, inst.role, member.node), host=inst.head,
                 instance=inst.index, node_rank=member.rank,
-                bootstrap_port=inst.bootstrap_port, gpus=member.gpus, nics=member_nics(cfg, member)[0],
+                bootstrap_port=inst.bootstrap_port, gpus=member.gpus, nics=member_nics(cfg, member, inst.role)[0],
                 secret_env_files=secrets))
     processes.append(ProcessSpec(
         key="router", role="router", node=cfg.router_node,
-        argv=_router_argv(cfg, model, prefills, decodes, python),
+        argv=_router_argv(cfg, model, layout, python),
         env={**cfg.container.env_dict, **(SIM_ROUTER_ENV if cfg.simulated else {})},
         port=cfg.router_port, log_path=f"{log_dir}/router.log",
         container=container("router", "router", cfg.router_node), host=cfg.router_node,
@@ -626,8 +735,8 @@ def side_services(env: Mapping[str, str]) -> list[tuple[str, str]]:
 
 
 def worker_nodes(dep: Deployment) -> list[str]:
-    """The nodes that run prefill or decode processes, sorted."""
-    return sorted({p.node for p in dep.processes if p.role in ("prefill", "decode")})
+    """The nodes that run worker processes, sorted."""
+    return sorted({p.node for p in dep.processes if p.role in WORKER_ROLES})
 
 
 def prechecks(cfg: ClusterConfig, dep: Deployment) -> tuple[Precheck, ...]:
@@ -656,7 +765,7 @@ def prechecks(cfg: ClusterConfig, dep: Deployment) -> tuple[Precheck, ...]:
                                     "($.config.container_config.device_list)"))
     kv = cfg.kv_transfer
     env = kv_env(cfg)
-    for node in worker_nodes(dep):
+    for node in [] if dep.aggregated else worker_nodes(dep):  # aggregated: no KV transfer to check
         nics = [n for p in dep.processes if p.node == node for n in p.nics] or (
             list(kv.ib_devices) if kv.backend == "nixl" else [])
         nics = list(dict.fromkeys(nics))

@@ -4,7 +4,7 @@ cluster (``cluster.broken``), which stops the running benchmark at once; its tex
 log tail of the process named, then the metric lines.
 
 Causes, in the order they are looked for every ``POLL_S``:
-- a process (prefill, decode, router) exited: role, key, node, exit code;
+- a process (store service, prefill, decode, router) exited: role, key, node, exit code;
 - a worker stopped answering /health (``timeouts.health_misses`` probes in a row without a 200 within
   ``timeouts.health_s``; during a stall, one probe unanswered for ``SILENT_S``);
 - a stall: nothing streamed, nothing generated and no request completed for ``timeouts.stall_s`` while a worker holds requests
@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import requests
 
-from . import prom
+from . import prom, services
 from .cluster import ExternalCluster, LiveCluster
+from .plan import WORKER_ROLES
 
 POLL_S = 0.5
 SILENT_S = 2.0
@@ -60,7 +61,7 @@ def workers_of(cluster: LiveCluster | ExternalCluster) -> list[Worker]:
         return [Worker(role, url, url.split("//")[-1].split(":")[0], url)
                 for role, urls in cluster.worker_urls.items() for url in urls]
     return [Worker(s.role, s.key, s.node, s.url, s.health_path)
-            for role in ("prefill", "decode") for s in cluster.deployment.servers(role)]
+            for role in cluster.deployment.worker_roles for s in cluster.deployment.servers(role)]
 
 
 class ClusterWatch:
@@ -151,7 +152,8 @@ class ClusterWatch:
     def _exited(self) -> str | None:
         if not isinstance(self.cluster, LiveCluster):
             return None
-        procs = [rp for rp in list(self.cluster.procs.values()) if rp.spec.role in ("prefill", "decode", "router")]
+        watched = (services.ROLE, *WORKER_ROLES, "router")
+        procs = [rp for rp in list(self.cluster.procs.values()) if rp.spec.role in watched]
         for rp, code in zip(procs, self.cluster.runtime.exit_codes(procs)):
             if code is not None:
                 return self._told(f"{rp.spec.role} {rp.spec.key} on node {rp.spec.node} exited with code {code} at "

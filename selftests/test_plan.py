@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 
@@ -13,9 +12,8 @@ from sglang_router.launch_router import parse_router_args
 from pytest_sglang_pd import config, plan, slurm
 from pytest_sglang_pd.cli import deployment_json
 from pytest_sglang_pd.textgen.tokenizer import tokenizer_dir
-from selftests.configs import CONFIGS, REPO, raw, write
+from selftests.configs import CONFIGS, REPO, assert_plan_golden, raw, write
 
-GOLDENS = os.path.join(os.path.dirname(__file__), "goldens")
 VARIANTS = {
     "per_node-mooncake": {},
     "per_node-nixl": {"kv_transfer": {"backend": "nixl"}},
@@ -34,14 +32,7 @@ def reference_config(**overrides) -> config.ClusterConfig:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_plan_matches_golden(variant):
     cfg = reference_config(**VARIANTS[variant])
-    got = {m: deployment_json(plan.plan(cfg, m, run_id="RUN")) for m in cfg.model_ids}
-    path = os.path.join(GOLDENS, f"mi35x-{variant}.json")
-    if os.environ.get("UPDATE_GOLDENS"):
-        with open(path, "w") as f:
-            json.dump(got, f, indent=2, sort_keys=True)
-            f.write("\n")
-    with open(path) as f:
-        assert got == json.load(f), f"plan differs from {path}; rerun with UPDATE_GOLDENS=1 after checking the change"
+    assert_plan_golden(cfg, f"mi35x-{variant}.json")
 
 
 SEED_LAYOUTS = {"2tp4-1tp8": "local-sim-2tp4-1tp8.json", "pd-dp16": "pd-dp16-example.json"}
@@ -54,14 +45,7 @@ def test_the_seed_layouts_match_their_goldens(layout):
     data = raw(SEED_LAYOUTS[layout])
     data["config"]["python"] = "python3"  # not this machine's interpreter
     cfg = config.from_dict(data, user="sgl")
-    got = {m: deployment_json(plan.plan(cfg, m, run_id="RUN")) for m in cfg.model_ids}
-    path = os.path.join(GOLDENS, f"layout-{layout}.json")
-    if os.environ.get("UPDATE_GOLDENS"):
-        with open(path, "w") as f:
-            json.dump(got, f, indent=2, sort_keys=True)
-            f.write("\n")
-    with open(path) as f:
-        assert got == json.load(f), f"plan differs from {path}; rerun with UPDATE_GOLDENS=1 after checking the change"
+    assert_plan_golden(cfg, f"layout-{layout}.json")
 
 
 def test_two_tp4_instances_on_one_node_get_gpus_0_3_and_4_7_disjoint_nics_and_ports():
@@ -338,3 +322,72 @@ def test_a_load_balance_method_is_planned_only_when_configured_and_in_the_planne
     assert [str(p) for p in info.value.problems] == [
         "$.benchmark_params[\"deepseek-r1\"].decode.load_balance_method: 'follow_bootstrap_room' is not a "
         "--load-balance-method of sglang 0.5.7 (it has round_robin, decode_round_robin, shortest_queue, minimum_tokens)"]
+
+
+def aggregated_reference_config() -> config.ClusterConfig:
+    """The reference config with every model aggregated: 2 x TP4 per node on its four nodes, real sglang."""
+    data = raw("mi35x-example.json")
+    for m in data["benchmark_params"].values():
+        m.update(mode="aggregated", aggregated={"tensor_parallelism": 4, "instances_per_node": 2})
+    return config.from_dict(data, user="sgl")
+
+
+def test_aggregated_plan_matches_golden():
+    cfg = aggregated_reference_config()
+    assert_plan_golden(cfg, "aggregated-mi35x.json")
+
+
+def test_aggregated_workers_are_plain_and_behind_the_routers_regular_mode():
+    """No PD flag, no bootstrap port, no KV engine env or precheck; GPUs 0-3 and 4-7 on every node of both lists; the
+    installed sglang-router parses the regular mode's argv with every worker URL."""
+    cfg = aggregated_reference_config()
+    dep = plan.plan(cfg, "llama-70b", run_id="r")
+    workers = dep.role("aggregated")
+    assert dep.aggregated and dep.worker_roles == ("aggregated",) and not dep.role("prefill") and not dep.role("decode")
+    assert [(w.node, w.gpus) for w in workers] == [(n, g) for n in ("mi35x-node01", "mi35x-node02", "mi35x-node03",
+                                                                    "mi35x-node04") for g in ((0, 1, 2, 3), (4, 5, 6, 7))]
+    for w in workers:
+        assert not [a for a in w.argv if a.startswith("--disaggregation")], w.argv
+        assert w.bootstrap_port is None and not w.nics
+        assert not {"MC_GID_INDEX", "MOONCAKE_PROTOCOL"} & set(w.env)
+        assert w.argv[w.argv.index("--tp-size") + 1] == "4"
+    assert {w.port for w in workers} == {cfg.prefill_port, cfg.prefill_port + 1}
+    assert not [c for c in dep.prechecks if c.kind in ("kv_transfer", "nic_map", "hugepages")]
+    argv = dep.router.argv
+    args = parse_router_args(list(argv[3:]))
+    assert not args.pd_disaggregation and "--pd-disaggregation" not in argv
+    assert args.worker_urls == [w.url for w in workers] and args.policy == "cache_aware"
+
+
+def test_aggregated_layout_problems_name_the_aggregated_keys():
+    data = raw("mi35x-example.json")
+    data["benchmark_params"]["llama-70b"].update(mode="aggregated", aggregated={"tensor_parallelism": 4,
+                                                                                "instances_per_node": 3})
+    with pytest.raises(config.ConfigError) as err:
+        config.from_dict(data, user="sgl")
+    assert "$.config.prefill_node_list[0]" in str(err.value) and "aggregated 3 x 4 GPUs" in str(err.value)
+    data["benchmark_params"]["llama-70b"]["aggregated"] = {"tensor_parallelism": 4}
+    data["config"]["instance_layout"] = "multi_node"
+    data["config"].update(prefill_coordinator_addr="mi35x-node01", decode_coordinator_addr="mi35x-node03")
+    with pytest.raises(config.ConfigError) as err:
+        config.from_dict(data, user="sgl")
+    assert '$.benchmark_params["llama-70b"].mode: aggregated mode runs per_node instances' in str(err.value)
+
+
+def test_a_models_quantization_and_kv_cache_dtype_reach_every_worker_and_a_bad_kv_dtype_is_a_config_error():
+    data = raw("local-sim-2tp4-1tp8.json")
+    name = next(iter(data["benchmark_params"]))
+    argvs = [p.argv for p in plan.plan(config.from_dict(data, user="sgl"), name, run_id="r").processes]
+    assert not any("--quantization" in a or "--kv-cache-dtype" in a for a in argvs)
+    data["benchmark_params"][name].update(quantization="fp8", kv_cache_dtype="fp8_e4m3")
+    dep = plan.plan(config.from_dict(data, user="sgl"), name, run_id="r")
+    workers = [*dep.role("prefill"), *dep.role("decode")]
+    assert len(workers) == 3
+    for worker in workers:
+        assert worker.argv[worker.argv.index("--quantization") + 1] == "fp8"
+        assert worker.argv[worker.argv.index("--kv-cache-dtype") + 1] == "fp8_e4m3"
+    data["benchmark_params"][name]["kv_cache_dtype"] = "fp8"
+    with pytest.raises(config.ConfigError) as info:
+        config.from_dict(data, user="sgl")
+    assert f'$.benchmark_params["{name}"].kv_cache_dtype: "fp8" is not one of "auto", "fp8_e5m2", "fp8_e4m3"' in str(
+        info.value)

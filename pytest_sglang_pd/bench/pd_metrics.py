@@ -26,8 +26,9 @@ def _mean(before: Workers, after: Workers, role: str, total: str, count: str) ->
 
 
 def kv_metrics(before: Workers, after: Workers) -> dict[str, float]:
-    """The KV transfers of a benchmark (warmup included); {} where the workers export no PD metrics."""
-    if not prom.exports_pd(after):
+    """The KV transfers of a benchmark (warmup included); {} where the workers export no PD metrics or there is no
+    prefill worker (aggregated mode moves no KV)."""
+    if not prom.exports_pd(after) or not after.get("prefill"):
         return {}
     out = {"kv_handoffs": _delta(before, after, "prefill", "kv_transfers") or 0.0}
     for role in ("prefill", "decode"):  # per role, as each side counts its own

@@ -52,6 +52,7 @@ class BenchResult:
     workers: dict[str, dict] = field(default_factory=dict)  # worker URL -> role, requests (its own count), router_requests
     runs: list[dict[str, float]] = field(default_factory=list)  # each repeat's metrics (empty: one run)
     time_dilation: float = 1.0  # the simulator's clock ran this many times slower; figures are rescaled (undilate)
+    deployment: dict = field(default_factory=dict)  # what it ran on: mode, GPUs per role (bench/figures.py)
 
     @cached_property
     def spread(self) -> dict[str, Summary]:
@@ -208,4 +209,5 @@ def combine(results: list[BenchResult]) -> BenchResult:
     return BenchResult(tool=last.tool, metrics=metrics, num_requests=sum(r.num_requests for r in results),
                        records=[rec for r in results for rec in r.records], totals=totals, errors=errors,
                        artifacts=artifacts, command=last.command, tool_version=last.tool_version, router=last.router,
-                       workers=workers, runs=[dict(r.metrics) for r in results], time_dilation=last.time_dilation)
+                       workers=workers, runs=[dict(r.metrics) for r in results], deployment=last.deployment,
+                       time_dilation=last.time_dilation)

@@ -20,13 +20,15 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import jsonschema
 import yaml
 
-from .. import metrics, nic
+from .. import metrics, nic, releases
 from .keys import (ARGS, BOOL_OR_INT, CSV, INT, INT_OR_LIST, LIST_MAP, NODES, NUMBER, OBJECT, PERCENT, RATE, RELEASE,
                    STRING, STRING_MAP, TEXT, Key, Kind, Problem, choice, count, json_path, key, port, read, to_float,
                    to_percent)
 from . import keys as keys_mod
-from .layout import (LOAD_BALANCE_METHODS, ROLES, SYSFS, Layout, MooncakeSettings, RoleSettings, device_map_problems,
-                     key_path, layout_problems, read_mooncake_json, resolve, translate_mooncake_json)
+from .hicache import HiCacheSettings, hicache_problems
+from .layout import (AGGREGATED, DISAGGREGATED, LOAD_BALANCE_METHODS, ROLES, SYSFS, Layout, MooncakeSettings,
+                     RoleSettings, device_map_problems, key_path, layout_problems, read_mooncake_json, resolve,
+                     role_nodes, translate_mooncake_json)
 
 PLACEHOLDER = "<changeme>"
 USER_TOKEN = "{user-id}"
@@ -62,6 +64,21 @@ class Threshold:
     value: float
     direction: str  # "max" (upper bound) | "min" (lower bound)
     explicit: bool  # written as {"min": x} / {"max": x}
+
+
+_SLO_DEFAULT = "the loosest {} upper limit (any statistic) in expected_results, else none"
+
+
+@dataclass(frozen=True)
+class SLOSettings:
+    """A test's per-request latency limits for goodput (bench/figures.py)."""
+
+    ttft_ms: float | None = key("ttft_ms", None, NUMBER, "a request's TTFT limit, ms", minimum=0,
+                                exclusive_minimum=True, default_doc=_SLO_DEFAULT.format("TTFT"))
+    tpot_ms: float | None = key("tpot_ms", None, NUMBER, "a request's TPOT limit, ms", minimum=0,
+                                exclusive_minimum=True, default_doc=_SLO_DEFAULT.format("TPOT"))
+    itl_ms: float | None = key("itl_ms", None, NUMBER, "a request's mean inter-token latency limit, ms", minimum=0,
+                               exclusive_minimum=True, default_doc=_SLO_DEFAULT.format("ITL"))
 
 
 @dataclass(frozen=True)
@@ -122,6 +139,8 @@ class InferenceTest:
                     "pd: requests through the router, prefill -> decode; decode_alone: straight to the first decode "
                     "worker with SGLang's fake bootstrap host (bench_serving --fake-prefill), so no prefill computes and "
                     "no KV moves: decode measured alone, at a batch as large as max_concurrency (bench_serving only)")
+    slo: SLOSettings = key("slo", section=SLOSettings, effect="the per-request SLO of goodput and slo_attainment; "
+                           "any key set here replaces every limit taken from expected_results")
     thresholds: tuple[Threshold, ...] = ()
     unbounded: bool = False  # bench_serving without --max-concurrency: every prompt at once (the seed's meaning)
 
@@ -142,7 +161,8 @@ class ModelConfig:
     backend: str = key("backend", "sglang", choice("sglang"), "the serving engine (SGLang)")
     max_concurrency: int = count("max_concurrency", 64, "the default max_concurrency of the model's tests")
     prefill_policy: str = key("prefill_policy", "cache_aware", choice(*POLICIES),
-                              "router --prefill-policy; prefill workers' --schedule-policy")
+                              "router --prefill-policy; prefill workers' --schedule-policy (aggregated mode: router "
+                              "--policy and every worker's --schedule-policy)")
     decode_policy: str = key("decode_policy", "cache_aware", choice(*POLICIES),
                              "router --decode-policy; decode workers' --schedule-policy")
     tensor_parallelism: int = count("tensor_parallelism", 8, f"{WORKER_ARGV} --tp-size (x nodes in multi_node)")
@@ -163,14 +183,30 @@ class ModelConfig:
                                           "the choices of the planned release)",
                                           default_doc="unset: SGLang's auto (follow_bootstrap_room on a prefill, "
                                           "round_robin on a decode)")
+    mode: str = key("mode", DISAGGREGATED, choice(DISAGGREGATED, AGGREGATED),
+                    "disaggregated: prefill and decode instances behind the router's PD mode; aggregated: plain "
+                    "workers (no --disaggregation-mode) on every node of prefill_node_list and decode_node_list "
+                    "(each once), laid out by the aggregated section, behind the router's regular mode "
+                    "(--worker-urls)")
     prefill: RoleSettings = key("prefill", section=RoleSettings)
     decode: RoleSettings = key("decode", section=RoleSettings)
+    aggregated: RoleSettings = key("aggregated", section=RoleSettings)
+    hicache: HiCacheSettings = key("hicache", section=HiCacheSettings)
     inference_poll_iterations: int = count(
         "inference_poll_iterations", 16, "",
         ignored="the suite follows each benchmark's own process and bounds it by config.timeouts.benchmark_s "
                 "instead of polling its log a number of times")
     dtype: str = key("dtype", "auto", TEXT, "selects the expected_results entry the tests gate on (the workers "
                                             "load the checkpoint's dtype; add --dtype to server_args to force one)")
+    quantization: str | None = key("quantization", None, STRING,
+                                   f"{WORKER_ARGV} --quantization (e.g. fp8, w8a8_fp8, modelopt_fp8: SGLang's "
+                                   "methods); the simulator models its weight bytes and GEMM format",
+                                   default_doc="unset: the checkpoint's (the simulator: FP8 when the model path "
+                                   "names fp8, else the catalog's bf16)")
+    kv_cache_dtype: str | None = key("kv_cache_dtype", None, choice(*releases.KV_CACHE_DTYPES),
+                                     f"{WORKER_ARGV} --kv-cache-dtype; the simulator models its KV bytes (capacity, "
+                                     "decode reads, PD transfer)", default_doc="unset: SGLang's auto (the model's "
+                                     "dtype)")
     server_args: tuple[str, ...] = key("server_args", (), ARGS, f"appended to every {WORKER_ARGV}")
     prefill_server_args: tuple[str, ...] = key("prefill_server_args", (), ARGS, f"appended to the prefill {WORKER_ARGV}")
     decode_server_args: tuple[str, ...] = key("decode_server_args", (), ARGS, f"appended to the decode {WORKER_ARGV}")
@@ -181,6 +217,11 @@ class ModelConfig:
     def layout(self, role: str) -> Layout:
         """The role's parallelism, instances per node and DP: its section over the model's keys."""
         return resolve(role, getattr(self, role), self)
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The worker roles the model's mode deploys: prefill and decode, or aggregated."""
+        return (AGGREGATED,) if self.mode == AGGREGATED else ROLES
 
 
 @dataclass(frozen=True)
@@ -250,6 +291,8 @@ class KVTransferSettings:
 class Timeouts:
     server_start_s: float = key("server_start_s", 1800.0, NUMBER, "each worker's readiness deadline; router "
                                 "--worker-startup-timeout-secs", minimum=0, exclusive_minimum=True)
+    services_s: float = key("services_s", 60.0, NUMBER, "the side services' readiness deadline (HiCache's Mooncake "
+                            "Store: master and metadata service, before any worker)", minimum=0, exclusive_minimum=True)
     router_ready_s: float = key("router_ready_s", 600.0, NUMBER, "the router's readiness deadline",
                                 minimum=0, exclusive_minimum=True)
     smoke_s: float = key("smoke_s", 60.0, NUMBER, "the smoke requests' deadline (bring-up's proof of prefill -> "
@@ -802,6 +845,13 @@ def _slurm_problems(cfg: ClusterConfig) -> list[Problem]:
     return []
 
 
+def _slurm_role_nodes(cfg: ClusterConfig, role: str) -> int:
+    """How many nodes a Slurm allocation will give a role the config names no nodes for (0 off Slurm)."""
+    if cfg.transport != "slurm":
+        return 0
+    return cfg.slurm.prefill_nodes + cfg.slurm.decode_nodes if role == AGGREGATED else getattr(cfg.slurm, f"{role}_nodes")
+
+
 def cross_field_problems(cfg: ClusterConfig) -> list[Problem]:
     """Problems between fields; those that need the plan (two services on one port) are plan.plan_problems."""
     c = "$.config"
@@ -825,6 +875,8 @@ def cross_field_problems(cfg: ClusterConfig) -> list[Problem]:
                 problems.append(Problem(f"{c}.{role}_coordinator_addr",
                                         f"multi_node layout with {len(nodes)} {role} nodes needs a coordinator address"))
     problems += layout_problems(cfg)
+    for m in cfg.models:
+        problems += hicache_problems(m, json_path("$.benchmark_params", m.id))
     if cfg.transport == "ssh" and cfg.ssh.key_file and not os.path.isfile(cfg.ssh.key_file):
         problems.append(Problem(f"{c}.ssh.key_file", f"{cfg.ssh.key_file}: no such file on this machine "
                                 "(the private key the suite logs in with)"))
@@ -845,11 +897,10 @@ def cross_field_problems(cfg: ClusterConfig) -> list[Problem]:
         mpath = json_path("$.benchmark_params", m.id)
         if not _ID_PATTERN.match(m.id):
             problems.append(Problem(mpath, f"model id {m.id!r} cannot be used in test ids: use letters, digits, '.', '_' or '-'"))
-        for role in ("prefill", "decode"):
-            nodes = cfg.prefill_nodes if role == "prefill" else cfg.decode_nodes
-            count = len(nodes) or (getattr(cfg.slurm, f"{role}_nodes") if cfg.transport == "slurm" else 0)
+        for role in m.roles:
+            count = len(role_nodes(cfg, role)) or _slurm_role_nodes(cfg, role)
             n = 1 if cfg.instance_layout == "multi_node" else count * m.layout(role).instances_per_node
-            if getattr(m, f"{role}_policy") == "power_of_two" and n < 2:
+            if getattr(m, f"{'decode' if role == 'decode' else 'prefill'}_policy") == "power_of_two" and n < 2:
                 problems.append(Problem(f"{mpath}.{role}_policy",
                                         f"power_of_two needs at least 2 {role} instances, the config has {n}"))
         for t in m.tests:

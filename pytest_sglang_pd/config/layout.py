@@ -18,6 +18,7 @@ from .. import releases
 from .keys import BOOL_OR_INT, INT, OBJECT, STRING_MAP, Kind, Problem, choice, count, json_path, key
 
 ROLES = ("prefill", "decode")
+DISAGGREGATED, AGGREGATED = "disaggregated", "aggregated"  # a model's mode; "aggregated" is also its one role
 # --load-balance-method's choices in any known release (the plan checks them against the planned release)
 LOAD_BALANCE_METHODS = tuple(dict.fromkeys(m for methods in releases.LOAD_BALANCE_METHODS.values() for m in methods))
 _WORKER = "worker argv"
@@ -83,6 +84,13 @@ def resolve(role: str, section: RoleSettings, model: Any) -> Layout:
     return Layout(role=role, tensor_parallelism=section.tensor_parallelism or model.tensor_parallelism,
                   instances_per_node=section.instances_per_node, dp_size=dp_size, dp_attention=bool(attention),
                   load_balance_method=section.load_balance_method or model.load_balance_method)
+
+
+def role_nodes(cfg: Any, role: str) -> tuple[str, ...]:
+    """The nodes a role's instances run on: its node list; aggregated workers on every worker node, each once."""
+    if role == AGGREGATED:
+        return tuple(dict.fromkeys((*cfg.prefill_nodes, *cfg.decode_nodes)))
+    return getattr(cfg, f"{role}_nodes")
 
 
 def key_path(model_path: str, role: str, section: RoleSettings, name: str) -> str:
@@ -197,9 +205,12 @@ def layout_problems(cfg: Any) -> list[Problem]:
             first.setdefault(node, i)
     for m in cfg.models:
         mpath = json_path("$.benchmark_params", m.id)
-        for role in ROLES:
+        if m.mode == AGGREGATED and cfg.instance_layout == "multi_node":
+            problems.append(Problem(json_path(mpath, "mode"), "aggregated mode runs per_node instances; "
+                                    "$.config.instance_layout is multi_node"))
+        for role in m.roles:
             section, layout = getattr(m, role), m.layout(role)
-            nnodes = len(getattr(cfg, f"{role}_nodes")) if cfg.instance_layout == "multi_node" else 1
+            nnodes = len(role_nodes(cfg, role)) if cfg.instance_layout == "multi_node" else 1
             if layout.gpus > cfg.gpus_per_node:
                 why = (f"{layout.tensor_parallelism} does not fit" if layout.gpus == layout.tensor_parallelism else
                        f"TP{layout.tensor_parallelism} x {layout.dp_size} DP replicas = {layout.gpus} GPUs per "
@@ -228,15 +239,24 @@ def _gpu_budget(cfg: Any) -> list[Problem]:
     for m in cfg.models:
         used: dict[str, list[str]] = {}
         total: dict[str, int] = {}
-        for role in ROLES:
+        for role in m.roles:
             layout = m.layout(role)
             per_node = layout.instances_per_node if cfg.instance_layout == "per_node" else 1
-            nodes = getattr(cfg, f"{role}_nodes")
+            nodes = role_nodes(cfg, role)
             for node in dict.fromkeys(nodes):  # a node listed twice in a role is a problem of its own
                 used.setdefault(node, []).append(f"{role} {per_node} x {layout.gpus} GPUs")
                 total[node] = total.get(node, 0) + per_node * layout.gpus
                 if total[node] > cfg.gpus_per_node:
-                    where = (f"$.config.{role}_node_list[{nodes.index(node)}]", node)
+                    where = (_node_entry(cfg, role, node), node)
                     over.setdefault(where, []).append(f"{m.id} {total[node]} ({' + '.join(used[node])})")
     return [Problem(path, f"node {node}: the instances there need more GPUs than gpus_per_node "
                           f"{cfg.gpus_per_node}: {'; '.join(needs)}") for (path, node), needs in over.items()]
+
+
+def _node_entry(cfg: Any, role: str, node: str) -> str:
+    """The node-list entry naming a node of a role (aggregated: the first list that has it)."""
+    for name in ((*ROLES,) if role == AGGREGATED else (role,)):
+        nodes = getattr(cfg, f"{name}_nodes")
+        if node in nodes:
+            return f"$.config.{name}_node_list[{nodes.index(node)}]"
+    raise ValueError(node)

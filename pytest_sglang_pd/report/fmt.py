@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import metrics as metrics_mod
 
-FRACTIONS = frozenset({"accuracy", "invalid", "cache_hit_rate"})
+FRACTIONS = frozenset({"accuracy", "invalid", "cache_hit_rate", "slo_attainment", "dp_idle_step_fraction"})
 _BYTES = (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10))
 
 
@@ -38,7 +38,7 @@ def value(metric: str, x: float | None, *, unit: bool = True) -> str:
     u = known.unit if known else ""
     if u in ("B", "B/s"):
         return _bytes(x, "/s" if u == "B/s" else "")
-    if u in ("ms", "tok/s"):
+    if u in ("ms", "tok/s", "tok/s/GPU", "tok/s/user"):
         text = f"{x:,.1f}" if abs(x) >= 10 else f"{x:.2f}"
     elif u in ("req/s", "s"):
         text = f"{x:,.2f}"

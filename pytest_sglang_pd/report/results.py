@@ -28,13 +28,13 @@ def case_entry(*, case_id: str, nodeid: str, model: str, test: str, kind: str, d
         "duration_s": round(duration_s, 3), "message": message,
         "tool": None, "tool_version": None, "router": None, "command": None, "num_requests": None,
         "completed_requests": None, "failed_requests": None, "repeats": None, "runs": [], "spread": {},
-        "metrics": {}, "totals": {}, "workers": {}, "verdicts": [], "baseline_changes": [], "errors": [], "artifacts": {},
+        "metrics": {}, "totals": {}, "workers": {}, "deployment": {}, "verdicts": [], "baseline_changes": [], "errors": [], "artifacts": {},
     }
     if result is not None:
         entry.update(tool=result.tool, tool_version=result.tool_version, router=result.router, command=result.command,
                      num_requests=result.num_requests, completed_requests=result.completed,
                      failed_requests=result.failed, metrics=_finite(result.metrics), totals=_finite(result.totals),
-                     workers={url: dict(w) for url, w in result.workers.items()},
+                     workers={url: dict(w) for url, w in result.workers.items()}, deployment=dict(result.deployment),
                      repeats=max(len(result.runs), 1), runs=[_finite(run) for run in result.runs],
                      spread={name: _finite(summary.as_dict(), keep=("ci95",)) for name, summary in result.spread.items()},
                      errors=list(result.errors), artifacts=dict(result.artifacts))

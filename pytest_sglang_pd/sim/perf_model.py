@@ -9,6 +9,8 @@ Formulas (docs/simulator.md repeats them):
                           (2 * P_active * B + 4 * L * H * d * sum ctx) / (G * peak * MFU))
                       + step_overhead
     step_overhead   = STEP_BASE + L * (LAYER_LAUNCH + (2 * ALLREDUCE if G > 1 else 0))
+    mixed(chunk, batch) = max(decode memory time, prefill compute + decode compute) + step_overhead
+                      (an aggregated worker: chunked prefill and decode share one step)
     transfer(n)     = n * kv_bytes_per_token / (G * NIC_bw) + TRANSFER_SETUP
     capacity        = G * (HBM * mem_fraction - W / G) / (kv_bytes_per_token * replication)
 
@@ -47,7 +49,7 @@ class PerfModel:
 
     @property
     def _peak_flops(self) -> float:
-        return self.gpu.fp8_flops if self.model.weight_bytes_per_param <= 1 else self.gpu.bf16_flops
+        return self.gpu.fp8_flops if self.model.compute_dtype == "fp8" else self.gpu.bf16_flops
 
     @property
     def step_overhead_s(self) -> float:
@@ -77,14 +79,26 @@ class PerfModel:
         """One decode step of ``batch`` sequences holding ``context_tokens`` KV tokens in total."""
         if batch <= 0:
             return 0.0
+        return max(self._decode_memory_s(batch, context_tokens),
+                   self._decode_compute_s(batch, context_tokens)) + self.step_overhead_s
+
+    def _decode_memory_s(self, batch: int, context_tokens: int) -> float:
         m = self.model
         kv_read = context_tokens * m.kv_bytes_per_token * self._kv_replication
-        memory_s = (m.weight_bytes_read_per_step(batch) + kv_read) / self.gpus / (
-            self.gpu.hbm_bytes_per_s * DECODE_MBU
-        )
+        return (m.weight_bytes_read_per_step(batch) + kv_read) / self.gpus / (self.gpu.hbm_bytes_per_s * DECODE_MBU)
+
+    def _decode_compute_s(self, batch: int, context_tokens: int) -> float:
+        m = self.model
         flops = 2.0 * m.active_params * batch + 4.0 * m.layers * m.heads * m.head_dim * context_tokens
-        compute_s = flops / (self.gpus * self._peak_flops * DECODE_MFU)
-        return max(memory_s, compute_s) + self.step_overhead_s
+        return flops / (self.gpus * self._peak_flops * DECODE_MFU)
+
+    def mixed_step_seconds(self, chunks: list[tuple[int, int]], batch: int, context_tokens: int) -> float:
+        """One step of an aggregated worker: a prefill chunk and a decode batch in one forward. The weights are read
+        once; the prefill's compute adds to the decode's, so the step takes the larger of the decode's memory time
+        and both computes, plus one step overhead."""
+        prefill_compute_s = self.prefill_seconds(chunks) - self.step_overhead_s if chunks else 0.0
+        compute_s = prefill_compute_s + self._decode_compute_s(batch, context_tokens)
+        return max(self._decode_memory_s(batch, context_tokens) if batch else 0.0, compute_s) + self.step_overhead_s
 
     def kv_bytes(self, tokens: int) -> float:
         return tokens * self.model.kv_bytes_per_token

@@ -2,7 +2,8 @@
 
 One asyncio task runs steps back to back. Each step is a prefill step (up to
 ``chunked_prefill_size`` prompt tokens of the admitted requests, prefill first as in SGLang) or a
-decode step (one token for every running sequence). A step's duration comes from the performance
+decode step (one token for every running sequence); an aggregated worker (no --disaggregation-mode) runs the
+chunk and the decode batch in one mixed step. A step's duration comes from the performance
 model; its end is an ABSOLUTE deadline (previous deadline + step time), so event-loop overhead and
 timer slack do not add up over steps. Requests wait in the queue until their KV reservation
 (prompt + max_new_tokens tokens; prompt only on a prefill worker) fits beside the running ones;
@@ -97,6 +98,16 @@ class BatchStats:
         return mean, max((batch for batch, _ in recent), default=0)
 
 
+async def cancel(task: asyncio.Task | None) -> None:
+    """Cancel a step loop's task and wait until it has ended."""
+    if task:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+
 class Scheduler:
     def __init__(
         self,
@@ -140,12 +151,7 @@ class Scheduler:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sim-scheduler")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel(self._task)
 
     def check_fits(self, seq: Sequence) -> None:
         if seq.reserve_tokens > self.capacity_tokens:
@@ -243,7 +249,8 @@ class Scheduler:
                 self.prompt_tokens_seen += len(seq.prompt_ids)
                 self.prefilling.append(seq)
 
-    def _prefill_step(self) -> tuple[float, Callable[[float], None]]:
+    def _chunk_plan(self) -> list[tuple[Sequence, int]]:
+        """The next prefill chunk: (sequence, prompt tokens it takes), within the chunk budget."""
         budget = self.chunk
         plan: list[tuple[Sequence, int]] = []
         for seq in self.prefilling:
@@ -252,10 +259,14 @@ class Scheduler:
             take = min(len(seq.prompt_ids) - seq.prefilled, budget)
             plan.append((seq, take))
             budget -= take
+        return plan
+
+    def _prefill_step(self) -> tuple[float, Callable[[float], None]]:
+        plan = self._chunk_plan()
         seconds = self.model.prefill_seconds([(take, seq.prefilled) for seq, take in plan])
 
         def apply(now: float) -> None:
-            self.batches["prefill"].record(len(plan), self.chunk - budget, seconds, now)
+            self.batches["prefill"].record(len(plan), sum(take for _, take in plan), seconds, now)
             for seq, take in plan:
                 seq.prefilled += take
                 if seq.prefilled >= len(seq.prompt_ids):
@@ -282,6 +293,21 @@ class Scheduler:
 
         return seconds, apply
 
+    def _mixed_step(self) -> tuple[float, Callable[[float], None]]:
+        """An aggregated worker's step: the next prefill chunk rides with the decode batch (one forward, timed from
+        both); every sequence decoding gets its token and the chunk's sequences move on."""
+        _, prefill_apply = self._prefill_step()
+        _, decode_apply = self._decode_step()
+        chunks = [(take, seq.prefilled) for seq, take in self._chunk_plan()]
+        batch = list(self.decoding)
+        seconds = self.model.mixed_step_seconds(chunks, len(batch), sum(s.context for s in batch))
+
+        def apply(now: float) -> None:
+            decode_apply(now)
+            prefill_apply(now)
+
+        return seconds, apply
+
     def _emit(self, seq: Sequence, now: float) -> None:
         seq.generated += 1
         seq.token_times.append(now)
@@ -295,6 +321,8 @@ class Scheduler:
         self._admit()
         if self.paused or not (self.prefilling or self.decoding):
             return None
+        if self.role == "null" and self.prefilling and self.decoding:  # aggregated: one batch of both
+            return self._mixed_step()
         return self._prefill_step() if self.prefilling else self._decode_step()
 
     async def _run(self) -> None:

@@ -6,6 +6,7 @@ import pytest
 import requests
 
 from pytest_sglang_pd.cluster import handoffs
+from pytest_sglang_pd.plan import WORKER_ROLES
 
 
 def test_nodes_reachable(request, suite_run, model_under_test):
@@ -28,18 +29,29 @@ def test_router_ready_with_every_worker(pd_cluster, cluster_config):
     r = requests.get(f"{pd_cluster.router_url}/readiness", timeout=10)
     assert r.status_code == 200, f"router /readiness: HTTP {r.status_code} {r.text[:300]}"
     body = r.json()
-    if pd_cluster.deployment is not None:
-        expected = len(pd_cluster.deployment.servers("prefill")) + len(pd_cluster.deployment.servers("decode"))
+    dep = pd_cluster.deployment
+    if dep is not None:
+        expected = sum(len(dep.servers(role)) for role in dep.worker_roles)
         assert body["healthy_workers"] == body["total_workers"] == expected, f"router /readiness: {body}"
     workers = requests.get(f"{pd_cluster.router_url}/workers", timeout=10).json()
     kinds = [w.get("worker_type") for w in workers.get("workers", [])]
-    assert "prefill" in kinds and "decode" in kinds, f"router /workers lists {kinds}"
+    if dep is not None and dep.aggregated:  # the router's regular mode
+        assert kinds and set(kinds) == {"regular"}, f"router /workers lists {kinds} (aggregated: regular workers)"
+    else:
+        assert "prefill" in kinds and "decode" in kinds, f"router /workers lists {kinds}"
 
 
 def test_kv_handoff(pd_cluster):
     """A request through the router crosses prefill -> decode: the prefill counts one more KV transfer
-    (sglang:kv_transfer_latency_ms, where the workers export SGLang's PD metrics)."""
+    (sglang:kv_transfer_latency_ms, where the workers export SGLang's PD metrics). Aggregated: one worker serves it
+    whole, no KV transfer counted."""
     before = handoffs(pd_cluster.worker_urls)
+    if pd_cluster.deployment is not None and pd_cluster.deployment.aggregated:
+        r = requests.post(f"{pd_cluster.router_url}/generate", timeout=120,
+                          json={"text": "Hello there", "sampling_params": {"max_new_tokens": 4}})
+        assert r.status_code == 200 and r.json()["meta_info"]["finish_reason"]["type"] != "abort", r.text[:500]
+        assert not handoffs(pd_cluster.worker_urls), "aggregated workers counted a KV transfer"
+        return
     if before is None:
         r = requests.post(f"{pd_cluster.router_url}/generate", timeout=600,
                           json={"text": "Hello", "sampling_params": {"max_new_tokens": 4}})
@@ -58,7 +70,7 @@ def test_rdma_devices_present(request, cluster_config, suite_run, model_under_te
     if suite_run.router_url:
         pytest.skip("--router-url: the suite connects to no node")
     check = request.getfixturevalue("kv_transfer")
-    workers = {p.node for p in request.getfixturevalue("deployment").processes if p.role in ("prefill", "decode")}
+    workers = {p.node for p in request.getfixturevalue("deployment").processes if p.role in WORKER_ROLES}
     assert set(check.findings) == workers
     if cluster_config.kv_transfer.ib_devices:
         assert all("RDMA devices present" in f for f in check.findings.values()), check.findings

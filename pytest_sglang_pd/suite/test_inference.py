@@ -6,6 +6,7 @@ import pytest
 
 from pytest_sglang_pd import gating, report
 from pytest_sglang_pd.bench import BenchToolError, combine, run_benchmark
+from pytest_sglang_pd.bench.figures import gpus_of, slo_of, with_figures
 from pytest_sglang_pd.failures import first_error_first
 from pytest_sglang_pd.report.progress import terminal_progress
 
@@ -33,7 +34,8 @@ def test_inference(inference_case, pd_cluster, cluster_watch, cluster_config, su
                                       time_dilation=cluster_config.time_dilation))
             if cluster_watch.look():
                 break
-        result = combine(runs)
+        deployment = pd_cluster.deployment  # None behind --router-url: GPUs unknown, no per-GPU figures
+        result = with_figures(combine(runs), gpus_of(deployment) if deployment else None, slo_of(inference_case.test))
     except BenchToolError as exc:
         result, no_result = None, f"{inference_case.id}: the benchmark produced no result:\n{exc}"
     if result is None:  # failed outside the except block: pytest would print the tool's error first, chained
