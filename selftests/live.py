@@ -28,13 +28,14 @@ MODEL = "llama-8b"
 def sim_cluster(tmp_path: Path, prefills: int = 1, decodes: int = 1, *, backend: str = "mooncake",
                 worker_args: Sequence[str] = (), prefill_args: Sequence[str] = (), decode_args: Sequence[str] = (),
                 router_args: Sequence[str] = (), env: dict[str, str] | None = None, smoke: bool = False,
-                model_profile: str | None = None, router: dict[str, str] | None = None) -> Iterator[LiveCluster]:
+                model_profile: str | None = None, router: dict[str, str] | None = None,
+                sim: dict[str, str] | None = None) -> Iterator[LiveCluster]:
     """prefills + decodes simulated workers (instance i of a role on 127.0.0.<1+i>) behind the real router (``router``:
     config.router, its package and python), ready (with ``smoke`` also proven by the smoke requests, which the workers
-    then count); stopped on exit."""
+    then count); ``sim`` keys override ``config.sim``; stopped on exit."""
     path = sim_config(tmp_path, prefill=tuple(f"127.0.0.{1 + i}" for i in range(prefills)),
                       decode=tuple(f"127.0.0.{1 + i}" for i in range(decodes)),
-                      kv_transfer={"backend": backend}, router_args=list(router_args),
+                      kv_transfer={"backend": backend}, router_args=list(router_args), sim=dict(sim or {}),
                       container_config={"device_list": [], "volume_dict": {}, "env_dict": dict(env or {})})
     data = json.loads(path.read_text())
     model = data["benchmark_params"][MODEL]

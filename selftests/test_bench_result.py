@@ -6,8 +6,11 @@ import math
 
 import pytest
 
-from pytest_sglang_pd import metrics
-from pytest_sglang_pd.bench.result import RequestRecord, aggregate, first_errors, latency_stats
+from pytest_sglang_pd import config, metrics
+from pytest_sglang_pd.bench.result import (BenchResult, RequestRecord, aggregate, combine, first_errors, latency_stats,
+                                           undilate)
+from pytest_sglang_pd.report import html
+from selftests import configs
 
 
 def _records() -> list[RequestRecord]:
@@ -77,3 +80,39 @@ def test_distribution_in_ms() -> None:
     assert result.distribution_ms("ttft") == pytest.approx([100.0, 300.0, 200.0])
     assert result.distribution_ms("tpot") == pytest.approx([100.0, 100.0])
     assert result.failed == 4  # metrics without "completed": nothing counts as completed
+
+
+def test_a_dilated_result_is_rescaled_to_modelled_time_as_if_measured_there() -> None:
+    """Under time dilation 4 every time is 4x too long: undilate gives exactly what the records, 4x faster,
+    aggregate to; counts and ratios stay, rates grow 4x; the steady-state window's length is a time too."""
+    slow = [RequestRecord(r.success, r.prompt_tokens, r.output_tokens, r.cached_tokens, r.ttft_s * 4, r.latency_s * 4,
+                          [x * 4 for x in r.itl_s], r.error, start_s=1.0) for r in _records()]
+    measured, totals = aggregate(slow, duration_s=8.0)
+    measured.update(steady_window_s=6.0, steady_requests=3.0)
+    result = undilate(BenchResult("builtin", dict(measured), 4, records=slow, totals=totals, runs=[dict(measured)] * 2), 4)
+    expected, _ = aggregate(_records(), duration_s=2.0)
+    for name, value in expected.items():
+        assert result.metrics[name] == pytest.approx(value), name
+    assert result.metrics["steady_window_s"] == 1.5 and result.metrics["steady_requests"] == 3
+    assert result.runs[0]["mean_tpot_ms"] == pytest.approx(100.0) and result.spread["mean_tpot_ms"].mean == pytest.approx(100.0)
+    assert result.records[0].itl_s == pytest.approx([0.1] * 10) and result.records[0].start_s == 0.25
+    assert result.time_dilation == 4 and combine([result, result]).time_dilation == 4
+    assert undilate(BenchResult("builtin", {"mean_tpot_ms": 5.0}, 1), 1).metrics == {"mean_tpot_ms": 5.0}
+
+
+@pytest.mark.parametrize("engine, speedup, dilation", [("sim", "0.25", 4.0), ("sim", "1", 1.0), ("sim", "20", 1.0),
+                                                       ("sglang", "0.25", 1.0)])
+def test_time_dilation_is_a_simulator_speedup_below_one(tmp_path, engine, speedup, dilation) -> None:
+    data = configs.raw("local-sim.json")
+    data["config"].update(engine=engine)
+    data["config"]["sim"]["speedup"] = speedup
+    assert config.load(configs.write(tmp_path, data)).time_dilation == dilation
+
+
+def test_the_report_header_says_the_figures_were_rescaled(tmp_path) -> None:
+    run = {"cluster": {}, "simulated": True, "time_dilation": 4.0, "tolerance_pct": None, "baseline": None,
+           "run_id": "r", "versions": {}}
+    page = html.summary_html(run, [], overall="", log_files={}, base_dir=tmp_path, results_json=tmp_path / "r.json")
+    assert "Time dilation 4x" in page and "sim.speedup 0.25" in page and "rescaled to modelled time" in page
+    assert "Time dilation" not in html.summary_html({**run, "time_dilation": 1.0}, [], overall="", log_files={},
+                                                    base_dir=tmp_path, results_json=tmp_path / "r.json")

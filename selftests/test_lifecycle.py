@@ -488,6 +488,7 @@ def test_sigterm_during_a_benchmark_leaves_results_junit_and_report_that_say_wha
     data = json.loads((results / "run" / "results.json").read_text())
     interrupted = {t["id"]: t for t in data["tests"]}["llama-8b-gsm8k"]
     assert interrupted["outcome"] == "interrupted" and data["summary"]["interrupted"] == 1
+    assert data["time_dilation"] == 5  # speedup 0.2: the figures, had there been any, are rescaled
     assert interrupted["message"].startswith("interrupted after ") and "received signal SIGTERM" in interrupted["message"]
     assert 0 < interrupted["completed_requests"] < interrupted["num_requests"], interrupted  # what had been measured
     assert f"({interrupted['completed_requests']} of {interrupted['num_requests']} requests had completed)" in interrupted["message"]

@@ -12,7 +12,12 @@ import pytest
 import requests
 
 from pytest_sglang_pd import prom
+from pytest_sglang_pd.bench import run_benchmark
 from pytest_sglang_pd.cluster import LiveCluster
+from pytest_sglang_pd.config import InferenceCase, InferenceTest
+from pytest_sglang_pd.sim import catalog
+from pytest_sglang_pd.sim.metrics import RanBatch, batch_counters, modelled_tpot_s
+from pytest_sglang_pd.sim.perf_model import PerfModel
 from pytest_sglang_pd.sim.pd import HEADER
 from pytest_sglang_pd.textgen import tokenizer
 from selftests.live import log_tail, sim_cluster
@@ -186,3 +191,24 @@ def test_decode_without_prefill_request_times_out_in_waiting_for_input(tmp_path)
         assert response.status_code == 500
         finish = response.json()["meta_info"]["finish_reason"]
         assert finish["type"] == "abort" and "KVPoll.WaitingForInput" in finish["message"]
+
+
+def test_a_dilated_run_rescaled_matches_the_model_at_the_decode_batch_it_ran(tmp_path):
+    """sim.speedup 0.5: the simulator's clock runs 2x slower than modelled time; run_benchmark rescales the builtin
+    client's figures to modelled time, and the rescaled mean TPOT is within 5% of the perf model at the decode batch
+    the decode worker says it ran over the benchmark (its sim_forward_* counters)."""
+    test = InferenceTest("bench_serv_random", "bench_serving", "random", bench_client="builtin", num_prompts=48,
+                         input_length=256, output_length=64, random_range_ratio=1.0)
+    model = PerfModel(catalog.GPUS["MI355X"], catalog.MODELS["Llama-3.3-70B"], 8)
+    with sim_cluster(tmp_path, 1, 1, worker_args=["--sim-model-profile", "Llama-3.3-70B", "--tp", "8"],
+                     sim={"speedup": "0.5"}) as cluster:
+        decode = cluster.worker_urls["decode"][0]
+        before = batch_counters(prom.fetch(decode + "/metrics"))
+        result = run_benchmark(cluster, InferenceCase(cluster.deployment.model, test, 16), timeout_s=300,
+                               artifacts_dir=tmp_path / "bench", time_dilation=2.0)
+        ran = RanBatch.between(before, batch_counters(prom.fetch(decode + "/metrics")))
+    assert result.completed == 48 and result.time_dilation == 2.0
+    # every token after a request's first came from a decode step (plus the warmup request's)
+    assert 0 <= ran.tokens - 48 * 63 < 64 and 8 <= ran.mean_batch <= 16
+    modelled_ms = modelled_tpot_s(model, [ran]) * 1e3
+    assert result.metrics["mean_tpot_ms"] == pytest.approx(modelled_ms, rel=0.05), (result.metrics["mean_tpot_ms"], ran)

@@ -3,19 +3,23 @@ tokenizer, arithmetic, output plan, radix cache, catalog, performance model, fau
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import re
 
 import pytest
 
+from pytest_sglang_pd import prom
 from pytest_sglang_pd.sim import catalog
 from pytest_sglang_pd.sim.faults import Faults
 from pytest_sglang_pd.sim.launch_server import parse_args
+from pytest_sglang_pd.sim.metrics import RanBatch, WorkerMetrics, batch_counters, modelled_tpot_s
 from pytest_sglang_pd.sim.output import answer_text, plan_output
 from pytest_sglang_pd.sim.pd import HandoffError, build_payload, payload_length, verify_payload
 from pytest_sglang_pd.sim.perf_model import PerfModel
 from pytest_sglang_pd.sim.radix_cache import RadixCache
+from pytest_sglang_pd.sim.scheduler import WINDOW_S, BatchStats, Scheduler, Sequence
 from pytest_sglang_pd.textgen import arithmetic, tokenizer
 
 SAMPLES = [
@@ -165,3 +169,64 @@ def test_payload_verification_names_the_mismatch():
         verify_payload(corrupted, 7, 10, "decode")
     with pytest.raises(HandoffError, match="expected room 8"):
         verify_payload(blob, 8, 10, "decode")
+
+
+def test_batch_stats_count_what_each_step_ran_and_the_window_forgets_old_steps():
+    stats = BatchStats()
+    stats.record(4, 4000, 0.010, now=100.0)
+    stats.record(2, 2100, 0.020, now=100.5)
+    assert (stats.steps, stats.reqs, stats.reqs_squared, stats.reqs_context) == (2, 6, 20, 4 * 4000 + 2 * 2100)
+    assert stats.seconds == pytest.approx(0.030) and stats.reqs_seconds == pytest.approx(0.080)
+    mean, peak = stats.window_mean_max(now=101.0)
+    assert mean == pytest.approx((4 * 0.010 + 2 * 0.020) / 0.030) and peak == 4
+    stats.record(1, 1000, 0.010, now=100.5 + WINDOW_S + 0.1)  # the first two steps left the window
+    assert stats.window_mean_max(now=100.5 + WINDOW_S + 0.1) == (1.0, 1)
+    assert stats.steps == 3  # the counters keep everything
+
+
+def test_scheduler_reports_the_decode_batches_it_ran_as_sim_metrics():
+    model = PerfModel(catalog.GPUS["MI355X"], catalog.MODELS["Llama-3.3-70B"], 8)
+
+    async def scenario() -> Scheduler:
+        scheduler = Scheduler(model, role="null", capacity_tokens=100_000, max_running=16, chunked_prefill_size=8192,
+                              cache=RadixCache(1, enabled=False), policy="fcfs", time_scale=lambda: 1e-4)
+        sequences = [Sequence(f"r{n}", list(range(1, 101)), tokens, 100 + tokens) for n, tokens in enumerate((4, 6, 8))]
+        done = [asyncio.ensure_future(scheduler.prefill(seq)) for seq in sequences]
+        scheduler.start()
+        await asyncio.gather(*done)
+        while not all(seq.finished for seq in sequences):
+            await asyncio.sleep(0.001)
+        await scheduler.stop()
+        return scheduler
+
+    scheduler = asyncio.run(scenario())
+    decode = scheduler.batches["decode"]
+    # first tokens come with the prefill; then batches of 3 (3 steps), 2 (2 steps), 1 (2 steps)
+    assert (decode.steps, decode.reqs, decode.reqs_squared) == (7, 15, 3 * 9 + 2 * 4 + 2 * 1)
+    assert (scheduler.batches["prefill"].steps, scheduler.batches["prefill"].reqs) == (1, 3)
+    assert decode.reqs_seconds / decode.seconds == pytest.approx(
+        sum(b * model.decode_step_seconds(b, c) for b, c in _decode_steps()) /
+        sum(model.decode_step_seconds(b, c) for b, c in _decode_steps()))
+    metrics = WorkerMetrics("null", "m", "none")
+    metrics.watch_batches(lambda: [scheduler.batches])
+    samples = [s for s in prom.parse(metrics.render({})) if s.labels.get("forward_mode") == "decode"]
+    values = {s.name: s.value for s in samples}
+    assert values["sim_forward_steps_total"] == 7 and values["sim_forward_batch_reqs_squared_total"] == 37
+    assert values["sim_running_reqs_window_max"] == 3
+    # a client differencing the counters gets the batch its tokens were computed in, and the model at that batch is
+    # the mean time between the tokens the steps emitted (the step time is affine in batch and context)
+    ran = RanBatch.between(dict.fromkeys(batch_counters([]), 0.0), batch_counters(prom.parse(metrics.render({}))))
+    assert (ran.tokens, ran.steps, ran.mean_batch) == (15, 7, pytest.approx(37 / 15))
+    token_mean_s = sum(b * model.decode_step_seconds(b, c) for b, c in _decode_steps()) / 15
+    assert modelled_tpot_s(model, [ran]) == pytest.approx(token_mean_s)
+
+
+def _decode_steps() -> list[tuple[int, int]]:
+    """(batch, KV tokens) of the decode steps of the scenario above: prompts of 100, outputs of 4, 6, 8."""
+    steps, generated = [], [1, 1, 1]
+    for _ in range(7):
+        running = [n for n, total in enumerate((4, 6, 8)) if generated[n] < total]
+        steps.append((len(running), sum(100 + generated[n] for n in running)))
+        for n in running:
+            generated[n] += 1
+    return steps

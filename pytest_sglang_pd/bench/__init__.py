@@ -8,7 +8,7 @@ from .. import prom
 from ..config import InferenceCase
 from . import builtin, dp_load, pd_metrics, sglang_tools
 from .builtin import Progress, Streamed
-from .result import BenchResult, RequestRecord, combine
+from .result import BenchResult, RequestRecord, combine, undilate
 from .sglang_tools import BenchToolError
 from .target import BenchTarget
 
@@ -16,11 +16,19 @@ __all__ = ["BenchResult", "BenchTarget", "BenchToolError", "Progress", "RequestR
 
 
 def run_benchmark(target: BenchTarget, case: InferenceCase, *, timeout_s: float, artifacts_dir: Path,
-                  progress: Progress | None = None, streamed: Streamed | None = None) -> BenchResult:
+                  progress: Progress | None = None, streamed: Streamed | None = None,
+                  time_dilation: float = 1.0) -> BenchResult:
     """Run ``case`` against ``target`` with the tool its test names (bench_client builtin | sglang), then add what
     the workers' and the router's metrics say of the PD path (``pd_metrics``) and of the DP ranks (``dp_load``). It stops as soon as the cluster watch
     finds the target broken (``target.broken``). ``streamed`` is told the output tokens as the client receives them
-(the builtin client; SGLang's tools report nothing until they end)."""
+(the builtin client; SGLang's tools report nothing until they end). On a time-dilated simulator (its clock
+    ``time_dilation`` times slower) every time figure is rescaled to modelled time (``undilate``)."""
+    return undilate(_measure(target, case, timeout_s=timeout_s, artifacts_dir=artifacts_dir, progress=progress,
+                             streamed=streamed), time_dilation)
+
+
+def _measure(target: BenchTarget, case: InferenceCase, *, timeout_s: float, artifacts_dir: Path,
+             progress: Progress | None, streamed: Streamed | None) -> BenchResult:
     test = case.test
     nic_counters = getattr(target, "nic_error_counters", dict)  # RDMA port error counters (real clusters)
     router_url = getattr(target, "router_metrics_url", None)

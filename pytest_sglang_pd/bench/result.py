@@ -51,6 +51,7 @@ class BenchResult:
     router: str | None = None  # "<package> <version>" of the router it went through
     workers: dict[str, dict] = field(default_factory=dict)  # worker URL -> role, requests (its own count), router_requests
     runs: list[dict[str, float]] = field(default_factory=list)  # each repeat's metrics (empty: one run)
+    time_dilation: float = 1.0  # the simulator's clock ran this many times slower; figures are rescaled (undilate)
     deployment: dict = field(default_factory=dict)  # what it ran on: mode, GPUs per role (bench/figures.py)
 
     @cached_property
@@ -161,6 +162,31 @@ def first_errors(records: list[RequestRecord], limit: int = 20) -> list[str]:
     return [f"{n} x {err}" if n > 1 else err for err, n in ranked]
 
 
+def undilate(result: BenchResult, dilation: float) -> BenchResult:
+    """``result`` measured on a simulator whose clock ran ``dilation`` times slower, in modelled time: every time
+    figure (unit ms or s, and each request's times) divided by it, every rate (unit .../s) multiplied by it;
+    counts and ratios unchanged. ``result.time_dilation`` says it was done (1: nothing to do)."""
+    if dilation == 1:
+        return result
+
+    def scaled(metrics: dict[str, float]) -> dict[str, float]:
+        out = {}
+        for name, value in metrics.items():
+            unit = metrics_mod.METRICS[name].unit if name in metrics_mod.METRICS else ""
+            out[name] = value / dilation if unit in ("ms", "s") else value * dilation if unit.endswith("/s") else value
+        return out
+
+    result.metrics = scaled(result.metrics)
+    result.runs = [scaled(run) for run in result.runs]
+    for r in result.records:
+        r.ttft_s, r.latency_s = r.ttft_s / dilation, r.latency_s / dilation
+        r.itl_s = [x / dilation for x in r.itl_s]
+        r.start_s = None if r.start_s is None else r.start_s / dilation
+    result.time_dilation = dilation
+    result.__dict__.pop("spread", None)  # computed from the runs
+    return result
+
+
 def combine(results: list[BenchResult]) -> BenchResult:
     """Repeats of one benchmark on one deployment as one result: each metric the mean over the repeats (request
     counts summed), every request record and error kept, each repeat's metrics in ``runs``."""
@@ -183,4 +209,5 @@ def combine(results: list[BenchResult]) -> BenchResult:
     return BenchResult(tool=last.tool, metrics=metrics, num_requests=sum(r.num_requests for r in results),
                        records=[rec for r in results for rec in r.records], totals=totals, errors=errors,
                        artifacts=artifacts, command=last.command, tool_version=last.tool_version, router=last.router,
-                       workers=workers, runs=[dict(r.metrics) for r in results], deployment=last.deployment)
+                       workers=workers, runs=[dict(r.metrics) for r in results], deployment=last.deployment,
+                       time_dilation=last.time_dilation)

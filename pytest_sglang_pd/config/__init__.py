@@ -313,7 +313,8 @@ class Timeouts:
 @dataclass(frozen=True)
 class SimSettings:
     gpu: str = key("gpu", "MI355X", STRING, "simulator --sim-gpu (MI300X, MI325X, MI355X, H100, H200, B200)")
-    speedup: float = key("speedup", 1.0, NUMBER, "simulator --sim-speedup (simulated time runs this much faster)",
+    speedup: float = key("speedup", 1.0, NUMBER, "simulator --sim-speedup (simulated time runs this much faster); "
+                         "< 1 is time dilation for a machine that cannot keep up: figures rescaled to modelled time",
                          minimum=0, exclusive_minimum=True)
     startup_delay_s: float = key("startup_delay_s", 0.0, NUMBER, "simulator --sim-startup-delay (model loading)",
                                  minimum=0)
@@ -431,6 +432,13 @@ class ClusterConfig:
     @property
     def simulated(self) -> bool:
         return self.engine == "sim"
+
+    @property
+    def time_dilation(self) -> float:
+        """How many times slower than modelled time the simulator's clock runs (``sim.speedup`` < 1), else 1; every
+        time figure the suite reports is rescaled by it (``bench.result.undilate``). A speedup > 1 fast-forwards a
+        quick run: its figures stay wall-clock."""
+        return 1 / self.sim.speedup if self.simulated and self.sim.speedup < 1 else 1.0
 
     @property
     def router_package(self) -> str:

@@ -282,6 +282,12 @@ class RunReport:
         cfg = self.run.cluster_config
         return bool(cfg and cfg.simulated)
 
+    @property
+    def time_dilation(self) -> float:
+        """How many times slower the simulator's clock ran (1: real time); the figures are rescaled by it."""
+        cfg = self.run.cluster_config
+        return cfg.time_dilation if cfg else 1.0
+
     def log_files(self, model_id: str | None = None, *, running: bool = False) -> dict[str, Path]:
         """The logs collected so far of the run's clusters (of one model when given), as ``<model>/<key>`` -> path;
         ``running``: also those of the processes running now, which teardown collects."""
@@ -389,6 +395,7 @@ class RunReport:
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at) if self.finished_at else None,
             "simulated": self.simulated,
+            "time_dilation": self.time_dilation,
             "cluster": {
                 "config": cfg.source if cfg else None,
                 "engine": cfg.engine if cfg else None,
@@ -476,6 +483,8 @@ class HtmlSummary:
 
     def pytest_html_report_title(self, report) -> None:
         title = f"SGLang PD validation — {self.report.run.run_id}"
+        dilation = self.report.time_dilation
+        title = f"{title} (time dilation {dilation:g}x, figures rescaled)" if dilation != 1 else title
         report.title = f"[SIMULATED] {title}" if self.report.simulated else title
 
 

@@ -40,6 +40,12 @@ body{display:flex;flex-direction:column}
 SIMULATED_BANNER = ("SIMULATED: engine \"sim\" — every number below comes from the simulated worker's performance "
                     "model, not from GPUs. Do not compare with hardware results.")
 WARNINGS_SHOWN = 5
+
+
+def dilation_note(dilation: float) -> str:
+    return (f"Time dilation {dilation:g}x: the simulator's clock ran {dilation:g} times slower than modelled time "
+            f"(sim.speedup {1 / dilation:g}, where this machine cannot keep up in real time); every time figure "
+            f"and rate below is rescaled to modelled time.")
 KEY_METRICS = ("completed", "failed", "duration", "request_throughput", "input_throughput", "output_throughput",
                "total_throughput", "mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "median_tpot_ms",
                "p99_tpot_ms", "mean_itl_ms", "p99_itl_ms", "mean_e2e_latency_ms", "p99_e2e_latency_ms",
@@ -268,6 +274,8 @@ def summary_html(run: Mapping[str, Any], tests: list[Mapping[str, Any]], *, over
     parts = [STYLE, '<div class="sglang-pd">', overall]
     if run["simulated"]:
         parts.append(f'<div class="banner">{escape(SIMULATED_BANNER)}</div>')
+    if run.get("time_dilation", 1) != 1:
+        parts.append(f'<div class="banner">{escape(dilation_note(run["time_dilation"]))}</div>')
     if tests:
         parts.append("<h3>Checks</h3>" + checks_html(tests))
     if trend:

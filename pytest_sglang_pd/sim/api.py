@@ -5,8 +5,9 @@ answers them whole or as a server-sent-event stream for every format (the OpenAI
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -147,26 +148,11 @@ class API:
             return web.json_response(final(results))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
-        queue: asyncio.Queue = asyncio.Queue()
-
-        async def pump(index: int, inp: GenInput) -> None:
-            try:
-                async for progress in self.worker.run(inp):
-                    queue.put_nowait((index, progress))
-            finally:
-                queue.put_nowait((index, None))
-
-        tasks = [asyncio.create_task(pump(i, inp)) for i, inp in enumerate(inputs)]
         sent = [0] * len(inputs)
         last: list[Progress | None] = [None] * len(inputs)
         closed = [False] * len(inputs)
-        open_runs = len(inputs)
-        try:
-            while open_runs:
-                index, progress = await queue.get()
-                if progress is None:
-                    open_runs -= 1
-                    continue
+        async with contextlib.aclosing(self._progress_of(inputs)) as updates:
+            async for index, progress in updates:
                 last[index] = progress
                 ended = progress.finished or progress.error is not None
                 if closed[index] or (progress.tokens == sent[index] and not ended):
@@ -179,13 +165,39 @@ class API:
                     await response.write(payload)
                     if cut:
                         return self._cut(request, response, number)
-            extra = tail([p for p in last if p is not None])
-            await response.write(b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in extra)
-                                 + b"data: [DONE]\n\n")
+        extra = tail([p for p in last if p is not None])
+        await response.write(b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in extra)
+                             + b"data: [DONE]\n\n")
+        return response
+
+    async def _progress_of(self, inputs: list[GenInput]) -> AsyncIterator[tuple[int, Progress]]:
+        """(index, progress) of every run of ``inputs`` as it comes; one input is iterated in place (no task and
+        queue hop per token: the common streamed request), several are merged through a queue."""
+        if len(inputs) == 1:
+            async for progress in self.worker.run(inputs[0]):
+                yield 0, progress
+            return
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump(index: int, inp: GenInput) -> None:
+            try:
+                async for progress in self.worker.run(inp):
+                    queue.put_nowait((index, progress))
+            finally:
+                queue.put_nowait((index, None))
+
+        tasks = [asyncio.create_task(pump(i, inp)) for i, inp in enumerate(inputs)]
+        open_runs = len(inputs)
+        try:
+            while open_runs:
+                index, progress = await queue.get()
+                if progress is None:
+                    open_runs -= 1
+                else:
+                    yield index, progress
         finally:
             for task in tasks:
                 task.cancel()
-        return response
 
     def _cut(self, request: web.Request, response: web.StreamResponse, number: int) -> web.StreamResponse:
         """The ``cut_streams`` fault: the connection closes before the chunked body's last chunk."""

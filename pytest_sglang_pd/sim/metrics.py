@@ -11,11 +11,27 @@ is observed per rank: ``dp_attention_tokens_total{kind}``, ``dp_attention_pairs_
 As in SGLang the KV transfer latency, size and speed histograms are observed on the prefill side only; the sim
 observes ``kv_transfer_bootstrap_ms`` on prefill (its wait for the decode's KV destination) and
 ``kv_transfer_alloc_ms`` on decode (its wait for KV room), where it can tell them apart.
+
+Simulator-only metrics are named ``sim_...`` (SGLang has no such names): per ``forward_mode`` (prefill,
+decode) the counters of ``scheduler.BatchStats`` (``sim_forward_steps_total``, ``sim_forward_batch_reqs_total``,
+``sim_forward_batch_reqs_squared_total``, ``sim_forward_batch_context_tokens_total``,
+``sim_forward_modelled_seconds_total``, ``sim_forward_batch_reqs_seconds_total``) and the gauges
+``sim_running_reqs_window_mean`` / ``sim_running_reqs_window_max`` over the last ``scheduler.WINDOW_S`` seconds.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from pytest_sglang_pd.prom import Sample
+from pytest_sglang_pd.sim.perf_model import PerfModel
+from pytest_sglang_pd.sim.scheduler import BatchStats
 
 # SGLang's buckets
 TTFT_BUCKETS = (0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 20.0, 40.0, 60.0, 80.0, 120.0, 160.0)
@@ -33,6 +49,81 @@ ENGINE_TYPE = {"prefill": "prefill", "decode": "decode", "null": "unified"}
 QUEUES = {"prefill": ("num_prefill_bootstrap_queue_reqs", "num_prefill_inflight_queue_reqs"),
           "decode": ("num_decode_prealloc_queue_reqs", "num_decode_transfer_queue_reqs")}
 MB = 1024 * 1024
+
+
+BATCH_COUNTERS = (  # BatchStats attribute -> sim_ counter name, help
+    ("steps", "sim_forward_steps", "Forward steps the simulated scheduler ran."),
+    ("reqs", "sim_forward_batch_reqs", "Sum over steps of the requests in the step's batch."),
+    ("reqs_squared", "sim_forward_batch_reqs_squared", "Sum over steps of the batch size squared."),
+    ("reqs_context", "sim_forward_batch_context_tokens", "Sum over steps of batch size x KV tokens of the batch "
+     "(prefill: new tokens)."),
+    ("seconds", "sim_forward_modelled_seconds", "Modelled (hardware) seconds of the steps."),
+    ("reqs_seconds", "sim_forward_batch_reqs_seconds", "Sum over steps of batch size x modelled seconds."),
+)
+
+
+def batch_counters(samples: Iterable[Sample], mode: str = "decode") -> dict[str, float]:
+    """The ``sim_forward_*`` counters of one forward mode in a worker's parsed /metrics, by ``BatchStats`` attribute."""
+    attribute_of = {f"{name}_total": attribute for attribute, name, _ in BATCH_COUNTERS}
+    out = dict.fromkeys(attribute_of.values(), 0.0)
+    for s in samples:
+        if s.name in attribute_of and s.labels.get("forward_mode") == mode:
+            out[attribute_of[s.name]] += s.value
+    return out
+
+
+@dataclass(frozen=True)
+class RanBatch:
+    """What one instance's steps ran between two reads of its counters (``batch_counters``)."""
+
+    tokens: float  # requests summed over the steps (decode: the tokens the steps emitted)
+    steps: float
+    mean_batch: float  # token-weighted: the batch an average token was computed in
+    mean_context: float  # the KV tokens of that batch, token-weighted
+
+    @classmethod
+    def between(cls, before: Mapping[str, float], after: Mapping[str, float]) -> RanBatch:
+        d = {name: after[name] - before[name] for name in after}
+        tokens = d["reqs"]
+        if not tokens:
+            return cls(0.0, d["steps"], 0.0, 0.0)
+        return cls(tokens, d["steps"], d["reqs_squared"] / tokens, d["reqs_context"] / tokens)
+
+
+def modelled_tpot_s(model: PerfModel, batches: Sequence[RanBatch]) -> float:
+    """The model's decode step at each instance's measured batch and context, weighted by the tokens it emitted:
+    what the mean TPOT of those tokens should be (the step time is affine in batch and context for dense models)."""
+    tokens = sum(b.tokens for b in batches)
+    return sum(b.tokens * model.decode_step_seconds(b.mean_batch, b.mean_context) for b in batches) / tokens  # type: ignore[arg-type]
+
+
+class BatchCollector(Collector):
+    """The ``sim_`` batch metrics, read from each DP rank's ``BatchStats`` at scrape time (one rank without DP)."""
+
+    def __init__(self, rank_labels: Sequence[Mapping[str, str]],
+                 source: Callable[[], Sequence[Mapping[str, BatchStats]]]) -> None:
+        self.rank_labels, self.source = [dict(labels) for labels in rank_labels], source
+
+    def collect(self) -> Iterator[Metric]:
+        names = [*self.rank_labels[0], "forward_mode"]
+        ranks, now = list(zip(self.rank_labels, self.source())), time.monotonic()
+        for attribute, name, doc in BATCH_COUNTERS:
+            family = CounterMetricFamily(name, doc, labels=names)
+            for labels, stats in ranks:
+                for mode, batch in stats.items():
+                    family.add_metric([*labels.values(), mode], getattr(batch, attribute))
+            yield family
+        mean = GaugeMetricFamily("sim_running_reqs_window_mean", "Time-weighted mean batch of the last "
+                                 "window's steps.", labels=names)
+        peak = GaugeMetricFamily("sim_running_reqs_window_max", "Largest batch of the last window's steps.",
+                                 labels=names)
+        for labels, stats in ranks:
+            for mode, batch in stats.items():
+                window_mean, window_max = batch.window_mean_max(now)
+                mean.add_metric([*labels.values(), mode], window_mean)
+                peak.add_metric([*labels.values(), mode], window_max)
+        yield mean
+        yield peak
 
 
 class WorkerMetrics:
@@ -111,6 +202,10 @@ class WorkerMetrics:
             self._dp["wait"][rank].observe(waited)
         if imbalance is not None:
             self._dp["ratio"][0].observe(imbalance)
+
+    def watch_batches(self, source: Callable[[], Sequence[Mapping[str, BatchStats]]]) -> None:
+        """Export the ``sim_`` batch metrics of the forward mode -> ``BatchStats`` of each DP rank ``source`` returns."""
+        self.registry.register(BatchCollector(self.rank_labels, source))
 
     def request(self, prompt_tokens: int) -> None:
         self._requests.inc()

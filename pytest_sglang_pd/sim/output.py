@@ -66,8 +66,8 @@ def plan_output(prompt: str, max_new_tokens: int, stop: list[str], stop_token_id
     missing = max_new_tokens - len(pieces)
     if missing > 0:
         digest = hashlib.sha256(f"{seed}:{prompt}".encode()).digest()
-        words = tokenizer.random_text(missing, random.Random(digest)).split(" ")
-        pieces += [(" " + word, tokenizer.encode(word)[0]) for word in words]
+        filler = tokenizer.random_text(missing, random.Random(digest))  # one vocabulary word per token
+        pieces += list(zip((" " + word for word in filler.split(" ")), tokenizer.encode(filler)))
     surfaces = [surface for surface, _ in pieces]
     ids = [token_id for _, token_id in pieces]
     full = "".join(surfaces)

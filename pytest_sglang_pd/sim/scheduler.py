@@ -8,6 +8,9 @@ model; its end is an ABSOLUTE deadline (previous deadline + step time), so event
 timer slack do not add up over steps. Requests wait in the queue until their KV reservation
 (prompt + max_new_tokens tokens; prompt only on a prefill worker) fits beside the running ones;
 cached prefixes are evicted (LRU) to make room.
+
+``BatchStats`` counts, per forward mode, the batches the loop actually ran (``sim_*`` metrics): a
+client differences the counters over its own interval to get the mean batch it was served with.
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ from dataclasses import dataclass, field
 from pytest_sglang_pd.sim.perf_model import PerfModel
 from pytest_sglang_pd.sim.radix_cache import RadixCache
 
-MAX_LAG_S = 0.05  # behind schedule by more than this (a stall), the schedule restarts from now
+# Behind schedule by more than this (a stall), the schedule restarts from now; less, the next steps catch up (a
+# process that a shared CPU left waiting for tens of ms still ends its steps on time on average).
+MAX_LAG_S = 0.5
+
+
+WINDOW_S = 10.0  # the window of the running-batch gauges (wall seconds)
 
 
 class Rejected(ValueError):
@@ -50,6 +58,44 @@ class Sequence:
     @property
     def context(self) -> int:
         return len(self.prompt_ids) + self.generated
+
+
+@dataclass
+class BatchStats:
+    """What one forward mode's steps ran: counters (monotonic, for differencing) and a sliding window.
+
+    Per step of ``batch`` requests holding ``context`` KV tokens, modelled ``seconds`` long:
+    ``steps`` += 1, ``reqs`` += batch, ``reqs_squared`` += batch^2, ``reqs_context`` += batch * context,
+    ``seconds`` += seconds, ``reqs_seconds`` += batch * seconds. Over an interval, the token-weighted
+    mean batch (what an average output token saw) is d(reqs_squared) / d(reqs), its mean KV context
+    d(reqs_context) / d(reqs); the time-weighted mean batch d(reqs_seconds) / d(seconds).
+    """
+
+    steps: int = 0
+    reqs: int = 0
+    reqs_squared: int = 0
+    reqs_context: int = 0
+    seconds: float = 0.0
+    reqs_seconds: float = 0.0
+    window: deque = field(default_factory=deque)  # (wall end, batch, modelled seconds) of recent steps
+
+    def record(self, batch: int, context: int, seconds: float, now: float) -> None:
+        self.steps += 1
+        self.reqs += batch
+        self.reqs_squared += batch * batch
+        self.reqs_context += batch * context
+        self.seconds += seconds
+        self.reqs_seconds += batch * seconds
+        self.window.append((now, batch, seconds))
+        while self.window and self.window[0][0] < now - WINDOW_S:
+            self.window.popleft()
+
+    def window_mean_max(self, now: float) -> tuple[float, int]:
+        """Time-weighted mean and max batch of the steps that ended in the last ``WINDOW_S`` seconds."""
+        recent = [(batch, seconds) for end, batch, seconds in self.window if end >= now - WINDOW_S]
+        total = sum(seconds for _, seconds in recent)
+        mean = sum(batch * seconds for batch, seconds in recent) / total if total else 0.0
+        return mean, max((batch for batch, _ in recent), default=0)
 
 
 async def cancel(task: asyncio.Task | None) -> None:
@@ -97,6 +143,7 @@ class Scheduler:
         self._task: asyncio.Task | None = None
         self.matched_tokens = 0
         self.prompt_tokens_seen = 0
+        self.batches = {"prefill": BatchStats(), "decode": BatchStats()}
 
     # ------------------------------------------------------------------ entry points (server side)
 
@@ -219,6 +266,7 @@ class Scheduler:
         seconds = self.model.prefill_seconds([(take, seq.prefilled) for seq, take in plan])
 
         def apply(now: float) -> None:
+            self.batches["prefill"].record(len(plan), sum(take for _, take in plan), seconds, now)
             for seq, take in plan:
                 seq.prefilled += take
                 if seq.prefilled >= len(seq.prompt_ids):
@@ -234,9 +282,11 @@ class Scheduler:
 
     def _decode_step(self) -> tuple[float, Callable[[float], None]]:
         batch = list(self.decoding)
-        seconds = self.model.decode_step_seconds(len(batch), sum(s.context for s in batch))
+        context = sum(s.context for s in batch)
+        seconds = self.model.decode_step_seconds(len(batch), context)
 
         def apply(now: float) -> None:
+            self.batches["decode"].record(len(batch), context, seconds, now)
             for seq in batch:
                 if not seq.finished:
                     self._emit(seq, now)
@@ -288,6 +338,5 @@ class Scheduler:
             seconds, apply = step
             now = loop.time()
             deadline = max(deadline, now - MAX_LAG_S) + seconds * self.time_scale()
-            if deadline > now:
-                await asyncio.sleep(deadline - now)
+            await asyncio.sleep(max(deadline - now, 0.0))  # behind schedule: the writes of the last step go first
             apply(time.monotonic())

@@ -64,6 +64,7 @@ class SimWorker:
         if isinstance(self.scheduler, dp.DPGroup):
             self.scheduler.on_step = lambda s: self.metrics.dp_step(s.tokens, s.pairs, s.sync_wait_s,
                                                                     s.imbalance_ratio)
+        self.metrics.watch_batches(lambda: [rank.batches for rank in self.ranks])
         self.rooms = pd.RoomTable()
         self.queue_reqs: collections.Counter[str] = collections.Counter()
         self.bootstrap: pd.BootstrapServer | None = None

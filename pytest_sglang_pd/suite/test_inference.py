@@ -30,7 +30,8 @@ def test_inference(inference_case, pd_cluster, cluster_watch, cluster_config, su
         for i in range(repeats):  # on the same deployment; a cluster the watch found broken ends the repeats
             runs.append(run_benchmark(pd_cluster, inference_case, timeout_s=cluster_config.timeouts.benchmark_s,
                                       artifacts_dir=artifacts / f"repeat-{i + 1}" if repeats > 1 else artifacts,
-                                      progress=progress, streamed=cluster_watch.streamed))
+                                      progress=progress, streamed=cluster_watch.streamed,
+                                      time_dilation=cluster_config.time_dilation))
             if cluster_watch.look():
                 break
         deployment = pd_cluster.deployment  # None behind --router-url: GPUs unknown, no per-GPU figures
