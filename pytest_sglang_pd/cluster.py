@@ -572,7 +572,7 @@ class LiveCluster:
     def _explained(self) -> str:
         """The PD path's addresses and, per worker, the log lines that explain a failed handoff (else its tail)."""
         dep = self.deployment
-        lines = [] if dep.aggregated else [
+        lines = [] if not dep.moves_kv else [
             f"  KV engine {self.cfg.kv_transfer.backend}; bootstrap "
             + ", ".join(f"{p.key} {pd_path.bootstrap_address(p)}" for p in dep.servers("prefill"))]
         lines += [f"  {held}" for held in pd_path.where_requests_wait(dep)]

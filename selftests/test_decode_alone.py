@@ -6,6 +6,7 @@ the shipped local-sim-decode-alone.json run as users run it, its decode batch ob
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -148,3 +149,23 @@ def test_the_shipped_decode_alone_config_measures_decode_at_batch_1024_without_p
     assert f"POST {decode}/generate" in test["command"]
     logs = {p.name for p in (tmp_path / "r" / "run").rglob("*.log")}
     assert "decode-0.log" in logs and not {"router.log", "prefill-0.log"} & logs, logs
+
+
+@pytest.mark.integration
+def test_a_decode_that_fails_the_fake_prefill_smoke_is_named_and_nothing_is_left_running(tmp_path: Path) -> None:
+    """Bring-up's decode-alone smoke goes to the decode itself: a decode that dies on its first request fails it,
+    named with its URL (no router in the message), and every process started is stopped."""
+    from pytest_sglang_pd.cluster import ClusterError, LiveCluster
+
+    path = sim_config(tmp_path, base="local-sim-decode-alone.json", sim={"faults": {"decode": ["crash_after=0"]}})
+    cfg = plan.load_config(path)
+    dep = plan.plan(cfg, "llama-8b", run_id="crash")
+    with pytest.raises(ClusterError) as err:
+        with LiveCluster(cfg, dep, tmp_path / "run") as cluster:
+            cluster.bring_up()
+    told = str(err.value)
+    assert re.match(rf"smoke request \(stream=False\) to the decode worker {re.escape(dep.router_url)} failed: "
+                    "ConnectionError\n", told), told
+    assert "sim fault crash_after=0: request 1 arrived, exiting with code 1" in told  # the decode's log tail
+    with pytest.raises(requests.ConnectionError):
+        requests.get(dep.router_url + "/health", timeout=2)
