@@ -246,29 +246,33 @@ class Workload:
     osl: int
 
 
-def _queued(service_ms: float, rho: float) -> float:
-    """Time in an M/D/1 queue of utilisation ``rho``: the service plus the mean wait rho / (2 (1 - rho))."""
+def _queued(service_ms: float, rho: float, others: float) -> float:
+    """The service plus a wait: M/D/1's rho / (2 (1 - rho)) services, at most the ``others`` services a closed loop
+    can hold ahead of a request (its C - 1 other requests shared over the prefill instances)."""
     rho = min(rho, 0.99)
-    return service_ms * (1.0 + rho / (2.0 * (1.0 - rho)))
+    return service_ms * (1.0 + min(rho / (2.0 * (1.0 - rho)), others))
 
 
 def predict(layout: Layout, profiles: dict[int, Profile], work: Workload, concurrency: int) -> dict[str, float]:
-    """The figures a layout should reach at ``concurrency`` in-flight requests, from the profiles (docs/tune.md):
-    disaggregated: TTFT = TTFT_p(ISL) queued at utilisation X / (prefill instances / TTFT_p(ISL)), ITL = ITL_d(C /
-    decode instances); aggregated: each instance prefills and decodes in one batch, so its decode steps stretch by
-    the share of time it prefills. X = C / (TTFT + (OSL - 1) x ITL), solved by fixed-point iteration."""
+    """The figures a layout should reach at ``concurrency`` in-flight requests, from the profiles (docs/tune.md).
+    Prefill capacity = prefill instances / TTFT_p(ISL); ITL = ITL_d(C / decoding instances). The request rate
+    X = C / (TTFT + (OSL - 1) x ITL) where TTFT is TTFT_p(ISL) plus an M/D/1 wait at utilisation X0 / capacity (X0:
+    the rate without any wait), and never below what Little's law leaves once the prefills saturate
+    (C / capacity - (OSL - 1) x ITL). Aggregated: each instance prefills and decodes in one batch, so its decode
+    steps stretch by 1 / (1 - the share of time it prefills), X / capacity, found by fixed-point iteration."""
     shape = layout.aggregated or layout.decode
     prefill = layout.aggregated or layout.prefill
     ttft0 = profiles[prefill.tp].ttft_at(work.isl)
     itl0 = profiles[shape.tp].itl_at(concurrency / shape.instances)
     capacity = prefill.instances / ttft0  # requests per ms
-    ttft, itl = ttft0, itl0
-    for _ in range(60):
-        rate = concurrency / (ttft + (work.osl - 1) * itl)
-        rho = rate / capacity
-        ttft = 0.5 * ttft + 0.5 * _queued(ttft0, rho)
-        if layout.mode == AGGREGATED:
-            itl = 0.5 * itl + 0.5 * itl0 / max(1.0 - min(rho, 0.95), 0.05)
+    share, itl, ttft = 0.0, itl0, ttft0
+    for _ in range(1 if layout.mode == DISAGGREGATED else 40):
+        itl = itl0 / (1.0 - share)
+        decode_ms = (work.osl - 1) * itl
+        ttft = max(_queued(ttft0, concurrency / (ttft0 + decode_ms) / capacity,
+                           (concurrency - 1) / prefill.instances),
+                   concurrency / capacity - decode_ms)
+        share = 0.5 * share + 0.5 * min(concurrency / (ttft + decode_ms) / capacity, 0.9)
     latency_ms = ttft + (work.osl - 1) * itl
     rate_s = concurrency / latency_ms * 1000.0
     out_tok_s = rate_s * work.osl

@@ -46,7 +46,8 @@ MAY_IMPORT: Mapping[str, frozenset[str]] = {
     "gating": frozenset({"config", "bench"}),
     "report": frozenset({"config", "bench", "gating"}),
     "sim": frozenset(),
-    "cli": CHAIN | {"sim"},
+    "cli": CHAIN | {"sim", "tune"},
+    "tune": CHAIN,  # `sglang-pd tune`: drives the chain for each candidate, like cli.py
     "session": CHAIN,
     "fixtures": CHAIN | {"session"},
     "plugin": CHAIN | {"session", "fixtures"},
