@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shlex
 import sys
 from pathlib import Path
@@ -285,42 +284,32 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from . import tune
 
     cfg = _load(args.config)
-    model = args.model or cfg.model_ids[0]
-    if _unknown_model(cfg, [model]):
+    if _unknown_model(cfg, [args.model or cfg.model_ids[0]]):
         return 1
     try:
-        sla = tune.parse_sla(args.sla)
-        tps = tuple(int(t) for t in args.tp.split(",")) if args.tp else \
-            tuple(2 ** i for i in range(8) if 2 ** i <= cfg.gpus_per_node)
-    except (tune.TuneError, ValueError) as exc:
+        plan, raw = tune.plan_of(cfg, args)
+    except tune.TuneError as exc:
         print(f"sglang-pd tune: {exc}", file=sys.stderr)
         return 1
-    raw = config_mod.parse_text(Path(cfg.source).read_text(), cfg.source)
-    work = tune.Workload(args.isl, args.osl)
-    layouts, excluded = tune.enumerate_layouts(len(tune.worker_nodes(raw)), cfg.gpus_per_node, tps,
-                                               aggregated_dp=args.aggregated_dp)
-    placed, refused = tune.planned(raw, model, layouts, work)
-    plan = tune.Plan(model, work, sla, [lay for lay, _ in placed], excluded + refused,
-                     batches=tuple(int(b) for b in args.batches.split(",")),
-                     deploy_disaggregated=args.deploy_disaggregated, deploy_aggregated=args.deploy_aggregated,
-                     max_candidates=args.max_candidates, max_minutes=args.max_minutes,
-                     placements={lay.id: where for lay, where in placed})
     print(plan.text(), flush=True)
     if args.dry_run:
         return 0
-    results = Path(args.results_dir)
-    store = tune.Store(results / tune.RESULTS_FILE, plan.key)
-    live = tune.LiveTune(raw, Path(cfg.source), model, results, prompts_per_user=args.prompts_per_user,
-                         say=lambda line: print(line, flush=True))
-    data = tune.search(plan, live, store, say=lambda line: print(line, flush=True))
-    winner = tune.finish(plan, data, raw, results, prompts_per_user=args.prompts_per_user, simulated=cfg.simulated)
+    results = Path(args.results_dir or "reports/tune")
+    data, winner = tune.run(plan, raw, cfg, results, prompts_per_user=args.prompts_per_user,
+                            say=lambda line: print(line, flush=True))
     print(tune.summary(data))
-    print(f"report {results / tune.REPORT_FILE}; results {store.path}")
+    print(f"report {results / tune.REPORT_FILE}; results {results / tune.RESULTS_FILE}")
     if winner is None:
         print("no layout met the SLA: no winner config written", file=sys.stderr)
         return 1
     print(f"winner config {winner} (pytest --cluster-config={winner})")
     return 0
+
+
+def _tune_arguments(p: argparse.ArgumentParser) -> None:
+    from .tune import add_arguments
+
+    add_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -354,20 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cleanup)
     p = sub.add_parser("tune", help="search the layouts that fit the nodes for the best tok/s per GPU under an SLA")
     p.add_argument("config")
-    p.add_argument("--model", help="model id (default: the first)")
-    p.add_argument("--isl", type=int, required=True, help="input tokens per request")
-    p.add_argument("--osl", type=int, required=True, help="output tokens per request")
-    p.add_argument("--sla", required=True, help='e.g. "user_tok_s>=50,ttft_ms<=2000" (metric names of config-keys.md)')
-    p.add_argument("--dry-run", action="store_true", help="list the candidates, exclusions and plans; start nothing")
-    p.add_argument("--max-candidates", type=int, default=3, help="layouts deployed at most (default 3)")
-    p.add_argument("--max-minutes", type=float, default=math.inf, help="no new profile or deployment after this")
-    p.add_argument("--deploy-disaggregated", type=int, default=2, help="best predicted disaggregated deployed (2)")
-    p.add_argument("--deploy-aggregated", type=int, default=1, help="best predicted aggregated deployed (1)")
-    p.add_argument("--tp", help="TP sizes searched, e.g. 4,8 (default: powers of two up to gpus_per_node)")
-    p.add_argument("--aggregated-dp", action="store_true", help="also aggregated instances of TP x DP replicas")
-    p.add_argument("--batches", default=",".join(map(str, (1, 4, 16, 64))), help="decode-alone batch sizes profiled")
-    p.add_argument("--prompts-per-user", type=int, default=4, help="requests per concurrency slot of a measurement")
-    p.add_argument("--results-dir", default="reports/tune", help="results (resumed from), report, winner config")
+    _tune_arguments(p)
     p.set_defaults(func=cmd_tune)
     p = sub.add_parser("sim", help="run one simulated SGLang worker (the flags of sglang.launch_server)", add_help=False)
     p.set_defaults(func=None)

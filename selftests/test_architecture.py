@@ -51,7 +51,7 @@ MAY_IMPORT: Mapping[str, frozenset[str]] = {
     "session": CHAIN,
     "fixtures": CHAIN | {"session"},
     "plugin": CHAIN | {"session", "fixtures"},
-    "suite": CHAIN,  # the validation tests themselves (suite/test_*.py)
+    "suite": CHAIN | {"tune"},  # the validation tests themselves (suite/test_*.py; test_tune.py: the search)
 }
 
 
