@@ -304,3 +304,9 @@ def test_cli_bad_sla_exits_1_naming_the_term():
                          capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 1
     assert "--sla term 'ttft<=2000': unknown metric 'ttft'" in out.stderr
+
+
+def test_slurm_configs_are_refused_with_the_key():
+    cfg = plan_mod.load_config(REPO / "cluster_configs" / "local-slurm.json")
+    with pytest.raises(tune.TuneError, match=r"\$\.config\.transport: slurm is not searched yet"):
+        tune.prepare(cfg, cfg.model_ids[0], WORK, SLA)
