@@ -453,7 +453,8 @@ class Plan:
                  f"ISL x {', '.join(f'{f:g}' for f in PROFILE_ISL_FRACTIONS)}), decode alone at batches "
                  f"{', '.join(map(str, self.batches))}",
                  f"  then deploy the best {self.deploy_disaggregated} disaggregated and {self.deploy_aggregated} "
-                 f"aggregated predicted (at most {self.max_candidates}, within {self.max_minutes:g} minutes), "
+                 f"aggregated predicted (at most {self.max_candidates}, "
+                 f"{'no time limit' if math.isinf(self.max_minutes) else f'within {self.max_minutes:g} minutes'}), "
                  "each bisected for the highest concurrency that meets the SLA",
                  f"  {len(self.layouts)} candidate layouts:"]
         lines += [f"    {lay.id}: {lay.mode}, {lay.gpus} GPUs" + (f": {self.placements[lay.id]}" if lay.id in
@@ -508,7 +509,7 @@ def search(plan: Plan, live: Live, store: Store, say: Say = print) -> dict:
         say(f"profiling TP{tp}")
         store.profiles[str(tp)] = asdict(live.profile(tp, plan.work, plan.batches))
         store.save()
-    profiles = {int(k): Profile.from_dict(v) for k, v in store.profiles.items() if not v.get("error")}
+    profiles = {int(k): Profile.from_dict(v) for k, v in store.profiles.items()}
     ranked = rank(plan, profiles)
     store.data["predictions"] = ranked
     store.save()
@@ -532,9 +533,10 @@ def rank(plan: Plan, profiles: dict[int, Profile]) -> list[dict]:
     out = []
     for lay in plan.layouts:
         entry: dict[str, Any] = {"id": lay.id, "mode": lay.mode, "gpus": lay.gpus, "layout": lay.as_dict()}
-        missing = [tp for tp in lay.tps if tp not in profiles]
+        missing = [f"TP{tp} " + (f"profile failed: {profiles[tp].error}" if tp in profiles else "not profiled")
+                   for tp in lay.tps if tp not in profiles or profiles[tp].error]
         if missing:
-            entry["why"] = f"TP{', TP'.join(map(str, missing))} not profiled"
+            entry["why"] = "; ".join(missing)
         else:
             best, figures = predicted_best(lay, profiles, plan.work, plan.sla, max(plan.batches))
             entry.update(concurrency=best, predicted=figures)

@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
@@ -310,3 +309,17 @@ def test_slurm_configs_are_refused_with_the_key():
     cfg = plan_mod.load_config(REPO / "cluster_configs" / "local-slurm.json")
     with pytest.raises(tune.TuneError, match=r"\$\.config\.transport: slurm is not searched yet"):
         tune.prepare(cfg, cfg.model_ids[0], WORK, SLA)
+
+
+def test_a_failed_profile_leaves_its_layouts_out_with_why(tmp_path):
+    class NoTP4(FakeLive):
+        def profile(self, tp, work, batches):
+            self.profiled.append(tp)
+            return tune.Profile(4, error="RuntimeError: prefill_0 exited: out of memory") if tp == 4 else PROFILES[tp]
+
+    live = NoTP4()
+    data = tune.search(search_plan(), live, tune.Store(tmp_path / "t.json", search_plan().key), say=lambda s: None)
+    why = {e["id"]: e.get("why") for e in data["predictions"]}
+    assert why["p2xtp4-d1xtp8"] == "TP4 profile failed: RuntimeError: prefill_0 exited: out of memory"
+    assert why["p1xtp8-d1xtp8"] is None
+    assert all(4 not in tune.Layout.from_dict(data["candidates"][c]["layout"]).tps for c in live.deployed)
