@@ -200,7 +200,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     except (cluster.ClusterError, HostError, RuntimeFailure, slurm.SlurmError) as exc:
         print(f"bring-up failed (everything started was stopped):\n{exc}", file=sys.stderr)
         return 1
-    print(up_summary(model, live.router_url, live.worker_urls, live.startup_seconds, run_dir))
+    services = {"store": [s.url for s in live.deployment.role("store")]}
+    print(up_summary(model, live.router_url, {**services, **live.worker_urls}, live.startup_seconds, run_dir))
     return 0
 
 
@@ -211,12 +212,13 @@ def _say_on_stderr(line: str, level: int) -> None:
 
 def up_summary(model: str, router_url: str, worker_urls: dict[str, list[str]], startup_s: dict[str, float],
                run_dir: Path) -> str:
-    """What `sglang-pd up` brought up: the router, each role's URLs and start-up time, the logs, how to stop it."""
+    """What `sglang-pd up` brought up: the router, each role's URLs (the store's services too) and start-up time, the
+    logs, how to stop it."""
     def took(key: str) -> str:
         return f"ready after {startup_s[key]:.1f} s" if key in startup_s else ""
 
     rows = [("router", router_url, took("router"))]
-    rows += [(role, url, took(role) if i == 0 else "") for role in plan_mod.WORKER_ROLES
+    rows += [(role, url, took(role) if i == 0 else "") for role in ("store", *plan_mod.WORKER_ROLES)
              for i, url in enumerate(worker_urls.get(role, []))]
     width = max(len(url) for _, url, _ in rows)
     lines = [f"cluster of {model} is up"]
@@ -261,7 +263,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             print(f"released slurm allocation {job} ({name})")
         print(f"cleanup: {len(released)} allocation(s) of the suite released")
     elif cfg.runtime == "docker":
-        nodes = sorted({*cfg.prefill_nodes, *cfg.decode_nodes, cfg.router_node, cfg.benchmark_node})
+        stores = (plan_mod.store_node(cfg, m) for m in cfg.models if m.hicache.enabled)
+        nodes = sorted({*cfg.prefill_nodes, *cfg.decode_nodes, cfg.router_node, cfg.benchmark_node, *stores})
         hosts = cluster.connect_nodes(cfg, nodes)
         docker_rt = cluster.runtime_of(cfg, hosts)
         try:

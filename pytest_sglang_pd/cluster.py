@@ -26,9 +26,9 @@ import requests
 
 from . import hosts as hosts_mod
 from . import plan as plan_mod
-from . import kv_transfer, pd_path, prom, redact, releases, slurm, sse
+from . import kv_transfer, pd_path, prom, redact, releases, services, slurm, sse
 from .config import ClusterConfig
-from .facts import ClusterFacts
+from .facts import ClusterFacts, InstanceFacts
 from .plan import Deployment, ProcessSpec
 from .docker_node import DockerNode
 from .image import SOURCE_LABEL, source_digest
@@ -97,8 +97,10 @@ def log_name(spec: ProcessSpec) -> str:
 
 
 def log_destination(run_dir: Path, spec: ProcessSpec) -> Path:
-    """Where a process's log is collected: `<run_dir>/logs/<node>/<role>-<i>.log` (`<key>.log` for a benchmark)."""
-    return run_dir / "logs" / spec.node / (log_name(spec) if spec.role != "bench" else f"{spec.key}.log")
+    """Where a process's log is collected: `<run_dir>/logs/<node>/<role>-<i>.log` (`<key>.log` for a benchmark or a
+    store service)."""
+    by_key = spec.role in ("bench", services.ROLE)
+    return run_dir / "logs" / spec.node / (f"{spec.key}.log" if by_key else log_name(spec))
 
 
 class LiveCluster:
@@ -197,6 +199,7 @@ class LiveCluster:
         self.connect()
         self.precheck()
         self.prepare_containers()
+        self.start_services()
         for role in self.deployment.worker_roles:
             self.start(role)
         self.wait_healthy(self.deployment.worker_roles)
@@ -317,6 +320,38 @@ class LiveCluster:
             return
         with self._stage("bring-up", f"{len(self.deployment.containers)} container(s)"):
             self.runtime.prepare(self.deployment.containers)
+
+    def start_services(self) -> None:
+        """The side services (HiCache's Mooncake Store: metadata service and master) started and answering before
+        any worker; as an earlier step, they are stopped after every worker (logs collected like the workers')."""
+        specs = self.deployment.role(services.ROLE)
+        if not specs:
+            return
+        t0 = time.monotonic()
+        self.start(services.ROLE)
+        pending = {s.key: s for s in specs}
+
+        def probe() -> bool:
+            for key, spec in list(pending.items()):
+                if services.answers(spec):
+                    pending.pop(key)
+                    self.say(f"  {key} answering on {spec.url}", 1)
+            return not pending
+
+        with self._stage("bring-up", f"{len(specs)} store service(s) answering",
+                         lambda: f"waiting for {_some(pending)}"):
+            try:
+                self._wait(probe, self.cfg.timeouts.services_s, "timeouts.services_s",
+                           lambda: [(s.key, f"store {services.described(s)}: not answering")
+                                    for s in pending.values()])
+            except ClusterError as exc:
+                waiting = list(pending.values())
+                codes = self.runtime.exit_codes([self.procs[s.key] for s in waiting])
+                failed = [s for s, code in zip(waiting, codes) if code is not None] or waiting
+                raise ClusterError(f"HiCache store service(s) not started: "
+                                   f"{', '.join(services.described(s) for s in failed)}; no worker was started\n"
+                                   f"{exc}") from None
+        self.startup_seconds[services.ROLE] = round(time.monotonic() - t0, 3)
 
     def _remove_containers(self) -> None:
         if self.keep:
@@ -729,7 +764,21 @@ def facts_of(cluster: LiveCluster | ExternalCluster, *, versions: bool = True) -
                         startup_seconds=dict(cluster.startup_seconds),
                         kv_pairs_gbps=dict(cluster.kv_pairs_gbps), image_ids=dict(cluster.image_ids),
                         worker_versions=worker_versions(cluster.worker_urls) if versions else {}, log_files=logs,
-                        started=tuple(cluster.procs))
+                        started=tuple(cluster.procs), layout=() if dep is None else layout_facts(dep))
+
+
+def layout_facts(dep: Deployment) -> tuple[InstanceFacts, ...]:
+    """Each planned worker process: node, GPUs, NICs, ports, and its instance's TP and DP."""
+    out = []
+    for role in dep.worker_roles:
+        layout, procs = dep.model.layout(role), dep.role(role)
+        for p in procs:
+            nnodes = sum(1 for q in procs if q.instance == p.instance)
+            out.append(InstanceFacts(key=p.key, role=role, instance=p.instance, node=p.node, node_rank=p.node_rank,
+                                     nnodes=nnodes, tp_size=layout.tensor_parallelism * nnodes, dp_size=layout.dp_size,
+                                     dp_attention=layout.dp_attention, gpus=p.gpus, nics=p.nics, port=p.port,
+                                     bootstrap_port=p.bootstrap_port))
+    return tuple(out)
 
 
 def worker_versions(worker_urls: dict[str, list[str]]) -> dict[str, str]:
@@ -839,10 +888,12 @@ def _stop_recorded(cfg: ClusterConfig, state: dict) -> list[str]:
             running = [RunningProcess(specs[p["key"]], hosts[p["node"]], p["pid"], None, None, 0.0)
                        for p in state["processes"] if p["pid"]]
             running = [rp for rp, alive in zip(running, all_of(lambda rp: rp.host.group_alive(rp.pid), running)) if alive]
-            errors = runtime.stop_all(running)
-            if errors:
-                raise ClusterError("could not stop:\n" + "\n".join(f"  {e}" for e in errors))
-            stopped += [f"{rp.spec.role} {rp.spec.key} on {rp.spec.node} (pid {rp.pid})" for rp in running]
+            for last in (False, True):  # the side services after everything that uses them
+                wave = [rp for rp in running if (rp.spec.role == services.ROLE) == last]
+                errors = runtime.stop_all(wave) if wave else []
+                if errors:
+                    raise ClusterError("could not stop:\n" + "\n".join(f"  {e}" for e in errors))
+                stopped += [f"{rp.spec.role} {rp.spec.key} on {rp.spec.node} (pid {rp.pid})" for rp in wave]
     finally:
         runtime.teardown()
         for h in hosts.values():

@@ -133,7 +133,14 @@ def node_containers(cluster_nodes: LiveCluster, kv_transfer: KVTransferCheck) ->
 
 
 @pytest.fixture(scope="session")
-def prefill_group(node_containers: LiveCluster) -> Iterator[list]:
+def side_services(node_containers: LiveCluster) -> Iterator[LiveCluster]:
+    """The side services some deployments need (HiCache's Mooncake Store), answering before any worker; stopped
+    after every worker."""
+    yield from _step_fixture(node_containers, "store", lambda: node_containers.start_services() or node_containers)
+
+
+@pytest.fixture(scope="session")
+def prefill_group(node_containers: LiveCluster, side_services: LiveCluster) -> Iterator[list]:
     """The prefill instances (aggregated mode: the workers) launched (parallel across nodes); stopped together, logs
     collected, at the end."""
     first = node_containers.deployment.worker_roles[0]

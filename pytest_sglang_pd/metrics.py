@@ -49,6 +49,15 @@ def _catalog() -> dict[str, Metric]:
         Metric("nic_errors", "", "max", "growth of the worker nodes' RDMA port error counters during the benchmark"),
         Metric("kv_transfer_throughput", "B/s", "min", "KV bytes per second of transfer time (prefill side)"),
     ]
+    worst = "the worst worker with DP attention"
+    metrics += [Metric("dp_imbalance_ratio", "", "max", f"tokens scheduled on the busiest DP rank over the mean rank, {worst} "
+                       "(sglang:dp_attention_tokens_total{kind=scheduled} by dp_rank)"),
+                Metric("dp_step_imbalance_ratio", "", "max", f"mean per step of max over mean tokens across the DP ranks, {worst} "
+                       "(sglang:dp_attention_token_imbalance_ratio)"),
+                Metric("dp_idle_step_fraction", "", "max", f"fraction of DP rank steps run as idle batches, {worst} "
+                       "(sglang:dp_attention_steps_total{rank_state})"),
+                Metric("mean_dp_sync_wait_ms", "ms", "max", f"mean wait of a DP rank's step for the slowest rank, {worst} "
+                       "(sglang:dp_attention_sync_wait_seconds)")]
     per_gpu = "(aggregated: every GPU)"
     metrics += [Metric("output_throughput_per_decode_gpu", "tok/s/GPU", "min", f"generated tokens per second per decode GPU {per_gpu}"),
                 Metric("input_throughput_per_prefill_gpu", "tok/s/GPU", "min", f"prompt tokens per second per prefill GPU {per_gpu}"),

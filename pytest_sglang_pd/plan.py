@@ -257,6 +257,7 @@ def service_ports(cfg: ClusterConfig, model: ModelConfig) -> list[tuple[str, int
         coord = getattr(cfg, f"{role}_coordinator_addr", None)  # aggregated: per_node only
         if cfg.instance_layout == "multi_node" and coord:
             out.append((coord, getattr(cfg, f"{role}_coordinator_port"), f"{role} coordinator"))
+    out += [(node, port, f"HiCache {key}") for node, port, key in store_ports(cfg, model)]
     out.append((cfg.router_node, cfg.router_port, "router (http)"))
     out.append((cfg.router_node, cfg.router_prometheus_port, "router (prometheus)"))
     return out
@@ -423,6 +424,12 @@ def _worker_argv(cfg: ClusterConfig, model: ModelConfig, inst: _Instance, member
                  else ["--dp-size", str(layout.dp_size)])
     if layout.load_balance_method:
         argv += ["--load-balance-method", layout.load_balance_method]
+    if model.hicache.enabled:
+        argv += ["--enable-hierarchical-cache", "--hicache-storage-backend", model.hicache.storage_backend]
+    if model.quantization:
+        argv += ["--quantization", model.quantization]
+    if model.kv_cache_dtype:
+        argv += ["--kv-cache-dtype", model.kv_cache_dtype]
     if multi:
         coord = getattr(cfg, f"{inst.role}_coordinator_addr") or inst.head
         argv += ["--nnodes", str(len(inst.members)), "--node-rank", str(member.rank),
@@ -440,6 +447,87 @@ def _worker_argv(cfg: ClusterConfig, model: ModelConfig, inst: _Instance, member
     argv += [*model.server_args, *{"prefill": model.prefill_server_args,
                                    "decode": model.decode_server_args}.get(inst.role, ())]
     return tuple(argv)
+
+
+# ------------------------------------------------------------- HiCache: the Mooncake Store's services
+def store_node(cfg: ClusterConfig, model: ModelConfig) -> str:
+    """Where the Mooncake Store's master and metadata service run: ``hicache.node``, else the first prefill node."""
+    return model.hicache.node or cfg.prefill_nodes[0]
+
+
+def metadata_server(cfg: ClusterConfig, model: ModelConfig) -> str:
+    """MOONCAKE_TE_META_DATA_SERVER: the suite's etcd or HTTP metadata server, or P2PHANDSHAKE (none)."""
+    hc, node = model.hicache, store_node(cfg, model)
+    return {"etcd": f"etcd://{node}:{hc.metadata_port}",
+            "http": f"http://{node}:{hc.metadata_port}/metadata"}.get(hc.metadata, hc.metadata)
+
+
+def hicache_env(cfg: ClusterConfig, model: ModelConfig, node: str) -> dict[str, str]:
+    """What SGLang's Mooncake Store reads from the env of a worker on ``node`` (MooncakeStoreConfig.load_from_env);
+    the protocol is kv_transfer.mooncake's (else SGLang's rdma)."""
+    hc = model.hicache
+    if not hc.enabled:
+        return {}
+    env = {"MOONCAKE_MASTER": f"{store_node(cfg, model)}:{hc.master_port}",
+           "MOONCAKE_MASTER_METRICS_PORT": str(hc.master_metrics_port),
+           "MOONCAKE_TE_META_DATA_SERVER": metadata_server(cfg, model),
+           "MOONCAKE_LOCAL_HOSTNAME": node,
+           "MOONCAKE_GLOBAL_SEGMENT_SIZE": hc.global_segment_size}
+    if cfg.kv_transfer.mooncake.protocol:
+        env["MOONCAKE_PROTOCOL"] = cfg.kv_transfer.mooncake.protocol
+    return env
+
+
+def store_ports(cfg: ClusterConfig, model: ModelConfig) -> list[tuple[str, int, str]]:
+    """(node, port, service) of every port the store's services listen on."""
+    hc = model.hicache
+    if not hc.enabled:
+        return []
+    node = store_node(cfg, model)
+    out = [(node, hc.master_port, "store_master (rpc)"), (node, hc.master_metrics_port, "store_master (metrics)")]
+    if hc.metadata == "etcd":
+        out += [(node, hc.metadata_port, "store_etcd (client)"), (node, hc.etcd_peer_port, "store_etcd (peer)")]
+    elif hc.metadata == "http":
+        out.append((node, hc.metadata_port, "store_metadata (http)"))
+    return out
+
+
+def store_processes(cfg: ClusterConfig, model: ModelConfig, python: str, log_dir: str) -> list[ProcessSpec]:
+    """The store's services in start order, each with the address it answers on when ready: the metadata service
+    (etcd's /health; the HTTP metadata server's 404 for an unknown key), then the master (/health on its metrics
+    port). The master is the Mooncake wheel's (``python -m mooncake.cli`` execs its ``mooncake_master``)."""
+    hc = model.hicache
+    if not hc.enabled:
+        return []
+    node = store_node(cfg, model)
+    bind = bind_host(node)
+    out = []
+
+    def service(key: str, argv: list[str], port: int, health_path: str) -> None:
+        out.append(ProcessSpec(key=key, role=STORE_ROLE, node=node, argv=tuple(argv), env=dict(cfg.container.env_dict),
+                               port=port, log_path=f"{log_dir}/{key}.log", host=node, health_path=health_path))
+
+    if hc.metadata == "etcd":
+        peer = f"http://{node}:{hc.etcd_peer_port}"
+        service("store_etcd", [hc.etcd, "--name", "store", "--logger", "zap",
+                               "--data-dir", f"{log_dir}/store_etcd.data",
+                               "--listen-client-urls", f"http://{bind}:{hc.metadata_port}",
+                               "--advertise-client-urls", f"http://{node}:{hc.metadata_port}",
+                               "--listen-peer-urls", f"http://{bind}:{hc.etcd_peer_port}",
+                               "--initial-advertise-peer-urls", peer, "--initial-cluster", f"store={peer}"],
+                hc.metadata_port, "/health")
+    elif hc.metadata == "http":
+        service("store_metadata", [python, "-m", "mooncake.http_metadata_server", "--host", bind,
+                                   "--port", str(hc.metadata_port)],
+                hc.metadata_port, f"/metadata?key={STORE_PROBE_KEY}")
+    service("store_master", [python, "-m", "mooncake.cli", f"--rpc_address={bind}", f"--rpc_port={hc.master_port}",
+                             f"--metrics_port={hc.master_metrics_port}"],
+            hc.master_metrics_port, "/health")
+    return out
+
+
+STORE_ROLE = "store"  # the role of the store's services in the Deployment
+STORE_PROBE_KEY = "sglang-pd-probe"  # a key no one writes: the HTTP metadata server answers 404 while it is up
 
 
 # the entry point of each router package: sglang-router (in images, module sglang_router) or its successor smg
@@ -503,6 +591,8 @@ def plan(cfg: ClusterConfig, model: ModelConfig | str, *, run_id: str, sglang_ve
                     f"{LABEL_PREFIX}.key": key, f"{LABEL_PREFIX}.model": model.id}))
         return key
 
+    for spec in store_processes(cfg, model, python, log_dir):
+        processes.append(replace(spec, container=container(spec.key, STORE_ROLE, spec.node)))
     layout = _instances(cfg, model)
     for inst in (inst for role in model.roles for inst in layout[role]):
         for member in inst.members:
@@ -510,7 +600,8 @@ def plan(cfg: ClusterConfig, model: ModelConfig | str, *, run_id: str, sglang_ve
             processes.append(ProcessSpec(
                 key=key, role=inst.role, node=member.node,
                 argv=_worker_argv(cfg, model, inst, member, python, release),
-                env=base_env, port=inst.port, log_path=f"{log_dir}/{key}.log",
+                env={**base_env, **hicache_env(cfg, model, member.node)}, port=inst.port,
+                log_path=f"{log_dir}/{key}.log",
                 container=container(key, inst.role, member.node), host=inst.head,
                 instance=inst.index, node_rank=member.rank,
                 bootstrap_port=inst.bootstrap_port, gpus=member.gpus, nics=member_nics(cfg, member, inst.role)[0],

@@ -4,10 +4,13 @@ metrics and the router's ``smg_*`` metrics by the names real SGLang 0.5.23 and i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence, TypeVar
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -63,17 +66,25 @@ WORKER_METRICS = {
 PD_EXPORTED = ("kv_transfers", "transfer_failed", "prefill_bootstrap_queue", "decode_transfer_queue")
 
 
-def worker_metrics(urls_by_role: Mapping[str, Sequence[str]]) -> dict[str, dict[str, dict[str, float]]]:
-    """role -> worker URL -> short name -> value, for each worker that answered (a metric it lacks is absent)."""
-    out: dict[str, dict[str, dict[str, float]]] = {}
+def _each_worker(urls_by_role: Mapping[str, Sequence[str]], read: Callable[[list[Sample]], T]) -> dict[str, dict[str, T]]:
+    """role -> worker URL -> ``read`` of its /metrics, for each worker that answered."""
+    out: dict[str, dict[str, T]] = {}
     for role, urls in urls_by_role.items():
         out[role] = {}
         for url in urls:
             samples = fetch(f"{url}/metrics")
             if samples is not None:
-                found = {short: total(samples, name) for short, name in WORKER_METRICS.items()}
-                out[role][url] = {k: v for k, v in found.items() if v is not None}
+                out[role][url] = read(samples)
     return out
+
+
+def worker_metrics(urls_by_role: Mapping[str, Sequence[str]]) -> dict[str, dict[str, dict[str, float]]]:
+    """role -> worker URL -> short name -> value, for each worker that answered (a metric it lacks is absent)."""
+    def found(samples: list[Sample]) -> dict[str, float]:
+        values = {short: total(samples, name) for short, name in WORKER_METRICS.items()}
+        return {k: v for k, v in values.items() if v is not None}
+
+    return _each_worker(urls_by_role, found)
 
 
 def role_sum(metrics: Mapping[str, Mapping[str, Mapping[str, float]]], role: str, name: str) -> float | None:
@@ -85,6 +96,36 @@ def role_sum(metrics: Mapping[str, Mapping[str, Mapping[str, float]]], role: str
 def exports_pd(metrics: Mapping[str, Mapping[str, Mapping[str, float]]]) -> bool:
     """Whether any worker exports SGLang's PD metrics (else every KV figure is 'not measured')."""
     return any(name in w for role in metrics.values() for w in role.values() for name in PD_EXPORTED)
+
+
+# the workers' DP-attention metrics, per DP rank (label dp_rank): short name -> (metric, the label values it keeps)
+DP_RANK_METRICS = {
+    "tokens": ("sglang:dp_attention_tokens_total", {"kind": "scheduled"}),  # tokens the rank's steps scheduled
+    "active_steps": ("sglang:dp_attention_steps_total", {"rank_state": "active"}),
+    "idle_steps": ("sglang:dp_attention_steps_total", {"rank_state": "idle"}),  # steps it ran an idle batch
+    "sync_wait_s": ("sglang:dp_attention_sync_wait_seconds_sum", {}),  # its wait for the slowest rank
+}
+DP_STEP_IMBALANCE = ("sglang:dp_attention_token_imbalance_ratio_sum", "sglang:dp_attention_token_imbalance_ratio_count")
+
+
+def dp_ranks(samples: Sequence[Sample]) -> dict[str, dict[int, float]]:
+    """short name -> DP rank -> value of a worker's DP-attention samples, and "step_imbalance_sum" / "_count"
+    (rank -1: the worker's, observed once on rank 0); {} for a worker without DP attention."""
+    out: dict[str, dict[int, float]] = {}
+    for short, (name, wanted) in DP_RANK_METRICS.items():
+        for s in samples:
+            if s.name == name and "dp_rank" in s.labels and all(s.labels.get(k) == v for k, v in wanted.items()):
+                rank = int(s.labels["dp_rank"])
+                out.setdefault(short, {})[rank] = out.get(short, {}).get(rank, 0.0) + s.value
+    if out:
+        for short, name in zip(("step_imbalance_sum", "step_imbalance_count"), DP_STEP_IMBALANCE):
+            out[short] = {-1: total(samples, name) or 0.0}
+    return out
+
+
+def worker_dp_ranks(urls_by_role: Mapping[str, Sequence[str]]) -> dict[str, dict[str, dict[str, dict[int, float]]]]:
+    """role -> worker URL -> ``dp_ranks`` of it ({} for a worker without DP attention), for each worker that answered."""
+    return _each_worker(urls_by_role, dp_ranks)
 
 
 # the router's (sglang-router 0.3.2 and smg 1.13.0 both export only smg_*; smg adds per-worker request counts)

@@ -74,6 +74,9 @@ LOAD_BALANCE_METHODS = {
     "0.5.23": ("auto", "round_robin", "follow_bootstrap_room", "total_requests", "total_tokens"),
 }
 
+# --kv-cache-dtype's choices (0.5.23: srt/arg_groups/fields/model.py; "auto" is the model's dtype)
+KV_CACHE_DTYPES = ("auto", "fp8_e5m2", "fp8_e4m3", "mxfp8", "bf16", "bfloat16", "nvfp4", "fp4_mx_block16")
+
 
 def forms_of(version: str) -> str:
     """The known release whose command-line forms ``version`` is planned with: the newest at or below it, else the

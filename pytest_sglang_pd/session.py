@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from .config import ClusterConfig, InferenceCase, cases
+from .config import ClusterConfig, InferenceCase, cases, role_nodes
 from .report import model_of
 
 if TYPE_CHECKING:
@@ -128,6 +128,9 @@ class SuiteRun:
             return ["sglang-pd: no cluster config"]
         return [f"sglang-pd: {cfg.source} engine={cfg.engine} runtime={cfg.runtime} transport={cfg.transport} "
                 f"kv={cfg.kv_transfer.backend} models={','.join(cfg.model_ids)} run={self.run_id}",
+                *(f"sglang-pd: layout {m.id}: " + "; ".join(
+                    f"{role} {m.layout(role).describe()} on {len(role_nodes(cfg, role))} node(s)"
+                    for role in m.roles) for m in cfg.models),
                 *(f"sglang-pd: warning: {w}" for w in cfg.warnings)]
 
 

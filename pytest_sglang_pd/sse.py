@@ -5,18 +5,20 @@ from __future__ import annotations
 DONE = b"[DONE]"
 
 
-def take_events(buffer: bytearray) -> list[bytes]:
-    """Cut the complete events' ``data:`` payloads out of ``buffer`` (in place); the rest waits for more bytes."""
+def split_events(data: bytes) -> tuple[list[bytes], bytes]:
+    """(the ``data:`` payloads of the complete events in ``data``, the incomplete rest that waits for more bytes)."""
+    end = data.rfind(b"\n\n")
+    if end < 0:
+        return [], data
     events = []
-    while (end := buffer.find(b"\n\n")) >= 0:
-        block = bytes(buffer[:end])
-        del buffer[:end + 2]
-        for line in block.splitlines():
-            if line.startswith(b"data:"):
-                events.append(line[5:].strip())
-    return events
+    for block in data[:end].split(b"\n\n"):
+        if b"\n" in block:  # several lines: the data lines among them
+            events.extend(line[5:].strip() for line in block.splitlines() if line.startswith(b"data:"))
+        elif block.startswith(b"data:"):
+            events.append(block[5:].strip())
+    return events, data[end + 2:]
 
 
 def payloads(body: bytes) -> list[bytes]:
     """The ``data:`` payloads of a whole stream, without empty ones and ``[DONE]``."""
-    return [e for e in take_events(bytearray(body + b"\n\n")) if e and e != DONE]
+    return [e for e in split_events(body + b"\n\n")[0] if e and e != DONE]

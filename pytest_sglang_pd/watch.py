@@ -4,7 +4,7 @@ cluster (``cluster.broken``), which stops the running benchmark at once; its tex
 log tail of the process named, then the metric lines.
 
 Causes, in the order they are looked for every ``POLL_S``:
-- a process (prefill, decode, router) exited: role, key, node, exit code;
+- a process (store service, prefill, decode, router) exited: role, key, node, exit code;
 - a worker stopped answering /health (``timeouts.health_misses`` probes in a row without a 200 within
   ``timeouts.health_s``; during a stall, one probe unanswered for ``SILENT_S``);
 - a stall: nothing streamed, nothing generated and no request completed for ``timeouts.stall_s`` while a worker holds requests
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import requests
 
-from . import prom
+from . import prom, services
 from .cluster import ExternalCluster, LiveCluster
 from .plan import WORKER_ROLES
 
@@ -152,7 +152,8 @@ class ClusterWatch:
     def _exited(self) -> str | None:
         if not isinstance(self.cluster, LiveCluster):
             return None
-        procs = [rp for rp in list(self.cluster.procs.values()) if rp.spec.role in (*WORKER_ROLES, "router")]
+        watched = (services.ROLE, *WORKER_ROLES, "router")
+        procs = [rp for rp in list(self.cluster.procs.values()) if rp.spec.role in watched]
         for rp, code in zip(procs, self.cluster.runtime.exit_codes(procs)):
             if code is not None:
                 return self._told(f"{rp.spec.role} {rp.spec.key} on node {rp.spec.node} exited with code {code} at "

@@ -21,6 +21,7 @@ window.addEventListener("load", () => setTimeout(() => {
   const box = e => { if (!e) return null; const r = e.getBoundingClientRect();
                      return {top: r.top + scrollY, bottom: r.bottom + scrollY, text: e.innerText}; };
   const shown = e => e.offsetParent !== null && e.getClientRects().length > 0;
+  const cells = t => [...t.rows].map(r => [...r.cells].map(c => c.textContent));  // shown or collapsed
   const out = {
     verdict: box(document.getElementById("sglang-pd-verdict")),
     failing: box(document.getElementById("sglang-pd-failing")),
@@ -29,6 +30,8 @@ window.addEventListener("load", () => setTimeout(() => {
     warnings_listed: [...document.querySelectorAll("ul.warnings li")].map(li => li.textContent),
     checks: [...document.querySelectorAll("table.checks")].filter(shown).map(t => t.innerText),
     trend: [...document.querySelectorAll("table.trend")].filter(shown).map(t => t.innerText),
+    layout: [...document.querySelectorAll("table.layout")].map(cells),
+    dp_load: [...document.querySelectorAll("table.dp-load")].map(cells),
     links: [...document.querySelectorAll("a[href]")].map(a => ({href: a.getAttribute("href"), text: a.innerText,
                                                                 shown: shown(a)})),
   };

@@ -103,3 +103,23 @@ def tools_python() -> str:
 def smg_python() -> str:
     """The python of the smg router's own venv ($SMG_VENV, else .smg in the repository)."""
     return _python_of(_venv("SMG_VENV", ".smg"), "smg router", "--dev")
+
+
+GOLDENS = Path(__file__).parent / "goldens"
+
+
+def assert_golden(name: str, got: str) -> None:
+    """``got`` is the golden file ``selftests/goldens/<name>`` (rewritten instead with UPDATE_GOLDENS=1)."""
+    path = GOLDENS / name
+    if os.environ.get("UPDATE_GOLDENS"):
+        path.write_text(got)
+    assert got == path.read_text(), f"differs from {path}; rerun with UPDATE_GOLDENS=1 after checking the change"
+
+
+def assert_plan_golden(cfg, name: str) -> None:
+    """Every model's plan of ``cfg`` (as ``sglang-pd plan --format json`` shows it) is the golden ``name``."""
+    from pytest_sglang_pd import plan
+    from pytest_sglang_pd.cli import deployment_json
+
+    got = {m: deployment_json(plan.plan(cfg, m, run_id="RUN")) for m in cfg.model_ids}
+    assert_golden(name, json.dumps(got, indent=2, sort_keys=True) + "\n")

@@ -27,6 +27,9 @@ def test_the_aggregated_sim_cluster_serves_a_benchmark_and_records_its_figures(p
     test = data["benchmark_params"]["llama-8b"]["inference_tests"]["bench_serv_random"]
     test.update(num_prompts="32", input_length="256", output_length="32", max_concurrency="8")
     test["slo"] = {"ttft_ms": "60000", "tpot_ms": "60000"}  # every request meets it
+    # limits any speed of this shared machine meets: what is checked is that the figures are recorded and gated
+    test["expected_results"] = {"auto": {"total_throughput_per_gpu": "1", "user_output_throughput": "1",
+                                         "slo_attainment": "0.9"}}
     path.write_text(json.dumps(data))
     run = pytester.runpytest_subprocess(SUITE, f"--cluster-config={path}", f"--results-dir={pytester.path / 'r'}",
                                         "--run-id=agg", "-p", "no:cacheprovider", "-rf", timeout=300)

@@ -42,7 +42,7 @@ def test_random_uses_the_servers_token_counts_and_measures_every_request(cluster
         assert record.prompt_tokens == len(tokenizer.encode(prompt.text))  # the server's count, exact for the sim
         assert 64 <= record.prompt_tokens <= 128  # range ratio 0.5
         assert record.output_tokens == prompt.max_new_tokens  # ignore_eos: exactly max_new_tokens
-        assert record.ttft_s > 0 and record.latency_s > record.ttft_s
+        assert record.ttft_s > 0 and record.latency_s >= record.ttft_s  # equal: the whole stream in one read
         assert len(record.itl_s) == record.output_tokens - 1
     m = result.metrics
     assert m["total_throughput"] > m["output_throughput"] > 0
@@ -105,5 +105,5 @@ def test_an_unreachable_router_fails_every_request_not_the_run() -> None:
 
     result = builtin.run(f"http://127.0.0.1:{free_port()}", replace(RANDOM, num_prompts=3), 2, timeout_s=10)
     assert result.failed == 3 and result.metrics["completed"] == 0
-    assert "ClientConnectorError" in result.errors[0] and "3 x" in result.errors[0]
+    assert result.errors[0].startswith("3 x ConnectionRefusedError talking to http://127.0.0.1:")
     assert math.isclose(result.metrics["output_throughput"], 0.0)

@@ -109,7 +109,7 @@ def test_cut_streams_are_failed_requests_counted_and_named_in_the_verdict(tmp_pa
     cut = truncated_count(result.records)
     assert 0 < cut == result.failed < result.num_requests  # the others complete; none counted as a short success
     assert all(r.output_tokens == 0 for r in result.records if not r.success)
-    assert "Not enough data to satisfy transfer length header" in result.errors[0]
+    assert "before the end of the response: not enough data to satisfy transfer length header" in result.errors[0]
     verdict = gating.check_requests(result, 0)
     assert not verdict.passed
     assert verdict.message.startswith(f"failed requests {cut} of {RANDOM.num_prompts} > allowed 0 "

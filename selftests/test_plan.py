@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 
@@ -13,9 +12,8 @@ from sglang_router.launch_router import parse_router_args
 from pytest_sglang_pd import config, plan, slurm
 from pytest_sglang_pd.cli import deployment_json
 from pytest_sglang_pd.textgen.tokenizer import tokenizer_dir
-from selftests.configs import CONFIGS, REPO, raw, write
+from selftests.configs import CONFIGS, REPO, assert_plan_golden, raw, write
 
-GOLDENS = os.path.join(os.path.dirname(__file__), "goldens")
 VARIANTS = {
     "per_node-mooncake": {},
     "per_node-nixl": {"kv_transfer": {"backend": "nixl"}},
@@ -34,14 +32,7 @@ def reference_config(**overrides) -> config.ClusterConfig:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_plan_matches_golden(variant):
     cfg = reference_config(**VARIANTS[variant])
-    got = {m: deployment_json(plan.plan(cfg, m, run_id="RUN")) for m in cfg.model_ids}
-    path = os.path.join(GOLDENS, f"mi35x-{variant}.json")
-    if os.environ.get("UPDATE_GOLDENS"):
-        with open(path, "w") as f:
-            json.dump(got, f, indent=2, sort_keys=True)
-            f.write("\n")
-    with open(path) as f:
-        assert got == json.load(f), f"plan differs from {path}; rerun with UPDATE_GOLDENS=1 after checking the change"
+    assert_plan_golden(cfg, f"mi35x-{variant}.json")
 
 
 SEED_LAYOUTS = {"2tp4-1tp8": "local-sim-2tp4-1tp8.json", "pd-dp16": "pd-dp16-example.json"}
@@ -54,14 +45,7 @@ def test_the_seed_layouts_match_their_goldens(layout):
     data = raw(SEED_LAYOUTS[layout])
     data["config"]["python"] = "python3"  # not this machine's interpreter
     cfg = config.from_dict(data, user="sgl")
-    got = {m: deployment_json(plan.plan(cfg, m, run_id="RUN")) for m in cfg.model_ids}
-    path = os.path.join(GOLDENS, f"layout-{layout}.json")
-    if os.environ.get("UPDATE_GOLDENS"):
-        with open(path, "w") as f:
-            json.dump(got, f, indent=2, sort_keys=True)
-            f.write("\n")
-    with open(path) as f:
-        assert got == json.load(f), f"plan differs from {path}; rerun with UPDATE_GOLDENS=1 after checking the change"
+    assert_plan_golden(cfg, f"layout-{layout}.json")
 
 
 def test_two_tp4_instances_on_one_node_get_gpus_0_3_and_4_7_disjoint_nics_and_ports():
@@ -350,14 +334,7 @@ def aggregated_reference_config() -> config.ClusterConfig:
 
 def test_aggregated_plan_matches_golden():
     cfg = aggregated_reference_config()
-    got = {m: deployment_json(plan.plan(cfg, m, run_id="RUN")) for m in cfg.model_ids}
-    path = os.path.join(GOLDENS, "aggregated-mi35x.json")
-    if os.environ.get("UPDATE_GOLDENS"):
-        with open(path, "w") as f:
-            json.dump(got, f, indent=2, sort_keys=True)
-            f.write("\n")
-    with open(path) as f:
-        assert got == json.load(f), f"plan differs from {path}; rerun with UPDATE_GOLDENS=1 after checking the change"
+    assert_plan_golden(cfg, "aggregated-mi35x.json")
 
 
 def test_aggregated_workers_are_plain_and_behind_the_routers_regular_mode():
@@ -395,3 +372,22 @@ def test_aggregated_layout_problems_name_the_aggregated_keys():
     with pytest.raises(config.ConfigError) as err:
         config.from_dict(data, user="sgl")
     assert '$.benchmark_params["llama-70b"].mode: aggregated mode runs per_node instances' in str(err.value)
+
+
+def test_a_models_quantization_and_kv_cache_dtype_reach_every_worker_and_a_bad_kv_dtype_is_a_config_error():
+    data = raw("local-sim-2tp4-1tp8.json")
+    name = next(iter(data["benchmark_params"]))
+    argvs = [p.argv for p in plan.plan(config.from_dict(data, user="sgl"), name, run_id="r").processes]
+    assert not any("--quantization" in a or "--kv-cache-dtype" in a for a in argvs)
+    data["benchmark_params"][name].update(quantization="fp8", kv_cache_dtype="fp8_e4m3")
+    dep = plan.plan(config.from_dict(data, user="sgl"), name, run_id="r")
+    workers = [*dep.role("prefill"), *dep.role("decode")]
+    assert len(workers) == 3
+    for worker in workers:
+        assert worker.argv[worker.argv.index("--quantization") + 1] == "fp8"
+        assert worker.argv[worker.argv.index("--kv-cache-dtype") + 1] == "fp8_e4m3"
+    data["benchmark_params"][name]["kv_cache_dtype"] = "fp8"
+    with pytest.raises(config.ConfigError) as info:
+        config.from_dict(data, user="sgl")
+    assert f'$.benchmark_params["{name}"].kv_cache_dtype: "fp8" is not one of "auto", "fp8_e5m2", "fp8_e4m3"' in str(
+        info.value)

@@ -184,9 +184,14 @@ def test_a_run_writes_report_html_results_json_and_junit_properties(pytester: py
     assert {"prefill", "decode", "router"} <= set(cluster["startup_seconds"])
     assert cluster["router_url"].startswith("http://127.0.0.1:")
     assert cluster["runtime"] == "process" and cluster["image"] is None  # plain processes run no image
+    assert [(p["key"], p["tp_size"], p["dp_size"], p["base_gpu_id"]) for p in cluster["layout"]["llama-8b"]] == [
+        ("prefill_0", 1, 1, 0), ("decode_0", 1, 1, 1)]  # one node: the decode's GPU follows the prefill's
+    assert not any(name.startswith(("dp_", "mean_dp_")) for t in data["tests"] for name in t["metrics"])  # no DP: none
+    assert not any("dp" in w for t in data["tests"] for w in t["workers"].values())
 
     html = (run_dir / "report.html").read_text()
     assert "SIMULATED" in html and "Checks" in html and "Concurrency sweeps" in html
+    assert "<h3>Layout</h3>" in html and "DP load of" not in html
     assert "<svg" in html and "TTFT distribution" in html and "<?xml" not in html  # inline, one file
     assert "verdict-fail" in html and "verdict-pass" in html
     assert _links(html, "logs/127.0.0.1/router-0.log") and _links(html, "logs/127.0.0.1/decode-0.log")

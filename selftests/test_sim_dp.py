@@ -283,10 +283,11 @@ def test_decode_alone_runs_at_batch_1024_on_the_simulator(tmp_path, pytester):
     assert metrics["completed"] == 1024 and metrics["steady_peak_concurrency"] >= 1000, metrics
     assert peak[0] >= 1000, f"the decode worker's running batch peaked at {peak[0]}"
     assert "fake prefill" in test["command"] and metrics["output_throughput"] >= 1000
-    # the steps ran the whole batch: TPOT is at least the modelled step of 1024 sequences (mean context 128 + 16)
-    # slowed 10x (237 ms; measured 238 ms on an idle machine, more when other processes share its 2 cores)
+    # the steps ran (nearly) the whole batch: TPOT near the modelled step of 1024 sequences (mean context 128 + 16)
+    # slowed 10x (237 ms). The client opens a connection per request, as bench_serving does, so the batch ramps up
+    # over the first steps and their tokens come faster (measured 210-238 ms; more when the 2 cores are shared)
     step_ms = PerfModel(MI355X, catalog.MODELS["Llama-3.1-8B"], 1).decode_step_seconds(1024, 1024 * 144) * 1000 / 0.1
-    assert 0.95 * step_ms < metrics["mean_tpot_ms"] < 3 * step_ms, (metrics["mean_tpot_ms"], step_ms)
+    assert 0.8 * step_ms < metrics["mean_tpot_ms"] < 3 * step_ms, (metrics["mean_tpot_ms"], step_ms)
 
 
 @pytest.mark.integration

@@ -17,10 +17,9 @@ import requests
 
 from pytest_sglang_pd import config, plan, slurm
 from pytest_sglang_pd.hosts import SlurmHost, srun_argv
-from selftests.configs import CONFIGS, REPO, free_port, raw, write
+from selftests.configs import CONFIGS, REPO, assert_golden, free_port, raw, write
 from selftests.live import CLUSTER_TESTS, alive, recorded, start_suite
 
-GOLDENS = Path(__file__).parent / "goldens"
 NAMES = ["n1", "n2", "n3", "n4", "n5"]
 ADDRESSES = {n: f"127.0.0.{i + 2}" for i, n in enumerate(NAMES)}
 
@@ -32,11 +31,6 @@ def slurm_cfg(**over) -> config.ClusterConfig:
     return config.from_dict(data, source=str(CONFIGS / "local-slurm.json"), user="sgl")
 
 
-def golden(name: str, got: str) -> None:
-    path = GOLDENS / name
-    if os.environ.get("UPDATE_GOLDENS"):
-        path.write_text(got)
-    assert got == path.read_text(), f"differs from {path}; rerun with UPDATE_GOLDENS=1 after checking the change"
 
 
 # ------------------------------------------------------------------------------------------ quick: roles and argv
@@ -90,7 +84,7 @@ def test_plan_of_the_shipped_slurm_config_shows_the_srun_steps(monkeypatch):
     """Golden: `sglang-pd plan` of local-slurm.json before any allocation (node1.. stand for its nodes)."""
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     cfg = slurm.planned(slurm_cfg())
-    golden("slurm-local-steps.txt", slurm.steps_text(cfg, plan.plan(cfg, "llama-8b", run_id="RUN")) + "\n")
+    assert_golden("slurm-local-steps.txt", slurm.steps_text(cfg, plan.plan(cfg, "llama-8b", run_id="RUN")) + "\n")
 
 
 def test_pyxis_steps_of_a_docker_config_are_planned_with_the_container_flags(monkeypatch):
@@ -107,7 +101,7 @@ def test_pyxis_steps_of_a_docker_config_are_planned_with_the_container_flags(mon
     text = slurm.steps_text(cfg, plan.plan(cfg, "llama-8b", run_id="RUN"))
     assert "--container-image=" in text and "not released by the suite" in text
     assert "hf_secret_value_123" not in text and text.count("--export=ALL,HF_TOKEN ") == 3
-    golden("slurm-pyxis-steps.txt", text + "\n")
+    assert_golden("slurm-pyxis-steps.txt", text + "\n")
 
 
 def test_cli_validate_of_a_slurm_config_counts_the_nodes_of_the_allocation():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .. import prom
 from ..config import InferenceCase
-from . import builtin, pd_metrics, sglang_tools
+from . import builtin, dp_load, pd_metrics, sglang_tools
 from .builtin import Progress, Streamed
 from .result import BenchResult, RequestRecord, combine
 from .sglang_tools import BenchToolError
@@ -18,7 +18,7 @@ __all__ = ["BenchResult", "BenchTarget", "BenchToolError", "Progress", "RequestR
 def run_benchmark(target: BenchTarget, case: InferenceCase, *, timeout_s: float, artifacts_dir: Path,
                   progress: Progress | None = None, streamed: Streamed | None = None) -> BenchResult:
     """Run ``case`` against ``target`` with the tool its test names (bench_client builtin | sglang), then add what
-    the workers' and the router's metrics say of the PD path (``pd_metrics``). It stops as soon as the cluster watch
+    the workers' and the router's metrics say of the PD path (``pd_metrics``) and of the DP ranks (``dp_load``). It stops as soon as the cluster watch
     finds the target broken (``target.broken``). ``streamed`` is told the output tokens as the client receives them
 (the builtin client; SGLang's tools report nothing until they end)."""
     test = case.test
@@ -29,6 +29,7 @@ def run_benchmark(target: BenchTarget, case: InferenceCase, *, timeout_s: float,
         return prom.worker_metrics(target.worker_urls)
 
     before, nic_before = workers(), nic_counters()
+    dp_before = prom.worker_dp_ranks(target.worker_urls)
     router_before = prom.router_metrics(router_url) if router_url else None
     if test.bench_client == "builtin":
         url = target.worker_urls["decode"][0] if test.decode_alone else target.router_url
@@ -47,11 +48,12 @@ def run_benchmark(target: BenchTarget, case: InferenceCase, *, timeout_s: float,
             routed = values.get("requests", 0.0) - before.get(role, {}).get(url, {}).get("requests", 0.0)
             result.workers[url] = {"role": role, "requests": routed}
     pd_metrics.per_prefill(before, after, result)
+    dp_found = dp_load.dp_metrics(dp_before, prom.worker_dp_ranks(target.worker_urls), result)
     found = {**pd_metrics.kv_metrics(before, after), **pd_metrics.cache_metrics(before, after),
              **pd_metrics.router_metrics(router_before, router_after, result),
              **({} if test.decode_alone else  # decode alone: the prefill and the other decodes idle by design
                 pd_metrics.idle_workers(before, after, (router_after or {}).get("requests"), result.errors)),
-             **pd_metrics.queue_leaks(workers, result.errors)}
+             **pd_metrics.queue_leaks(workers, result.errors), **dp_found}
     result.metrics.update({k: v for k, v in found.items() if k not in result.metrics})
     result.metrics.update(nic_metrics(nic_before, nic_counters(), result.errors))
     return result

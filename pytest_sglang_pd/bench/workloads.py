@@ -5,6 +5,9 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
 
 from ..config import InferenceTest
 from ..textgen import arithmetic, tokenizer
@@ -24,18 +27,23 @@ class Prompt:
     group: int | None = None  # shared-prefix group
 
 
-def random_lengths(length: int, range_ratio: float, count: int, rng: random.Random) -> list[int]:
-    """bench_serving's random lengths: uniform integers in [max(int(length * ratio), 1), length]."""
-    low = max(int(length * range_ratio), 1)
-    return [rng.randint(low, max(length, low)) for _ in range(count)]
+def random_lengths(length: int, range_ratio: float, count: int, rng: np.random.RandomState) -> list[int]:
+    """bench_serving's ``compute_random_lens``: uniform integers in [max(int(length * ratio), 1), length]."""
+    return rng.randint(max(int(length * range_ratio), 1), length + 1, size=count).tolist()
 
 
 def random_prompts(test: InferenceTest) -> list[Prompt]:
-    """``num_prompts`` prompts of random vocabulary words, input and output lengths drawn per the range ratio."""
-    rng = random.Random(test.seed)
+    """bench_serving's ``random-ids`` prompts (``sample_random_requests``, text prompts) on the simulator's tokenizer,
+    draw for draw: numpy seeded with the test's seed draws the input lengths, the output lengths, then one offset per
+    prompt; prompt i is the decoded ids ``(offset_i + i + j) % vocab_size`` for j < its input length. Same seed, same
+    prompts as bench_serving given the simulator's tokenizer (it adds no special tokens, so no length is trimmed)."""
+    rng = np.random.RandomState(test.seed)  # bench_serving's np.random.seed(args.seed)
     inputs = random_lengths(test.input_length, test.random_range_ratio, test.num_prompts, rng)
     outputs = random_lengths(test.output_length, test.random_range_ratio, test.num_prompts, rng)
-    return [Prompt(tokenizer.random_text(n_in, rng), n_out) for n_in, n_out in zip(inputs, outputs)]
+    vocab = tokenizer.vocab_size()
+    offsets = rng.randint(0, vocab, size=test.num_prompts).tolist()
+    return [Prompt(tokenizer.decode([(offset + i + j) % vocab for j in range(n_in)]), n_out)
+            for i, (offset, n_in, n_out) in enumerate(zip(offsets, inputs, outputs))]
 
 
 def shared_prefix_prompts(test: InferenceTest) -> list[Prompt]:
@@ -59,7 +67,13 @@ def gsm8k_prompts(test: InferenceTest) -> list[Prompt]:
                    stop=GSM8K_STOP, answer=a) for q, a in questions]
 
 
-def prompts_for(test: InferenceTest) -> list[Prompt]:
+@lru_cache(maxsize=4)
+def prompts_for(test: InferenceTest) -> tuple[Prompt, ...]:
+    """The test's prompts, made once for its repeats (the same seed draws the same prompts)."""
+    return tuple(_prompts(test))
+
+
+def _prompts(test: InferenceTest) -> list[Prompt]:
     if test.kind == "gsm8k":
         return gsm8k_prompts(test)
     if test.dataset == "generated-shared-prefix":

@@ -20,11 +20,12 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import jsonschema
 import yaml
 
-from .. import metrics, nic
+from .. import metrics, nic, releases
 from .keys import (ARGS, BOOL_OR_INT, CSV, INT, INT_OR_LIST, LIST_MAP, NODES, NUMBER, OBJECT, PERCENT, RATE, RELEASE,
                    STRING, STRING_MAP, TEXT, Key, Kind, Problem, choice, count, json_path, key, port, read, to_float,
                    to_percent)
 from . import keys as keys_mod
+from .hicache import HiCacheSettings, hicache_problems
 from .layout import (AGGREGATED, DISAGGREGATED, LOAD_BALANCE_METHODS, ROLES, SYSFS, Layout, MooncakeSettings,
                      RoleSettings, device_map_problems, key_path, layout_problems, read_mooncake_json, resolve,
                      role_nodes, translate_mooncake_json)
@@ -190,12 +191,22 @@ class ModelConfig:
     prefill: RoleSettings = key("prefill", section=RoleSettings)
     decode: RoleSettings = key("decode", section=RoleSettings)
     aggregated: RoleSettings = key("aggregated", section=RoleSettings)
+    hicache: HiCacheSettings = key("hicache", section=HiCacheSettings)
     inference_poll_iterations: int = count(
         "inference_poll_iterations", 16, "",
         ignored="the suite follows each benchmark's own process and bounds it by config.timeouts.benchmark_s "
                 "instead of polling its log a number of times")
     dtype: str = key("dtype", "auto", TEXT, "selects the expected_results entry the tests gate on (the workers "
                                             "load the checkpoint's dtype; add --dtype to server_args to force one)")
+    quantization: str | None = key("quantization", None, STRING,
+                                   f"{WORKER_ARGV} --quantization (e.g. fp8, w8a8_fp8, modelopt_fp8: SGLang's "
+                                   "methods); the simulator models its weight bytes and GEMM format",
+                                   default_doc="unset: the checkpoint's (the simulator: FP8 when the model path "
+                                   "names fp8, else the catalog's bf16)")
+    kv_cache_dtype: str | None = key("kv_cache_dtype", None, choice(*releases.KV_CACHE_DTYPES),
+                                     f"{WORKER_ARGV} --kv-cache-dtype; the simulator models its KV bytes (capacity, "
+                                     "decode reads, PD transfer)", default_doc="unset: SGLang's auto (the model's "
+                                     "dtype)")
     server_args: tuple[str, ...] = key("server_args", (), ARGS, f"appended to every {WORKER_ARGV}")
     prefill_server_args: tuple[str, ...] = key("prefill_server_args", (), ARGS, f"appended to the prefill {WORKER_ARGV}")
     decode_server_args: tuple[str, ...] = key("decode_server_args", (), ARGS, f"appended to the decode {WORKER_ARGV}")
@@ -280,6 +291,8 @@ class KVTransferSettings:
 class Timeouts:
     server_start_s: float = key("server_start_s", 1800.0, NUMBER, "each worker's readiness deadline; router "
                                 "--worker-startup-timeout-secs", minimum=0, exclusive_minimum=True)
+    services_s: float = key("services_s", 60.0, NUMBER, "the side services' readiness deadline (HiCache's Mooncake "
+                            "Store: master and metadata service, before any worker)", minimum=0, exclusive_minimum=True)
     router_ready_s: float = key("router_ready_s", 600.0, NUMBER, "the router's readiness deadline",
                                 minimum=0, exclusive_minimum=True)
     smoke_s: float = key("smoke_s", 60.0, NUMBER, "the smoke requests' deadline (bring-up's proof of prefill -> "
@@ -854,6 +867,8 @@ def cross_field_problems(cfg: ClusterConfig) -> list[Problem]:
                 problems.append(Problem(f"{c}.{role}_coordinator_addr",
                                         f"multi_node layout with {len(nodes)} {role} nodes needs a coordinator address"))
     problems += layout_problems(cfg)
+    for m in cfg.models:
+        problems += hicache_problems(m, json_path("$.benchmark_params", m.id))
     if cfg.transport == "ssh" and cfg.ssh.key_file and not os.path.isfile(cfg.ssh.key_file):
         problems.append(Problem(f"{c}.ssh.key_file", f"{cfg.ssh.key_file}: no such file on this machine "
                                 "(the private key the suite logs in with)"))

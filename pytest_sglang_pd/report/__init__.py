@@ -13,7 +13,7 @@ import json
 import platform
 import time
 from html import escape
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
@@ -130,6 +130,8 @@ class RunReport:
                 item.user_properties.append((f"spread.{name}", f"mean {summary.mean:.6g} sd {summary.sd:.4g} cv "
                                              f"{summary.cv_pct if summary.cv_pct is None else round(summary.cv_pct, 2)}% "
                                              f"ci95 {summary.ci_low:.6g}..{summary.ci_high:.6g} n {summary.n}"))
+        for url, worker in sorted(result.workers.items()) if result is not None else ():
+            item.user_properties += dp_properties(url, worker["dp"]) if "dp" in worker else []
         for v in gate.verdicts if gate else ():
             item.user_properties.append((f"verdict.{v.source}.{v.metric}", "pass" if v.passed else f"fail: {v.message}"))
         for c in gate.warnings if gate else ():
@@ -403,6 +405,8 @@ class RunReport:
                 "startup_seconds": startup,
                 "worker_versions": worker_versions,
                 "kv_pairs_gbps": kv_pairs,
+                "layout": {str(model): [{**asdict(p), "base_gpu_id": p.base_gpu_id} for p in facts.layout]
+                           for model, facts in self.clusters.items() if facts.layout},
             },
             "versions": versions(),
             "tolerance_pct": self.run.perf_tolerance_pct,
@@ -415,6 +419,18 @@ class RunReport:
 
     def write(self) -> None:
         results.write_atomic(self.results_path, self.data())
+
+
+def dp_properties(url: str, dp: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A DP worker's load over the benchmark as JUnit properties: the worker's figures, then one per rank."""
+    step = dp.get("step_imbalance_ratio")
+    out = [(f"dp.{url}", f"ranks {len(dp['ranks'])} imbalance_ratio {dp['imbalance_ratio']:.4g} step_imbalance_ratio "
+                         f"{'-' if step is None else f'{step:.4g}'} idle_step_fraction {dp['idle_step_fraction']:.4g} "
+                         f"mean_sync_wait_ms {dp['mean_sync_wait_ms']:.4g}")]
+    out += [(f"dp.{url}.rank{r['rank']}", f"tokens {r['tokens']:.6g} share {r['share']:.4g} idle_step_fraction "
+                                          f"{r['idle_step_fraction']:.4g} sync_wait_s {r['sync_wait_s']:.4g}")
+            for r in dp["ranks"]]
+    return out
 
 
 def _shown(path: Path) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import metrics as metrics_mod
 
-FRACTIONS = frozenset({"accuracy", "invalid", "cache_hit_rate", "slo_attainment"})
+FRACTIONS = frozenset({"accuracy", "invalid", "cache_hit_rate", "slo_attainment", "dp_idle_step_fraction"})
 _BYTES = (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10))
 
 

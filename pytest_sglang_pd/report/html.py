@@ -35,6 +35,7 @@ body{display:flex;flex-direction:column}
 .sglang-pd details.warnings>summary{font-size:13px;color:#8a5a00;cursor:pointer;margin:4px 0}
 .sglang-pd .charts{display:flex;flex-wrap:wrap;gap:10px;align-items:flex-start}
 .sglang-pd pre{white-space:pre-wrap;background:#f7f7f7;padding:6px;font-size:11px}
+.sglang-pd .bar{display:inline-block;height:9px;background:#4c78a8;vertical-align:middle;margin-right:6px}
 </style>"""
 SIMULATED_BANNER = ("SIMULATED: engine \"sim\" — every number below comes from the simulated worker's performance "
                     "model, not from GPUs. Do not compare with hardware results.")
@@ -147,6 +148,7 @@ def case_html(result: BenchResult | None, gate: GateResult | None, *, message: s
         if ttft or tpot:
             row += [charts.histogram(ttft, "TTFT distribution"), charts.histogram(tpot, "TPOT distribution")]
         parts.append('<div class="charts">' + "".join(row) + "</div>")
+        parts += [dp_load_html(url, w) for url, w in sorted(result.workers.items()) if "dp" in w]
         parts.append(f"<p><b>measured by</b> {escape(tool_line(result))}</p>")
         if result.deployment:
             parts.append(f"<p><b>deployment</b> {escape(deployment_line(result.deployment))}</p>")
@@ -158,6 +160,44 @@ def case_html(result: BenchResult | None, gate: GateResult | None, *, message: s
             parts.append(f"<p><b>artifacts</b>: {artifacts}</p>")
     parts.append("</div>")
     return "".join(parts)
+
+
+def _gpus(gpus: list[int]) -> str:
+    return "-" if not gpus else f"{gpus[0]}-{gpus[-1]}" if len(gpus) > 1 else str(gpus[0])
+
+
+def layout_html(layout: Mapping[str, list[Mapping[str, Any]]]) -> str:
+    """Per model deployment, its worker processes: role, instance, node, TP, DP, GPUs, NICs, ports."""
+    parts = []
+    head = ("role", "instance", "node", "TP", "DP", "base GPU", "GPUs", "NICs", "port", "bootstrap port")
+    for model, procs in layout.items():
+        body = []
+        for p in procs:
+            dp = f"attention DP {p['dp_size']}" if p["dp_attention"] else f"{p['dp_size']} replicas" if p["dp_size"] > 1 else "-"
+            nodes = f" (node {p['node_rank'] + 1} of {p['nnodes']})" if p["nnodes"] > 1 else ""
+            body.append(("", [_cell(p["role"]), _cell(f"{p['role']}_{p['instance']}"), _cell(p["node"] + nodes),
+                              _cell(str(p["tp_size"]), True), _cell(dp), _cell(str(p["base_gpu_id"]), True),
+                              _cell(_gpus(p["gpus"])), _cell(", ".join(p["nics"]) or "-"),
+                              _cell(str(p["port"] or "-"), True), _cell(str(p["bootstrap_port"] or "-"), True)]))
+        parts.append(f"<p><b>{escape(str(model))}</b></p>" + _table(head, body, "layout"))
+    return "".join(parts)
+
+
+def dp_load_html(url: str, worker: Mapping[str, Any]) -> str:
+    """One DP worker's load per rank over the benchmark: tokens scheduled with their share as a bar, idle steps,
+    sync wait; above it the worker's imbalance."""
+    dp = worker["dp"]
+    top = max(r["share"] for r in dp["ranks"]) or 1.0
+    body = [("", [_cell(str(r["rank"]), True), _cell(fmt.plain(r["tokens"]), True),
+                  f'<td><span class="bar" style="width:{r["share"] / top * 120:.0f}px"></span>{r["share"] * 100:.1f}%</td>',
+                  _cell(f"{r['idle_step_fraction'] * 100:.1f}%", True), _cell(f"{r['sync_wait_s'] * 1000:.2f}", True)])
+            for r in dp["ranks"]]
+    step = dp.get("step_imbalance_ratio")
+    title = (f"DP load of {worker.get('role', 'worker')} {url}: {len(dp['ranks'])} ranks, imbalance "
+             f"{dp['imbalance_ratio']:.2f} (busiest rank / mean)" + (f", per step {step:.2f}" if step else "")
+             + f", idle steps {dp['idle_step_fraction'] * 100:.1f}%, mean sync wait per step {dp['mean_sync_wait_ms']:.3g} ms")
+    return (f"<p><b>{escape(title)}</b></p>"
+            + _table(("DP rank", "tokens scheduled", "share", "idle steps", "sync wait, total (ms)"), body, "dp-load"))
 
 
 def overall_html(counts: Mapping[str, int], problems: list[tuple[str, list[str], str]], warnings: list[str],
@@ -256,6 +296,8 @@ def summary_html(run: Mapping[str, Any], tests: list[Mapping[str, Any]], *, over
         topo = [(k, v) for k, v in topo if k != "image"]  # plain processes run no image
     versions = {**run["versions"], **{f"worker {k}": v for k, v in c.get("worker_versions", {}).items()}}
     parts.append("<h3>Cluster</h3>" + _table(None, [("", [_cell(k), _cell(str(v or "-"))]) for k, v in topo]))
+    if c.get("layout"):
+        parts.append("<h3>Layout</h3>" + layout_html(c["layout"]))
     parts.append("<h3>Versions</h3>" + _table(("component", "version"), [("", [_cell(k), _cell(v)]) for k, v in versions.items()]))
     parts.append("</div>")
     return "".join(parts)

@@ -65,6 +65,9 @@ class ModelProfile:
     active_params: float  # per token (MoE: shared + routed experts actually used)
     weight_bytes_per_param: float = 2.0  # bf16
     kv_bytes_per_element: float = 2.0  # bf16 KV cache
+    weight_dtype: str = "bf16"  # the names of the two above (sim/dtypes.py resolves a worker's)
+    kv_dtype: str = "bf16"
+    compute_dtype: str = "bf16"  # the tensor-core format of its GEMMs: "bf16" or "fp8" (peak FLOPs)
     kv_lora_rank: int = 0  # MLA: compressed KV width (0 = ordinary attention)
     rope_head_dim: int = 0  # MLA: decoupled rope key width
     experts: int = 0  # routed experts (0 = dense)
@@ -119,7 +122,7 @@ MODELS: dict[str, ModelProfile] = {
             "DeepSeek-R1",
             ("deepseek-r1", "deepseek-v3", "deepseek_r1", "deepseek-r1-0528"),
             61, 7168, 128, 128, 128, 671e9, 37e9,
-            weight_bytes_per_param=1.0, kv_lora_rank=512, rope_head_dim=64,
+            weight_bytes_per_param=1.0, weight_dtype="fp8", compute_dtype="fp8", kv_lora_rank=512, rope_head_dim=64,
             experts=256, experts_per_token=8, context_length=163840,
         ),
         # https://huggingface.co/Qwen/Qwen3-32B/blob/main/config.json

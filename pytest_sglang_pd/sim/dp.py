@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from pytest_sglang_pd.sim import perf_model
 from pytest_sglang_pd.sim.perf_model import PerfModel
-from pytest_sglang_pd.sim.scheduler import MAX_LAG_S, Rejected, Scheduler, Sequence
+from pytest_sglang_pd.sim.scheduler import MAX_LAG_S, Rejected, Scheduler, Sequence, cancel
 
 FAKE_BACKEND = "fake"  # --disaggregation-transfer-backend fake: decode alone, no KV moves
 FAKE_BOOTSTRAP_HOST = "2.2.2.2"  # sglang.srt.disaggregation.utils.FAKE_BOOTSTRAP_HOST (bench_serving --fake-prefill)
@@ -292,12 +292,7 @@ class DPGroup:
     async def stop(self) -> None:
         for rank in self.ranks:
             await rank.stop()
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel(self._task)
 
     async def _run(self, model: DPAttentionModel) -> None:
         """Every rank plans a step (an idle one when it has nothing); the step lasts as long as the slowest rank."""

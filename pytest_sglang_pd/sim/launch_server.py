@@ -9,20 +9,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
+import socket
 import signal
 import sys
 from collections.abc import Sequence
 
 from aiohttp import web
 
+from pytest_sglang_pd import releases
 from pytest_sglang_pd.kv_transfer import BACKENDS, KVTransferError
-from pytest_sglang_pd.sim import catalog
+from pytest_sglang_pd.sim import catalog, dtypes
 from pytest_sglang_pd.sim.dp import FAKE_BACKEND, LOAD_BALANCE_METHODS, resolve_parallelism
 
 log = logging.getLogger("pytest_sglang_pd.sim")
 READY_LINE = "The server is fired up and ready to roll!"
 RANK_JOIN_TIMEOUT_S = 300.0
+STORE_CONNECT_TIMEOUT_S = 5.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,9 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--schedule-policy", choices=("lpm", "random", "fcfs", "dfs-weight", "lof", "priority"), default="fcfs")
     a("--page-size", type=int, default=1)
     a("--disable-radix-cache", action="store_true")
-    a("--kv-cache-dtype", default="auto")
+    a("--kv-cache-dtype", choices=releases.KV_CACHE_DTYPES, default="auto")
+    a("--quantization", default=None, help="SGLang's quantization method (sets the weight dtype, sim/dtypes.py)")
     a("--enable-metrics", action="store_true")
     a("--log-level", default="info")
+    a("--enable-hierarchical-cache", action="store_true")
+    a("--hicache-storage-backend", default=None)
+    a("--hicache-storage-backend-extra-config", default=None)
     sim = p.add_argument_group("simulator")
     s = sim.add_argument
     s("--sim-gpu", default="MI355X", help=f"one of {', '.join(catalog.GPUS)}")
@@ -177,10 +186,12 @@ async def _serve(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     _install_stop(stop)
     gpu = catalog.find_gpu(args.sim_gpu)
-    profile = catalog.find_model(args.sim_model_profile, args.model_path)
+    profile = dtypes.with_dtypes(catalog.find_model(args.sim_model_profile, args.model_path), args.quantization,
+                                 args.kv_cache_dtype, args.model_path)
     worker = SimWorker(args, gpu, profile)
-    log.info("simulating %s on %d x %s, role %s, speedup %g, KV capacity %d tokens", profile.name,
-             worker.perf.gpus, gpu.name, args.disaggregation_mode, args.sim_speedup, worker.scheduler.capacity_tokens)
+    log.info("simulating %s (%s weights, %s KV) on %d x %s, role %s, speedup %g, KV capacity %d tokens",
+             profile.name, profile.weight_dtype, profile.kv_dtype, worker.perf.gpus, gpu.name, args.disaggregation_mode,
+             args.sim_speedup, worker.scheduler.capacity_tokens)
     ranks = await _wait_for_ranks(args, stop)
     runner = web.AppRunner(build_app(worker), access_log=None, shutdown_timeout=0.5)
     try:
@@ -204,6 +215,24 @@ async def _serve(args: argparse.Namespace) -> int:
             ranks.close()
 
 
+def check_mooncake_store(args: argparse.Namespace) -> None:
+    """HiCache on Mooncake: the store's master must answer where SGLang 0.5.23 looks for it (the extra config's
+    master_server_address, else MOONCAKE_MASTER), as the real store's setup needs it; fail at start like SGLang."""
+    if not (args.enable_hierarchical_cache and args.hicache_storage_backend == "mooncake"):
+        return
+    extra = json.loads(args.hicache_storage_backend_extra_config or "{}")
+    master = extra.get("master_server_address") or os.environ.get("MOONCAKE_MASTER")
+    if not master:
+        raise ValueError("Either the environment variable 'MOONCAKE_MASTER' or 'MOONCAKE_CLIENT' is not set.")
+    host, _, port = master.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=STORE_CONNECT_TIMEOUT_S).close()
+    except OSError as error:
+        raise ValueError(f"Failed to setup Mooncake store: master {master} unreachable ({error})") from None
+    log.info("Mooncake store master %s answering (metadata server %s)", master,
+             extra.get("metadata_server") or os.environ.get("MOONCAKE_TE_META_DATA_SERVER", "P2PHANDSHAKE"))
+
+
 class _DropHttp2Probe(logging.Filter):
     """The router probes workers with an HTTP/2 preface (``PRI *``); aiohttp logs it as a traceback."""
 
@@ -217,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format=f"[%(asctime)s {args.disaggregation_mode} r{args.node_rank}] %(message)s")
     logging.getLogger("aiohttp.server").addFilter(_DropHttp2Probe())
     try:
+        check_mooncake_store(args)
         if args.node_rank > 0:
             return asyncio.run(_follow_rank0(args))
         return asyncio.run(_serve(args))

@@ -49,7 +49,7 @@ class PerfModel:
 
     @property
     def _peak_flops(self) -> float:
-        return self.gpu.fp8_flops if self.model.weight_bytes_per_param <= 1 else self.gpu.bf16_flops
+        return self.gpu.fp8_flops if self.model.compute_dtype == "fp8" else self.gpu.bf16_flops
 
     @property
     def step_overhead_s(self) -> float:

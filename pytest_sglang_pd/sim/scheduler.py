@@ -52,6 +52,16 @@ class Sequence:
         return len(self.prompt_ids) + self.generated
 
 
+async def cancel(task: asyncio.Task | None) -> None:
+    """Cancel a step loop's task and wait until it has ended."""
+    if task:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+
 class Scheduler:
     def __init__(
         self,
@@ -94,12 +104,7 @@ class Scheduler:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sim-scheduler")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel(self._task)
 
     def check_fits(self, seq: Sequence) -> None:
         if seq.reserve_tokens > self.capacity_tokens:

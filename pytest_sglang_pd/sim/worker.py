@@ -111,6 +111,7 @@ class SimWorker:
     def sim_info(self) -> dict:
         return {
             "simulated": True, "gpu": self.gpu.name, "model_profile": self.profile.name,
+            "weight_dtype": self.profile.weight_dtype, "kv_dtype": self.profile.kv_dtype,
             "gpus_per_instance": self.perf.gpus, "speedup": self.args.sim_speedup,
             "engine": self.engine.name if self.engine else None,
             "engine_protocol": self.engine.protocol if self.engine else None,

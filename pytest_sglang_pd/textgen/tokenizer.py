@@ -1,7 +1,8 @@
 """The deterministic word-level tokenizer of the simulated model, and its HuggingFace ``tokenizer.json`` twin.
 
 The simulated workers count and produce tokens with it (and serve its files as the model's tokenizer);
-the builtin benchmark client builds prompts of an exact token length with ``random_text``.
+the builtin benchmark client builds its prompts with it (``decode`` of bench_serving's random-ids runs of ids,
+``random_text`` for shared prefixes), each of an exact token length.
 
 The rule (a client can reproduce it without this module, or load ``tokenizer_dir()`` with
 ``PreTrainedTokenizerFast``):
@@ -121,7 +122,7 @@ def encode(text: str) -> list[int]:
 
 def decode(ids: list[int]) -> str:
     tokens, _, _ = _vocab()
-    return " ".join(tokens[i] if 0 <= i < VOCAB_SIZE else tokens[UNK_ID] for i in ids)
+    return " ".join([tokens[i] if 0 <= i < VOCAB_SIZE else tokens[UNK_ID] for i in ids])
 
 
 def pieces(text: str) -> list[tuple[str, int]]:
