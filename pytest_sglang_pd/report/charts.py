@@ -90,13 +90,7 @@ def sweep_figure(points: list[tuple[int, float, float]], title: str, x_label: st
     for i, (conc, x, y) in enumerate(points):
         dot = ax.scatter([x], [y], s=30, marker=markers[i % len(markers)], zorder=2, label=f"c{conc}")
         dot.set_gid(f"c{conc}")
-    ax.set_title(title)
-    ax.set_xlabel(x_label)
-    ax.set_ylabel(y_label)
-    ax.set_xlim(0, max(p[1] for p in points) * 1.1 or 1)
-    ax.set_ylim(0, max(p[2] for p in points) * 1.15 or 1)
-    _legend_below(ax)
-    return fig
+    return _labelled(fig, ax, title, x_label, y_label, [(p[1], p[2]) for p in points])
 
 
 def sparkline(values: list[float], title: str = "trend") -> str:
@@ -137,10 +131,15 @@ def pareto_figure(series: dict[str, list[tuple[float, float]]], title: str, x_la
     front = pareto_front(points)
     line, = ax.plot([p[0] for p in front], [p[1] for p in front], color="#888", linestyle="--", linewidth=1, zorder=1)
     line.set_gid("pareto-front")
+    return _labelled(fig, ax, title, x_label, y_label, points)
+
+
+def _labelled(fig: Figure, ax, title: str, x_label: str, y_label: str, xy: list[tuple[float, float]]) -> Figure:
+    """Title, axis labels, axes from 0 to a margin above the largest x and y, the legend below."""
     ax.set_title(title)
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
-    ax.set_xlim(0, max(p[0] for p in points) * 1.1 or 1)
-    ax.set_ylim(0, max(p[1] for p in points) * 1.15 or 1)
+    ax.set_xlim(0, max(x for x, _ in xy) * 1.1 or 1)
+    ax.set_ylim(0, max(y for _, y in xy) * 1.15 or 1)
     _legend_below(ax)
     return fig
