@@ -290,6 +290,39 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    """The search for the best layout under an SLA (docs/tune.md)."""
+    from . import tune
+
+    cfg = _load(args.config)
+    if _unknown_model(cfg, [args.model or cfg.model_ids[0]]):
+        return 1
+    try:
+        plan, raw = tune.plan_of(cfg, args)
+    except tune.TuneError as exc:
+        print(f"sglang-pd tune: {exc}", file=sys.stderr)
+        return 1
+    print(plan.text(), flush=True)
+    if args.dry_run:
+        return 0
+    results = Path(args.results_dir or "reports/tune")
+    data, winner = tune.run(plan, raw, cfg, results, prompts_per_user=args.prompts_per_user,
+                            say=lambda line: print(line, flush=True))
+    print(tune.summary(data))
+    print(f"report {results / tune.REPORT_FILE}; results {results / tune.RESULTS_FILE}")
+    if winner is None:
+        print("no layout met the SLA: no winner config written", file=sys.stderr)
+        return 1
+    print(f"winner config {winner} (pytest --cluster-config={winner})")
+    return 0
+
+
+def _tune_arguments(p: argparse.ArgumentParser) -> None:
+    from .tune import add_arguments
+
+    add_arguments(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sglang-pd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -319,6 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("--results-dir", default="reports")
     p.set_defaults(func=cmd_cleanup)
+    p = sub.add_parser("tune", help="search the layouts that fit the nodes for the best tok/s per GPU under an SLA")
+    p.add_argument("config")
+    _tune_arguments(p)
+    p.set_defaults(func=cmd_tune)
     p = sub.add_parser("sim", help="run one simulated SGLang worker (the flags of sglang.launch_server)", add_help=False)
     p.set_defaults(func=None)
     return parser

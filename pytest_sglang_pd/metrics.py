@@ -98,6 +98,10 @@ ALIASES: dict[str, str] = {
     "requests_per_sec": "request_throughput",
     "tok_s_per_gpu": "total_throughput_per_gpu",
     "user_tok_s": "user_output_throughput",
+    "ttft_ms": "mean_ttft_ms",  # the short latency names of an SLO (`sglang-pd tune --sla`)
+    "tpot_ms": "mean_tpot_ms",
+    "itl_ms": "mean_itl_ms",
+    "e2e_latency_ms": "mean_e2e_latency_ms",
 }
 
 

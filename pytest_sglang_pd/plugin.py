@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .gating import Baseline
 
 SUITE_DIR = Path(__file__).resolve().parent / "suite"  # the validation tests, shipped with the package
+TUNE_TEST = "test_tune.py"  # the layout search, collected only with --tune
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -49,6 +50,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run every benchmark N times on the same deployment and gate each metric's mean (default: "
                          "each test's repeats, else 1)")
     group.addoption("--run-id", metavar="ID", help="the run id (default: a timestamp and a random suffix)")
+    group.addoption("--tune", metavar="OPTIONS", help="run the layout search (suite/test_tune.py) instead of the suite, "
+                    "with the options of `sglang-pd tune`, e.g. --tune='--isl 3000 --osl 150 --sla user_tok_s>=50' "
+                    "(docs/tune.md)")
     parser.addini("cluster_config", "default cluster config when --cluster-config is not given")
 
 
@@ -137,7 +141,14 @@ def _collect_the_suite(config: pytest.Config) -> None:
     invocation folder, testpaths) are therefore replaced by the suite's folder; paths the user names stay.
     """
     if config.args_source != pytest.Config.ArgsSource.ARGS:
-        config.args[:] = [str(SUITE_DIR)]
+        config.args[:] = [str(SUITE_DIR / TUNE_TEST if config.getoption("tune") else SUITE_DIR)]
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The layout search runs only when --tune asks for it."""
+    if collection_path == SUITE_DIR / TUNE_TEST and not config.getoption("tune"):
+        return True
+    return None
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -47,11 +47,12 @@ MAY_IMPORT: Mapping[str, frozenset[str]] = {
     "gating": frozenset({"config", "bench"}),
     "report": frozenset({"config", "bench", "gating"}),
     "sim": frozenset(),
-    "cli": CHAIN | {"sim"},
+    "cli": CHAIN | {"sim", "tune"},
+    "tune": CHAIN,  # `sglang-pd tune`: drives the chain for each candidate, like cli.py
     "session": CHAIN,
     "fixtures": CHAIN | {"session"},
     "plugin": CHAIN | {"session", "fixtures"},
-    "suite": CHAIN,  # the validation tests themselves (suite/test_*.py)
+    "suite": CHAIN | {"tune"},  # the validation tests themselves (suite/test_*.py; test_tune.py: the search)
 }
 
 

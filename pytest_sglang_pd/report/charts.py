@@ -90,13 +90,7 @@ def sweep_figure(points: list[tuple[int, float, float]], title: str, x_label: st
     for i, (conc, x, y) in enumerate(points):
         dot = ax.scatter([x], [y], s=30, marker=markers[i % len(markers)], zorder=2, label=f"c{conc}")
         dot.set_gid(f"c{conc}")
-    ax.set_title(title)
-    ax.set_xlabel(x_label)
-    ax.set_ylabel(y_label)
-    ax.set_xlim(0, max(p[1] for p in points) * 1.1 or 1)
-    ax.set_ylim(0, max(p[2] for p in points) * 1.15 or 1)
-    _legend_below(ax)
-    return fig
+    return _labelled(fig, ax, title, x_label, y_label, [(p[1], p[2]) for p in points])
 
 
 def sparkline(values: list[float], title: str = "trend") -> str:
@@ -107,3 +101,45 @@ def sparkline(values: list[float], title: str = "trend") -> str:
     ax.plot([len(values) - 1], [values[-1]], "o", color=MARK["mean"], markersize=3)
     ax.set_axis_off()
     return _svg(fig, title)
+
+
+def pareto(series: dict[str, list[tuple[float, float]]], title: str, x_label: str, y_label: str) -> str:
+    """Points of several series (x: per-user rate, y: per-GPU throughput), one marker each, and the Pareto front of
+    all of them (no other point better on both axes) as a dashed line."""
+    return _svg(pareto_figure(series, title, x_label, y_label), title)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both axes (higher is better on each), by x."""
+    front: list[tuple[float, float]] = []
+    for x, y in sorted(points, key=lambda p: (-p[0], -p[1])):
+        if not front or y > front[-1][1]:
+            front.append((x, y))
+    return sorted(front)
+
+
+def pareto_figure(series: dict[str, list[tuple[float, float]]], title: str, x_label: str, y_label: str) -> Figure:
+    fig, ax = _figure()
+    points = [p for pts in series.values() for p in pts]
+    if not points:
+        return _empty(ax, title)
+    markers = "osD^v<>ph"
+    for i, (name, pts) in enumerate(series.items()):
+        dots = ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=30, marker=markers[i % len(markers)], zorder=2,
+                          label=name)
+        dots.set_gid(f"series-{name}")
+    front = pareto_front(points)
+    line, = ax.plot([p[0] for p in front], [p[1] for p in front], color="#888", linestyle="--", linewidth=1, zorder=1)
+    line.set_gid("pareto-front")
+    return _labelled(fig, ax, title, x_label, y_label, points)
+
+
+def _labelled(fig: Figure, ax, title: str, x_label: str, y_label: str, xy: list[tuple[float, float]]) -> Figure:
+    """Title, axis labels, axes from 0 to a margin above the largest x and y, the legend below."""
+    ax.set_title(title)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_xlim(0, max(x for x, _ in xy) * 1.1 or 1)
+    ax.set_ylim(0, max(y for _, y in xy) * 1.15 or 1)
+    _legend_below(ax)
+    return fig

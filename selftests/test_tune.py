@@ -1,0 +1,325 @@
+"""`sglang-pd tune` without a cluster: the SLA, the layouts that fit, predictions from profiles, the bisection, the
+derived and winner configs, the search's resume, the report; the CLI's dry run. The live search is in
+test_tune_live.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from contextlib import contextmanager
+
+import pytest
+
+from pytest_sglang_pd import config as config_mod
+from pytest_sglang_pd import plan as plan_mod
+from pytest_sglang_pd import tune
+from pytest_sglang_pd.report import charts
+from selftests.configs import REPO
+
+CONFIG = REPO / "cluster_configs" / "local-sim-tune-h100.json"
+WORK = tune.Workload(3000, 150)
+SLA = tune.parse_sla("user_tok_s>=50,ttft_ms<=2000")
+PROFILES = {4: tune.Profile(4, {1500: 300.0, 3000: 700.0}, {1: 12.0, 4: 13.0, 16: 16.0, 64: 30.0}),
+            8: tune.Profile(8, {1500: 180.0, 3000: 400.0}, {1: 8.0, 4: 8.5, 16: 10.0, 64: 16.0})}
+
+
+def raw_config() -> dict:
+    return json.loads(CONFIG.read_text())
+
+
+# ------------------------------------------------------------------------------------------------ the SLA
+def test_sla_terms_become_constraints_over_canonical_metrics():
+    assert [(c.metric, c.op, c.limit) for c in SLA] == [("user_output_throughput", ">=", 50.0),
+                                                        ("mean_ttft_ms", "<=", 2000.0)]
+    assert tune.sla_met(SLA, {"user_output_throughput": 51, "mean_ttft_ms": 1999})
+    assert not tune.sla_met(SLA, {"user_output_throughput": 49, "mean_ttft_ms": 100})
+    assert not tune.sla_met(SLA, {"user_output_throughput": 60})  # a figure missing: not met
+    assert str(SLA[0]) == "user_tok_s>=50"
+
+
+@pytest.mark.parametrize("text, said", [
+    ("user_tok_s>=50,bogus_ms<=3", "'bogus_ms<=3': unknown metric 'bogus_ms'"),
+    ("ttft_ms>=2000", "ttft_ms is an upper bound (lower is better): write ttft_ms<=2000"),
+    ("user_tok_s<=50", "user_tok_s is a lower bound (higher is better): write user_tok_s>=50"),
+    ("user_tok_s=50", "'user_tok_s=50': not of the form"),
+    ("user_tok_s>=fifty", "not of the form"),
+    (" , ", "no term"),
+])
+def test_a_bad_sla_term_is_named(text, said):
+    with pytest.raises(tune.TuneError, match=None) as exc:
+        tune.parse_sla(text)
+    assert said in str(exc.value)
+
+
+# ------------------------------------------------------------------------------------------------ layouts
+def test_layouts_of_two_8_gpu_nodes_fill_them_and_exclusions_say_why():
+    layouts, excluded = tune.enumerate_layouts(2, 8, (1, 2, 4, 8, 16))
+    ids = {lay.id for lay in layouts}
+    assert {"p2xtp4-d1xtp8", "p1xtp8-d1xtp8", "p8xtp1-d8xtp1", "agg-4xtp4", "agg-2xtp8", "agg-16xtp1"} <= ids
+    assert len(ids) == len(layouts) == 4 * 4 + 4
+    assert all(lay.gpus == 16 for lay in layouts)
+    why = {e.what: e.why for e in excluded}
+    assert why["a role's 3xTP4 per node"] == "needs 12 GPUs, gpus_per_node is 8"
+    assert "leaves 4 of 8 GPUs idle" in why["a role's 1xTP4 per node (and fewer)"]
+    assert "spans nodes" in why["a role's TP16"]
+
+
+def test_one_node_shares_it_between_the_roles_and_dp_variants_are_optional():
+    layouts, excluded = tune.enumerate_layouts(1, 8, (4, 8), aggregated_dp=True)
+    assert [lay.id for lay in layouts] == ["p1xtp4-d1xtp4-shared", "agg-2xtp4", "agg-1xtp4dp2", "agg-1xtp8"]
+    assert excluded[0].what == "disaggregated on separate nodes"
+    dp = layouts[2].aggregated
+    assert (dp.instances, dp.gpus) == (2, 8)
+
+
+def test_every_layout_is_planned_from_the_users_config_and_a_refused_one_is_excluded():
+    raw = raw_config()
+    layouts, _ = tune.enumerate_layouts(2, 8, (4, 8))
+    placed, refused = tune.planned(raw, "llama-70b", layouts, WORK)
+    assert not refused and len(placed) == len(layouts)
+    where = dict((lay.id, w) for lay, w in placed)
+    assert where["p2xtp4-d1xtp8"] == "prefill 2 x TP4 per node on 127.0.0.2; decode 1 x TP8 per node on 127.0.0.3"
+    assert where["agg-4xtp4"] == "aggregated 2 x TP4 per node on 127.0.0.2, 127.0.0.3"
+    raw["config"]["gpus_per_node"] = "4"  # the plan's GPU budget refuses TP8 now
+    _, refused = tune.planned(raw, "llama-70b", layouts, WORK)
+    assert {e.what for e in refused} >= {"p1xtp8-d1xtp8", "agg-2xtp8"}
+    assert all("gpus_per_node" in e.why or "GPU" in e.why for e in refused)
+
+
+def test_derived_configs_replace_the_models_layout_keys_only():
+    raw = raw_config()
+    raw["benchmark_params"]["llama-70b"]["dp_attention"] = "true"  # the user's own layout does not leak in
+    lay = tune.Layout("disaggregated", prefill=tune.Shape(4, 2, 1), decode=tune.Shape(8, 1, 1))
+    out = tune.candidate_config(raw, "llama-70b", lay, {tune.TEST: tune.bench_test(WORK, 4, 16)})
+    model = out["benchmark_params"]["llama-70b"]
+    assert "dp_attention" not in model and model["model"] == raw["benchmark_params"]["llama-70b"]["model"]
+    assert model["prefill"] == {"tensor_parallelism": "4", "instances_per_node": "2"}
+    cfg = config_mod.from_dict(out, checks=(plan_mod.plan_problems,))
+    assert cfg.model("llama-70b").layout("decode").tensor_parallelism == 8
+    assert raw["benchmark_params"]["llama-70b"]["dp_attention"] == "true"  # the user's dict untouched
+
+
+# ------------------------------------------------------------------------------------------------ predictions
+def test_profiles_interpolate():
+    p = PROFILES[4]
+    assert p.ttft_at(3000) == 700.0 and p.ttft_at(2250) == pytest.approx(500.0)
+    assert p.itl_at(10) == pytest.approx(14.5) and p.itl_at(128) == pytest.approx(30.0 + 14 / 48 * 64)
+    assert tune.Profile(4, {1000: 200.0}, {8: 10.0}).ttft_at(3000) == pytest.approx(600.0)  # one point: x ISL
+
+
+def test_prediction_at_concurrency_1_is_the_profiles_own_figures():
+    lay = tune.Layout("disaggregated", prefill=tune.Shape(4, 2, 1), decode=tune.Shape(8, 1, 1))
+    p = tune.predict(lay, PROFILES, WORK, 1)
+    itl = PROFILES[8].itl_at(1)
+    assert p["mean_itl_ms"] == pytest.approx(itl)
+    assert p["mean_ttft_ms"] == pytest.approx(700.0, rel=0.05)  # almost no queueing at one request
+    assert p["user_output_throughput"] == pytest.approx(150 / (p["mean_ttft_ms"] + 149 * itl) * 1000)
+    assert p["output_throughput_per_gpu"] == pytest.approx(p["output_throughput"] / 16)
+
+
+def test_predictions_trade_per_user_rate_for_per_gpu_throughput():
+    for lay in tune.enumerate_layouts(2, 8, (4, 8))[0]:
+        figs = [tune.predict(lay, PROFILES, WORK, c) for c in (1, 4, 16, 64)]
+        users = [f["user_output_throughput"] for f in figs]
+        gpus = [f["output_throughput_per_gpu"] for f in figs]
+        assert users == sorted(users, reverse=True), lay.id
+        assert gpus == sorted(gpus), lay.id
+
+
+def test_aggregated_decode_steps_stretch_with_its_prefill_work():
+    agg = tune.Layout("aggregated", aggregated=tune.Shape(8, 1, 2))
+    dis = tune.Layout("disaggregated", prefill=tune.Shape(8, 1, 1), decode=tune.Shape(8, 1, 1))
+    a, d = (tune.predict(lay, PROFILES, WORK, 16) for lay in (agg, dis))
+    assert a["mean_itl_ms"] > PROFILES[8].itl_at(8) * 1.05
+    assert d["mean_itl_ms"] == pytest.approx(PROFILES[8].itl_at(16))
+
+
+def test_predicted_best_concurrency_is_the_highest_meeting_the_sla():
+    lay = tune.Layout("disaggregated", prefill=tune.Shape(4, 2, 1), decode=tune.Shape(8, 1, 1))
+    best, figs = tune.predicted_best(lay, PROFILES, WORK, SLA, 64)
+    assert best and tune.sla_met(SLA, figs)
+    assert not tune.sla_met(SLA, tune.predict(lay, PROFILES, WORK, best + 1))
+    strict = tune.parse_sla("user_tok_s>=500")
+    assert tune.predicted_best(lay, PROFILES, WORK, strict, 64) == (None, {})
+
+
+# ------------------------------------------------------------------------------------------------ bisection
+@pytest.mark.parametrize("limit", [1, 2, 3, 7, 16, 33, 100, 257, 1000])
+@pytest.mark.parametrize("start", [1, 10, 400])
+def test_bisection_finds_the_limit_of_a_monotone_measure(limit, start):
+    calls = []
+
+    def measure(c: int) -> bool:
+        calls.append(c)
+        return c <= limit
+
+    assert tune.highest_passing(measure, start=start, hi=1024, tolerance=0.0) == limit
+    assert len(calls) <= 2 * 11 and len(set(calls)) == len(calls)  # log-many, never the same twice
+
+
+def test_bisection_edges_and_tolerance():
+    assert tune.highest_passing(lambda c: False, start=8) is None
+    assert tune.highest_passing(lambda c: True, start=8, hi=100) == 100
+    found = tune.highest_passing(lambda c: c <= 500, start=1, hi=1024, tolerance=0.1)
+    assert 450 <= found <= 500
+
+
+# ------------------------------------------------------------------------------------------------ the search
+class FakeLive:
+    """Synthetic profiles and measurements: a deployment meets the SLA up to a concurrency set per layout."""
+
+    def __init__(self, stop_after: int | None = None):
+        self.profiled: list[int] = []
+        self.deployed: list[str] = []
+        self.measured: list[tuple[str, int]] = []
+        self.stop_after = stop_after
+
+    def profile(self, tp, work, batches):
+        self.profiled.append(tp)
+        return PROFILES[tp]
+
+    @contextmanager
+    def deploy(self, layout, work):
+        if self.stop_after is not None and len(self.deployed) >= self.stop_after:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the search
+        self.deployed.append(layout.id)
+
+        def measure(c):
+            self.measured.append((layout.id, c))
+            figs = tune.predict(layout, PROFILES, WORK, c)
+            return {**figs, "output_throughput_per_gpu": figs["output_throughput_per_gpu"] * 0.9}
+        yield measure
+
+
+def search_plan(**kw) -> tune.Plan:
+    layouts, excluded = tune.enumerate_layouts(2, 8, (4, 8))
+    return tune.Plan("llama-70b", WORK, SLA, layouts, excluded, **kw)
+
+
+def test_search_profiles_each_tp_once_then_deploys_the_best_predicted(tmp_path):
+    live = FakeLive()
+    data = tune.search(search_plan(), live, tune.Store(tmp_path / "tune.json", search_plan().key), say=lambda s: None)
+    assert live.profiled == [4, 8]
+    ranked = [e for e in data["predictions"] if "why" not in e]
+    best_dis = [e["id"] for e in ranked if e["mode"] == "disaggregated"][:2]
+    best_agg = [e["id"] for e in ranked if e["mode"] == "aggregated"][:1]
+    assert sorted(live.deployed) == sorted(best_dis + best_agg)
+    for cid in live.deployed:
+        rec = data["candidates"][cid]
+        assert rec["done"] and tune.sla_met(SLA, rec["figures"])
+        assert not rec["points"].get(str(rec["concurrency"] + 1), {"met": False})["met"]
+    assert tune.best_of(data, "disaggregated") and tune.ratio(data) > 0
+
+
+def test_an_interrupted_search_resumes_without_measuring_again(tmp_path):
+    store_path = tmp_path / "tune.json"
+    first = FakeLive(stop_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        tune.search(search_plan(), first, tune.Store(store_path, search_plan().key), say=lambda s: None)
+    assert len(first.deployed) == 1
+    again = FakeLive()
+    data = tune.search(search_plan(), again, tune.Store(store_path, search_plan().key), say=lambda s: None)
+    assert again.profiled == []  # the profiles were kept
+    assert first.deployed[0] not in again.deployed and len(again.deployed) == 2
+    assert set(data["candidates"]) == {first.deployed[0], *again.deployed}
+    other = tune.Plan("llama-70b", tune.Workload(1000, 100), SLA, search_plan().layouts, [])
+    assert tune.Store(store_path, other.key).candidates == {}  # another workload starts afresh
+
+
+def test_budget_bounds_the_deployments(tmp_path):
+    live = FakeLive()
+    tune.search(search_plan(max_candidates=1), live, tune.Store(tmp_path / "t.json", search_plan().key), say=lambda s: None)
+    assert len(live.deployed) == 1
+    live = FakeLive()
+    tune.search(search_plan(max_minutes=0), live, tune.Store(tmp_path / "u.json", search_plan().key), say=lambda s: None)
+    assert live.profiled == [] and live.deployed == []
+
+
+def test_a_candidate_that_fails_is_recorded_and_the_search_goes_on(tmp_path):
+    class Failing(FakeLive):
+        @contextmanager
+        def deploy(self, layout, work):
+            if not self.deployed:
+                self.deployed.append(layout.id)
+                raise RuntimeError("prefill_0 exited with code 1")
+            with super().deploy(layout, work) as m:
+                yield m
+
+    live = Failing()
+    data = tune.search(search_plan(), live, tune.Store(tmp_path / "t.json", search_plan().key), say=lambda s: None)
+    assert data["candidates"][live.deployed[0]]["error"] == "RuntimeError: prefill_0 exited with code 1"
+    assert len(live.deployed) == 3
+
+
+# ------------------------------------------------------------------------------------------------ outcome
+def test_report_and_winner_config(tmp_path):
+    plan = search_plan()
+    data = tune.search(plan, FakeLive(), tune.Store(tmp_path / "tune.json", plan.key), say=lambda s: None)
+    winner = tune.finish(plan, data, raw_config(), tmp_path, prompts_per_user=4, simulated=True)
+    html = (tmp_path / tune.REPORT_FILE).read_text()
+    assert 'aria-label="output tok/s per GPU against tok/s per user"' in html and 'id="pareto-front"' in html
+    assert "best disaggregated: " in html and "best aggregated: " in html and "SIMULATED" in html
+    assert "disaggregated / aggregated" in html
+    cfg = plan_mod.load_config(winner)  # what `sglang-pd validate` loads
+    test = cfg.model("llama-70b").tests[0]
+    assert {(t.canonical, t.value) for t in test.thresholds} == {("user_output_throughput", 50.0), ("mean_ttft_ms", 2000.0)}
+    assert test.slo.ttft_ms == 2000.0  # the SLA's limits, not the figures measured
+    best = max((tune.best_of(data, m) for m in ("disaggregated", "aggregated")),
+               key=lambda kv: kv[1]["figures"]["output_throughput_per_gpu"])
+    assert test.max_concurrency == (best[1]["concurrency"],)
+    out = subprocess.run([sys.executable, "-m", "pytest_sglang_pd.cli", "validate", str(winner)],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+
+
+def test_pareto_front_keeps_the_points_nothing_beats():
+    assert charts.pareto_front([(10, 5), (20, 4), (15, 3), (5, 6), (20, 2)]) == [(5, 6), (10, 5), (20, 4)]
+
+
+def test_unscale_restores_simulated_time():
+    out = tune.unscale({"mean_ttft_ms": 10.0, "output_throughput": 1000.0, "user_output_throughput": 500.0,
+                        "output_throughput_per_gpu": 100.0, "completed": 8.0}, 10.0)
+    assert out == {"mean_ttft_ms": 100.0, "output_throughput": 100.0, "user_output_throughput": 50.0,
+                   "output_throughput_per_gpu": 10.0, "completed": 8.0}
+
+
+def test_cli_dry_run_lists_candidates_exclusions_and_plans(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pytest_sglang_pd.cli", "tune", str(CONFIG), "--isl", "3000",
+                          "--osl", "150", "--sla", "user_tok_s>=50,ttft_ms<=2000", "--tp", "4,8", "--dry-run",
+                          "--results-dir", str(tmp_path)], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert "6 candidate layouts:" in out.stdout
+    assert ("p2xtp4-d1xtp8: disaggregated, 16 GPUs: prefill 2 x TP4 per node on 127.0.0.2; decode 1 x TP8 per node "
+            "on 127.0.0.3") in out.stdout
+    assert "a role's 3xTP4 per node: needs 12 GPUs, gpus_per_node is 8" in out.stdout
+    assert "profiles (once per TP): TP 4, 8" in out.stdout
+    assert list(tmp_path.iterdir()) == []  # nothing measured, nothing written
+
+
+def test_cli_bad_sla_exits_1_naming_the_term():
+    out = subprocess.run([sys.executable, "-m", "pytest_sglang_pd.cli", "tune", str(CONFIG), "--isl", "3000",
+                          "--osl", "150", "--sla", "user_tok_s>=50,ttft<=2000", "--dry-run"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 1
+    assert "--sla term 'ttft<=2000': unknown metric 'ttft'" in out.stderr
+
+
+def test_slurm_configs_are_refused_with_the_key():
+    cfg = plan_mod.load_config(REPO / "cluster_configs" / "local-slurm.json")
+    with pytest.raises(tune.TuneError, match=r"\$\.config\.transport: slurm is not searched yet"):
+        tune.prepare(cfg, cfg.model_ids[0], WORK, SLA)
+
+
+def test_a_failed_profile_leaves_its_layouts_out_with_why(tmp_path):
+    class NoTP4(FakeLive):
+        def profile(self, tp, work, batches):
+            self.profiled.append(tp)
+            return tune.Profile(4, error="RuntimeError: prefill_0 exited: out of memory") if tp == 4 else PROFILES[tp]
+
+    live = NoTP4()
+    data = tune.search(search_plan(), live, tune.Store(tmp_path / "t.json", search_plan().key), say=lambda s: None)
+    why = {e["id"]: e.get("why") for e in data["predictions"]}
+    assert why["p2xtp4-d1xtp8"] == "TP4 profile failed: RuntimeError: prefill_0 exited: out of memory"
+    assert why["p1xtp8-d1xtp8"] is None
+    assert all(4 not in tune.Layout.from_dict(data["candidates"][c]["layout"]).tps for c in live.deployed)

@@ -1,0 +1,60 @@
+"""A small layout search on the simulated cluster, through the pytest entry a CI stage runs (`pytest --tune`):
+profiles of TP4 and TP8, then the best disaggregated and the best aggregated deployed and bisected; the report,
+the winner config (accepted by `sglang-pd validate`), and a rerun that measures nothing again."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_sglang_pd import tune
+from selftests.configs import REPO
+
+pytestmark = pytest.mark.integration
+
+CONFIG = REPO / "cluster_configs" / "local-sim-tune-h100.json"
+SEARCH = ("--isl 512 --osl 16 --sla user_tok_s>=15,ttft_ms<=3000 --tp 4,8 --batches 1,4,16 --prompts-per-user 2 "
+          "--deploy-disaggregated 1 --deploy-aggregated 1")
+
+
+def run_pytest(config: Path, results: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest", f"--cluster-config={config}",
+                           f"--tune={SEARCH} --results-dir {results / 'tune'}", f"--results-dir={results}",
+                           "-p", "no:cacheprovider", "-s"],
+                          capture_output=True, text=True, cwd=REPO, timeout=900)
+
+
+def test_small_search_through_pytest_then_resumed(tmp_path):
+    data = json.loads(CONFIG.read_text())
+    data["config"]["sim"]["speedup"] = "10"
+    config = tmp_path / "tune.json"
+    config.write_text(json.dumps(data))
+    out = run_pytest(config, tmp_path)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    found = json.loads((tmp_path / "tune" / tune.RESULTS_FILE).read_text())
+    assert sorted(found["profiles"]) == ["4", "8"]
+    for profile in found["profiles"].values():
+        assert not profile["error"] and len(profile["itl_ms"]) == 3 and len(profile["ttft_ms"]) == 2
+    modes = sorted(r["mode"] for r in found["candidates"].values())
+    assert modes == ["aggregated", "disaggregated"]
+    for cid, record in found["candidates"].items():
+        assert record.get("concurrency"), (cid, record)
+        assert record["figures"]["user_output_throughput"] >= 15 and record["figures"]["mean_ttft_ms"] <= 3000
+        failed = [int(c) for c, p in record["points"].items() if not p["met"]]
+        assert all(c > record["concurrency"] for c in failed)  # the bisection's answer is below every miss
+    html = (tmp_path / "tune" / tune.REPORT_FILE).read_text()
+    assert 'id="pareto-front"' in html and "best disaggregated:" in html and "best aggregated:" in html
+    winner = tmp_path / "tune" / tune.WINNER_FILE
+    validated = subprocess.run([sys.executable, "-m", "pytest_sglang_pd.cli", "validate", str(winner)],
+                               capture_output=True, text=True, cwd=REPO)
+    assert validated.returncode == 0, validated.stderr
+    assert "winner config" in out.stdout
+
+    again = run_pytest(config, tmp_path)  # resumed: nothing profiled or deployed again
+    assert again.returncode == 0, again.stdout[-4000:]
+    assert "profiling TP" not in again.stdout and "deploying " not in again.stdout
+    assert json.loads((tmp_path / "tune" / tune.RESULTS_FILE).read_text())["candidates"] == found["candidates"]
