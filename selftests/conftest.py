@@ -139,9 +139,10 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
         yield cluster
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def slurm_job(slurm: SlurmCluster) -> Iterator[str]:
-    """A running allocation of all the throwaway Slurm's nodes (what `salloc -N 3` gives a user); cancelled at the end."""
+    """A running allocation of all the throwaway Slurm's nodes (what `salloc -N 3` gives a user); cancelled at the end
+    of the module that asked for it (tests of other modules expect an empty queue after their own jobs)."""
     job = slurm.run("sbatch", "--parsable", f"--nodes={len(slurm.nodes)}", "--output=/dev/null", "--wrap",
                     "sleep infinity").strip()
     try:
