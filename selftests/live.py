@@ -107,3 +107,31 @@ def killed_while_loading(config: Path, results: Path, kill: Callable[[dict, dict
     finally:
         if suite.poll() is None:
             suite.kill()
+
+
+@contextmanager
+def running_batch_peak(worker_url: str, also: Callable[[], None] = lambda: None) -> Iterator[list[int]]:
+    """While the block runs, the worker's running batch (the sum over its DP ranks in ``/v1/loads``) every 50 ms;
+    yields a one-item list whose item is the largest seen so far. ``also`` runs on every look (another probe)."""
+    import threading
+
+    import requests
+
+    peak, done = [0], threading.Event()
+
+    def poll() -> None:
+        while not done.wait(0.05):
+            try:
+                body = requests.get(worker_url + "/v1/loads", params={"include": "core"}, timeout=2).json()
+                peak[0] = max(peak[0], sum(load["num_running_reqs"] for load in body["loads"]))
+            except (requests.RequestException, ValueError):
+                pass
+            also()
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        watcher.join()

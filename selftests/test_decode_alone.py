@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import requests
 
 from pytest_sglang_pd import cli, config, plan
 from selftests.configs import REPO, assert_plan_golden, raw, sim_config
+from selftests.live import running_batch_peak
 from selftests.test_release_commands import parse_with_real_sglang
 
 pytest_plugins = ["pytester"]
@@ -108,30 +108,19 @@ def test_the_shipped_decode_alone_config_measures_decode_at_batch_1024_without_p
     data = json.loads(path.read_text())
     decode = f"http://127.0.0.1:{data['config']['decode_serv_port']}"
     router_port = int(data["config"]["proxy_router_port"])
-    peak, seen_router, done = [0], [False], threading.Event()
+    seen_router = [False]
 
-    def poll() -> None:
-        while not done.wait(0.05):
-            try:
-                body = requests.get(decode + "/v1/loads", params={"include": "core"}, timeout=2).json()
-                peak[0] = max(peak[0], sum(load["num_running_reqs"] for load in body["loads"]))
-            except (requests.RequestException, ValueError):
-                pass
-            try:
-                requests.get(f"http://127.0.0.1:{router_port}/health", timeout=0.5)
-                seen_router[0] = True
-            except requests.RequestException:
-                pass
+    def router_answers() -> None:
+        try:
+            requests.get(f"http://127.0.0.1:{router_port}/health", timeout=0.5)
+            seen_router[0] = True
+        except requests.RequestException:
+            pass
 
-    watcher = threading.Thread(target=poll, daemon=True)
-    watcher.start()
-    try:
+    with running_batch_peak(decode, also=router_answers) as peak:
         out = pytester.runpytest_subprocess(str(REPO / "pytest_sglang_pd" / "suite"), f"--cluster-config={path}",
                                             f"--results-dir={tmp_path / 'r'}", "--run-id=run", "-p",
                                             "no:cacheprovider", "-rs", timeout=600)
-    finally:
-        done.set()
-        watcher.join()
     assert out.ret == 0, out.stdout.str()
     out.assert_outcomes(passed=4, skipped=2)  # skipped: the router check (no router) and RDMA (simulated)
     out.stdout.fnmatch_lines(["*decode alone: no router is deployed*"])

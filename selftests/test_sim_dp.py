@@ -243,11 +243,9 @@ def test_decode_alone_runs_at_batch_1024_on_the_simulator(tmp_path, pytester):
     """The seed's benchmark mode: 1024 streams straight to the decode worker with the fake bootstrap host; its
     running batch (polled in /v1/loads while the suite runs) reaches 1024 and the figures are in results.json."""
     import json
-    import threading
-
-    import requests
 
     from selftests.configs import REPO, sim_config
+    from selftests.live import running_batch_peak
 
     config = sim_config(tmp_path, tests=("bench_serv_random",))
     data = json.loads(config.read_text())
@@ -258,25 +256,10 @@ def test_decode_alone_runs_at_batch_1024_on_the_simulator(tmp_path, pytester):
         "expected_results": {"auto": {"output_throughput": {"min": "1000"}}}}}
     config.write_text(json.dumps(data))
     decode = f"http://127.0.0.1:{data['config']['decode_serv_port']}"
-    peak, done = [0], threading.Event()
-
-    def poll() -> None:
-        while not done.wait(0.05):
-            try:
-                body = requests.get(decode + "/v1/loads", params={"include": "core"}, timeout=2).json()
-                peak[0] = max(peak[0], sum(load["num_running_reqs"] for load in body["loads"]))
-            except (requests.RequestException, ValueError):
-                pass
-
-    watcher = threading.Thread(target=poll, daemon=True)
-    watcher.start()
-    try:
+    with running_batch_peak(decode) as peak:
         out = pytester.runpytest_subprocess(str(REPO / "pytest_sglang_pd" / "suite" / "test_inference.py"),
                                             f"--cluster-config={config}", f"--results-dir={tmp_path / 'r'}",
                                             "--run-id=run", "-p", "no:cacheprovider", timeout=600)
-    finally:
-        done.set()
-        watcher.join()
     assert out.ret == 0, out.stdout.str()
     run = json.loads((tmp_path / "r" / "run" / "results.json").read_text())
     test = run["tests"][0]
