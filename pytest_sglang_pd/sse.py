@@ -7,6 +7,9 @@ DONE = b"[DONE]"
 
 def split_events(data: bytes) -> tuple[list[bytes], bytes]:
     """(the ``data:`` payloads of the complete events in ``data``, the incomplete rest that waits for more bytes)."""
+    end = data.find(b"\n")
+    if end == len(data) - 2 and data[end + 1] == 10 and data.startswith(b"data:"):  # one event of one line: most
+        return [data[5:end].strip()], b""
     end = data.rfind(b"\n\n")
     if end < 0:
         return [], data

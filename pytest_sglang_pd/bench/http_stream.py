@@ -133,6 +133,18 @@ class _Sized:
         return data, self.left == 0
 
 
+def _whole_chunk(data: bytes) -> bytes:
+    """The data of ``data`` when it is exactly one non-empty chunk (size line without extensions, data, CRLF)."""
+    eol = data.find(b"\r\n", 0, 10)
+    if eol <= 0 or not data.endswith(b"\r\n"):
+        return b""
+    try:
+        size = int(data[:eol], 16)
+    except ValueError:  # chunk extensions: the general path
+        return b""
+    return data[eol + 2:-2] if size and eol + 4 + size == len(data) else b""
+
+
 class _Chunked:
     """Transfer-Encoding: chunked, decoded as the bytes come (size line, data, CRLF; a 0 size ends it)."""
 
@@ -145,6 +157,8 @@ class _Chunked:
     def feed(self, data: bytes) -> tuple[bytes, bool]:
         if self.rest:
             data, self.rest = self.rest + data, b""
+        elif not self.left and (whole := _whole_chunk(data)):  # most reads are exactly one chunk
+            return whole, False
         out = []
         pos, size = 0, len(data)
         while pos < size:
