@@ -33,10 +33,10 @@ def worker_of(*flags: str) -> SimWorker:
 def test_deprecated_dp_attention_flags_resolve_to_attn_dp_size(capsys):
     args = args_of("--dp-size", "4", "--enable-dp-attention", "--disaggregation-mode", "decode")
     assert (args.attn_dp_size, args.dp_size, args.enable_dp_attention) == (4, 1, False)
-    assert args.chunked_prefill_size == 8192 // 4  # SGLang divides the chunk among the ranks
+    assert args.chunked_prefill_size == 16384 // 4  # MI355X's default chunk; SGLang divides it among the ranks
     assert args.load_balance_method == "round_robin"  # auto on a PD decode
     err = capsys.readouterr().err
-    assert "'--enable-dp-attention' is deprecated" in err and "adjusted from 8192 to 2048" in err
+    assert "'--enable-dp-attention' is deprecated" in err and "adjusted from 16384 to 4096" in err
     new = args_of("--attention-data-parallel-size", "4", "--disaggregation-mode", "prefill")
     assert (new.attn_dp_size, new.load_balance_method) == (4, "follow_bootstrap_room")  # auto on a PD prefill
     assert args_of("--attn-dp-size", "2", "--load-balance-method", "total_tokens").load_balance_method == "total_tokens"

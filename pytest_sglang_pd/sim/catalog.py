@@ -136,6 +136,12 @@ MODELS: dict[str, ModelProfile] = {
 }
 
 
+def default_chunked_prefill_size(gpu: GPU) -> int:
+    """SGLang 0.5.23's --chunked-prefill-size default from the GPU's memory (srt/arg_groups/memory_hook.py
+    _handle_gpu_memory_settings): 8192 below 160 GiB (H100, H200), 16384 above (B200, MI300X and later)."""
+    return 8192 if gpu.hbm_bytes < 160 * 2**30 else 16384
+
+
 def find_gpu(name: str) -> GPU:
     for key, gpu in GPUS.items():
         if key.lower() == name.lower():

@@ -10,7 +10,7 @@ Formulas (docs/simulator.md repeats them):
                       + step_overhead
     step_overhead   = STEP_BASE + L * (LAYER_LAUNCH + (2 * ALLREDUCE if G > 1 else 0))
     mixed(chunk, batch) = max(decode memory time, prefill compute + decode compute) + step_overhead
-                      (an aggregated worker: chunked prefill and decode share one step)
+                      (an aggregated worker with --enable-mixed-chunk: chunk and decode batch in one step)
     transfer(n)     = n * kv_bytes_per_token / (G * NIC_bw) + TRANSFER_SETUP
     capacity        = G * (HBM * mem_fraction - W / G) / (kv_bytes_per_token * replication)
 
