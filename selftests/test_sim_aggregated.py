@@ -1,4 +1,5 @@
-"""The simulated aggregated worker (no --disaggregation-mode): chunked prefill and decode share one step."""
+"""The simulated aggregated worker (no --disaggregation-mode): a prefill forward holds the decode batch, as SGLang's
+default does; with --enable-mixed-chunk the chunk and the decode batch share one step."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import asyncio
 import pytest
 
 from pytest_sglang_pd.sim import catalog
+from pytest_sglang_pd.sim.launch_server import parse_args
 from pytest_sglang_pd.sim.perf_model import PerfModel
 from pytest_sglang_pd.sim.radix_cache import RadixCache
 from pytest_sglang_pd.sim.scheduler import Scheduler, Sequence
+from pytest_sglang_pd.sim.worker import SimWorker
 
 MODEL = PerfModel(catalog.GPUS["H100"], catalog.MODELS["Llama-3.3-70B"], 4)
 
@@ -24,12 +27,11 @@ def test_a_mixed_step_is_timed_from_its_prefill_tokens_and_its_decode_batch():
     assert MODEL.mixed_step_seconds([(4096, 0)], batch, context) > mixed
 
 
-def test_an_aggregated_worker_keeps_decoding_while_a_long_prompt_is_prefilled():
-    """A running stream gets a token in every step of another request's chunked prefill (the PD prefill worker and
-    a worker without mixed steps would hold it for the whole prefill)."""
+def _tokens_during_a_long_prefill(mixed_chunk: bool) -> tuple[int, int]:
+    """Tokens a running stream got while another request's 8-chunk prompt was prefilled, and the chunks."""
     async def run() -> tuple[int, int]:
         sched = Scheduler(MODEL, role="null", capacity_tokens=10**6, max_running=64, chunked_prefill_size=512,
-                          cache=RadixCache(), policy="fcfs", time_scale=lambda: 0.05)
+                          cache=RadixCache(), policy="fcfs", time_scale=lambda: 0.05, mixed_chunk=mixed_chunk)
         sched.start()
         try:
             streaming = Sequence("a", list(range(16)), output_tokens=10**4, reserve_tokens=20000)
@@ -46,5 +48,29 @@ def test_an_aggregated_worker_keeps_decoding_while_a_long_prompt_is_prefilled():
         finally:
             await sched.stop()
 
-    tokens_during_prefill, chunks = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_by_default_an_aggregated_worker_holds_its_decode_batch_while_a_long_prompt_is_prefilled():
+    """SGLang's default (no --enable-mixed-chunk): each prefill chunk is a forward of its own and runs first, so a
+    running stream gets no token until the whole prompt is in KV (at most the one of the step already under way)."""
+    tokens_during_prefill, chunks = _tokens_during_a_long_prefill(mixed_chunk=False)
+    assert chunks == 8 and tokens_during_prefill <= 1
+
+
+def test_with_mixed_chunk_an_aggregated_worker_keeps_decoding_while_a_long_prompt_is_prefilled():
+    """--enable-mixed-chunk: a running stream gets a token in every step of another request's chunked prefill."""
+    tokens_during_prefill, chunks = _tokens_during_a_long_prefill(mixed_chunk=True)
     assert tokens_during_prefill >= chunks - 1
+
+
+@pytest.mark.parametrize("flags, mixed, chunk", [
+    (["--sim-gpu", "H100"], False, 8192),  # SGLang's default below 160 GiB of HBM
+    (["--sim-gpu", "MI300X"], False, 16384),  # and above
+    (["--sim-gpu", "H100", "--chunked-prefill-size", "2048", "--enable-mixed-chunk"], True, 2048),
+    (["--sim-gpu", "H100", "--disaggregation-mode", "decode", "--enable-mixed-chunk"], False, 8192),  # PD: never
+])
+def test_the_worker_flags_set_mixed_steps_and_sglangs_chunk_default(flags, mixed, chunk):
+    args = parse_args(["--model-path", "meta-llama/Llama-3.3-70B-Instruct", "--tp", "4", *flags])
+    worker = SimWorker(args, catalog.find_gpu(args.sim_gpu), catalog.MODELS["Llama-3.3-70B"])
+    assert (worker.scheduler.mixed_chunk, worker.scheduler.chunk) == (mixed, chunk)

@@ -69,11 +69,12 @@ def test_fp8_weights_halve_the_weight_bytes_a_decode_step_reads():
     assert 0.5 * bf16_s < fp8_s < 0.52 * bf16_s
 
 
-def test_fp8_weights_run_prefill_at_the_fp8_peak():
+def test_fp8_weights_run_prefill_at_the_measured_fp8_matmul_rate():
     bf16, fp8 = _perf(), _perf("fp8")
     bf16_compute = bf16.prefill_seconds([(8192, 0)]) - bf16.step_overhead_s
     fp8_compute = fp8.prefill_seconds([(8192, 0)]) - fp8.step_overhead_s
-    assert fp8_compute == pytest.approx(bf16_compute * H100.bf16_flops / H100.fp8_flops)
+    assert fp8_compute == pytest.approx(bf16_compute * H100.bf16_matmul / H100.fp8_matmul)
+    assert 0.55 * bf16_compute < fp8_compute < 0.6 * bf16_compute  # 794.5 / 1402.6 TFLOPS measured, not 1 / 2
 
 
 def test_fp8_kv_doubles_the_kv_capacity_and_halves_the_transfer_bytes():

@@ -151,11 +151,11 @@ def test_faults_parse_and_reject_with_the_valid_list():
 
 
 def test_flags_accept_sglang_aliases_and_warn_on_unknown(capsys):
-    args = parse_args(["--model", "m", "--tp", "8", "--disaggregation-mode", "prefill", "--enable-mixed-chunk",
+    args = parse_args(["--model", "m", "--tp", "8", "--disaggregation-mode", "prefill", "--enable-torch-compile",
                        "--sim-fault", "hang", "--sim-fault", "slow=2"])
     assert (args.model_path, args.tp_size, args.disaggregation_mode) == ("m", 8, "prefill")
     assert args.sim_fault == ["hang", "slow=2"]
-    assert "--enable-mixed-chunk" in capsys.readouterr().err
+    assert "--enable-torch-compile" in capsys.readouterr().err
     assert parse_args(["--model-path", "m", "--tensor-parallel-size", "4"]).tp_size == 4
 
 

@@ -10,8 +10,36 @@ GBIT = 1e9 / 8  # bytes per second in one Gb/s
 
 
 @dataclass(frozen=True)
+class Decode:
+    """What one decode step achieves on a GPU family, fitted to published latencies (the fits are below)."""
+
+    mbu: float  # fraction of the HBM bandwidth at which a step streams the weights and the KV cache
+    mfu: float  # fraction of the GEMM dtype's peak at which a step's per-sequence compute runs (added to the streaming)
+    layer_s: float  # fixed seconds per layer of every step (kernel launches, TP all-reduces, small kernels)
+
+
+# Decode efficiencies, fitted to the batch-1 and batch-32 end-to-end latencies AMD published for Llama 3.1 70B and
+# 405B in FP8 on 8 GPUs (TP8), 128 input / 2048 output tokens, MI300X on vLLM and H100 on TensorRT-LLM 0.16:
+# https://rocm.blogs.amd.com/artificial-intelligence/LLM_Inference/README.html ("vLLM Latency Benchmark Results").
+# A token of a batch of B costs t = (W + B x 1152 x kv) / (8 x HBM_bw x mbu) + B x f / (8 x FP8 peak x mfu)
+# + layers x layer_s (W FP8 weight bytes, kv FP8 KV bytes per token, 1152 the mean context 128 + 1024, f the FLOPs
+# of one token, 2 x params + 4 x layers x heads x 128 x 1152): three published runs, three unknowns:
+#   H100:   70B B=1 20923 ms / 2048, 405B B=1 58916 ms / 2048, 70B B=32 26543 ms / 2048
+#           -> mbu 0.891, mfu 0.113, layer_s 89.6 us
+#   MI300X: 70B B=1 19089 ms, 405B B=1 51740 ms, 70B B=32 25343 ms  -> mbu 0.681, mfu 0.0750, layer_s 84.7 us
+# Checked on runs not fitted: the same table's 70B at B=128 (H100 42398 ms, MI300X 45216 ms; the fit gives 43941,
+# +4 %, and 44695, -1 %) and NVIDIA's NIM 1.8.0 table (Llama-3.3-70B FP8 on 2 x H100 TP2, concurrency 1,
+# https://docs.nvidia.com/nim/benchmarking/llm/1.0.0/performance): ITL 18.58 ms at 5000 input tokens and 18.91 ms
+# at 500, the fit 19.6 and 19.4 ms (+6 %, +3 %). No such runs are published for the other GPUs: H200 and B200 take
+# the NVIDIA fit, MI325X and MI355X the AMD one (same software stacks); their own HBM bandwidth and peaks enter
+# through the formula.
+NVIDIA_DECODE = Decode(mbu=0.891, mfu=0.113, layer_s=89.6e-6)
+AMD_DECODE = Decode(mbu=0.681, mfu=0.0750, layer_s=84.7e-6)
+
+
+@dataclass(frozen=True)
 class GPU:
-    """Peak numbers of one accelerator (dense, no sparsity) and the NIC that serves it."""
+    """Peak numbers of one accelerator (dense, no sparsity), its measured matmul rates and the NIC that serves it."""
 
     name: str
     bf16_flops: float  # dense FLOP/s
@@ -19,6 +47,9 @@ class GPU:
     hbm_bytes: float
     hbm_bytes_per_s: float
     nic_bytes_per_s: float  # one scale-out NIC per GPU
+    bf16_matmul: float  # max achievable dense matmul FLOP/s, measured (sources below)
+    fp8_matmul: float
+    decode: Decode
 
 
 # Scale-out NIC: one 400 Gb/s NIC per GPU is the reference design of all six platforms
@@ -27,25 +58,32 @@ class GPU:
 # https://docs.nvidia.com/dgx/dgxh100-user-guide/introduction-to-dgxh100.html (8x ConnectX-7, 400 Gb/s).
 _NIC_400G = 400 * GBIT
 
+# Max achievable matmul rates (large dense GEMMs, no sparsity), measured:
+#  NVIDIA and the MI355X: Stas Bekman's MAMF table, https://github.com/stas00/ml-engineering/blob/master/compute/
+#  accelerator/README.md#maximum-achievable-matmul-flops-comparison-table (mamf-finder.py, mean of 100 iterations):
+#  BF16 H100 SXM 794.5 TFLOPS ("H200 is the same"), B200 1745.0, MI355X 1565.0; FP8 (float8_e4m3fn) H100 1402.6,
+#  H200 1453.4, B200 3432.5 (no MI355X FP8 row: taken as 2 x its BF16, the ratio of its peaks).
+#  MI300X and MI325X: AMD's Max-Achievable FLOPs (hipBLASLt), https://rocm.blogs.amd.com/software-tools-optimization/
+#  measuring-max-achievable-flops-part2/README.html : BF16 708 / 843 TFLOPS, FP8 1273 / 1519 TFLOPS.
 GPUS: dict[str, GPU] = {
     g.name: g
     for g in (
         # https://www.amd.com/en/products/accelerators/instinct/mi300/mi300x.html
         # 1307.4 TFLOPS FP16/BF16 dense, 2614.9 TFLOPS FP8 dense, 192 GB HBM3, 5.3 TB/s
-        GPU("MI300X", 1307.4 * TB, 2614.9 * TB, 192 * GB, 5.3 * TB, _NIC_400G),
+        GPU("MI300X", 1307.4 * TB, 2614.9 * TB, 192 * GB, 5.3 * TB, _NIC_400G, 708 * TB, 1273 * TB, AMD_DECODE),
         # https://www.amd.com/en/products/accelerators/instinct/mi300/mi325x.html
         # same compute as MI300X, 256 GB HBM3E, 6 TB/s
-        GPU("MI325X", 1307.4 * TB, 2614.9 * TB, 256 * GB, 6.0 * TB, _NIC_400G),
+        GPU("MI325X", 1307.4 * TB, 2614.9 * TB, 256 * GB, 6.0 * TB, _NIC_400G, 843 * TB, 1519 * TB, AMD_DECODE),
         # https://www.amd.com/en/products/accelerators/instinct/mi350/mi355x.html
         # 2.5 PFLOPS FP16/BF16 dense, 5.0 PFLOPS FP8 dense, 288 GB HBM3E, 8 TB/s
-        GPU("MI355X", 2516.6 * TB, 5033.2 * TB, 288 * GB, 8.0 * TB, _NIC_400G),
+        GPU("MI355X", 2516.6 * TB, 5033.2 * TB, 288 * GB, 8.0 * TB, _NIC_400G, 1565 * TB, 2 * 1565 * TB, AMD_DECODE),
         # https://www.nvidia.com/en-us/data-center/h100/ (SXM; the datasheet's sparse 1979 / 3958 halved)
-        GPU("H100", 989.4 * TB, 1978.9 * TB, 80 * GB, 3.35 * TB, _NIC_400G),
+        GPU("H100", 989.4 * TB, 1978.9 * TB, 80 * GB, 3.35 * TB, _NIC_400G, 794.5 * TB, 1402.6 * TB, NVIDIA_DECODE),
         # https://www.nvidia.com/en-us/data-center/h200/ (SXM; same compute as H100, 141 GB HBM3e, 4.8 TB/s)
-        GPU("H200", 989.4 * TB, 1978.9 * TB, 141 * GB, 4.8 * TB, _NIC_400G),
+        GPU("H200", 989.4 * TB, 1978.9 * TB, 141 * GB, 4.8 * TB, _NIC_400G, 794.5 * TB, 1453.4 * TB, NVIDIA_DECODE),
         # https://www.nvidia.com/en-us/data-center/hgx/ (HGX B200 per GPU: 2.25 PF BF16 dense,
         # 4.5 PF FP8 dense, 180 GB HBM3e, 8 TB/s)
-        GPU("B200", 2250 * TB, 4500 * TB, 180 * GB, 8.0 * TB, _NIC_400G),
+        GPU("B200", 2250 * TB, 4500 * TB, 180 * GB, 8.0 * TB, _NIC_400G, 1745 * TB, 3432.5 * TB, NVIDIA_DECODE),
     )
 }
 
@@ -134,6 +172,12 @@ MODELS: dict[str, ModelProfile] = {
         ),
     )
 }
+
+
+def default_chunked_prefill_size(gpu: GPU) -> int:
+    """SGLang 0.5.23's --chunked-prefill-size default from the GPU's memory (srt/arg_groups/memory_hook.py
+    _handle_gpu_memory_settings): 8192 below 160 GiB (H100, H200), 16384 above (B200, MI300X and later)."""
+    return 8192 if gpu.hbm_bytes < 160 * 2**30 else 16384
 
 
 def find_gpu(name: str) -> GPU:

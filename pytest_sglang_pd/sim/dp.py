@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pytest_sglang_pd.sim import perf_model
 from pytest_sglang_pd.sim.perf_model import PerfModel
 from pytest_sglang_pd.sim.scheduler import MAX_LAG_S, Rejected, Scheduler, Sequence, cancel
 
@@ -152,14 +151,13 @@ class DPAttentionModel:
     def rank_seconds(self, load: RankLoad, total_tokens: int) -> float:
         """One rank's share of a step whose ranks run ``total_tokens`` tokens together (no step overhead)."""
         base, g = self.base, self.rank_gpus
-        peak = base._peak_flops  # noqa: SLF001
         mlp_flops = 2.0 * base.model.active_params * total_tokens / base.gpus
         if load.prefill:
-            return (mlp_flops + load.attention_flops / g) / (peak * perf_model.PREFILL_MFU)
+            return (mlp_flops + load.attention_flops / g) / base.prefill_flops_per_gpu
         weights = base.model.weight_bytes_read_per_step(total_tokens) / base.gpus
-        memory_s = (weights + load.kv_read_bytes / g) / (base.gpu.hbm_bytes_per_s * perf_model.DECODE_MBU)
-        compute_s = (mlp_flops + load.attention_flops / g) / (peak * perf_model.DECODE_MFU)
-        return max(memory_s, compute_s)
+        memory_s = (weights + load.kv_read_bytes / g) / base.decode_bytes_per_s_per_gpu
+        compute_s = (mlp_flops + load.attention_flops / g) / base.decode_flops_per_gpu
+        return memory_s + compute_s
 
     def step(self, loads: list[RankLoad]) -> tuple[float, list[float]]:
         """(the step's modelled seconds, each rank's own seconds): the slowest rank's time plus the overhead."""

@@ -21,7 +21,7 @@ BF16 = Dtype("bf16", 2.0, "bf16")
 FP8 = Dtype("fp8", 1.0, "fp8")
 INT8 = Dtype("int8", 1.0, "fp8")  # W8A8 int8: the catalog's GPUs have the same dense int8 and fp8 peaks
 INT4 = Dtype("int4", 0.5, "bf16")  # weight-only 4 bit (AWQ/GPTQ): dequantised to bf16 GEMMs
-FP4 = Dtype("fp4", 0.5, "fp8")  # the catalog holds no FP4 peak: FP4 GEMMs are counted at the FP8 peak
+FP4 = Dtype("fp4", 0.5, "fp8")  # the catalog holds no FP4 rates: FP4 GEMMs are counted at the FP8 ones
 
 # SGLang 0.5.23 --quantization values (srt/arg_groups/choices.py QUANTIZATION_CHOICES) that fix the weight
 # dtype; the others (modelopt, compressed-tensors, quark, gguf, bitsandbytes, auto-round, unquant, ...) take

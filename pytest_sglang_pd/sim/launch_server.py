@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--mem-fraction-static", type=float, default=0.88)
     a("--max-total-tokens", type=int, default=None)
     a("--max-running-requests", type=int, default=1024)
-    a("--chunked-prefill-size", type=int, default=8192)
+    a("--chunked-prefill-size", type=int, default=None, help="default: SGLang's per GPU memory (sim/catalog.py)")
+    a("--enable-mixed-chunk", action="store_true", help="aggregated: run a prefill chunk in the decode batch's step")
     a("--schedule-policy", choices=("lpm", "random", "fcfs", "dfs-weight", "lof", "priority"), default="fcfs")
     a("--page-size", type=int, default=1)
     a("--disable-radix-cache", action="store_true")
@@ -101,6 +102,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if not 0 <= args.sim_accuracy <= 1:
         parser.error("--sim-accuracy must be within [0, 1]")
     try:
+        if args.chunked_prefill_size is None:
+            args.chunked_prefill_size = catalog.default_chunked_prefill_size(catalog.find_gpu(args.sim_gpu))
         resolve_parallelism(args)
     except ValueError as error:
         parser.error(str(error))

@@ -4,18 +4,18 @@ All times are modelled hardware seconds; the scheduler divides them by ``--sim-s
 Formulas (docs/simulator.md repeats them):
 
     prefill(chunk)  = sum_r [2 * P_active * n_r + 4 * L * H * d * n_r * (c_r + n_r / 2)]
-                      / (G * peak * MFU) + step_overhead
-    decode(batch)   = max((W(batch) / G + KV_read / G) / (HBM_bw * MBU),
-                          (2 * P_active * B + 4 * L * H * d * sum ctx) / (G * peak * MFU))
-                      + step_overhead
-    step_overhead   = STEP_BASE + L * (LAYER_LAUNCH + (2 * ALLREDUCE if G > 1 else 0))
-    mixed(chunk, batch) = max(decode memory time, prefill compute + decode compute) + step_overhead
-                      (an aggregated worker: chunked prefill and decode share one step)
+                      / (G * matmul * PREFILL_OF_MATMUL) + overhead
+    decode(batch)   = (W(batch) + KV_read) / G / (HBM_bw * mbu)
+                      + (2 * P_active * B + 4 * L * H * d * sum ctx) / (G * peak * mfu) + overhead
+    overhead        = L * layer_s
+    mixed(chunk, batch) = decode(batch) + prefill compute of the chunk
+                      (an aggregated worker with --enable-mixed-chunk: chunk and decode batch in one step)
     transfer(n)     = n * kv_bytes_per_token / (G * NIC_bw) + TRANSFER_SETUP
     capacity        = G * (HBM * mem_fraction - W / G) / (kv_bytes_per_token * replication)
 
 n_r new (uncached) prompt tokens of request r, c_r its cached prefix, L layers, H heads, d head
-dim, G GPUs of the instance, W weight bytes read, B the batch size.
+dim, G GPUs of the instance, W weight bytes read, B the batch size; matmul and peak are the GPU's measured and peak
+FLOP/s in the weights' GEMM dtype, mbu, mfu and layer_s its decode fit (all in catalog.py, with their sources).
 """
 
 from __future__ import annotations
@@ -24,18 +24,15 @@ from dataclasses import dataclass
 
 from pytest_sglang_pd.sim.catalog import GPU, ModelProfile
 
-# Efficiencies and overheads are calibration assumptions, not vendor numbers. They put the model in
-# the range public serving benchmarks report for SGLang (SemiAnalysis InferenceMAX,
-# https://inferencemax.semianalysis.com/ ; SGLang's own MI300X/H100 blogs,
-# https://lmsys.org/blog/2024-07-25-sglang-llama3/): large-GEMM prefill at ~45 % of peak, decode
-# streaming weights at ~60 % of HBM bandwidth, ~1.5 ms of scheduler/launch time per step, ~10 us of
-# kernel launch per layer and two ~20 us tensor-parallel all-reduces per layer.
-PREFILL_MFU = 0.45
-DECODE_MFU = 0.30
-DECODE_MBU = 0.60
-STEP_BASE_S = 1.5e-3
-LAYER_LAUNCH_S = 10e-6
-ALLREDUCE_S = 20e-6
+# The fraction of the max-achievable matmul rate a serving engine's prefill forward reaches (attention, norms,
+# activations and all-reduces beside the GEMMs). From NVIDIA's NIM 1.8.0 table, Llama-3.3-70B FP8 on 2 x H100 (TP2),
+# 5000 input tokens at concurrency 1: TTFT 406.77 ms (https://docs.nvidia.com/nim/benchmarking/llm/1.0.0/performance).
+# FLOPs 2 x 70.6e9 x 5000 + 4 x 80 x 64 x 128 x 5000 x 2500 = 7.388e14; less 80 layers x 89.6 us of overhead
+# (catalog.NVIDIA_DECODE) the prefill took 399.6 ms: 7.388e14 / 0.3996 s / 2 GPUs = 924 TFLOPS per GPU, 0.467 of the
+# FP8 peak and 0.659 of the H100's measured FP8 matmul rate (1402.6 TFLOPS). The same table's 500-token TTFT
+# (47.77 ms) gives 0.441 of the peak. Applied to every GPU's measured matmul rate: only the H100 has a published
+# prefill time of a dense 70B model at concurrency 1 in this form.
+PREFILL_OF_MATMUL = 0.659
 # Mooncake/NIXL per-transfer setup (notification, descriptor exchange) on RDMA; order of magnitude
 # from the Mooncake transfer engine benchmarks, https://kvcache-ai.github.io/Mooncake/performance/
 TRANSFER_SETUP_S = 1e-3
@@ -48,24 +45,43 @@ class PerfModel:
     gpus: int  # GPUs of one instance (TP x PP by default)
 
     @property
+    def _fp8(self) -> bool:
+        return self.model.compute_dtype == "fp8"
+
+    @property
     def _peak_flops(self) -> float:
-        return self.gpu.fp8_flops if self.model.compute_dtype == "fp8" else self.gpu.bf16_flops
+        return self.gpu.fp8_flops if self._fp8 else self.gpu.bf16_flops
+
+    @property
+    def prefill_flops_per_gpu(self) -> float:
+        """The FLOP/s one GPU runs a prefill at: its measured matmul rate in the GEMM dtype x PREFILL_OF_MATMUL."""
+        return (self.gpu.fp8_matmul if self._fp8 else self.gpu.bf16_matmul) * PREFILL_OF_MATMUL
+
+    @property
+    def decode_flops_per_gpu(self) -> float:
+        return self._peak_flops * self.gpu.decode.mfu
+
+    @property
+    def decode_bytes_per_s_per_gpu(self) -> float:
+        return self.gpu.hbm_bytes_per_s * self.gpu.decode.mbu
 
     @property
     def step_overhead_s(self) -> float:
-        per_layer = LAYER_LAUNCH_S + (2 * ALLREDUCE_S if self.gpus > 1 else 0.0)
-        return STEP_BASE_S + self.model.layers * per_layer
+        return self.model.layers * self.gpu.decode.layer_s
 
     def _attention_flops(self, new_tokens: int, context_before: int) -> float:
         m = self.model
         return 4.0 * m.layers * m.heads * m.head_dim * new_tokens * (context_before + new_tokens / 2)
 
-    def prefill_seconds(self, chunks: list[tuple[int, int]]) -> float:
-        """One prefill step over ``chunks`` = [(new tokens, tokens already in KV before them)]."""
+    def _prefill_compute_s(self, chunks: list[tuple[int, int]]) -> float:
         flops = sum(
             2.0 * self.model.active_params * new + self._attention_flops(new, before) for new, before in chunks
         )
-        return flops / (self.gpus * self._peak_flops * PREFILL_MFU) + self.step_overhead_s
+        return flops / (self.gpus * self.prefill_flops_per_gpu)
+
+    def prefill_seconds(self, chunks: list[tuple[int, int]]) -> float:
+        """One prefill step over ``chunks`` = [(new tokens, tokens already in KV before them)]."""
+        return self._prefill_compute_s(chunks) + self.step_overhead_s
 
     @property
     def _kv_replication(self) -> float:
@@ -79,26 +95,26 @@ class PerfModel:
         """One decode step of ``batch`` sequences holding ``context_tokens`` KV tokens in total."""
         if batch <= 0:
             return 0.0
-        return max(self._decode_memory_s(batch, context_tokens),
-                   self._decode_compute_s(batch, context_tokens)) + self.step_overhead_s
+        return (self._decode_memory_s(batch, context_tokens) + self._decode_compute_s(batch, context_tokens)
+                + self.step_overhead_s)
 
     def _decode_memory_s(self, batch: int, context_tokens: int) -> float:
         m = self.model
         kv_read = context_tokens * m.kv_bytes_per_token * self._kv_replication
-        return (m.weight_bytes_read_per_step(batch) + kv_read) / self.gpus / (self.gpu.hbm_bytes_per_s * DECODE_MBU)
+        return (m.weight_bytes_read_per_step(batch) + kv_read) / self.gpus / self.decode_bytes_per_s_per_gpu
 
     def _decode_compute_s(self, batch: int, context_tokens: int) -> float:
         m = self.model
         flops = 2.0 * m.active_params * batch + 4.0 * m.layers * m.heads * m.head_dim * context_tokens
-        return flops / (self.gpus * self._peak_flops * DECODE_MFU)
+        return flops / (self.gpus * self.decode_flops_per_gpu)
 
     def mixed_step_seconds(self, chunks: list[tuple[int, int]], batch: int, context_tokens: int) -> float:
-        """One step of an aggregated worker: a prefill chunk and a decode batch in one forward. The weights are read
-        once; the prefill's compute adds to the decode's, so the step takes the larger of the decode's memory time
-        and both computes, plus one step overhead."""
-        prefill_compute_s = self.prefill_seconds(chunks) - self.step_overhead_s if chunks else 0.0
-        compute_s = prefill_compute_s + self._decode_compute_s(batch, context_tokens)
-        return max(self._decode_memory_s(batch, context_tokens) if batch else 0.0, compute_s) + self.step_overhead_s
+        """One step of an aggregated worker with --enable-mixed-chunk: a prefill chunk and a decode batch in one
+        forward. The weights are read once and there is one overhead; the chunk's compute adds to the decode's."""
+        prefill_s = self._prefill_compute_s(chunks) if chunks else 0.0
+        if not batch:
+            return prefill_s + self.step_overhead_s
+        return self.decode_step_seconds(batch, context_tokens) + prefill_s
 
     def kv_bytes(self, tokens: int) -> float:
         return tokens * self.model.kv_bytes_per_token

@@ -2,8 +2,10 @@
 
 One asyncio task runs steps back to back. Each step is a prefill step (up to
 ``chunked_prefill_size`` prompt tokens of the admitted requests, prefill first as in SGLang) or a
-decode step (one token for every running sequence); an aggregated worker (no --disaggregation-mode) runs the
-chunk and the decode batch in one mixed step. A step's duration comes from the performance
+decode step (one token for every running sequence). An aggregated worker (no --disaggregation-mode) does what
+SGLang 0.5.23 does by default (srt/managers/scheduler.py get_next_batch_to_run: a new prefill batch runs as its own
+forward, the running decode batch waits for it); with --enable-mixed-chunk it runs the chunk and the decode batch
+in one mixed step (get_new_batch_prefill's mix_with_running). A step's duration comes from the performance
 model; its end is an ABSOLUTE deadline (previous deadline + step time), so event-loop overhead and
 timer slack do not add up over steps. Requests wait in the queue until their KV reservation
 (prompt + max_new_tokens tokens; prompt only on a prefill worker) fits beside the running ones;
@@ -122,12 +124,14 @@ class Scheduler:
         time_scale: Callable[[], float],
         seed: int = 0,
         wake: asyncio.Event | None = None,
+        mixed_chunk: bool = False,
     ) -> None:
         self.model = model
         self.role = role
         self.capacity_tokens = capacity_tokens
         self.max_running = max_running
         self.chunk = chunked_prefill_size
+        self.mixed_chunk = mixed_chunk and role == "null"
         self.cache = cache
         self.policy = policy
         self.time_scale = time_scale
@@ -294,8 +298,8 @@ class Scheduler:
         return seconds, apply
 
     def _mixed_step(self) -> tuple[float, Callable[[float], None]]:
-        """An aggregated worker's step: the next prefill chunk rides with the decode batch (one forward, timed from
-        both); every sequence decoding gets its token and the chunk's sequences move on."""
+        """An aggregated worker's step with --enable-mixed-chunk: the next prefill chunk rides with the decode batch
+        (one forward, timed from both); every sequence decoding gets its token and the chunk's sequences move on."""
         _, prefill_apply = self._prefill_step()
         _, decode_apply = self._decode_step()
         chunks = [(take, seq.prefilled) for seq, take in self._chunk_plan()]
@@ -321,7 +325,7 @@ class Scheduler:
         self._admit()
         if self.paused or not (self.prefilling or self.decoding):
             return None
-        if self.role == "null" and self.prefilling and self.decoding:  # aggregated: one batch of both
+        if self.mixed_chunk and self.prefilling and self.decoding:  # --enable-mixed-chunk: one batch of both
             return self._mixed_step()
         return self._prefill_step() if self.prefilling else self._decode_step()
 

@@ -52,6 +52,7 @@ class SimWorker:
                 chunked_prefill_size=args.chunked_prefill_size if args.chunked_prefill_size > 0 else 1 << 30,
                 cache=RadixCache(args.page_size, enabled=not args.disable_radix_cache), policy=args.schedule_policy,
                 time_scale=lambda: self.faults.slow / args.sim_speedup, seed=seed, wake=wake,
+                mixed_chunk=args.enable_mixed_chunk,
             )
 
         self.scheduler = dp.make_scheduler(args, self.perf, build)
