@@ -162,7 +162,7 @@ def test_lockstep_loop_runs_idle_batches_and_reports_the_imbalance():
 
 def test_loads_report_each_rank():
     worker = worker_of("--attn-dp-size", "4", "--max-running-requests", "1024")
-    worker.ranks[2].reserved, worker.ranks[2].admitted_count = 300, 3
+    worker.ranks[2].reserved, worker.ranks[2].decoding = 300, [object()] * 3
     body = loads.v1_loads(worker, "core", None)
     assert [load["dp_rank"] for load in body["loads"]] == [0, 1, 2, 3]
     assert body["num_accelerators"] == 2 and body["version"] == "0.5.23"

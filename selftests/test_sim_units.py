@@ -230,3 +230,23 @@ def _decode_steps() -> list[tuple[int, int]]:
         for n in running:
             generated[n] += 1
     return steps
+
+
+def test_running_requests_are_the_batch_in_forwards_not_the_kv_reservations():
+    """sglang:num_running_reqs counts what runs forwards; a decode's reserved requests waiting for their KV are its
+    transfer queue, not running (the DP balancer still counts them as the rank's load)."""
+    model = PerfModel(catalog.GPUS["MI355X"], catalog.MODELS["Llama-3.3-70B"], 8)
+
+    async def scenario() -> tuple[int, int, int, int]:
+        scheduler = Scheduler(model, role="decode", capacity_tokens=100_000, max_running=16, chunked_prefill_size=8192,
+                              cache=RadixCache(1, enabled=False), policy="fcfs", time_scale=lambda: 1e-4)
+        scheduler.start()
+        sequences = [Sequence(f"r{n}", list(range(1, 101)), 50, 150) for n in range(3)]
+        await asyncio.gather(*(scheduler.reserve(seq) for seq in sequences))
+        waiting_for_kv = (scheduler.num_running, scheduler.num_admitted)
+        scheduler.start_decode(sequences[0], 0.0)
+        decoding = (scheduler.num_running, scheduler.num_admitted)
+        await scheduler.stop()
+        return (*waiting_for_kv, *decoding)
+
+    assert asyncio.run(scenario()) == (0, 3, 1, 3)

@@ -85,10 +85,10 @@ class Balancer:
                                "decode instances; send to the router instead.")
             return seq.room % n
         if self.method == "total_requests":
-            return min(range(n), key=lambda r: self.ranks[r].num_running + self.ranks[r].num_queued)
+            return min(range(n), key=lambda r: self.ranks[r].num_admitted + self.ranks[r].num_queued)
         if self.method == "total_tokens":
             return min(range(n), key=lambda r: (rank_tokens(self.ranks[r]),
-                                                self.ranks[r].num_running + self.ranks[r].num_queued))
+                                                self.ranks[r].num_admitted + self.ranks[r].num_queued))
         rank, self._next = self._next, (self._next + 1) % n
         return rank
 

@@ -208,6 +208,13 @@ class Scheduler:
 
     @property
     def num_running(self) -> int:
+        """SGLang's num_running_reqs: the requests in the batches that run forwards (prefilling or decoding), not
+        those that only hold KV (a decode's transfer queue, a prefill's inflight queue: gauges of their own)."""
+        return len(self.prefilling) + len(self.decoding)
+
+    @property
+    def num_admitted(self) -> int:
+        """Requests holding a KV reservation: what a DP load balancer counts as a rank's load."""
         return self.admitted_count
 
     @property
