@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import math
 import re
@@ -29,6 +30,8 @@ RESULTS_FILE = "tune.json"
 WINNER_FILE = "winner.json"
 REPORT_FILE = "tune.html"
 TEST = "tune"  # the inference test of every derived config
+MAX_CACHE_HIT_RATE = 0.05  # above it a measurement timed the prefix cache, not the prefill of fresh prompts
+MEASUREMENT = "fresh prompts per point, caches flushed"  # in the search's key: older results measured cached prompts
 
 
 # ------------------------------------------------------------------------------------------------ the SLA
@@ -216,6 +219,7 @@ class Profile:
     ttft_ms: dict[int, float] = field(default_factory=dict)
     itl_ms: dict[int, float] = field(default_factory=dict)
     error: str | None = None
+    cache_hit_rate: dict[str, float] = field(default_factory=dict)  # per measurement ("prefill ISL 1500", ...)
 
     def ttft_at(self, isl: int) -> float:
         """TTFT on the line through the two measured ISLs nearest ``isl`` (one point: proportional to ISL)."""
@@ -228,7 +232,15 @@ class Profile:
     @classmethod
     def from_dict(cls, d: dict) -> Profile:
         return cls(d["tp"], {int(k): v for k, v in d["ttft_ms"].items()}, {int(k): v for k, v in d["itl_ms"].items()},
-                   d.get("error"))
+                   d.get("error"), d.get("cache_hit_rate", {}))
+
+
+def cache_problem(hit_rate: float | None) -> str | None:
+    """Why a measurement whose prompts the workers' prefix cache served is invalid; None when it is not."""
+    if hit_rate is None or hit_rate != hit_rate or hit_rate <= MAX_CACHE_HIT_RATE:
+        return None
+    return (f"invalid measurement: cache_hit_rate {hit_rate:.3f} above {MAX_CACHE_HIT_RATE:g} (the workers' prefix "
+            "cache served that share of the prompt tokens, so it timed cached prompts, not fresh ones)")
 
 
 def _interpolate(points: dict[int, float], x: float, *, through_origin: bool) -> float:
@@ -445,7 +457,7 @@ class Plan:
     def key(self) -> dict:
         """What a stored result must match to be reused."""
         return {"model": self.model, "isl": self.work.isl, "osl": self.work.osl, "sla": [str(c) for c in self.sla],
-                "batches": list(self.batches)}
+                "batches": list(self.batches), "measurement": MEASUREMENT}
 
     def text(self) -> str:
         lines = [f"model {self.model}: ISL {self.work.isl}, OSL {self.work.osl}, SLA {', '.join(map(str, self.sla))}",
@@ -490,6 +502,7 @@ class Store:
 
 
 Say = Callable[[str], None]
+Measure = Callable[[Any, int], dict]  # an inference test at a concurrency -> the figures measured
 
 
 def _budget_left(started: float, plan: Plan) -> bool:
@@ -507,7 +520,7 @@ def search(plan: Plan, live: Live, store: Store, say: Say = print) -> dict:
             say(f"budget of {plan.max_minutes:g} minutes spent: TP{tp} not profiled")
             break
         say(f"profiling TP{tp}")
-        store.profiles[str(tp)] = asdict(live.profile(tp, plan.work, plan.batches))
+        store.profiles[str(tp)] = asdict(checked_profile(live.profile(tp, plan.work, plan.batches), say))
         store.save()
     profiles = {int(k): Profile.from_dict(v) for k, v in store.profiles.items()}
     ranked = rank(plan, profiles)
@@ -525,6 +538,15 @@ def search(plan: Plan, live: Live, store: Store, say: Say = print) -> dict:
                                                   entry["concurrency"], lambda: store.save(), say)
         store.save()
     return store.data
+
+
+def checked_profile(profile: Profile, say: Say) -> Profile:
+    """The profile, failed when the prefix cache served one of its measurements (its TP's layouts left out)."""
+    invalid = [f"{what}: {problem}" for what, rate in profile.cache_hit_rate.items() if (problem := cache_problem(rate))]
+    if invalid and not profile.error:
+        profile.error = "; ".join(invalid)
+        say(f"  TP{profile.tp}: {profile.error}")
+    return profile
 
 
 def rank(plan: Plan, profiles: dict[int, Profile]) -> list[dict]:
@@ -562,10 +584,13 @@ def measure_candidate(plan: Plan, live: Live, layout: Layout, predicted: int, sa
         with live.deploy(layout, plan.work) as measure:
             def passes(c: int) -> bool:
                 figures = measure(c)
-                met = sla_met(plan.sla, figures)
-                record["points"][str(c)] = {"figures": figures, "met": met}
-                say(f"  {layout.id} at concurrency {c}: {_brief(figures)}: SLA {'met' if met else 'missed'}")
+                invalid = cache_problem(figures.get("cache_hit_rate"))
+                met = sla_met(plan.sla, figures) and not invalid
+                record["points"][str(c)] = {"figures": figures, "met": met, **({"invalid": invalid} if invalid else {})}
+                say(f"  {layout.id} at concurrency {c}: {_brief(figures)}: " + (invalid or f"SLA {'met' if met else 'missed'}"))
                 saved()
+                if invalid:  # the bisection cannot go on from a point that measured something else
+                    raise RuntimeError(f"concurrency {c}: {invalid}")
                 return met
             best = highest_passing(passes, start=predicted, hi=max(plan.batches) * (layout.aggregated or layout.decode).instances)
     except Exception as exc:  # a candidate that fails to deploy or measure is recorded; the search goes on
@@ -614,9 +639,12 @@ class LiveTune:
         return max(self.min_prompts, self.prompts_per_user * concurrency)
 
     @contextmanager
-    def _cluster(self, name: str, layout: Layout, tests: dict[str, dict]) -> Iterator[Any]:
+    def _cluster(self, name: str, layout: Layout, tests: dict[str, dict]) -> Iterator[tuple[Any, Measure]]:
+        """The deployment's loaded config and how it measures a test at a concurrency: each measurement with prompts
+        of a seed of its own (random prompts of one seed share their starts, so a repeat would hit the prefix cache),
+        after the workers' caches are flushed."""
         from . import plan as plan_mod
-        from .cluster import LiveCluster
+        from .cluster import LiveCluster, flush_caches
 
         path = self.results_dir / "configs" / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -626,7 +654,13 @@ class LiveTune:
         with LiveCluster(cfg, dep, self.results_dir / "runs" / name,
                          say=lambda line, level: self.say(f"    {line}") if level == 0 else None) as cluster:
             cluster.bring_up()
-            yield cfg, cluster
+            seeds = itertools.count(1)
+
+            def measure(test: Any, concurrency: int) -> dict[str, float]:
+                for problem in flush_caches(cluster.worker_urls):
+                    self.say(f"    cache not flushed: {problem}")
+                return self._run(cfg, cluster, replace(test, seed=next(seeds)), concurrency)
+            yield cfg, measure
 
     def _run(self, cfg: Any, cluster: Any, test: Any, concurrency: int) -> dict[str, float]:
         from .bench import run_benchmark
@@ -658,14 +692,18 @@ class LiveTune:
         tests["decode_alone"] = bench_test(work, list(batches), self.min_prompts, mode="decode_alone")
         profile = Profile(tp)
         try:
-            with self._cluster(f"profile-tp{tp}", layout, tests) as (cfg, cluster):
+            with self._cluster(f"profile-tp{tp}", layout, tests) as (cfg, measure):
                 for test in cfg.model(self.model_id).tests:
                     if test.decode_alone:
                         for b in batches:
                             run = replace(test, num_prompts=max(self.min_prompts, 2 * b), max_concurrency=(b,))
-                            profile.itl_ms[b] = self._run(cfg, cluster, run, b)["mean_itl_ms"]
+                            figures = measure(run, b)
+                            profile.itl_ms[b] = figures["mean_itl_ms"]
+                            _note_hit_rate(profile, f"decode batch {b}", figures)
                     else:
-                        profile.ttft_ms[test.input_length] = self._run(cfg, cluster, test, 1)["mean_ttft_ms"]
+                        figures = measure(test, 1)
+                        profile.ttft_ms[test.input_length] = figures["mean_ttft_ms"]
+                        _note_hit_rate(profile, f"prefill ISL {test.input_length}", figures)
         except Exception as exc:  # the TP is left out of the search, with why
             profile.error = f"{type(exc).__name__}: {exc}"
         self.say(f"  TP{tp}: TTFT {profile.ttft_ms} ms, ITL {profile.itl_ms} ms" + (f", {profile.error}" if profile.error else ""))
@@ -673,9 +711,14 @@ class LiveTune:
 
     @contextmanager
     def deploy(self, layout: Layout, work: Workload) -> Iterator[Callable[[int], dict[str, float]]]:
-        with self._cluster(layout.id, layout, {TEST: bench_test(work, 1, self.min_prompts)}) as (cfg, cluster):
+        with self._cluster(layout.id, layout, {TEST: bench_test(work, 1, self.min_prompts)}) as (cfg, measure):
             test = cfg.model(self.model_id).tests[0]
-            yield lambda c: self._run(cfg, cluster, replace(test, num_prompts=self._prompts(c), max_concurrency=(c,)), c)
+            yield lambda c: measure(replace(test, num_prompts=self._prompts(c), max_concurrency=(c,)), c)
+
+
+def _note_hit_rate(profile: Profile, what: str, figures: dict[str, float]) -> None:
+    if "cache_hit_rate" in figures:
+        profile.cache_hit_rate[what] = figures["cache_hit_rate"]
 
 
 # ------------------------------------------------------------------------------------------------ the outcome

@@ -323,3 +323,47 @@ def test_a_failed_profile_leaves_its_layouts_out_with_why(tmp_path):
     assert why["p2xtp4-d1xtp8"] == "TP4 profile failed: RuntimeError: prefill_0 exited: out of memory"
     assert why["p1xtp8-d1xtp8"] is None
     assert all(4 not in tune.Layout.from_dict(data["candidates"][c]["layout"]).tps for c in live.deployed)
+
+
+def test_a_point_the_prefix_cache_served_is_an_invalid_measurement_not_a_result(tmp_path):
+    class Cached(FakeLive):  # the second point of each deployment reuses the first one's prompts
+        @contextmanager
+        def deploy(self, layout, work):
+            with super().deploy(layout, work) as m:
+                points = []
+
+                def measure(c):
+                    points.append(c)
+                    return {**m(c), "cache_hit_rate": 0.016 if len(points) == 1 else 0.72}
+                yield measure
+
+    said = []
+    data = tune.search(search_plan(), Cached(), tune.Store(tmp_path / "t.json", search_plan().key), say=said.append)
+    for cid, record in data["candidates"].items():
+        first, second = list(record["points"].values())
+        assert "invalid" not in first and second["met"] is False
+        assert second["invalid"].startswith("invalid measurement: cache_hit_rate 0.720 above 0.05")
+        assert "invalid measurement: cache_hit_rate 0.720" in record["error"] and "figures" not in record
+    assert tune.best_of(data, "disaggregated") is None and tune.best_of(data, "aggregated") is None
+    assert any("cache_hit_rate 0.720 above 0.05" in line for line in said)
+
+
+def test_a_profile_the_prefix_cache_served_leaves_its_tp_out(tmp_path):
+    class CachedTP4(FakeLive):  # ISL 3000 measured with the first 1500 tokens of the ISL 1500 prompts cached
+        def profile(self, tp, work, batches):
+            p = super().profile(tp, work, batches)
+            return tune.Profile(tp, p.ttft_ms, p.itl_ms, cache_hit_rate={"prefill ISL 1500": 0.0,
+                                                                         "prefill ISL 3000": 0.5 if tp == 4 else 0.01})
+
+    data = tune.search(search_plan(), CachedTP4(), tune.Store(tmp_path / "t.json", search_plan().key), say=lambda s: None)
+    assert data["profiles"]["4"]["error"].startswith("prefill ISL 3000: invalid measurement: cache_hit_rate 0.500")
+    assert data["profiles"]["8"]["error"] is None
+    why = {e["id"]: e.get("why") for e in data["predictions"]}
+    assert why["p2xtp4-d1xtp8"].startswith("TP4 profile failed: prefill ISL 3000: invalid measurement")
+
+
+def test_results_measured_before_prompts_were_fresh_are_not_resumed(tmp_path):
+    path = tmp_path / "tune.json"
+    old_key = {k: v for k, v in search_plan().key.items() if k != "measurement"}
+    path.write_text(json.dumps({"key": old_key, "profiles": {"4": {}}, "candidates": {"agg-2xtp8": {"done": True}}}))
+    assert tune.Store(path, search_plan().key).candidates == {}
