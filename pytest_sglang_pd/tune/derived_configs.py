@@ -1,0 +1,95 @@
+"""The cluster configs derived from the user's: one per candidate (its layout, the tests it measures), the
+winner's (gated by the SLA's limits), and each candidate planned as a deployment would be."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+from ..config import AGGREGATED, DISAGGREGATED
+from .layouts import Exclusion, Layout, Shape
+from .sla import Constraint, Workload
+
+
+TEST = "tune"  # the inference test of every derived config
+
+
+def worker_nodes(raw: dict) -> list[str]:
+    """The distinct worker nodes of a config, prefill list first."""
+    c = raw["config"]
+    return list(dict.fromkeys([*c.get("prefill_node_list", []), *c.get("decode_node_list", [])]))
+
+
+def _section(shape: Shape) -> dict:
+    return {"tensor_parallelism": str(shape.tp), "instances_per_node": str(shape.instances_per_node),
+            **({"dp_size": str(shape.dp)} if shape.dp > 1 else {})}
+
+
+_LAYOUT_KEYS = ("mode", "prefill", "decode", "aggregated", "dp_size", "dp_attention", "inference_tests")
+
+
+def candidate_config(raw: dict, model_id: str, layout: Layout, tests: dict[str, dict]) -> dict:
+    """The user's config with only ``model_id``, laid out as ``layout`` (its own layout keys replaced: mode, role
+    sections, dp_size, dp_attention) and running ``tests``; disaggregated on separate nodes: the first nodes
+    prefill, the rest decode."""
+    out = copy.deepcopy(raw)
+    nodes = worker_nodes(raw)
+    model = {k: v for k, v in out["benchmark_params"][model_id].items() if k not in _LAYOUT_KEYS}
+    c = out["config"]
+    if layout.mode == AGGREGATED:
+        model.update(mode=AGGREGATED, tensor_parallelism=str(layout.aggregated.tp),
+                     aggregated=_section(layout.aggregated))
+        mine = nodes[:layout.aggregated.nodes]  # aggregated workers run on both lists' nodes, each once
+        c["prefill_node_list"], c["decode_node_list"] = (mine, mine) if len(mine) == 1 else \
+            (mine[:len(mine) // 2], mine[len(mine) // 2:])
+    else:
+        model.update(mode=DISAGGREGATED, tensor_parallelism=str(layout.decode.tp), prefill=_section(layout.prefill),
+                     decode=_section(layout.decode))
+        k = layout.prefill.nodes
+        c["prefill_node_list"], c["decode_node_list"] = (nodes[:1], nodes[:1]) if layout.shared else \
+            (nodes[:k], nodes[k:k + layout.decode.nodes])
+    c["nnodes"] = str(len(c["prefill_node_list"]) + len(c["decode_node_list"]))
+    model["inference_tests"] = tests
+    out["benchmark_params"] = {model_id: model}
+    return out
+
+
+def bench_test(work: Workload, concurrency: int | list[int], prompts: int, **extra: str) -> dict:
+    """An inference test of fixed-length random prompts (the suite's builtin client)."""
+    return {"data_set_name": "random", "bench_client": "builtin", "input_length": str(work.isl),
+            "output_length": str(work.osl), "random_range_ratio": "1", "num_prompts": str(prompts),
+            "max_concurrency": [str(c) for c in concurrency] if isinstance(concurrency, list) else str(concurrency),
+            "warmup_requests": "0", **extra}
+
+
+def winner_config(raw: dict, model_id: str, layout: Layout, work: Workload, sla: tuple[Constraint, ...],
+                  concurrency: int, prompts: int) -> dict:
+    """A ready-to-use cluster config of the winner: its layout, one test at the concurrency found, gated by the
+    SLA's limits (not the figures measured) and with the SLA's latency limits as the test's SLO."""
+    slo = {c.metric.split("_")[1] + "_ms": str(c.limit) for c in sla if re.fullmatch(r"mean_(ttft|tpot|itl)_ms", c.metric)}
+    test = bench_test(work, concurrency, prompts,
+                      expected_results={"auto": {c.metric: str(c.limit) for c in sla}}, **({"slo": slo} if slo else {}))
+    test.pop("warmup_requests")
+    return candidate_config(raw, model_id, layout, {TEST: test})
+
+
+def planned(raw: dict, model_id: str, layouts: list[Layout], work: Workload) -> tuple[list[tuple[Layout, str]],
+                                                                                      list[Exclusion]]:
+    """Each layout's config planned as a deployment would be (no process started): (layout, where its instances
+    run) for those the config checks and the plan accept, an exclusion naming the problem for the others."""
+    from .. import config as config_mod
+    from .. import plan as plan_mod
+
+    ok, excluded = [], []
+    for lay in layouts:
+        try:
+            cfg = config_mod.from_dict(candidate_config(raw, model_id, lay, {TEST: bench_test(work, 1, 8)}),
+                                       source=lay.id, checks=(plan_mod.plan_problems,))
+        except config_mod.ConfigError as exc:
+            excluded.append(Exclusion(lay.id, "; ".join(map(str, exc.problems[:2]))))
+            continue
+        dep = plan_mod.plan(cfg, model_id, run_id="RUN_ID")
+        where = "; ".join(f"{role} {dep.model.layout(role).describe()} on "
+                          f"{', '.join(dict.fromkeys(p.node for p in dep.role(role)))}" for role in dep.worker_roles)
+        ok.append((lay, where))
+    return ok, excluded

@@ -1,0 +1,123 @@
+"""The layouts that fill the worker nodes (prefill and decode shapes, or aggregated instances) and the ones left out,
+each with why."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..config import AGGREGATED, DISAGGREGATED, ROLES
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One role's instances: ``instances_per_node`` x TP (x DP replicas) on each of ``nodes`` nodes."""
+
+    tp: int
+    instances_per_node: int
+    nodes: int
+    dp: int = 1
+
+    @property
+    def gpus_per_node(self) -> int:
+        return self.tp * self.instances_per_node * self.dp
+
+    @property
+    def instances(self) -> int:
+        """Serving engines of the role (a DP replica counts as one)."""
+        return self.instances_per_node * self.nodes * self.dp
+
+    @property
+    def gpus(self) -> int:
+        return self.gpus_per_node * self.nodes
+
+    def label(self) -> str:
+        dp = f"dp{self.dp}" if self.dp > 1 else ""
+        return f"{self.instances_per_node * self.nodes}xtp{self.tp}{dp}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A candidate: prefill and decode shapes (disaggregated, ``shared``: on the same nodes) or one aggregated."""
+
+    mode: str
+    prefill: Shape | None = None
+    decode: Shape | None = None
+    aggregated: Shape | None = None
+    shared: bool = False
+
+    @property
+    def id(self) -> str:
+        if self.mode == AGGREGATED:
+            return f"agg-{self.aggregated.label()}"
+        return f"p{self.prefill.label()}-d{self.decode.label()}" + ("-shared" if self.shared else "")
+
+    @property
+    def gpus(self) -> int:
+        return sum(s.gpus for s in (self.prefill, self.decode, self.aggregated) if s)
+
+    @property
+    def tps(self) -> tuple[int, ...]:
+        return tuple(sorted({s.tp for s in (self.prefill, self.decode, self.aggregated) if s}))
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Layout:
+        return cls(mode=d["mode"], shared=d.get("shared", False),
+                   **{r: Shape(**d[r]) for r in (*ROLES, AGGREGATED) if d.get(r)})
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    what: str
+    why: str
+
+
+def _per_node_shapes(tps: tuple[int, ...], gpus: int, nodes: int, role: str,
+                     excluded: list[Exclusion]) -> list[Shape]:
+    """The shapes that fill a node's GPUs exactly; the others named with why they do not fit."""
+    out = []
+    for tp in tps:
+        if tp > gpus:
+            excluded.append(Exclusion(f"{role} TP{tp}", f"TP{tp} spans nodes of {gpus} GPUs (the multi_node layout is "
+                                      "not searched)"))
+            continue
+        for ipn in range(1, gpus // tp + 2):
+            need = ipn * tp
+            if need == gpus:
+                out.append(Shape(tp, ipn, nodes))
+            elif need > gpus:
+                excluded.append(Exclusion(f"{role} {ipn}xTP{tp} per node", f"needs {need} GPUs, gpus_per_node is {gpus}"))
+            elif ipn == gpus // tp - 1:  # the largest that leaves GPUs idle (the smaller ones leave more)
+                excluded.append(Exclusion(f"{role} {ipn}xTP{tp} per node (and fewer)",
+                                          f"leaves {gpus - need} of {gpus} GPUs idle: layouts that do are not searched"))
+    return out
+
+
+def enumerate_layouts(nodes: int, gpus_per_node: int, tps: tuple[int, ...], *,
+                      aggregated_dp: bool = False) -> tuple[list[Layout], list[Exclusion]]:
+    """Every layout that fills ``nodes`` nodes of ``gpus_per_node`` GPUs: disaggregated with the nodes split between
+    the roles (k prefill nodes, the rest decode; on one node both roles share it, GPUs split between them) and
+    aggregated (instances x TP per node; with ``aggregated_dp`` one instance of TP x DP replicas per node too)."""
+    excluded: list[Exclusion] = []
+    layouts: list[Layout] = []
+    if nodes >= 2:
+        for k in range(1, nodes):
+            for p in _per_node_shapes(tps, gpus_per_node, k, "a role's", excluded):
+                for d in _per_node_shapes(tps, gpus_per_node, nodes - k, "decode", []):
+                    layouts.append(Layout(DISAGGREGATED, prefill=p, decode=d))
+    else:
+        for tp_p in tps:
+            for tp_d in tps:
+                for ipn_p in range(1, gpus_per_node // tp_p + 1):
+                    rest = gpus_per_node - ipn_p * tp_p
+                    if rest and rest % tp_d == 0:
+                        layouts.append(Layout(DISAGGREGATED, prefill=Shape(tp_p, ipn_p, 1),
+                                              decode=Shape(tp_d, rest // tp_d, 1), shared=True))
+        excluded.append(Exclusion("disaggregated on separate nodes", "one worker node: prefill and decode share it"))
+    for s in _per_node_shapes(tps, gpus_per_node, nodes, "aggregated", []):
+        layouts.append(Layout(AGGREGATED, aggregated=s))
+        if aggregated_dp and s.instances_per_node > 1:
+            layouts.append(Layout(AGGREGATED, aggregated=Shape(s.tp, 1, nodes, dp=s.instances_per_node)))
+    return layouts, excluded
