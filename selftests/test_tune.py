@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from contextlib import contextmanager
 
 import pytest
@@ -170,11 +171,17 @@ def test_bisection_edges_and_tolerance():
 class FakeLive:
     """Synthetic profiles and measurements: a deployment meets the SLA up to a concurrency set per layout."""
 
+    parallel = False
+
     def __init__(self, stop_after: int | None = None):
         self.profiled: list[int] = []
         self.deployed: list[str] = []
         self.measured: list[tuple[str, int]] = []
         self.stop_after = stop_after
+        self.aborted = False
+
+    def abort(self):
+        self.aborted = True
 
     def profile(self, tp, work, batches):
         self.profiled.append(tp)
@@ -190,7 +197,7 @@ class FakeLive:
             self.measured.append((layout.id, c))
             figs = predict.predict(layout, PROFILES, WORK, c)
             return {**figs, "output_throughput_per_gpu": figs["output_throughput_per_gpu"] * 0.9}
-        yield measure
+        yield search.Deployed(measure, {"where": layout.id})
 
 
 def search_plan(**kw) -> candidates.Plan:
@@ -306,10 +313,67 @@ def test_cli_bad_sla_exits_1_naming_the_term():
     assert "--sla term 'ttft<=2000': unknown metric 'ttft'" in out.stderr
 
 
-def test_slurm_configs_are_refused_with_the_key():
-    cfg = plan_mod.load_config(REPO / "cluster_configs" / "local-slurm.json")
-    with pytest.raises(sla.TuneError, match=r"\$\.config\.transport: slurm is not searched yet"):
-        tune.prepare(cfg, cfg.model_ids[0], WORK, SLA)
+def test_on_slurm_the_layouts_count_the_allocations_nodes_and_each_candidate_sizes_its_own():
+    cfg = plan_mod.load_config(REPO / "cluster_configs" / "local-slurm.json")  # slurm.prefill_nodes 1 + decode_nodes 1
+    plan, raw = tune.prepare(cfg, "llama-8b", WORK, SLA, tps=(4, 8))
+    assert {lay.id for lay in plan.layouts} == {"p2xtp4-d2xtp4", "p2xtp4-d1xtp8", "p1xtp8-d2xtp4", "p1xtp8-d1xtp8",
+                                                "agg-4xtp4", "agg-2xtp8"}
+    assert plan.placements["p2xtp4-d1xtp8"] == "prefill 2 x TP4 per node on node2; decode 1 x TP8 per node on node3"
+    assert plan.placements["agg-2xtp8"] == "aggregated 1 x TP8 per node on node2, node3"
+    raw["config"]["slurm"]["nodes"] = "9"  # sized by the roles, not by the user's allocation
+    lay = layouts.Layout("disaggregated", prefill=layouts.Shape(4, 2, 1), decode=layouts.Shape(8, 1, 1))
+    out = derived_configs.candidate_config(raw, "llama-8b", lay, {})["config"]
+    assert out["slurm"] == {"prefill_nodes": "1", "decode_nodes": "1", "time_limit": "60", "extra_args": ["--exclusive"]}
+    assert "prefill_node_list" not in out and "nnodes" not in out
+    wide = derived_configs.candidate_config({**raw, "config": {**raw["config"], "slurm": {"prefill_nodes": "2", "decode_nodes": "2"}}},
+                                            "llama-8b", layouts.Layout("aggregated", aggregated=layouts.Shape(8, 1, 3)), {})
+    assert wide["config"]["slurm"] == {"prefill_nodes": "2", "decode_nodes": "1", "extra_args": ["--exclusive"]}
+
+
+class TogetherLive(FakeLive):
+    """Deployments that each wait until the others have started: only a search that runs them at once gets on."""
+
+    parallel = True
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.barrier = threading.Barrier(n, timeout=10)
+
+    @contextmanager
+    def deploy(self, layout, work):
+        with super().deploy(layout, work) as deployed:
+            self.barrier.wait()
+            yield deployed
+
+
+def test_a_parallel_live_deploys_the_chosen_candidates_at_once_each_recorded_with_where_and_when(tmp_path):
+    fake = TogetherLive(3)
+    data = search.search(search_plan(), fake, store.Store(tmp_path / "t.json", search_plan().key), say=lambda s: None)
+    records = [data["candidates"][c] for c in fake.deployed]
+    assert len(records) == 3 and all(r["done"] and "error" not in r for r in records)
+    assert [r["where"] for r in records] == fake.deployed
+    assert max(r["ready_at"] for r in records) < min(r["done_at"] for r in records)  # the intervals overlap
+    saved = json.loads((tmp_path / "t.json").read_text())  # every thread's points written, none lost
+    assert {c: len(r["points"]) for c, r in saved["candidates"].items()} == \
+        {c: len(r["points"]) for c, r in data["candidates"].items()}
+
+
+def test_an_interrupted_parallel_search_stops_every_deployment(tmp_path):
+    class Interrupted(FakeLive):
+        parallel = True
+
+        @contextmanager
+        def deploy(self, layout, work):
+            if not self.deployed:
+                self.deployed.append(layout.id)
+                raise KeyboardInterrupt
+            with super().deploy(layout, work) as deployed:
+                yield deployed
+
+    fake = Interrupted()
+    with pytest.raises(KeyboardInterrupt):
+        search.search(search_plan(), fake, store.Store(tmp_path / "t.json", search_plan().key), say=lambda s: None)
+    assert fake.aborted
 
 
 def test_a_failed_profile_leaves_its_layouts_out_with_why(tmp_path):
@@ -330,13 +394,13 @@ def test_a_point_the_prefix_cache_served_is_an_invalid_measurement_not_a_result(
     class Cached(FakeLive):  # the second point of each deployment reuses the first one's prompts
         @contextmanager
         def deploy(self, layout, work):
-            with super().deploy(layout, work) as m:
+            with super().deploy(layout, work) as deployed:
                 points = []
 
                 def measure(c):
                     points.append(c)
-                    return {**m(c), "cache_hit_rate": 0.016 if len(points) == 1 else 0.72}
-                yield measure
+                    return {**deployed.measure(c), "cache_hit_rate": 0.016 if len(points) == 1 else 0.72}
+                yield search.Deployed(measure)
 
     said = []
     data = search.search(search_plan(), Cached(), store.Store(tmp_path / "t.json", search_plan().key), say=said.append)

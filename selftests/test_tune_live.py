@@ -74,7 +74,7 @@ def test_every_point_of_a_deployment_sends_prompts_no_earlier_point_sent(tmp_pat
     said = []
     tuner = live.LiveTune(raw, "llama-70b", tmp_path / "tune", prompts_per_user=2, say=said.append)
     layout = layouts.Layout("aggregated", aggregated=layouts.Shape(8, 1, 1))
-    with tuner.deploy(layout, sla.Workload(512, 4)) as measure:
-        rates = [measure(4)["cache_hit_rate"] for _ in range(3)]
+    with tuner.deploy(layout, sla.Workload(512, 4)) as deployed:
+        rates = [deployed.measure(4)["cache_hit_rate"] for _ in range(3)]
     assert max(rates) <= measurement.MAX_CACHE_HIT_RATE, rates
     assert not [line for line in said if "cache not flushed" in line]

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from .candidates import Plan
-from .derived_configs import planned, worker_nodes
+from .derived_configs import planned, worker_count
 from .layouts import enumerate_layouts
 from .live import LiveTune
 from .output import finish
 from .predict import DEFAULT_BATCHES
 from .search import Say
 from .search import search as run_search  # the name `search` stays the module
-from .sla import Constraint, TuneError, Workload, parse_sla
+from .sla import Constraint, Workload, parse_sla
 from .store import RESULTS_FILE, Store
 
 
@@ -33,12 +33,9 @@ def prepare(cfg: Any, model_id: str, work: Workload, sla: tuple[Constraint, ...]
     of its worker nodes, each planned; ``budget``: Plan's batches, deploy_* and max_* fields."""
     from .. import config as config_mod
 
-    if cfg.transport == "slurm":
-        raise TuneError("$.config.transport: slurm is not searched yet (each candidate would need its own "
-                        "allocation); name the allocation's nodes in a config of transport ssh or local")
     raw = config_mod.parse_text(Path(cfg.source).read_text(), cfg.source)
     tps = tps or tuple(2 ** i for i in range(8) if 2 ** i <= cfg.gpus_per_node)
-    layouts, excluded = enumerate_layouts(len(worker_nodes(raw)), cfg.gpus_per_node, tps, aggregated_dp=aggregated_dp)
+    layouts, excluded = enumerate_layouts(worker_count(raw), cfg.gpus_per_node, tps, aggregated_dp=aggregated_dp)
     placed, refused = planned(raw, model_id, layouts, work)
     return Plan(model_id, work, sla, [lay for lay, _ in placed], excluded + refused,
                 placements={lay.id: where for lay, where in placed}, **budget), raw

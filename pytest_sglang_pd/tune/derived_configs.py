@@ -15,9 +15,33 @@ TEST = "tune"  # the inference test of every derived config
 
 
 def worker_nodes(raw: dict) -> list[str]:
-    """The distinct worker nodes of a config, prefill list first."""
+    """The distinct worker nodes a config names, prefill list first."""
     c = raw["config"]
     return list(dict.fromkeys([*c.get("prefill_node_list", []), *c.get("decode_node_list", [])]))
+
+
+def worker_count(raw: dict) -> int:
+    """The worker nodes the search lays out: those the config names; on Slurm without node lists, the allocation's
+    slurm.prefill_nodes + slurm.decode_nodes (1 each by default)."""
+    named = worker_nodes(raw)
+    if named or raw["config"].get("transport") != "slurm":
+        return len(named)
+    s = raw["config"].get("slurm", {})
+    return int(s.get("prefill_nodes", 1)) + int(s.get("decode_nodes", 1))
+
+
+def _slurm_counts(c: dict, layout: Layout) -> None:
+    """A Slurm config without node lists: each role's nodes by count, the allocation sized by them (not slurm.nodes)
+    and its nodes its own (``--exclusive``: candidates allocated at once must not share a node)."""
+    s = c.setdefault("slurm", {})
+    s.pop("nodes", None)
+    if "--exclusive" not in s.get("extra_args", []):
+        s["extra_args"] = [*s.get("extra_args", []), "--exclusive"]
+    if layout.mode == AGGREGATED:  # aggregated workers run on both counts' nodes
+        n = layout.aggregated.nodes
+        s["prefill_nodes"], s["decode_nodes"] = str((n + 1) // 2), str(n // 2)
+    else:
+        s["prefill_nodes"], s["decode_nodes"] = str(layout.prefill.nodes), str(layout.decode.nodes)
 
 
 def _section(shape: Shape) -> dict:
@@ -31,7 +55,7 @@ _LAYOUT_KEYS = ("mode", "prefill", "decode", "aggregated", "dp_size", "dp_attent
 def candidate_config(raw: dict, model_id: str, layout: Layout, tests: dict[str, dict]) -> dict:
     """The user's config with only ``model_id``, laid out as ``layout`` (its own layout keys replaced: mode, role
     sections, dp_size, dp_attention) and running ``tests``; disaggregated on separate nodes: the first nodes
-    prefill, the rest decode."""
+    prefill, the rest decode (on Slurm without node lists: that many nodes of the candidate's own allocation)."""
     out = copy.deepcopy(raw)
     nodes = worker_nodes(raw)
     model = {k: v for k, v in out["benchmark_params"][model_id].items() if k not in _LAYOUT_KEYS}
@@ -39,19 +63,26 @@ def candidate_config(raw: dict, model_id: str, layout: Layout, tests: dict[str, 
     if layout.mode == AGGREGATED:
         model.update(mode=AGGREGATED, tensor_parallelism=str(layout.aggregated.tp),
                      aggregated=_section(layout.aggregated))
-        mine = nodes[:layout.aggregated.nodes]  # aggregated workers run on both lists' nodes, each once
-        c["prefill_node_list"], c["decode_node_list"] = (mine, mine) if len(mine) == 1 else \
-            (mine[:len(mine) // 2], mine[len(mine) // 2:])
     else:
         model.update(mode=DISAGGREGATED, tensor_parallelism=str(layout.decode.tp), prefill=_section(layout.prefill),
                      decode=_section(layout.decode))
-        k = layout.prefill.nodes
-        c["prefill_node_list"], c["decode_node_list"] = (nodes[:1], nodes[:1]) if layout.shared else \
-            (nodes[:k], nodes[k:k + layout.decode.nodes])
-    c["nnodes"] = str(len(c["prefill_node_list"]) + len(c["decode_node_list"]))
+    if nodes:
+        c["prefill_node_list"], c["decode_node_list"] = _named(nodes, layout)
+        c["nnodes"] = str(len(c["prefill_node_list"]) + len(c["decode_node_list"]))
+    else:
+        _slurm_counts(c, layout)
     model["inference_tests"] = tests
     out["benchmark_params"] = {model_id: model}
     return out
+
+
+def _named(nodes: list[str], layout: Layout) -> tuple[list[str], list[str]]:
+    """The prefill and decode node lists of ``layout`` on the config's nodes."""
+    if layout.mode == AGGREGATED:
+        mine = nodes[:layout.aggregated.nodes]  # aggregated workers run on both lists' nodes, each once
+        return (mine, mine) if len(mine) == 1 else (mine[:len(mine) // 2], mine[len(mine) // 2:])
+    k = layout.prefill.nodes
+    return (nodes[:1], nodes[:1]) if layout.shared else (nodes[:k], nodes[k:k + layout.decode.nodes])
 
 
 def bench_test(work: Workload, concurrency: int | list[int], prompts: int, **extra: str) -> dict:
@@ -79,6 +110,7 @@ def planned(raw: dict, model_id: str, layouts: list[Layout], work: Workload) -> 
     run) for those the config checks and the plan accept, an exclusion naming the problem for the others."""
     from .. import config as config_mod
     from .. import plan as plan_mod
+    from .. import slurm
 
     ok, excluded = [], []
     for lay in layouts:
@@ -88,7 +120,7 @@ def planned(raw: dict, model_id: str, layouts: list[Layout], work: Workload) -> 
         except config_mod.ConfigError as exc:
             excluded.append(Exclusion(lay.id, "; ".join(map(str, exc.problems[:2]))))
             continue
-        dep = plan_mod.plan(cfg, model_id, run_id="RUN_ID")
+        dep = plan_mod.plan(slurm.planned(cfg), model_id, run_id="RUN_ID")  # on Slurm: node1, node2, ... unallocated
         where = "; ".join(f"{role} {dep.model.layout(role).describe()} on "
                           f"{', '.join(dict.fromkeys(p.node for p in dep.role(role)))}" for role in dep.worker_roles)
         ok.append((lay, where))

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import time
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -13,10 +15,10 @@ from typing import Any, Callable, Iterator
 
 from .. import metrics as metrics_mod
 from ..config import DISAGGREGATED
-from .derived_configs import TEST, bench_test, candidate_config, worker_nodes
+from .derived_configs import TEST, bench_test, candidate_config, worker_count
 from .layouts import Layout, Shape
 from .predict import PROFILE_ISL_FRACTIONS, Profile
-from .search import Say
+from .search import Deployed, Say
 from .sla import Workload
 
 
@@ -35,49 +37,77 @@ def unscale(figures: dict[str, float], speedup: float) -> dict[str, float]:
 
 class LiveTune:
     """The search's ``Live`` on the config's nodes: every deployment a ``LiveCluster`` of a derived config (written
-    under ``results_dir/configs``), brought up and torn down inside its context; the builtin client measures."""
+    under ``results_dir/configs``), brought up and torn down inside its context; the builtin client measures. On
+    Slurm each deployment is in an allocation of its own that the suite makes and releases, so the chosen candidates
+    run at once (``parallel``) where the Slurm cluster has the nodes (the others wait in its queue); not so in an
+    allocation the config names or the run is in, whose nodes every deployment would share."""
 
     def __init__(self, raw: dict, model_id: str, results_dir: Path, *, prompts_per_user: int = 4,
                  min_prompts: int = 8, say: Say = print):
         self.raw, self.model_id = raw, model_id
         self.results_dir, self.say = results_dir, say
         self.prompts_per_user, self.min_prompts = prompts_per_user, min_prompts
+        c = raw["config"]
+        self.parallel = c.get("transport") == "slurm" and not (c.get("slurm", {}).get("job_id")
+                                                               or os.environ.get("SLURM_JOB_ID"))
+        self._jobs: dict[str, str] = {}  # deployment -> the Slurm allocation it runs in, while it does
+
+    def abort(self) -> None:
+        """Every allocation of a deployment under way cancelled: their processes end, their threads unwind."""
+        from .. import slurm
+
+        for name, job in list(self._jobs.items()):
+            self.say(f"  {name}: cancelling allocation {job}")
+            slurm.cancel(job)
 
     def _prompts(self, concurrency: int) -> int:
         return max(self.min_prompts, self.prompts_per_user * concurrency)
 
     @contextmanager
-    def _cluster(self, name: str, layout: Layout, tests: dict[str, dict]) -> Iterator[tuple[Any, Measure]]:
-        """The deployment's loaded config and how it measures a test at a concurrency: each measurement with prompts
-        of a seed of its own (random prompts of one seed share their starts, so a repeat would hit the prefix cache),
-        after the workers' caches are flushed."""
+    def _cluster(self, name: str, layout: Layout, tests: dict[str, dict]) -> Iterator[tuple[Any, Measure, dict]]:
+        """The deployment's loaded config, how it measures a test at a concurrency (each measurement with prompts of a
+        seed of its own, since random prompts of one seed share their starts and a repeat would hit the prefix cache,
+        after the workers' caches are flushed) and where it runs (on Slurm its allocation and nodes)."""
         from .. import plan as plan_mod
+        from .. import slurm
         from ..cluster import LiveCluster, flush_caches
 
         path = self.results_dir / "configs" / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(candidate_config(self.raw, self.model_id, layout, tests), indent=2))
-        cfg = plan_mod.load_config(path)
-        dep = plan_mod.plan(cfg, self.model_id, run_id=f"tune-{name}")
-        with LiveCluster(cfg, dep, self.results_dir / "runs" / name,
-                         say=lambda line, level: self.say(f"    {line}") if level == 0 else None) as cluster:
-            cluster.bring_up()
-            seeds = itertools.count(1)
+        run_id = f"tune-{name}"
 
-            def measure(test: Any, concurrency: int) -> dict[str, float]:
-                for problem in flush_caches(cluster.worker_urls):
-                    self.say(f"    cache not flushed: {problem}")
-                return self._run(cfg, cluster, replace(test, seed=next(seeds)), concurrency)
-            yield cfg, measure
+        def tell(line: str, level: int) -> None:
+            if level == 0:
+                self.say(f"    {name}: {line}")
+        with slurm.allocation(plan_mod.load_config(path), run_id, say=tell) as alloc:
+            cfg = alloc.cfg
+            facts = {"slurm_job": cfg.slurm.job_id, "slurm_nodes": ", ".join(cfg.slurm.node_names.values()),
+                     "allocated_at": time.time()} if cfg.transport == "slurm" else {}
+            if facts:
+                self._jobs[name] = cfg.slurm.job_id
+            try:
+                with LiveCluster(cfg, plan_mod.plan(cfg, self.model_id, run_id=run_id),
+                                 self.results_dir / "runs" / name, say=tell) as cluster:
+                    cluster.bring_up()
+                    seeds = itertools.count(1)
 
-    def _run(self, cfg: Any, cluster: Any, test: Any, concurrency: int) -> dict[str, float]:
+                    def measure(test: Any, concurrency: int) -> dict[str, float]:
+                        for problem in flush_caches(cluster.worker_urls):
+                            self.say(f"    {name}: cache not flushed: {problem}")
+                        return self._run(cfg, cluster, replace(test, seed=next(seeds)), concurrency, name)
+                    yield cfg, measure, facts
+            finally:
+                self._jobs.pop(name, None)
+
+    def _run(self, cfg: Any, cluster: Any, test: Any, concurrency: int, name: str) -> dict[str, float]:
         from ..bench import run_benchmark
         from ..bench.figures import GPUs, gpus_of, with_figures, SLO
         from ..config import InferenceCase
 
         case = InferenceCase(cfg.model(self.model_id), test, concurrency)
         result = run_benchmark(cluster, case, timeout_s=cfg.timeouts.benchmark_s,
-                               artifacts_dir=self.results_dir / "artifacts")
+                               artifacts_dir=self.results_dir / "artifacts" / name)
         if result.completed < result.num_requests or not result.completed:
             raise RuntimeError(f"{case.id} at concurrency {concurrency}: {result.completed} of {result.num_requests} "
                                f"requests completed: {'; '.join(result.errors[:3])}")
@@ -89,7 +119,7 @@ class LiveTune:
 
     def profile(self, tp: int, work: Workload, batches: tuple[int, ...]) -> Profile:
         """A 1P1D at TP ``tp`` (both roles): prefill alone at concurrency 1 per ISL, decode alone per batch."""
-        nodes = len(worker_nodes(self.raw))
+        nodes = worker_count(self.raw)
         gpus = int(self.raw["config"].get("gpus_per_node", 8))
         shape = Shape(tp, 1, 1)
         layout = Layout(DISAGGREGATED, prefill=shape, decode=shape, shared=nodes < 2)
@@ -100,7 +130,7 @@ class LiveTune:
         tests["decode_alone"] = bench_test(work, list(batches), self.min_prompts, mode="decode_alone")
         profile = Profile(tp)
         try:
-            with self._cluster(f"profile-tp{tp}", layout, tests) as (cfg, measure):
+            with self._cluster(f"profile-tp{tp}", layout, tests) as (cfg, measure, _):
                 for test in cfg.model(self.model_id).tests:
                     if test.decode_alone:
                         for b in batches:
@@ -118,10 +148,10 @@ class LiveTune:
         return profile
 
     @contextmanager
-    def deploy(self, layout: Layout, work: Workload) -> Iterator[Callable[[int], dict[str, float]]]:
-        with self._cluster(layout.id, layout, {TEST: bench_test(work, 1, self.min_prompts)}) as (cfg, measure):
+    def deploy(self, layout: Layout, work: Workload) -> Iterator[Deployed]:
+        with self._cluster(layout.id, layout, {TEST: bench_test(work, 1, self.min_prompts)}) as (cfg, measure, facts):
             test = cfg.model(self.model_id).tests[0]
-            yield lambda c: measure(replace(test, num_prompts=self._prompts(c), max_concurrency=(c,)), c)
+            yield Deployed(lambda c: measure(replace(test, num_prompts=self._prompts(c), max_concurrency=(c,)), c), facts)
 
 
 def _note_hit_rate(profile: Profile, what: str, figures: dict[str, float]) -> None:
