@@ -316,6 +316,7 @@ def test_cli_bad_sla_exits_1_naming_the_term():
 def test_on_slurm_the_layouts_count_the_allocations_nodes_and_each_candidate_sizes_its_own():
     cfg = plan_mod.load_config(REPO / "cluster_configs" / "local-slurm.json")  # slurm.prefill_nodes 1 + decode_nodes 1
     plan, raw = tune.prepare(cfg, "llama-8b", WORK, SLA, tps=(4, 8))
+    assert plan.at_once and "aggregated predicted (at once, each in a Slurm allocation of its own; at most 3" in plan.text()
     assert {lay.id for lay in plan.layouts} == {"p2xtp4-d2xtp4", "p2xtp4-d1xtp8", "p1xtp8-d2xtp4", "p1xtp8-d1xtp8",
                                                 "agg-4xtp4", "agg-2xtp8"}
     assert plan.placements["p2xtp4-d1xtp8"] == "prefill 2 x TP4 per node on node2; decode 1 x TP8 per node on node3"

@@ -1,6 +1,7 @@
 """A small layout search on the simulated cluster, through the pytest entry a CI stage runs (`pytest --tune`):
 profiles of TP4 and TP8, then the best disaggregated and the best aggregated deployed and bisected; the report,
-the winner config (accepted by `sglang-pd validate`), and a rerun that measures nothing again."""
+the winner config (accepted by `sglang-pd validate`), and a rerun that measures nothing again; every point of a
+deployment with fresh prompts, and the workers' caches flushed between points."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 
+from pytest_sglang_pd.cluster import flush_caches
 from pytest_sglang_pd.tune import layouts, live, measurement, output, sla, store
 from selftests.configs import REPO
+from selftests.one_worker import sim_worker
 
 pytestmark = pytest.mark.integration
 
@@ -78,3 +82,15 @@ def test_every_point_of_a_deployment_sends_prompts_no_earlier_point_sent(tmp_pat
         rates = [deployed.measure(4)["cache_hit_rate"] for _ in range(3)]
     assert max(rates) <= measurement.MAX_CACHE_HIT_RATE, rates
     assert not [line for line in said if "cache not flushed" in line]
+
+
+def test_flushing_empties_a_workers_prefix_cache_and_names_a_worker_that_did_not_answer():
+    body = {"text": "hello world " * 200, "sampling_params": {"max_new_tokens": 2}}
+    with sim_worker() as (url, _):
+        cached = [requests.post(f"{url}/generate", json=body, timeout=30).json()["meta_info"]["cached_tokens"]
+                  for _ in range(2)]
+        assert cached[0] == 0 and cached[1] > 300  # the same prompt again: served from the cache
+        assert flush_caches({"aggregated": [url]}) == []
+        assert requests.post(f"{url}/generate", json=body, timeout=30).json()["meta_info"]["cached_tokens"] == 0
+    [problem] = flush_caches({"decode": [url]})  # the worker is gone now
+    assert problem.startswith(f"decode {url}/flush_cache: ConnectionError")

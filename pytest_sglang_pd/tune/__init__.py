@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .candidates import Plan
-from .derived_configs import planned, worker_count
+from .derived_configs import own_allocations, planned, worker_count
 from .layouts import enumerate_layouts
 from .live import LiveTune
 from .output import finish
@@ -38,7 +38,7 @@ def prepare(cfg: Any, model_id: str, work: Workload, sla: tuple[Constraint, ...]
     layouts, excluded = enumerate_layouts(worker_count(raw), cfg.gpus_per_node, tps, aggregated_dp=aggregated_dp)
     placed, refused = planned(raw, model_id, layouts, work)
     return Plan(model_id, work, sla, [lay for lay, _ in placed], excluded + refused,
-                placements={lay.id: where for lay, where in placed}, **budget), raw
+                placements={lay.id: where for lay, where in placed}, at_once=own_allocations(raw), **budget), raw
 
 
 def run(plan: Plan, raw: dict, cfg: Any, results_dir: Path, *, prompts_per_user: int = 4,

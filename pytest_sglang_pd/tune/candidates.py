@@ -29,6 +29,7 @@ class Plan:
     max_candidates: int = 3
     max_minutes: float = math.inf
     placements: dict[str, str] = field(default_factory=dict)  # layout id -> where its instances run (``planned``)
+    at_once: bool = False  # the chosen layouts deployed at once, each in a Slurm allocation of its own
 
     @property
     def tps(self) -> tuple[int, ...]:
@@ -46,7 +47,8 @@ class Plan:
                  f"ISL x {', '.join(f'{f:g}' for f in PROFILE_ISL_FRACTIONS)}), decode alone at batches "
                  f"{', '.join(map(str, self.batches))}",
                  f"  then deploy the best {self.deploy_disaggregated} disaggregated and {self.deploy_aggregated} "
-                 f"aggregated predicted (at most {self.max_candidates}, "
+                 f"aggregated predicted ({'at once, each in a Slurm allocation of its own; ' if self.at_once else ''}"
+                 f"at most {self.max_candidates}, "
                  f"{'no time limit' if math.isinf(self.max_minutes) else f'within {self.max_minutes:g} minutes'}), "
                  "each bisected for the highest concurrency that meets the SLA",
                  f"  {len(self.layouts)} candidate layouts:"]

@@ -4,6 +4,7 @@ winner's (gated by the SLA's limits), and each candidate planned as a deployment
 from __future__ import annotations
 
 import copy
+import os
 import re
 
 from ..config import AGGREGATED, DISAGGREGATED
@@ -28,6 +29,13 @@ def worker_count(raw: dict) -> int:
         return len(named)
     s = raw["config"].get("slurm", {})
     return int(s.get("prefill_nodes", 1)) + int(s.get("decode_nodes", 1))
+
+
+def own_allocations(raw: dict) -> bool:
+    """Whether each deployment gets an allocation of its own (Slurm, where the suite allocates), so that several
+    candidates can run at once; not in an allocation the config names or the run is in."""
+    c = raw["config"]
+    return c.get("transport") == "slurm" and not (c.get("slurm", {}).get("job_id") or os.environ.get("SLURM_JOB_ID"))
 
 
 def _slurm_counts(c: dict, layout: Layout) -> None:

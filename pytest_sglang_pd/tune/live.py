@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -15,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 from .. import metrics as metrics_mod
 from ..config import DISAGGREGATED
-from .derived_configs import TEST, bench_test, candidate_config, worker_count
+from .derived_configs import TEST, bench_test, candidate_config, own_allocations, worker_count
 from .layouts import Layout, Shape
 from .predict import PROFILE_ISL_FRACTIONS, Profile
 from .search import Deployed, Say
@@ -47,9 +46,7 @@ class LiveTune:
         self.raw, self.model_id = raw, model_id
         self.results_dir, self.say = results_dir, say
         self.prompts_per_user, self.min_prompts = prompts_per_user, min_prompts
-        c = raw["config"]
-        self.parallel = c.get("transport") == "slurm" and not (c.get("slurm", {}).get("job_id")
-                                                               or os.environ.get("SLURM_JOB_ID"))
+        self.parallel = own_allocations(raw)
         self._jobs: dict[str, str] = {}  # deployment -> the Slurm allocation it runs in, while it does
 
     def abort(self) -> None:
