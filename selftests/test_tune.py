@@ -22,8 +22,8 @@ from selftests.configs import REPO
 CONFIG = REPO / "cluster_configs" / "local-sim-tune-h100.json"
 WORK = sla.Workload(3000, 150)
 SLA = sla.parse_sla("user_tok_s>=50,ttft_ms<=2000")
-PROFILES = {4: predict.Profile(4, {1500: 300.0, 3000: 700.0}, {1: 12.0, 4: 13.0, 16: 16.0, 64: 30.0}),
-            8: predict.Profile(8, {1500: 180.0, 3000: 400.0}, {1: 8.0, 4: 8.5, 16: 10.0, 64: 16.0})}
+PROFILES = {"4": predict.Profile(4, {1500: 300.0, 3000: 700.0}, {1: 12.0, 4: 13.0, 16: 16.0, 64: 30.0}),
+            "8": predict.Profile(8, {1500: 180.0, 3000: 400.0}, {1: 8.0, 4: 8.5, 16: 10.0, 64: 16.0})}
 
 
 def raw_config() -> dict:
@@ -75,6 +75,32 @@ def test_one_node_shares_it_between_the_roles_and_dp_variants_are_optional():
     assert (dp.instances, dp.gpus) == (2, 8)
 
 
+def test_dp_attention_variants_of_the_decode_and_aggregated_instances_are_optional():
+    plain, _ = layouts.enumerate_layouts(2, 8, (1, 8))
+    found, _ = layouts.enumerate_layouts(2, 8, (1, 8), dp_attention=True)
+    added = {lay.id for lay in found} - {lay.id for lay in plain}
+    assert added == {"p8xtp1-d1xtp8dpa8", "p1xtp8-d1xtp8dpa8", "agg-2xtp8dpa8"}  # no variant of TP1 instances
+    lay = next(lay for lay in found if lay.id == "p8xtp1-d1xtp8dpa8")
+    assert lay.gpus == 16 and lay.profiles == ("1", "8dpa8") and lay.decode.profiled == layouts.Shape(8, 1, 1, dpa=8)
+    out = derived_configs.candidate_config(raw_config(), "llama-70b", lay, {})
+    assert out["benchmark_params"]["llama-70b"]["decode"] == {"tensor_parallelism": "8", "instances_per_node": "1",
+                                                              "dp_size": "8", "dp_attention": "true"}
+    [(_, where)], refused = derived_configs.planned(raw_config(), "llama-70b", [lay], WORK)
+    assert not refused and "decode 1 x TP8 per node, DP attention 8 on 127.0.0.3" in where
+
+
+def test_a_dp_attention_decode_is_predicted_from_its_own_profile():
+    dpa = predict.Profile(8, {1500: 180.0, 3000: 400.0}, {1: 9.0, 4: 9.0, 16: 9.5, 64: 11.0}, dpa=8)
+    profiles = {**PROFILES, "8dpa8": dpa}
+    lay = layouts.Layout("disaggregated", prefill=layouts.Shape(4, 2, 1), decode=layouts.Shape(8, 1, 1, dpa=8))
+    assert predict.predict(lay, profiles, WORK, 64)["mean_itl_ms"] == pytest.approx(11.0)
+    plan = candidates.Plan("llama-70b", WORK, SLA, [lay], [])
+    assert [s.profile for s in plan.profiled] == ["4", "8dpa8"]
+    assert "profiles (once each): TP4, TP8 DP-attention 8:" in plan.text()
+    [entry] = candidates.rank(plan, PROFILES)  # the DP-attention profile missing: said, not predicted from TP8's
+    assert entry["why"] == "8dpa8 not profiled"
+
+
 def test_every_layout_is_planned_from_the_users_config_and_a_refused_one_is_excluded():
     raw = raw_config()
     found, _ = layouts.enumerate_layouts(2, 8, (4, 8))
@@ -104,7 +130,7 @@ def test_derived_configs_replace_the_models_layout_keys_only():
 
 # ------------------------------------------------------------------------------------------------ predictions
 def test_profiles_interpolate():
-    p = PROFILES[4]
+    p = PROFILES["4"]
     assert p.ttft_at(3000) == 700.0 and p.ttft_at(2250) == pytest.approx(500.0)
     assert p.itl_at(10) == pytest.approx(14.5) and p.itl_at(128) == pytest.approx(30.0 + 14 / 48 * 64)
     assert predict.Profile(4, {1000: 200.0}, {8: 10.0}).ttft_at(3000) == pytest.approx(600.0)  # one point: x ISL
@@ -113,7 +139,7 @@ def test_profiles_interpolate():
 def test_prediction_at_concurrency_1_is_the_profiles_own_figures():
     lay = layouts.Layout("disaggregated", prefill=layouts.Shape(4, 2, 1), decode=layouts.Shape(8, 1, 1))
     p = predict.predict(lay, PROFILES, WORK, 1)
-    itl = PROFILES[8].itl_at(1)
+    itl = PROFILES["8"].itl_at(1)
     assert p["mean_itl_ms"] == pytest.approx(itl)
     assert p["mean_ttft_ms"] == pytest.approx(700.0, rel=0.05)  # almost no queueing at one request
     assert p["user_output_throughput"] == pytest.approx(150 / (p["mean_ttft_ms"] + 149 * itl) * 1000)
@@ -133,8 +159,8 @@ def test_aggregated_decode_steps_stretch_with_its_prefill_work():
     agg = layouts.Layout("aggregated", aggregated=layouts.Shape(8, 1, 2))
     dis = layouts.Layout("disaggregated", prefill=layouts.Shape(8, 1, 1), decode=layouts.Shape(8, 1, 1))
     a, d = (predict.predict(lay, PROFILES, WORK, 16) for lay in (agg, dis))
-    assert a["mean_itl_ms"] > PROFILES[8].itl_at(8) * 1.05
-    assert d["mean_itl_ms"] == pytest.approx(PROFILES[8].itl_at(16))
+    assert a["mean_itl_ms"] > PROFILES["8"].itl_at(8) * 1.05
+    assert d["mean_itl_ms"] == pytest.approx(PROFILES["8"].itl_at(16))
 
 
 def test_predicted_best_concurrency_is_the_highest_meeting_the_sla():
@@ -183,9 +209,9 @@ class FakeLive:
     def abort(self):
         self.aborted = True
 
-    def profile(self, tp, work, batches):
-        self.profiled.append(tp)
-        return PROFILES[tp]
+    def profile(self, shape, work, batches):
+        self.profiled.append(shape.profile)
+        return PROFILES[shape.profile]
 
     @contextmanager
     def deploy(self, layout, work):
@@ -208,7 +234,7 @@ def search_plan(**kw) -> candidates.Plan:
 def test_search_profiles_each_tp_once_then_deploys_the_best_predicted(tmp_path):
     fake = FakeLive()
     data = search.search(search_plan(), fake, store.Store(tmp_path / "tune.json", search_plan().key), say=lambda s: None)
-    assert fake.profiled == [4, 8]
+    assert fake.profiled == ["4", "8"]
     ranked = [e for e in data["predictions"] if "why" not in e]
     best_dis = [e["id"] for e in ranked if e["mode"] == "disaggregated"][:2]
     best_agg = [e["id"] for e in ranked if e["mode"] == "aggregated"][:1]
@@ -301,7 +327,7 @@ def test_cli_dry_run_lists_candidates_exclusions_and_plans(tmp_path):
     assert ("p2xtp4-d1xtp8: disaggregated, 16 GPUs: prefill 2 x TP4 per node on 127.0.0.2; decode 1 x TP8 per node "
             "on 127.0.0.3") in out.stdout
     assert "a role's 3xTP4 per node: needs 12 GPUs, gpus_per_node is 8" in out.stdout
-    assert "profiles (once per TP): TP 4, 8" in out.stdout
+    assert "profiles (once each): TP4, TP8: prefill alone" in out.stdout
     assert list(tmp_path.iterdir()) == []  # nothing measured, nothing written
 
 
@@ -379,9 +405,10 @@ def test_an_interrupted_parallel_search_stops_every_deployment(tmp_path):
 
 def test_a_failed_profile_leaves_its_layouts_out_with_why(tmp_path):
     class NoTP4(FakeLive):
-        def profile(self, tp, work, batches):
-            self.profiled.append(tp)
-            return predict.Profile(4, error="RuntimeError: prefill_0 exited: out of memory") if tp == 4 else PROFILES[tp]
+        def profile(self, shape, work, batches):
+            self.profiled.append(shape.profile)
+            return predict.Profile(4, error="RuntimeError: prefill_0 exited: out of memory") if shape.tp == 4 \
+                else PROFILES[shape.profile]
 
     fake = NoTP4()
     data = search.search(search_plan(), fake, store.Store(tmp_path / "t.json", search_plan().key), say=lambda s: None)
@@ -416,10 +443,10 @@ def test_a_point_the_prefix_cache_served_is_an_invalid_measurement_not_a_result(
 
 def test_a_profile_the_prefix_cache_served_leaves_its_tp_out(tmp_path):
     class CachedTP4(FakeLive):  # ISL 3000 measured with the first 1500 tokens of the ISL 1500 prompts cached
-        def profile(self, tp, work, batches):
-            p = super().profile(tp, work, batches)
-            return predict.Profile(tp, p.ttft_ms, p.itl_ms, cache_hit_rate={"prefill ISL 1500": 0.0,
-                                                                         "prefill ISL 3000": 0.5 if tp == 4 else 0.01})
+        def profile(self, shape, work, batches):
+            p = super().profile(shape, work, batches)
+            return predict.Profile(shape.tp, p.ttft_ms, p.itl_ms, cache_hit_rate={
+                "prefill ISL 1500": 0.0, "prefill ISL 3000": 0.5 if shape.tp == 4 else 0.01})
 
     data = search.search(search_plan(), CachedTP4(), store.Store(tmp_path / "t.json", search_plan().key), say=lambda s: None)
     assert data["profiles"]["4"]["error"].startswith("prefill ISL 3000: invalid measurement: cache_hit_rate 0.500")

@@ -8,13 +8,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import requests
 
+from pytest_sglang_pd import plan as plan_mod
 from pytest_sglang_pd.cluster import flush_caches
-from pytest_sglang_pd.tune import layouts, live, measurement, output, sla, store
+from pytest_sglang_pd.tune import layouts, live, measurement, output, predict, sla, store
 from selftests.configs import REPO
 from selftests.one_worker import sim_worker
 
@@ -94,3 +96,15 @@ def test_flushing_empties_a_workers_prefix_cache_and_names_a_worker_that_did_not
         assert requests.post(f"{url}/generate", json=body, timeout=30).json()["meta_info"]["cached_tokens"] == 0
     [problem] = flush_caches({"decode": [url]})  # the worker is gone now
     assert problem.startswith(f"decode {url}/flush_cache: ConnectionError")
+
+
+def test_a_dp_attention_profile_deploys_its_instances_with_dp_attention(tmp_path):
+    raw = json.loads(sim_config(tmp_path).read_text())
+    tuner = live.LiveTune(raw, "llama-70b", tmp_path / "tune", prompts_per_user=2, say=lambda line: None)
+    profile = tuner.profile(layouts.Shape(8, 1, 1, dpa=8), sla.Workload(512, 16), (1, 4))
+    assert not profile.error and sorted(profile.itl_ms) == [1, 4] and len(profile.ttft_ms) == 2
+    assert (profile.name, predict.Profile.from_dict(asdict(profile)).dpa) == ("TP8 DP-attention 8", 8)
+    cfg = plan_mod.load_config(tmp_path / "tune" / "configs" / "profile-tp8dpa8.json")  # what was deployed
+    dep = plan_mod.plan(cfg, "llama-70b", run_id="r")
+    for role in ("prefill", "decode"):
+        assert "--attn-dp-size 8" in " ".join(dep.role(role)[0].argv)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import AGGREGATED, DISAGGREGATED
-from .layouts import Exclusion, Layout
+from .layouts import Exclusion, Layout, Shape, profile_name
 from .measurement import MEASUREMENT
 from .predict import DEFAULT_BATCHES, PROFILE_ISL_FRACTIONS, Profile, predicted_best
 from .sla import Constraint, Workload
@@ -32,8 +32,10 @@ class Plan:
     at_once: bool = False  # the chosen layouts deployed at once, each in a Slurm allocation of its own
 
     @property
-    def tps(self) -> tuple[int, ...]:
-        return tuple(sorted({tp for lay in self.layouts for tp in lay.tps}))
+    def profiled(self) -> list[Shape]:
+        """The shapes to profile, each once: a TP size, and a TP size with DP attention where a layout has it."""
+        shapes = {s.profiled for lay in self.layouts for s in (lay.prefill, lay.decode, lay.aggregated) if s}
+        return sorted(shapes, key=lambda s: (s.tp, s.dpa))
 
     @property
     def key(self) -> dict:
@@ -43,7 +45,8 @@ class Plan:
 
     def text(self) -> str:
         lines = [f"model {self.model}: ISL {self.work.isl}, OSL {self.work.osl}, SLA {', '.join(map(str, self.sla))}",
-                 f"  profiles (once per TP): TP {', '.join(map(str, self.tps))}: prefill alone (1P1D, concurrency 1, "
+                 f"  profiles (once each): {', '.join(profile_name(s.tp, s.dpa) for s in self.profiled)}: prefill "
+                 "alone (1P1D, concurrency 1, "
                  f"ISL x {', '.join(f'{f:g}' for f in PROFILE_ISL_FRACTIONS)}), decode alone at batches "
                  f"{', '.join(map(str, self.batches))}",
                  f"  then deploy the best {self.deploy_disaggregated} disaggregated and {self.deploy_aggregated} "
@@ -59,14 +62,14 @@ class Plan:
         return "\n".join(lines)
 
 
-def rank(plan: Plan, profiles: dict[int, Profile]) -> list[dict]:
+def rank(plan: Plan, profiles: dict[str, Profile]) -> list[dict]:
     """Every layout's prediction at its best concurrency under the SLA, best output tok/s per GPU first; layouts whose
-    TPs were not profiled, or which cannot meet the SLA at any concurrency, last with why."""
+    profiles are missing or failed, or which cannot meet the SLA at any concurrency, last with why."""
     out = []
     for lay in plan.layouts:
         entry: dict[str, Any] = {"id": lay.id, "mode": lay.mode, "gpus": lay.gpus, "layout": lay.as_dict()}
-        missing = [f"TP{tp} " + (f"profile failed: {profiles[tp].error}" if tp in profiles else "not profiled")
-                   for tp in lay.tps if tp not in profiles or profiles[tp].error]
+        missing = [f"{profiles[k].name} profile failed: {profiles[k].error}" if k in profiles else f"{k} not profiled"
+                   for k in lay.profiles if k not in profiles or profiles[k].error]
         if missing:
             entry["why"] = "; ".join(missing)
         else:

@@ -53,8 +53,9 @@ def _slurm_counts(c: dict, layout: Layout) -> None:
 
 
 def _section(shape: Shape) -> dict:
-    return {"tensor_parallelism": str(shape.tp), "instances_per_node": str(shape.instances_per_node),
-            **({"dp_size": str(shape.dp)} if shape.dp > 1 else {})}
+    dp = {"dp_size": str(shape.dp)} if shape.dp > 1 else {"dp_size": str(shape.dpa), "dp_attention": "true"} \
+        if shape.dpa > 1 else {}
+    return {"tensor_parallelism": str(shape.tp), "instances_per_node": str(shape.instances_per_node), **dp}
 
 
 _LAYOUT_KEYS = ("mode", "prefill", "decode", "aggregated", "dp_size", "dp_attention", "inference_tests")

@@ -3,19 +3,39 @@ each with why."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from ..config import AGGREGATED, DISAGGREGATED, ROLES
 
 
+def profile_key(tp: int, dpa: int = 1) -> str:
+    """The profile a shape is predicted from: one per TP size, and one per TP size with DP attention."""
+    return f"{tp}dpa{dpa}" if dpa > 1 else str(tp)
+
+
+def profile_name(tp: int, dpa: int = 1) -> str:
+    return f"TP{tp}" + (f" DP-attention {dpa}" if dpa > 1 else "")
+
+
 @dataclass(frozen=True)
 class Shape:
-    """One role's instances: ``instances_per_node`` x TP (x DP replicas) on each of ``nodes`` nodes."""
+    """One role's instances: ``instances_per_node`` x TP (x DP replicas) on each of ``nodes`` nodes; ``dpa``: DP
+    attention over that many of an instance's TP ranks (its GPUs unchanged)."""
 
     tp: int
     instances_per_node: int
     nodes: int
     dp: int = 1
+    dpa: int = 1
+
+    @property
+    def profile(self) -> str:
+        return profile_key(self.tp, self.dpa)
+
+    @property
+    def profiled(self) -> Shape:
+        """The 1-instance shape its profile is taken with."""
+        return Shape(self.tp, 1, 1, dpa=self.dpa)
 
     @property
     def gpus_per_node(self) -> int:
@@ -31,7 +51,7 @@ class Shape:
         return self.gpus_per_node * self.nodes
 
     def label(self) -> str:
-        dp = f"dp{self.dp}" if self.dp > 1 else ""
+        dp = f"dp{self.dp}" if self.dp > 1 else f"dpa{self.dpa}" if self.dpa > 1 else ""
         return f"{self.instances_per_node * self.nodes}xtp{self.tp}{dp}"
 
 
@@ -58,6 +78,11 @@ class Layout:
     @property
     def tps(self) -> tuple[int, ...]:
         return tuple(sorted({s.tp for s in (self.prefill, self.decode, self.aggregated) if s}))
+
+    @property
+    def profiles(self) -> tuple[str, ...]:
+        """The profiles its prediction needs (``profile_key``)."""
+        return tuple(sorted({s.profile for s in (self.prefill, self.decode, self.aggregated) if s}))
 
     def as_dict(self) -> dict:
         return {"id": self.id, **asdict(self)}
@@ -95,11 +120,13 @@ def _per_node_shapes(tps: tuple[int, ...], gpus: int, nodes: int, role: str,
     return out
 
 
-def enumerate_layouts(nodes: int, gpus_per_node: int, tps: tuple[int, ...], *,
-                      aggregated_dp: bool = False) -> tuple[list[Layout], list[Exclusion]]:
+def enumerate_layouts(nodes: int, gpus_per_node: int, tps: tuple[int, ...], *, aggregated_dp: bool = False,
+                      dp_attention: bool = False) -> tuple[list[Layout], list[Exclusion]]:
     """Every layout that fills ``nodes`` nodes of ``gpus_per_node`` GPUs: disaggregated with the nodes split between
     the roles (k prefill nodes, the rest decode; on one node both roles share it, GPUs split between them) and
-    aggregated (instances x TP per node; with ``aggregated_dp`` one instance of TP x DP replicas per node too)."""
+    aggregated (instances x TP per node; with ``aggregated_dp`` one instance of TP x DP replicas per node too); with
+    ``dp_attention`` each layout whose decode (or aggregated) instances have TP >= 2 also with DP attention over all
+    their TP ranks."""
     excluded: list[Exclusion] = []
     layouts: list[Layout] = []
     if nodes >= 2:
@@ -120,4 +147,16 @@ def enumerate_layouts(nodes: int, gpus_per_node: int, tps: tuple[int, ...], *,
         layouts.append(Layout(AGGREGATED, aggregated=s))
         if aggregated_dp and s.instances_per_node > 1:
             layouts.append(Layout(AGGREGATED, aggregated=Shape(s.tp, 1, nodes, dp=s.instances_per_node)))
+    if dp_attention:
+        layouts += [v for lay in layouts if (v := _with_dp_attention(lay))]
     return layouts, excluded
+
+
+def _with_dp_attention(layout: Layout) -> Layout | None:
+    """The layout with DP attention over every TP rank of its decode (or aggregated) instances; None where they have
+    one rank, or are DP replicas."""
+    role = "aggregated" if layout.mode == AGGREGATED else "decode"
+    shape = getattr(layout, role)
+    if shape.tp < 2 or shape.dp > 1:
+        return None
+    return replace(layout, **{role: replace(shape, dpa=shape.tp)})

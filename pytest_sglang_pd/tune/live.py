@@ -114,20 +114,21 @@ class LiveTune:
         return unscale({k: float(v) for k, v in figures.items() if isinstance(v, (int, float))},
                        cfg.sim.speedup if cfg.simulated else 1.0)
 
-    def profile(self, tp: int, work: Workload, batches: tuple[int, ...]) -> Profile:
-        """A 1P1D at TP ``tp`` (both roles): prefill alone at concurrency 1 per ISL, decode alone per batch."""
+    def profile(self, shape: Shape, work: Workload, batches: tuple[int, ...]) -> Profile:
+        """A 1P1D of ``shape`` (both roles: TP, with DP attention where it has it): prefill alone at concurrency 1 per
+        ISL, decode alone per batch."""
         nodes = worker_count(self.raw)
         gpus = int(self.raw["config"].get("gpus_per_node", 8))
-        shape = Shape(tp, 1, 1)
         layout = Layout(DISAGGREGATED, prefill=shape, decode=shape, shared=nodes < 2)
-        if tp * (2 if nodes < 2 else 1) > gpus:
-            return Profile(tp, error=f"a 1P1D at TP{tp} does not fit {nodes} node(s) of {gpus} GPUs")
+        if shape.tp * (2 if nodes < 2 else 1) > gpus:
+            return Profile(shape.tp, dpa=shape.dpa, error=f"a 1P1D at TP{shape.tp} does not fit {nodes} node(s) of "
+                                                          f"{gpus} GPUs")
         isls = sorted({max(1, int(work.isl * f)) for f in PROFILE_ISL_FRACTIONS})
         tests = {f"prefill_isl{isl}": bench_test(Workload(isl, 2), 1, 3) for isl in isls}
         tests["decode_alone"] = bench_test(work, list(batches), self.min_prompts, mode="decode_alone")
-        profile = Profile(tp)
+        profile = Profile(shape.tp, dpa=shape.dpa)
         try:
-            with self._cluster(f"profile-tp{tp}", layout, tests) as (cfg, measure, _):
+            with self._cluster(f"profile-tp{shape.profile}", layout, tests) as (cfg, measure, _):
                 for test in cfg.model(self.model_id).tests:
                     if test.decode_alone:
                         for b in batches:
@@ -139,9 +140,9 @@ class LiveTune:
                         figures = measure(test, 1)
                         profile.ttft_ms[test.input_length] = figures["mean_ttft_ms"]
                         _note_hit_rate(profile, f"prefill ISL {test.input_length}", figures)
-        except Exception as exc:  # the TP is left out of the search, with why
+        except Exception as exc:  # its layouts are left out of the search, with why
             profile.error = f"{type(exc).__name__}: {exc}"
-        self.say(f"  TP{tp}: TTFT {profile.ttft_ms} ms, ITL {profile.itl_ms} ms" + (f", {profile.error}" if profile.error else ""))
+        self.say(f"  {profile.name}: TTFT {profile.ttft_ms} ms, ITL {profile.itl_ms} ms" + (f", {profile.error}" if profile.error else ""))
         return profile
 
     @contextmanager

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..config import DISAGGREGATED
-from .layouts import Layout
+from .layouts import Layout, profile_name
 from .sla import Constraint, Workload, sla_met
 
 
@@ -18,13 +18,19 @@ PROFILE_ISL_FRACTIONS = (0.5, 1.0)  # prefill profiled at these fractions of the
 
 @dataclass
 class Profile:
-    """One TP size measured alone: TTFT (ms) against ISL at concurrency 1, ITL (ms) against decode batch."""
+    """One TP size (with DP attention over ``dpa`` ranks, or none) measured alone: TTFT (ms) against ISL at concurrency
+    1, ITL (ms) against decode batch."""
 
     tp: int
     ttft_ms: dict[int, float] = field(default_factory=dict)
     itl_ms: dict[int, float] = field(default_factory=dict)
     error: str | None = None
     cache_hit_rate: dict[str, float] = field(default_factory=dict)  # per measurement ("prefill ISL 1500", ...)
+    dpa: int = 1
+
+    @property
+    def name(self) -> str:
+        return profile_name(self.tp, self.dpa)
 
     def ttft_at(self, isl: int) -> float:
         """TTFT on the line through the two measured ISLs nearest ``isl`` (one point: proportional to ISL)."""
@@ -37,7 +43,7 @@ class Profile:
     @classmethod
     def from_dict(cls, d: dict) -> Profile:
         return cls(d["tp"], {int(k): v for k, v in d["ttft_ms"].items()}, {int(k): v for k, v in d["itl_ms"].items()},
-                   d.get("error"), d.get("cache_hit_rate", {}))
+                   d.get("error"), d.get("cache_hit_rate", {}), d.get("dpa", 1))
 
 
 def _interpolate(points: dict[int, float], x: float, *, through_origin: bool) -> float:
@@ -57,7 +63,7 @@ def _queued(service_ms: float, rho: float, others: float) -> float:
     return service_ms * (1.0 + min(rho / (2.0 * (1.0 - rho)), others))
 
 
-def predict(layout: Layout, profiles: dict[int, Profile], work: Workload, concurrency: int) -> dict[str, float]:
+def predict(layout: Layout, profiles: dict[str, Profile], work: Workload, concurrency: int) -> dict[str, float]:
     """The figures a layout should reach at ``concurrency`` in-flight requests, from the profiles (docs/tune.md).
     Prefill capacity = prefill instances / TTFT_p(ISL); ITL = ITL_d(C / decoding instances). The request rate
     X = C / (TTFT + (OSL - 1) x ITL) where TTFT is TTFT_p(ISL) plus an M/D/1 wait at utilisation X0 / capacity (X0:
@@ -66,8 +72,8 @@ def predict(layout: Layout, profiles: dict[int, Profile], work: Workload, concur
     steps stretch by 1 / (1 - the share of time it prefills), X / capacity, found by fixed-point iteration."""
     shape = layout.aggregated or layout.decode
     prefill = layout.aggregated or layout.prefill
-    ttft0 = profiles[prefill.tp].ttft_at(work.isl)
-    itl0 = profiles[shape.tp].itl_at(concurrency / shape.instances)
+    ttft0 = profiles[prefill.profile].ttft_at(work.isl)
+    itl0 = profiles[shape.profile].itl_at(concurrency / shape.instances)
     capacity = prefill.instances / ttft0  # requests per ms
     share, itl, ttft = 0.0, itl0, ttft0
     for _ in range(1 if layout.mode == DISAGGREGATED else 40):
@@ -123,7 +129,7 @@ def highest_passing(measure: Callable[[int], bool], *, start: int = 1, hi: int =
     return good
 
 
-def predicted_best(layout: Layout, profiles: dict[int, Profile], work: Workload, sla: tuple[Constraint, ...],
+def predicted_best(layout: Layout, profiles: dict[str, Profile], work: Workload, sla: tuple[Constraint, ...],
                    max_batch: int) -> tuple[int | None, dict[str, float]]:
     """The highest concurrency the prediction says meets the SLA (at most ``max_batch`` per decoding instance: the
     profiles say nothing beyond) and the figures predicted there."""

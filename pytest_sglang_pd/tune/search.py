@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ContextManager, Protocol
 
 from .candidates import Plan, chosen, rank
-from .layouts import Layout
+from .layouts import Layout, Shape, profile_name
 from .measurement import cache_problem
 from .output import brief
 from .predict import Profile, highest_passing
@@ -31,7 +31,7 @@ class Live(Protocol):
 
     parallel: bool
 
-    def profile(self, tp: int, work: Workload, batches: tuple[int, ...]) -> Profile: ...
+    def profile(self, shape: Shape, work: Workload, batches: tuple[int, ...]) -> Profile: ...
 
     def deploy(self, layout: Layout, work: Workload) -> ContextManager[Deployed]: ...
 
@@ -49,16 +49,17 @@ def search(plan: Plan, live: Live, store: Store, say: Say = print) -> dict:
     """Profiles first (each TP once), predictions, then the best few deployed and bisected (at once where ``live`` is
     parallel); every result stored as it comes, and a stored one (of the same search key) not measured again."""
     started = time.monotonic()
-    for tp in plan.tps:
-        if str(tp) in store.profiles:
+    for shape in plan.profiled:
+        name = profile_name(shape.tp, shape.dpa)
+        if shape.profile in store.profiles:
             continue
         if not _budget_left(started, plan):
-            say(f"budget of {plan.max_minutes:g} minutes spent: TP{tp} not profiled")
+            say(f"budget of {plan.max_minutes:g} minutes spent: {name} not profiled")
             break
-        say(f"profiling TP{tp}")
-        store.profiles[str(tp)] = asdict(checked_profile(live.profile(tp, plan.work, plan.batches), say))
+        say(f"profiling {name}")
+        store.profiles[shape.profile] = asdict(checked_profile(live.profile(shape, plan.work, plan.batches), say))
         store.save()
-    profiles = {int(k): Profile.from_dict(v) for k, v in store.profiles.items()}
+    profiles = {k: Profile.from_dict(v) for k, v in store.profiles.items()}
     ranked = rank(plan, profiles)
     store.data["predictions"] = ranked
     store.save()
@@ -100,7 +101,7 @@ def checked_profile(profile: Profile, say: Say) -> Profile:
     invalid = [f"{what}: {problem}" for what, rate in profile.cache_hit_rate.items() if (problem := cache_problem(rate))]
     if invalid and not profile.error:
         profile.error = "; ".join(invalid)
-        say(f"  TP{profile.tp}: {profile.error}")
+        say(f"  {profile.name}: {profile.error}")
     return profile
 
 
