@@ -97,7 +97,7 @@ def _at_once(entries: list[dict], deploy: Callable[[dict], None], live: Live) ->
 
 
 def checked_profile(profile: Profile, say: Say) -> Profile:
-    """The profile, failed when the prefix cache served one of its measurements (its TP's layouts left out)."""
+    """The profile, failed when the prefix cache served one of its measurements (the layouts it predicts left out)."""
     invalid = [f"{what}: {problem}" for what, rate in profile.cache_hit_rate.items() if (problem := cache_problem(rate))]
     if invalid and not profile.error:
         profile.error = "; ".join(invalid)
