@@ -352,6 +352,9 @@ def test_on_slurm_the_layouts_count_the_allocations_nodes_and_each_candidate_siz
     out = derived_configs.candidate_config(raw, "llama-8b", lay, {})["config"]
     assert out["slurm"] == {"prefill_nodes": "1", "decode_nodes": "1", "time_limit": "60", "extra_args": ["--exclusive"]}
     assert "prefill_node_list" not in out and "nnodes" not in out
+    named = {**raw, "config": {**raw["config"], "prefill_node_list": ["n2"], "decode_node_list": ["n3"]}}
+    out = derived_configs.candidate_config(named, "llama-8b", lay, {})["config"]  # the same nodes: never together
+    assert out["prefill_node_list"] == ["n2"] and out["slurm"]["extra_args"] == ["--exclusive"]
     wide = derived_configs.candidate_config({**raw, "config": {**raw["config"], "slurm": {"prefill_nodes": "2", "decode_nodes": "2"}}},
                                             "llama-8b", layouts.Layout("aggregated", aggregated=layouts.Shape(8, 1, 3)), {})
     assert wide["config"]["slurm"] == {"prefill_nodes": "2", "decode_nodes": "1", "extra_args": ["--exclusive"]}

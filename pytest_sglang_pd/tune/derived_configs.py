@@ -39,12 +39,9 @@ def own_allocations(raw: dict) -> bool:
 
 
 def _slurm_counts(c: dict, layout: Layout) -> None:
-    """A Slurm config without node lists: each role's nodes by count, the allocation sized by them (not slurm.nodes)
-    and its nodes its own (``--exclusive``: candidates allocated at once must not share a node)."""
+    """A Slurm config without node lists: each role's nodes by count, the allocation sized by them (not slurm.nodes)."""
     s = c.setdefault("slurm", {})
     s.pop("nodes", None)
-    if "--exclusive" not in s.get("extra_args", []):
-        s["extra_args"] = [*s.get("extra_args", []), "--exclusive"]
     if layout.mode == AGGREGATED:  # aggregated workers run on both counts' nodes
         n = layout.aggregated.nodes
         s["prefill_nodes"], s["decode_nodes"] = str((n + 1) // 2), str(n // 2)
@@ -80,9 +77,18 @@ def candidate_config(raw: dict, model_id: str, layout: Layout, tests: dict[str, 
         c["nnodes"] = str(len(c["prefill_node_list"]) + len(c["decode_node_list"]))
     else:
         _slurm_counts(c, layout)
+    if c.get("transport") == "slurm":
+        _exclusive(c.setdefault("slurm", {}))
     model["inference_tests"] = tests
     out["benchmark_params"] = {model_id: model}
     return out
+
+
+def _exclusive(slurm: dict) -> None:
+    """``--exclusive`` among the allocation's sbatch arguments: candidates allocated at once must not share a node
+    (nor, naming the same nodes, run on them together: the second waits in the queue)."""
+    if "--exclusive" not in slurm.get("extra_args", []):
+        slurm["extra_args"] = [*slurm.get("extra_args", []), "--exclusive"]
 
 
 def _named(nodes: list[str], layout: Layout) -> tuple[list[str], list[str]]:
