@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pytest_sglang_pd import cli, tune  # noqa: E402
+from pytest_sglang_pd import cli  # noqa: E402
+from pytest_sglang_pd.tune import output, store  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "cluster_configs" / "local-sim-tune-h100.json"
 SEED = {"disaggregated": 87.6, "aggregated": 56.3}
@@ -40,13 +41,13 @@ def main() -> int:
         code = cli.main(["tune", str(config), "--isl", "3000", "--osl", "150", "--sla", "user_tok_s>=50,ttft_ms<=2000",
                          "--tp", "4,8", "--results-dir", args.results_dir, *[m for m in more if m != "--"]])
         minutes = (time.monotonic() - started) / 60
-    found = json.loads((Path(args.results_dir) / tune.RESULTS_FILE).read_text())
+    found = json.loads((Path(args.results_dir) / store.RESULTS_FILE).read_text())
     for mode, seed in SEED.items():
-        best = tune.best_of(found, mode)
+        best = output.best_of(found, mode)
         if best:
             got = best[1]["figures"]["output_throughput_per_gpu"]
             print(f"{mode}: {best[0]} {got:.1f} tok/s/GPU (seed {seed}, {100 * (got / seed - 1):+.0f}%)")
-    ratio = tune.ratio(found)
+    ratio = output.ratio(found)
     print(f"ratio {ratio:.2f}x (seed 1.56x)" if ratio else "ratio: a mode has no layout under the SLA")
     print(f"search took {minutes:.1f} minutes")
     return code

@@ -293,13 +293,14 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     """The search for the best layout under an SLA (docs/tune.md)."""
     from . import tune
+    from .tune import output, sla, store
 
     cfg = _load(args.config)
     if _unknown_model(cfg, [args.model or cfg.model_ids[0]]):
         return 1
     try:
         plan, raw = tune.plan_of(cfg, args)
-    except tune.TuneError as exc:
+    except sla.TuneError as exc:
         print(f"sglang-pd tune: {exc}", file=sys.stderr)
         return 1
     print(plan.text(), flush=True)
@@ -308,8 +309,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     results = Path(args.results_dir or "reports/tune")
     data, winner = tune.run(plan, raw, cfg, results, prompts_per_user=args.prompts_per_user,
                             say=lambda line: print(line, flush=True))
-    print(tune.summary(data))
-    print(f"report {results / tune.REPORT_FILE}; results {results / tune.RESULTS_FILE}")
+    print(output.summary(data))
+    print(f"report {results / output.REPORT_FILE}; results {results / store.RESULTS_FILE}")
     if winner is None:
         print("no layout met the SLA: no winner config written", file=sys.stderr)
         return 1

@@ -813,6 +813,21 @@ def worker_versions(worker_urls: dict[str, list[str]]) -> dict[str, str]:
     return out
 
 
+def flush_caches(worker_urls: dict[str, list[str]]) -> list[str]:
+    """Each worker's prefix cache emptied (SGLang's POST /flush_cache, which refuses while requests run); what
+    failed, one line per worker."""
+    problems = []
+    for role, urls in worker_urls.items():
+        for url in urls:
+            try:
+                resp = requests.post(f"{url}/flush_cache", timeout=10)
+                if not resp.ok:
+                    problems.append(f"{role} {url}/flush_cache: HTTP {resp.status_code} {resp.text.strip()[:200]}")
+            except requests.RequestException as exc:
+                problems.append(f"{role} {url}/flush_cache: {type(exc).__name__}: {exc}")
+    return problems
+
+
 def handoffs(worker_urls: dict[str, list[str]]) -> float | None:
     """KV transfers the prefill workers counted so far (sglang:kv_transfer_latency_ms_count); None where they export
     no PD metrics (started without --enable-metrics)."""

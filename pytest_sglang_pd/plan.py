@@ -576,7 +576,7 @@ def _router_argv(cfg: ClusterConfig, model: ModelConfig, layout: dict[str, tuple
         argv += ["--prefill-policy", POLICY_TO_ROUTER[model.prefill_policy],
                  "--decode-policy", POLICY_TO_ROUTER[model.decode_policy]]
     argv += ["--host", bind_host(cfg.router_node), "--port", str(cfg.router_port),
-             "--prometheus-port", str(cfg.router_prometheus_port),
+             "--prometheus-host", bind_host(cfg.router_node), "--prometheus-port", str(cfg.router_prometheus_port),
              "--worker-startup-timeout-secs", str(int(cfg.timeouts.server_start_s)),
              "--worker-startup-check-interval", str(ROUTER_STARTUP_CHECK_S),
              "--log-level", cfg.log_level if cfg.log_level != "critical" else "error",

@@ -219,9 +219,18 @@ def wait_running(job_id: str, timeout_s: float, say: Say = quiet) -> None:
         time.sleep(POLL_S)
 
 
+def cancel(job_id: str) -> None:
+    """scancel the job without waiting (its steps end, the run that holds it releases it): an interrupted run's stop."""
+    LocalHost("slurm").run(["scancel", str(job_id)], timeout=60)
+
+
 def release(job_id: str) -> None:
-    """scancel the job and wait until squeue no longer lists it (its steps' processes killed by Slurm)."""
-    _slurm(["scancel", str(job_id)], f"release allocation {job_id}")
+    """scancel the job and wait until squeue no longer lists it (its steps' processes killed by Slurm); a job already
+    ending (cancelled by ``cancel``) is waited for."""
+    result = LocalHost("slurm").run(["scancel", str(job_id)], timeout=60)
+    if result.exit_status != 0 and (job_state(job_id) or ("CANCELLED",))[0] not in ("CANCELLED", "COMPLETING",
+                                                                                      "COMPLETED"):
+        _checked(result, f"release allocation {job_id}")
     deadline = time.monotonic() + RELEASE_WAIT_S
     while job_state(job_id) is not None:
         if time.monotonic() > deadline:

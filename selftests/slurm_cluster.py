@@ -15,7 +15,7 @@ from typing import Iterator
 
 import pytest
 
-from selftests.configs import free_port
+from selftests.configs import free_port, raw, write
 
 DAEMONS = ("/usr/sbin/slurmctld", "/usr/sbin/slurmd")
 CLIENTS = ("sinfo", "srun", "sbatch", "scontrol", "scancel", "squeue")
@@ -139,3 +139,21 @@ def _cancel_all(cluster: SlurmCluster, logs: list[Path]) -> None:
     if ids:
         cluster.run("scancel", *ids, check=False)
     _wait("jobs still listed", lambda: not cluster.jobs(), 60, logs)
+
+
+def slurm_config(tmp_path: Path, cluster, **config_overrides) -> Path:
+    """local-slurm.json on ports free on the throwaway Slurm's node addresses, logs in tmp_path."""
+    data = raw("local-slurm.json")
+    c = data["config"]
+    addrs = list(cluster.nodes.values())
+    ports = set()
+    while len(ports) < 5:
+        ports.add(free_port(*addrs))
+    p = sorted(ports)
+    c.update(prefill_serv_port=str(p[0]), decode_serv_port=str(p[1]), router_prometheus_port=str(p[2]),
+             log_dir=str(tmp_path / "node-logs"))
+    c["proxy_router_port"] = c["proxy_router_serv_port"] = str(p[3])
+    c["kv_transfer"]["bootstrap_port"] = str(p[4])
+    for k, v in config_overrides.items():
+        c[k] = {**c[k], **v} if isinstance(v, dict) and isinstance(c.get(k), dict) else v
+    return write(tmp_path, data)

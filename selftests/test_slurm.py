@@ -19,6 +19,7 @@ from pytest_sglang_pd import config, plan, slurm
 from pytest_sglang_pd.hosts import SlurmHost, srun_argv
 from selftests.configs import CONFIGS, REPO, assert_golden, free_port, raw, write
 from selftests.live import CLUSTER_TESTS, alive, recorded, start_suite
+from selftests.slurm_cluster import slurm_config
 
 NAMES = ["n1", "n2", "n3", "n4", "n5"]
 ADDRESSES = {n: f"127.0.0.{i + 2}" for i, n in enumerate(NAMES)}
@@ -169,24 +170,6 @@ def test_throwaway_slurm_runs_a_step_on_each_node_at_its_own_address(slurm):
                              env=slurm.env, capture_output=True, text=True, timeout=60)
         assert (out.returncode, out.stdout.strip()) == (0, addr), out.stderr
     assert slurm.settled_jobs() == []
-
-
-def slurm_config(tmp_path: Path, cluster, **config_overrides) -> Path:
-    """local-slurm.json on ports free on the throwaway Slurm's node addresses, logs in tmp_path."""
-    data = raw("local-slurm.json")
-    c = data["config"]
-    addrs = list(cluster.nodes.values())
-    ports = set()
-    while len(ports) < 5:
-        ports.add(free_port(*addrs))
-    p = sorted(ports)
-    c.update(prefill_serv_port=str(p[0]), decode_serv_port=str(p[1]), router_prometheus_port=str(p[2]),
-             log_dir=str(tmp_path / "node-logs"))
-    c["proxy_router_port"] = c["proxy_router_serv_port"] = str(p[3])
-    c["kv_transfer"]["bootstrap_port"] = str(p[4])
-    for k, v in config_overrides.items():
-        c[k] = {**c[k], **v} if isinstance(v, dict) and isinstance(c.get(k), dict) else v
-    return write(tmp_path, data)
 
 
 def nothing_left(results: Path, cluster) -> None:

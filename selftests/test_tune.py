@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from contextlib import contextmanager
 
 import pytest
@@ -14,14 +15,15 @@ import pytest
 from pytest_sglang_pd import config as config_mod
 from pytest_sglang_pd import plan as plan_mod
 from pytest_sglang_pd import tune
+from pytest_sglang_pd.tune import candidates, derived_configs, layouts, live, output, predict, search, sla, store
 from pytest_sglang_pd.report import charts
 from selftests.configs import REPO
 
 CONFIG = REPO / "cluster_configs" / "local-sim-tune-h100.json"
-WORK = tune.Workload(3000, 150)
-SLA = tune.parse_sla("user_tok_s>=50,ttft_ms<=2000")
-PROFILES = {4: tune.Profile(4, {1500: 300.0, 3000: 700.0}, {1: 12.0, 4: 13.0, 16: 16.0, 64: 30.0}),
-            8: tune.Profile(8, {1500: 180.0, 3000: 400.0}, {1: 8.0, 4: 8.5, 16: 10.0, 64: 16.0})}
+WORK = sla.Workload(3000, 150)
+SLA = sla.parse_sla("user_tok_s>=50,ttft_ms<=2000")
+PROFILES = {"4": predict.Profile(4, {1500: 300.0, 3000: 700.0}, {1: 12.0, 4: 13.0, 16: 16.0, 64: 30.0}),
+            "8": predict.Profile(8, {1500: 180.0, 3000: 400.0}, {1: 8.0, 4: 8.5, 16: 10.0, 64: 16.0})}
 
 
 def raw_config() -> dict:
@@ -32,9 +34,9 @@ def raw_config() -> dict:
 def test_sla_terms_become_constraints_over_canonical_metrics():
     assert [(c.metric, c.op, c.limit) for c in SLA] == [("user_output_throughput", ">=", 50.0),
                                                         ("mean_ttft_ms", "<=", 2000.0)]
-    assert tune.sla_met(SLA, {"user_output_throughput": 51, "mean_ttft_ms": 1999})
-    assert not tune.sla_met(SLA, {"user_output_throughput": 49, "mean_ttft_ms": 100})
-    assert not tune.sla_met(SLA, {"user_output_throughput": 60})  # a figure missing: not met
+    assert sla.sla_met(SLA, {"user_output_throughput": 51, "mean_ttft_ms": 1999})
+    assert not sla.sla_met(SLA, {"user_output_throughput": 49, "mean_ttft_ms": 100})
+    assert not sla.sla_met(SLA, {"user_output_throughput": 60})  # a figure missing: not met
     assert str(SLA[0]) == "user_tok_s>=50"
 
 
@@ -47,18 +49,18 @@ def test_sla_terms_become_constraints_over_canonical_metrics():
     (" , ", "no term"),
 ])
 def test_a_bad_sla_term_is_named(text, said):
-    with pytest.raises(tune.TuneError, match=None) as exc:
-        tune.parse_sla(text)
+    with pytest.raises(sla.TuneError, match=None) as exc:
+        sla.parse_sla(text)
     assert said in str(exc.value)
 
 
 # ------------------------------------------------------------------------------------------------ layouts
 def test_layouts_of_two_8_gpu_nodes_fill_them_and_exclusions_say_why():
-    layouts, excluded = tune.enumerate_layouts(2, 8, (1, 2, 4, 8, 16))
-    ids = {lay.id for lay in layouts}
+    found, excluded = layouts.enumerate_layouts(2, 8, (1, 2, 4, 8, 16))
+    ids = {lay.id for lay in found}
     assert {"p2xtp4-d1xtp8", "p1xtp8-d1xtp8", "p8xtp1-d8xtp1", "agg-4xtp4", "agg-2xtp8", "agg-16xtp1"} <= ids
-    assert len(ids) == len(layouts) == 4 * 4 + 4
-    assert all(lay.gpus == 16 for lay in layouts)
+    assert len(ids) == len(found) == 4 * 4 + 4
+    assert all(lay.gpus == 16 for lay in found)
     why = {e.what: e.why for e in excluded}
     assert why["a role's 3xTP4 per node"] == "needs 12 GPUs, gpus_per_node is 8"
     assert "leaves 4 of 8 GPUs idle" in why["a role's 1xTP4 per node (and fewer)"]
@@ -66,23 +68,49 @@ def test_layouts_of_two_8_gpu_nodes_fill_them_and_exclusions_say_why():
 
 
 def test_one_node_shares_it_between_the_roles_and_dp_variants_are_optional():
-    layouts, excluded = tune.enumerate_layouts(1, 8, (4, 8), aggregated_dp=True)
-    assert [lay.id for lay in layouts] == ["p1xtp4-d1xtp4-shared", "agg-2xtp4", "agg-1xtp4dp2", "agg-1xtp8"]
+    found, excluded = layouts.enumerate_layouts(1, 8, (4, 8), aggregated_dp=True)
+    assert [lay.id for lay in found] == ["p1xtp4-d1xtp4-shared", "agg-2xtp4", "agg-1xtp4dp2", "agg-1xtp8"]
     assert excluded[0].what == "disaggregated on separate nodes"
-    dp = layouts[2].aggregated
+    dp = found[2].aggregated
     assert (dp.instances, dp.gpus) == (2, 8)
+
+
+def test_dp_attention_variants_of_the_decode_and_aggregated_instances_are_optional():
+    plain, _ = layouts.enumerate_layouts(2, 8, (1, 8))
+    found, _ = layouts.enumerate_layouts(2, 8, (1, 8), dp_attention=True)
+    added = {lay.id for lay in found} - {lay.id for lay in plain}
+    assert added == {"p8xtp1-d1xtp8dpa8", "p1xtp8-d1xtp8dpa8", "agg-2xtp8dpa8"}  # no variant of TP1 instances
+    lay = next(lay for lay in found if lay.id == "p8xtp1-d1xtp8dpa8")
+    assert lay.gpus == 16 and lay.profiles == ("1", "8dpa8") and lay.decode.profiled == layouts.Shape(8, 1, 1, dpa=8)
+    out = derived_configs.candidate_config(raw_config(), "llama-70b", lay, {})
+    assert out["benchmark_params"]["llama-70b"]["decode"] == {"tensor_parallelism": "8", "instances_per_node": "1",
+                                                              "dp_size": "8", "dp_attention": "true"}
+    [(_, where)], refused = derived_configs.planned(raw_config(), "llama-70b", [lay], WORK)
+    assert not refused and "decode 1 x TP8 per node, DP attention 8 on 127.0.0.3" in where
+
+
+def test_a_dp_attention_decode_is_predicted_from_its_own_profile():
+    dpa = predict.Profile(8, {1500: 180.0, 3000: 400.0}, {1: 9.0, 4: 9.0, 16: 9.5, 64: 11.0}, dpa=8)
+    profiles = {**PROFILES, "8dpa8": dpa}
+    lay = layouts.Layout("disaggregated", prefill=layouts.Shape(4, 2, 1), decode=layouts.Shape(8, 1, 1, dpa=8))
+    assert predict.predict(lay, profiles, WORK, 64)["mean_itl_ms"] == pytest.approx(11.0)
+    plan = candidates.Plan("llama-70b", WORK, SLA, [lay], [])
+    assert [s.profile for s in plan.profiled] == ["4", "8dpa8"]
+    assert "profiles (once each): TP4, TP8 DP-attention 8:" in plan.text()
+    [entry] = candidates.rank(plan, PROFILES)  # the DP-attention profile missing: said, not predicted from TP8's
+    assert entry["why"] == "8dpa8 not profiled"
 
 
 def test_every_layout_is_planned_from_the_users_config_and_a_refused_one_is_excluded():
     raw = raw_config()
-    layouts, _ = tune.enumerate_layouts(2, 8, (4, 8))
-    placed, refused = tune.planned(raw, "llama-70b", layouts, WORK)
-    assert not refused and len(placed) == len(layouts)
+    found, _ = layouts.enumerate_layouts(2, 8, (4, 8))
+    placed, refused = derived_configs.planned(raw, "llama-70b", found, WORK)
+    assert not refused and len(placed) == len(found)
     where = dict((lay.id, w) for lay, w in placed)
     assert where["p2xtp4-d1xtp8"] == "prefill 2 x TP4 per node on 127.0.0.2; decode 1 x TP8 per node on 127.0.0.3"
     assert where["agg-4xtp4"] == "aggregated 2 x TP4 per node on 127.0.0.2, 127.0.0.3"
     raw["config"]["gpus_per_node"] = "4"  # the plan's GPU budget refuses TP8 now
-    _, refused = tune.planned(raw, "llama-70b", layouts, WORK)
+    _, refused = derived_configs.planned(raw, "llama-70b", found, WORK)
     assert {e.what for e in refused} >= {"p1xtp8-d1xtp8", "agg-2xtp8"}
     assert all("gpus_per_node" in e.why or "GPU" in e.why for e in refused)
 
@@ -90,8 +118,8 @@ def test_every_layout_is_planned_from_the_users_config_and_a_refused_one_is_excl
 def test_derived_configs_replace_the_models_layout_keys_only():
     raw = raw_config()
     raw["benchmark_params"]["llama-70b"]["dp_attention"] = "true"  # the user's own layout does not leak in
-    lay = tune.Layout("disaggregated", prefill=tune.Shape(4, 2, 1), decode=tune.Shape(8, 1, 1))
-    out = tune.candidate_config(raw, "llama-70b", lay, {tune.TEST: tune.bench_test(WORK, 4, 16)})
+    lay = layouts.Layout("disaggregated", prefill=layouts.Shape(4, 2, 1), decode=layouts.Shape(8, 1, 1))
+    out = derived_configs.candidate_config(raw, "llama-70b", lay, {derived_configs.TEST: derived_configs.bench_test(WORK, 4, 16)})
     model = out["benchmark_params"]["llama-70b"]
     assert "dp_attention" not in model and model["model"] == raw["benchmark_params"]["llama-70b"]["model"]
     assert model["prefill"] == {"tensor_parallelism": "4", "instances_per_node": "2"}
@@ -102,16 +130,16 @@ def test_derived_configs_replace_the_models_layout_keys_only():
 
 # ------------------------------------------------------------------------------------------------ predictions
 def test_profiles_interpolate():
-    p = PROFILES[4]
+    p = PROFILES["4"]
     assert p.ttft_at(3000) == 700.0 and p.ttft_at(2250) == pytest.approx(500.0)
     assert p.itl_at(10) == pytest.approx(14.5) and p.itl_at(128) == pytest.approx(30.0 + 14 / 48 * 64)
-    assert tune.Profile(4, {1000: 200.0}, {8: 10.0}).ttft_at(3000) == pytest.approx(600.0)  # one point: x ISL
+    assert predict.Profile(4, {1000: 200.0}, {8: 10.0}).ttft_at(3000) == pytest.approx(600.0)  # one point: x ISL
 
 
 def test_prediction_at_concurrency_1_is_the_profiles_own_figures():
-    lay = tune.Layout("disaggregated", prefill=tune.Shape(4, 2, 1), decode=tune.Shape(8, 1, 1))
-    p = tune.predict(lay, PROFILES, WORK, 1)
-    itl = PROFILES[8].itl_at(1)
+    lay = layouts.Layout("disaggregated", prefill=layouts.Shape(4, 2, 1), decode=layouts.Shape(8, 1, 1))
+    p = predict.predict(lay, PROFILES, WORK, 1)
+    itl = PROFILES["8"].itl_at(1)
     assert p["mean_itl_ms"] == pytest.approx(itl)
     assert p["mean_ttft_ms"] == pytest.approx(700.0, rel=0.05)  # almost no queueing at one request
     assert p["user_output_throughput"] == pytest.approx(150 / (p["mean_ttft_ms"] + 149 * itl) * 1000)
@@ -119,8 +147,8 @@ def test_prediction_at_concurrency_1_is_the_profiles_own_figures():
 
 
 def test_predictions_trade_per_user_rate_for_per_gpu_throughput():
-    for lay in tune.enumerate_layouts(2, 8, (4, 8))[0]:
-        figs = [tune.predict(lay, PROFILES, WORK, c) for c in (1, 4, 16, 64)]
+    for lay in layouts.enumerate_layouts(2, 8, (4, 8))[0]:
+        figs = [predict.predict(lay, PROFILES, WORK, c) for c in (1, 4, 16, 64)]
         users = [f["user_output_throughput"] for f in figs]
         gpus = [f["output_throughput_per_gpu"] for f in figs]
         assert users == sorted(users, reverse=True), lay.id
@@ -128,20 +156,20 @@ def test_predictions_trade_per_user_rate_for_per_gpu_throughput():
 
 
 def test_aggregated_decode_steps_stretch_with_its_prefill_work():
-    agg = tune.Layout("aggregated", aggregated=tune.Shape(8, 1, 2))
-    dis = tune.Layout("disaggregated", prefill=tune.Shape(8, 1, 1), decode=tune.Shape(8, 1, 1))
-    a, d = (tune.predict(lay, PROFILES, WORK, 16) for lay in (agg, dis))
-    assert a["mean_itl_ms"] > PROFILES[8].itl_at(8) * 1.05
-    assert d["mean_itl_ms"] == pytest.approx(PROFILES[8].itl_at(16))
+    agg = layouts.Layout("aggregated", aggregated=layouts.Shape(8, 1, 2))
+    dis = layouts.Layout("disaggregated", prefill=layouts.Shape(8, 1, 1), decode=layouts.Shape(8, 1, 1))
+    a, d = (predict.predict(lay, PROFILES, WORK, 16) for lay in (agg, dis))
+    assert a["mean_itl_ms"] > PROFILES["8"].itl_at(8) * 1.05
+    assert d["mean_itl_ms"] == pytest.approx(PROFILES["8"].itl_at(16))
 
 
 def test_predicted_best_concurrency_is_the_highest_meeting_the_sla():
-    lay = tune.Layout("disaggregated", prefill=tune.Shape(4, 2, 1), decode=tune.Shape(8, 1, 1))
-    best, figs = tune.predicted_best(lay, PROFILES, WORK, SLA, 64)
-    assert best and tune.sla_met(SLA, figs)
-    assert not tune.sla_met(SLA, tune.predict(lay, PROFILES, WORK, best + 1))
-    strict = tune.parse_sla("user_tok_s>=500")
-    assert tune.predicted_best(lay, PROFILES, WORK, strict, 64) == (None, {})
+    lay = layouts.Layout("disaggregated", prefill=layouts.Shape(4, 2, 1), decode=layouts.Shape(8, 1, 1))
+    best, figs = predict.predicted_best(lay, PROFILES, WORK, SLA, 64)
+    assert best and sla.sla_met(SLA, figs)
+    assert not sla.sla_met(SLA, predict.predict(lay, PROFILES, WORK, best + 1))
+    strict = sla.parse_sla("user_tok_s>=500")
+    assert predict.predicted_best(lay, PROFILES, WORK, strict, 64) == (None, {})
 
 
 # ------------------------------------------------------------------------------------------------ bisection
@@ -154,14 +182,14 @@ def test_bisection_finds_the_limit_of_a_monotone_measure(limit, start):
         calls.append(c)
         return c <= limit
 
-    assert tune.highest_passing(measure, start=start, hi=1024, tolerance=0.0) == limit
+    assert predict.highest_passing(measure, start=start, hi=1024, tolerance=0.0) == limit
     assert len(calls) <= 2 * 11 and len(set(calls)) == len(calls)  # log-many, never the same twice
 
 
 def test_bisection_edges_and_tolerance():
-    assert tune.highest_passing(lambda c: False, start=8) is None
-    assert tune.highest_passing(lambda c: True, start=8, hi=100) == 100
-    found = tune.highest_passing(lambda c: c <= 500, start=1, hi=1024, tolerance=0.1)
+    assert predict.highest_passing(lambda c: False, start=8) is None
+    assert predict.highest_passing(lambda c: True, start=8, hi=100) == 100
+    found = predict.highest_passing(lambda c: c <= 500, start=1, hi=1024, tolerance=0.1)
     assert 450 <= found <= 500
 
 
@@ -169,15 +197,21 @@ def test_bisection_edges_and_tolerance():
 class FakeLive:
     """Synthetic profiles and measurements: a deployment meets the SLA up to a concurrency set per layout."""
 
+    parallel = False
+
     def __init__(self, stop_after: int | None = None):
         self.profiled: list[int] = []
         self.deployed: list[str] = []
         self.measured: list[tuple[str, int]] = []
         self.stop_after = stop_after
+        self.aborted = False
 
-    def profile(self, tp, work, batches):
-        self.profiled.append(tp)
-        return PROFILES[tp]
+    def abort(self):
+        self.aborted = True
+
+    def profile(self, shape, work, batches):
+        self.profiled.append(shape.profile)
+        return PROFILES[shape.profile]
 
     @contextmanager
     def deploy(self, layout, work):
@@ -187,53 +221,53 @@ class FakeLive:
 
         def measure(c):
             self.measured.append((layout.id, c))
-            figs = tune.predict(layout, PROFILES, WORK, c)
+            figs = predict.predict(layout, PROFILES, WORK, c)
             return {**figs, "output_throughput_per_gpu": figs["output_throughput_per_gpu"] * 0.9}
-        yield measure
+        yield search.Deployed(measure, {"where": layout.id})
 
 
-def search_plan(**kw) -> tune.Plan:
-    layouts, excluded = tune.enumerate_layouts(2, 8, (4, 8))
-    return tune.Plan("llama-70b", WORK, SLA, layouts, excluded, **kw)
+def search_plan(**kw) -> candidates.Plan:
+    found, excluded = layouts.enumerate_layouts(2, 8, (4, 8))
+    return candidates.Plan("llama-70b", WORK, SLA, found, excluded, **kw)
 
 
 def test_search_profiles_each_tp_once_then_deploys_the_best_predicted(tmp_path):
-    live = FakeLive()
-    data = tune.search(search_plan(), live, tune.Store(tmp_path / "tune.json", search_plan().key), say=lambda s: None)
-    assert live.profiled == [4, 8]
+    fake = FakeLive()
+    data = search.search(search_plan(), fake, store.Store(tmp_path / "tune.json", search_plan().key), say=lambda s: None)
+    assert fake.profiled == ["4", "8"]
     ranked = [e for e in data["predictions"] if "why" not in e]
     best_dis = [e["id"] for e in ranked if e["mode"] == "disaggregated"][:2]
     best_agg = [e["id"] for e in ranked if e["mode"] == "aggregated"][:1]
-    assert sorted(live.deployed) == sorted(best_dis + best_agg)
-    for cid in live.deployed:
+    assert sorted(fake.deployed) == sorted(best_dis + best_agg)
+    for cid in fake.deployed:
         rec = data["candidates"][cid]
-        assert rec["done"] and tune.sla_met(SLA, rec["figures"])
+        assert rec["done"] and sla.sla_met(SLA, rec["figures"])
         assert not rec["points"].get(str(rec["concurrency"] + 1), {"met": False})["met"]
-    assert tune.best_of(data, "disaggregated") and tune.ratio(data) > 0
+    assert output.best_of(data, "disaggregated") and output.ratio(data) > 0
 
 
 def test_an_interrupted_search_resumes_without_measuring_again(tmp_path):
     store_path = tmp_path / "tune.json"
     first = FakeLive(stop_after=1)
     with pytest.raises(KeyboardInterrupt):
-        tune.search(search_plan(), first, tune.Store(store_path, search_plan().key), say=lambda s: None)
+        search.search(search_plan(), first, store.Store(store_path, search_plan().key), say=lambda s: None)
     assert len(first.deployed) == 1
     again = FakeLive()
-    data = tune.search(search_plan(), again, tune.Store(store_path, search_plan().key), say=lambda s: None)
+    data = search.search(search_plan(), again, store.Store(store_path, search_plan().key), say=lambda s: None)
     assert again.profiled == []  # the profiles were kept
     assert first.deployed[0] not in again.deployed and len(again.deployed) == 2
     assert set(data["candidates"]) == {first.deployed[0], *again.deployed}
-    other = tune.Plan("llama-70b", tune.Workload(1000, 100), SLA, search_plan().layouts, [])
-    assert tune.Store(store_path, other.key).candidates == {}  # another workload starts afresh
+    other = candidates.Plan("llama-70b", sla.Workload(1000, 100), SLA, search_plan().layouts, [])
+    assert store.Store(store_path, other.key).candidates == {}  # another workload starts afresh
 
 
 def test_budget_bounds_the_deployments(tmp_path):
-    live = FakeLive()
-    tune.search(search_plan(max_candidates=1), live, tune.Store(tmp_path / "t.json", search_plan().key), say=lambda s: None)
-    assert len(live.deployed) == 1
-    live = FakeLive()
-    tune.search(search_plan(max_minutes=0), live, tune.Store(tmp_path / "u.json", search_plan().key), say=lambda s: None)
-    assert live.profiled == [] and live.deployed == []
+    fake = FakeLive()
+    search.search(search_plan(max_candidates=1), fake, store.Store(tmp_path / "t.json", search_plan().key), say=lambda s: None)
+    assert len(fake.deployed) == 1
+    fake = FakeLive()
+    search.search(search_plan(max_minutes=0), fake, store.Store(tmp_path / "u.json", search_plan().key), say=lambda s: None)
+    assert fake.profiled == [] and fake.deployed == []
 
 
 def test_a_candidate_that_fails_is_recorded_and_the_search_goes_on(tmp_path):
@@ -246,18 +280,18 @@ def test_a_candidate_that_fails_is_recorded_and_the_search_goes_on(tmp_path):
             with super().deploy(layout, work) as m:
                 yield m
 
-    live = Failing()
-    data = tune.search(search_plan(), live, tune.Store(tmp_path / "t.json", search_plan().key), say=lambda s: None)
-    assert data["candidates"][live.deployed[0]]["error"] == "RuntimeError: prefill_0 exited with code 1"
-    assert len(live.deployed) == 3
+    fake = Failing()
+    data = search.search(search_plan(), fake, store.Store(tmp_path / "t.json", search_plan().key), say=lambda s: None)
+    assert data["candidates"][fake.deployed[0]]["error"] == "RuntimeError: prefill_0 exited with code 1"
+    assert len(fake.deployed) == 3
 
 
 # ------------------------------------------------------------------------------------------------ outcome
 def test_report_and_winner_config(tmp_path):
     plan = search_plan()
-    data = tune.search(plan, FakeLive(), tune.Store(tmp_path / "tune.json", plan.key), say=lambda s: None)
-    winner = tune.finish(plan, data, raw_config(), tmp_path, prompts_per_user=4, simulated=True)
-    html = (tmp_path / tune.REPORT_FILE).read_text()
+    data = search.search(plan, FakeLive(), store.Store(tmp_path / "tune.json", plan.key), say=lambda s: None)
+    winner = output.finish(plan, data, raw_config(), tmp_path, prompts_per_user=4, simulated=True)
+    html = (tmp_path / output.REPORT_FILE).read_text()
     assert 'aria-label="output tok/s per GPU against tok/s per user"' in html and 'id="pareto-front"' in html
     assert "best disaggregated: " in html and "best aggregated: " in html and "SIMULATED" in html
     assert "disaggregated / aggregated" in html
@@ -265,7 +299,7 @@ def test_report_and_winner_config(tmp_path):
     test = cfg.model("llama-70b").tests[0]
     assert {(t.canonical, t.value) for t in test.thresholds} == {("user_output_throughput", 50.0), ("mean_ttft_ms", 2000.0)}
     assert test.slo.ttft_ms == 2000.0  # the SLA's limits, not the figures measured
-    best = max((tune.best_of(data, m) for m in ("disaggregated", "aggregated")),
+    best = max((output.best_of(data, m) for m in ("disaggregated", "aggregated")),
                key=lambda kv: kv[1]["figures"]["output_throughput_per_gpu"])
     assert test.max_concurrency == (best[1]["concurrency"],)
     out = subprocess.run([sys.executable, "-m", "pytest_sglang_pd.cli", "validate", str(winner)],
@@ -278,7 +312,7 @@ def test_pareto_front_keeps_the_points_nothing_beats():
 
 
 def test_unscale_restores_simulated_time():
-    out = tune.unscale({"mean_ttft_ms": 10.0, "output_throughput": 1000.0, "user_output_throughput": 500.0,
+    out = live.unscale({"mean_ttft_ms": 10.0, "output_throughput": 1000.0, "user_output_throughput": 500.0,
                         "output_throughput_per_gpu": 100.0, "completed": 8.0}, 10.0)
     assert out == {"mean_ttft_ms": 100.0, "output_throughput": 100.0, "user_output_throughput": 50.0,
                    "output_throughput_per_gpu": 10.0, "completed": 8.0}
@@ -293,7 +327,7 @@ def test_cli_dry_run_lists_candidates_exclusions_and_plans(tmp_path):
     assert ("p2xtp4-d1xtp8: disaggregated, 16 GPUs: prefill 2 x TP4 per node on 127.0.0.2; decode 1 x TP8 per node "
             "on 127.0.0.3") in out.stdout
     assert "a role's 3xTP4 per node: needs 12 GPUs, gpus_per_node is 8" in out.stdout
-    assert "profiles (once per TP): TP 4, 8" in out.stdout
+    assert "profiles (once each): TP4, TP8: prefill alone" in out.stdout
     assert list(tmp_path.iterdir()) == []  # nothing measured, nothing written
 
 
@@ -305,21 +339,127 @@ def test_cli_bad_sla_exits_1_naming_the_term():
     assert "--sla term 'ttft<=2000': unknown metric 'ttft'" in out.stderr
 
 
-def test_slurm_configs_are_refused_with_the_key():
-    cfg = plan_mod.load_config(REPO / "cluster_configs" / "local-slurm.json")
-    with pytest.raises(tune.TuneError, match=r"\$\.config\.transport: slurm is not searched yet"):
-        tune.prepare(cfg, cfg.model_ids[0], WORK, SLA)
+def test_on_slurm_the_layouts_count_the_allocations_nodes_and_each_candidate_sizes_its_own():
+    cfg = plan_mod.load_config(REPO / "cluster_configs" / "local-slurm.json")  # slurm.prefill_nodes 1 + decode_nodes 1
+    plan, raw = tune.prepare(cfg, "llama-8b", WORK, SLA, tps=(4, 8))
+    assert plan.at_once and "aggregated predicted (at once, each in a Slurm allocation of its own; at most 3" in plan.text()
+    assert {lay.id for lay in plan.layouts} == {"p2xtp4-d2xtp4", "p2xtp4-d1xtp8", "p1xtp8-d2xtp4", "p1xtp8-d1xtp8",
+                                                "agg-4xtp4", "agg-2xtp8"}
+    assert plan.placements["p2xtp4-d1xtp8"] == "prefill 2 x TP4 per node on node2; decode 1 x TP8 per node on node3"
+    assert plan.placements["agg-2xtp8"] == "aggregated 1 x TP8 per node on node2, node3"
+    raw["config"]["slurm"]["nodes"] = "9"  # sized by the roles, not by the user's allocation
+    lay = layouts.Layout("disaggregated", prefill=layouts.Shape(4, 2, 1), decode=layouts.Shape(8, 1, 1))
+    out = derived_configs.candidate_config(raw, "llama-8b", lay, {})["config"]
+    assert out["slurm"] == {"prefill_nodes": "1", "decode_nodes": "1", "time_limit": "60", "extra_args": ["--exclusive"]}
+    assert "prefill_node_list" not in out and "nnodes" not in out
+    named = {**raw, "config": {**raw["config"], "prefill_node_list": ["n2"], "decode_node_list": ["n3"]}}
+    out = derived_configs.candidate_config(named, "llama-8b", lay, {})["config"]  # the same nodes: never together
+    assert out["prefill_node_list"] == ["n2"] and out["slurm"]["extra_args"] == ["--exclusive"]
+    wide = derived_configs.candidate_config({**raw, "config": {**raw["config"], "slurm": {"prefill_nodes": "2", "decode_nodes": "2"}}},
+                                            "llama-8b", layouts.Layout("aggregated", aggregated=layouts.Shape(8, 1, 3)), {})
+    assert wide["config"]["slurm"] == {"prefill_nodes": "2", "decode_nodes": "1", "extra_args": ["--exclusive"]}
+
+
+class TogetherLive(FakeLive):
+    """Deployments that each wait until the others have started: only a search that runs them at once gets on."""
+
+    parallel = True
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.barrier = threading.Barrier(n, timeout=10)
+
+    @contextmanager
+    def deploy(self, layout, work):
+        with super().deploy(layout, work) as deployed:
+            self.barrier.wait()
+            yield deployed
+
+
+def test_a_parallel_live_deploys_the_chosen_candidates_at_once_each_recorded_with_where_and_when(tmp_path):
+    fake = TogetherLive(3)
+    data = search.search(search_plan(), fake, store.Store(tmp_path / "t.json", search_plan().key), say=lambda s: None)
+    records = [data["candidates"][c] for c in fake.deployed]
+    assert len(records) == 3 and all(r["done"] and "error" not in r for r in records)
+    assert [r["where"] for r in records] == fake.deployed
+    assert max(r["ready_at"] for r in records) < min(r["done_at"] for r in records)  # the intervals overlap
+    saved = json.loads((tmp_path / "t.json").read_text())  # every thread's points written, none lost
+    assert {c: len(r["points"]) for c, r in saved["candidates"].items()} == \
+        {c: len(r["points"]) for c, r in data["candidates"].items()}
+
+
+def test_an_interrupted_parallel_search_stops_every_deployment(tmp_path):
+    class Interrupted(FakeLive):
+        parallel = True
+
+        @contextmanager
+        def deploy(self, layout, work):
+            if not self.deployed:
+                self.deployed.append(layout.id)
+                raise KeyboardInterrupt
+            with super().deploy(layout, work) as deployed:
+                yield deployed
+
+    fake = Interrupted()
+    with pytest.raises(KeyboardInterrupt):
+        search.search(search_plan(), fake, store.Store(tmp_path / "t.json", search_plan().key), say=lambda s: None)
+    assert fake.aborted
 
 
 def test_a_failed_profile_leaves_its_layouts_out_with_why(tmp_path):
     class NoTP4(FakeLive):
-        def profile(self, tp, work, batches):
-            self.profiled.append(tp)
-            return tune.Profile(4, error="RuntimeError: prefill_0 exited: out of memory") if tp == 4 else PROFILES[tp]
+        def profile(self, shape, work, batches):
+            self.profiled.append(shape.profile)
+            return predict.Profile(4, error="RuntimeError: prefill_0 exited: out of memory") if shape.tp == 4 \
+                else PROFILES[shape.profile]
 
-    live = NoTP4()
-    data = tune.search(search_plan(), live, tune.Store(tmp_path / "t.json", search_plan().key), say=lambda s: None)
+    fake = NoTP4()
+    data = search.search(search_plan(), fake, store.Store(tmp_path / "t.json", search_plan().key), say=lambda s: None)
     why = {e["id"]: e.get("why") for e in data["predictions"]}
     assert why["p2xtp4-d1xtp8"] == "TP4 profile failed: RuntimeError: prefill_0 exited: out of memory"
     assert why["p1xtp8-d1xtp8"] is None
-    assert all(4 not in tune.Layout.from_dict(data["candidates"][c]["layout"]).tps for c in live.deployed)
+    assert all(4 not in layouts.Layout.from_dict(data["candidates"][c]["layout"]).tps for c in fake.deployed)
+
+
+def test_a_point_the_prefix_cache_served_is_an_invalid_measurement_not_a_result(tmp_path):
+    class Cached(FakeLive):  # the second point of each deployment reuses the first one's prompts
+        @contextmanager
+        def deploy(self, layout, work):
+            with super().deploy(layout, work) as deployed:
+                points = []
+
+                def measure(c):
+                    points.append(c)
+                    return {**deployed.measure(c), "cache_hit_rate": 0.016 if len(points) == 1 else 0.72}
+                yield search.Deployed(measure)
+
+    said = []
+    data = search.search(search_plan(), Cached(), store.Store(tmp_path / "t.json", search_plan().key), say=said.append)
+    for cid, record in data["candidates"].items():
+        first, second = list(record["points"].values())
+        assert "invalid" not in first and second["met"] is False
+        assert second["invalid"].startswith("invalid measurement: cache_hit_rate 0.720 above 0.05")
+        assert "invalid measurement: cache_hit_rate 0.720" in record["error"] and "figures" not in record
+    assert output.best_of(data, "disaggregated") is None and output.best_of(data, "aggregated") is None
+    assert any("cache_hit_rate 0.720 above 0.05" in line for line in said)
+
+
+def test_a_profile_the_prefix_cache_served_leaves_its_tp_out(tmp_path):
+    class CachedTP4(FakeLive):  # ISL 3000 measured with the first 1500 tokens of the ISL 1500 prompts cached
+        def profile(self, shape, work, batches):
+            p = super().profile(shape, work, batches)
+            return predict.Profile(shape.tp, p.ttft_ms, p.itl_ms, cache_hit_rate={
+                "prefill ISL 1500": 0.0, "prefill ISL 3000": 0.5 if shape.tp == 4 else 0.01})
+
+    data = search.search(search_plan(), CachedTP4(), store.Store(tmp_path / "t.json", search_plan().key), say=lambda s: None)
+    assert data["profiles"]["4"]["error"].startswith("prefill ISL 3000: invalid measurement: cache_hit_rate 0.500")
+    assert data["profiles"]["8"]["error"] is None
+    why = {e["id"]: e.get("why") for e in data["predictions"]}
+    assert why["p2xtp4-d1xtp8"].startswith("TP4 profile failed: prefill ISL 3000: invalid measurement")
+
+
+def test_results_measured_before_prompts_were_fresh_are_not_resumed(tmp_path):
+    path = tmp_path / "tune.json"
+    old_key = {k: v for k, v in search_plan().key.items() if k != "measurement"}
+    path.write_text(json.dumps({"key": old_key, "profiles": {"4": {}}, "candidates": {"agg-2xtp8": {"done": True}}}))
+    assert store.Store(path, search_plan().key).candidates == {}

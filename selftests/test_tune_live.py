@@ -1,24 +1,38 @@
 """A small layout search on the simulated cluster, through the pytest entry a CI stage runs (`pytest --tune`):
 profiles of TP4 and TP8, then the best disaggregated and the best aggregated deployed and bisected; the report,
-the winner config (accepted by `sglang-pd validate`), and a rerun that measures nothing again."""
+the winner config (accepted by `sglang-pd validate`), and a rerun that measures nothing again; every point of a
+deployment with fresh prompts, and the workers' caches flushed between points."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import requests
 
-from pytest_sglang_pd import tune
+from pytest_sglang_pd import plan as plan_mod
+from pytest_sglang_pd.cluster import flush_caches
+from pytest_sglang_pd.tune import layouts, live, measurement, output, predict, sla, store
 from selftests.configs import REPO
+from selftests.one_worker import sim_worker
 
 pytestmark = pytest.mark.integration
 
 CONFIG = REPO / "cluster_configs" / "local-sim-tune-h100.json"
 SEARCH = ("--isl 512 --osl 16 --sla user_tok_s>=15,ttft_ms<=3000 --tp 4,8 --batches 1,4,16 --prompts-per-user 2 "
           "--deploy-disaggregated 1 --deploy-aggregated 1")
+
+
+def sim_config(tmp_path: Path) -> Path:
+    data = json.loads(CONFIG.read_text())
+    data["config"]["sim"]["speedup"] = "10"
+    config = tmp_path / "tune.json"
+    config.write_text(json.dumps(data))
+    return config
 
 
 def run_pytest(config: Path, results: Path) -> subprocess.CompletedProcess:
@@ -29,32 +43,68 @@ def run_pytest(config: Path, results: Path) -> subprocess.CompletedProcess:
 
 
 def test_small_search_through_pytest_then_resumed(tmp_path):
-    data = json.loads(CONFIG.read_text())
-    data["config"]["sim"]["speedup"] = "10"
-    config = tmp_path / "tune.json"
-    config.write_text(json.dumps(data))
+    config = sim_config(tmp_path)
     out = run_pytest(config, tmp_path)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
-    found = json.loads((tmp_path / "tune" / tune.RESULTS_FILE).read_text())
+    found = json.loads((tmp_path / "tune" / store.RESULTS_FILE).read_text())
     assert sorted(found["profiles"]) == ["4", "8"]
     for profile in found["profiles"].values():
         assert not profile["error"] and len(profile["itl_ms"]) == 3 and len(profile["ttft_ms"]) == 2
+        assert len(profile["cache_hit_rate"]) == 5 and max(profile["cache_hit_rate"].values()) <= measurement.MAX_CACHE_HIT_RATE
     modes = sorted(r["mode"] for r in found["candidates"].values())
     assert modes == ["aggregated", "disaggregated"]
     for cid, record in found["candidates"].items():
         assert record.get("concurrency"), (cid, record)
         assert record["figures"]["user_output_throughput"] >= 15 and record["figures"]["mean_ttft_ms"] <= 3000
         failed = [int(c) for c, p in record["points"].items() if not p["met"]]
+        assert all(p["figures"]["cache_hit_rate"] <= measurement.MAX_CACHE_HIT_RATE for p in record["points"].values())
         assert all(c > record["concurrency"] for c in failed)  # the bisection's answer is below every miss
-    html = (tmp_path / "tune" / tune.REPORT_FILE).read_text()
+    html = (tmp_path / "tune" / output.REPORT_FILE).read_text()
     assert 'id="pareto-front"' in html and "best disaggregated:" in html and "best aggregated:" in html
-    winner = tmp_path / "tune" / tune.WINNER_FILE
+    winner = tmp_path / "tune" / output.WINNER_FILE
     validated = subprocess.run([sys.executable, "-m", "pytest_sglang_pd.cli", "validate", str(winner)],
                                capture_output=True, text=True, cwd=REPO)
     assert validated.returncode == 0, validated.stderr
-    assert "winner config" in out.stdout
+    assert "winner config" in out.stdout and "cache not flushed" not in out.stdout
 
     again = run_pytest(config, tmp_path)  # resumed: nothing profiled or deployed again
     assert again.returncode == 0, again.stdout[-4000:]
     assert "profiling TP" not in again.stdout and "deploying " not in again.stdout
-    assert json.loads((tmp_path / "tune" / tune.RESULTS_FILE).read_text())["candidates"] == found["candidates"]
+    assert json.loads((tmp_path / "tune" / store.RESULTS_FILE).read_text())["candidates"] == found["candidates"]
+
+
+def test_every_point_of_a_deployment_sends_prompts_no_earlier_point_sent(tmp_path):
+    """The same concurrency measured three times on one deployment: with the prompts of one seed the second and third
+    would be served from the prefix cache (cache_hit_rate near 1)."""
+    raw = json.loads(sim_config(tmp_path).read_text())
+    said = []
+    tuner = live.LiveTune(raw, "llama-70b", tmp_path / "tune", prompts_per_user=2, say=said.append)
+    layout = layouts.Layout("aggregated", aggregated=layouts.Shape(8, 1, 1))
+    with tuner.deploy(layout, sla.Workload(512, 4)) as deployed:
+        rates = [deployed.measure(4)["cache_hit_rate"] for _ in range(3)]
+    assert max(rates) <= measurement.MAX_CACHE_HIT_RATE, rates
+    assert not [line for line in said if "cache not flushed" in line]
+
+
+def test_flushing_empties_a_workers_prefix_cache_and_names_a_worker_that_did_not_answer():
+    body = {"text": "hello world " * 200, "sampling_params": {"max_new_tokens": 2}}
+    with sim_worker() as (url, _):
+        cached = [requests.post(f"{url}/generate", json=body, timeout=30).json()["meta_info"]["cached_tokens"]
+                  for _ in range(2)]
+        assert cached[0] == 0 and cached[1] > 300  # the same prompt again: served from the cache
+        assert flush_caches({"aggregated": [url]}) == []
+        assert requests.post(f"{url}/generate", json=body, timeout=30).json()["meta_info"]["cached_tokens"] == 0
+    [problem] = flush_caches({"decode": [url]})  # the worker is gone now
+    assert problem.startswith(f"decode {url}/flush_cache: ConnectionError")
+
+
+def test_a_dp_attention_profile_deploys_its_instances_with_dp_attention(tmp_path):
+    raw = json.loads(sim_config(tmp_path).read_text())
+    tuner = live.LiveTune(raw, "llama-70b", tmp_path / "tune", prompts_per_user=2, say=lambda line: None)
+    profile = tuner.profile(layouts.Shape(8, 1, 1, dpa=8), sla.Workload(512, 16), (1, 4))
+    assert not profile.error and sorted(profile.itl_ms) == [1, 4] and len(profile.ttft_ms) == 2
+    assert (profile.name, predict.Profile.from_dict(asdict(profile)).dpa) == ("TP8 DP-attention 8", 8)
+    cfg = plan_mod.load_config(tmp_path / "tune" / "configs" / "profile-tp8dpa8.json")  # what was deployed
+    dep = plan_mod.plan(cfg, "llama-70b", run_id="r")
+    for role in ("prefill", "decode"):
+        assert "--attn-dp-size 8" in " ".join(dep.role(role)[0].argv)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pytest_sglang_pd import tune
+from pytest_sglang_pd.tune import output, sla
 
 
 def test_tune(request, suite_run, cluster_config):
@@ -22,7 +23,7 @@ def test_tune(request, suite_run, cluster_config):
     try:
         args = parser.parse_args(shlex.split(request.config.getoption("tune")))
         plan, raw = tune.plan_of(cluster_config, args)
-    except (argparse.ArgumentError, tune.TuneError) as exc:
+    except (argparse.ArgumentError, sla.TuneError) as exc:
         raise pytest.UsageError(f"--tune: {exc}") from None
     say = request.config.pluginmanager.get_plugin("terminalreporter")
     tell = (lambda line: say.write_line(line)) if say else print
@@ -31,10 +32,10 @@ def test_tune(request, suite_run, cluster_config):
         return
     results = Path(args.results_dir) if args.results_dir else suite_run.run_dir / "tune"
     data, winner = tune.run(plan, raw, cluster_config, results, prompts_per_user=args.prompts_per_user, say=tell)
-    props.append(("tune_summary", tune.summary(data)))
-    props.append(("tune_report", str(results / tune.REPORT_FILE)))
-    if tune.ratio(data) is not None:
-        props.append(("disaggregated_over_aggregated", f"{tune.ratio(data):.3f}"))
-    assert winner is not None, f"no layout met the SLA {args.sla}:\n{tune.summary(data)}\nreport: {results / tune.REPORT_FILE}"
+    props.append(("tune_summary", output.summary(data)))
+    props.append(("tune_report", str(results / output.REPORT_FILE)))
+    if output.ratio(data) is not None:
+        props.append(("disaggregated_over_aggregated", f"{output.ratio(data):.3f}"))
+    assert winner is not None, f"no layout met the SLA {args.sla}:\n{output.summary(data)}\nreport: {results / output.REPORT_FILE}"
     props.append(("tune_winner_config", str(winner)))
-    tell(tune.summary(data) + f"\nwinner config {winner}")
+    tell(output.summary(data) + f"\nwinner config {winner}")

@@ -1,0 +1,139 @@
+"""Profiles (TTFT against ISL, ITL against decode batch, per TP) and what they predict of a layout at a concurrency
+(the model is in docs/tune.md); the bisection that finds the highest concurrency meeting the SLA, predicted or
+measured."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..config import DISAGGREGATED
+from .layouts import Layout, profile_name
+from .sla import Constraint, Workload, sla_met
+
+
+DEFAULT_BATCHES = (1, 4, 16, 64)  # decode-alone batch sizes profiled per TP
+PROFILE_ISL_FRACTIONS = (0.5, 1.0)  # prefill profiled at these fractions of the ISL (TTFT fitted as a line)
+
+
+@dataclass
+class Profile:
+    """One TP size (with DP attention over ``dpa`` ranks, or none) measured alone: TTFT (ms) against ISL at concurrency
+    1, ITL (ms) against decode batch."""
+
+    tp: int
+    ttft_ms: dict[int, float] = field(default_factory=dict)
+    itl_ms: dict[int, float] = field(default_factory=dict)
+    error: str | None = None
+    cache_hit_rate: dict[str, float] = field(default_factory=dict)  # per measurement ("prefill ISL 1500", ...)
+    dpa: int = 1
+
+    @property
+    def name(self) -> str:
+        return profile_name(self.tp, self.dpa)
+
+    def ttft_at(self, isl: int) -> float:
+        """TTFT on the line through the two measured ISLs nearest ``isl`` (one point: proportional to ISL)."""
+        return _interpolate(self.ttft_ms, isl, through_origin=True)
+
+    def itl_at(self, batch: float) -> float:
+        """ITL interpolated linearly between the measured batches, extended along the last two beyond them."""
+        return _interpolate(self.itl_ms, max(batch, 1.0), through_origin=False)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Profile:
+        return cls(d["tp"], {int(k): v for k, v in d["ttft_ms"].items()}, {int(k): v for k, v in d["itl_ms"].items()},
+                   d.get("error"), d.get("cache_hit_rate", {}), d.get("dpa", 1))
+
+
+def _interpolate(points: dict[int, float], x: float, *, through_origin: bool) -> float:
+    xs = sorted(points)
+    if len(xs) == 1:
+        return points[xs[0]] * x / xs[0] if through_origin else points[xs[0]]
+    lo, hi = (xs[0], xs[1]) if x <= xs[0] else (xs[-2], xs[-1]) if x >= xs[-1] else \
+        next((a, b) for a, b in zip(xs, xs[1:]) if a <= x <= b)
+    y = points[lo] + (points[hi] - points[lo]) * (x - lo) / (hi - lo)
+    return max(y, min(points.values()) if not through_origin else 0.0)
+
+
+def _queued(service_ms: float, rho: float, others: float) -> float:
+    """The service plus a wait: M/D/1's rho / (2 (1 - rho)) services, at most the ``others`` services a closed loop
+    can hold ahead of a request (its C - 1 other requests shared over the prefill instances)."""
+    rho = min(rho, 0.99)
+    return service_ms * (1.0 + min(rho / (2.0 * (1.0 - rho)), others))
+
+
+def predict(layout: Layout, profiles: dict[str, Profile], work: Workload, concurrency: int) -> dict[str, float]:
+    """The figures a layout should reach at ``concurrency`` in-flight requests, from the profiles (docs/tune.md).
+    Prefill capacity = prefill instances / TTFT_p(ISL); ITL = ITL_d(C / decoding instances). The request rate
+    X = C / (TTFT + (OSL - 1) x ITL) where TTFT is TTFT_p(ISL) plus an M/D/1 wait at utilisation X0 / capacity (X0:
+    the rate without any wait), and never below what Little's law leaves once the prefills saturate
+    (C / capacity - (OSL - 1) x ITL). Aggregated: each instance prefills and decodes in one batch, so its decode
+    steps stretch by 1 / (1 - the share of time it prefills), X / capacity, found by fixed-point iteration."""
+    shape = layout.aggregated or layout.decode
+    prefill = layout.aggregated or layout.prefill
+    ttft0 = profiles[prefill.profile].ttft_at(work.isl)
+    itl0 = profiles[shape.profile].itl_at(concurrency / shape.instances)
+    capacity = prefill.instances / ttft0  # requests per ms
+    share, itl, ttft = 0.0, itl0, ttft0
+    for _ in range(1 if layout.mode == DISAGGREGATED else 40):
+        itl = itl0 / (1.0 - share)
+        decode_ms = (work.osl - 1) * itl
+        ttft = max(_queued(ttft0, concurrency / (ttft0 + decode_ms) / capacity,
+                           (concurrency - 1) / prefill.instances),
+                   concurrency / capacity - decode_ms)
+        share = 0.5 * share + 0.5 * min(concurrency / (ttft + decode_ms) / capacity, 0.9)
+    latency_ms = ttft + (work.osl - 1) * itl
+    rate_s = concurrency / latency_ms * 1000.0
+    out_tok_s = rate_s * work.osl
+    return {"mean_ttft_ms": ttft, "mean_itl_ms": itl, "mean_tpot_ms": itl, "mean_e2e_latency_ms": latency_ms,
+            "request_throughput": rate_s, "output_throughput": out_tok_s,
+            "total_throughput": rate_s * (work.isl + work.osl),
+            "total_throughput_per_gpu": rate_s * (work.isl + work.osl) / layout.gpus,
+            "output_throughput_per_gpu": out_tok_s / layout.gpus,
+            "user_output_throughput": work.osl / latency_ms * 1000.0, "interactivity": 1000.0 / itl}
+
+
+def highest_passing(measure: Callable[[int], bool], *, start: int = 1, hi: int = 1024,
+                    tolerance: float = 0.1) -> int | None:
+    """The highest concurrency in [1, hi] that ``measure`` passes, assuming it passes below some value and fails
+    above: doubles up from ``start`` while it passes (halves down while it fails), then bisects until the gap is
+    within ``tolerance`` of the passing value. None: even 1 fails."""
+    start = max(1, min(start, hi))
+    if measure(start):
+        good, bad = start, None
+        while bad is None and good < hi:
+            step = min(good * 2, hi)
+            if measure(step):
+                good = step
+            else:
+                bad = step
+        if bad is None:
+            return good
+    else:
+        bad, good = start, None
+        while good is None and bad > 1:
+            step = max(bad // 2, 1)
+            if measure(step):
+                good = step
+            else:
+                bad = step
+        if good is None:
+            return None
+    while bad - good > max(1, int(good * tolerance)):
+        mid = (good + bad) // 2
+        if measure(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+def predicted_best(layout: Layout, profiles: dict[str, Profile], work: Workload, sla: tuple[Constraint, ...],
+                   max_batch: int) -> tuple[int | None, dict[str, float]]:
+    """The highest concurrency the prediction says meets the SLA (at most ``max_batch`` per decoding instance: the
+    profiles say nothing beyond) and the figures predicted there."""
+    shape = layout.aggregated or layout.decode
+    best = highest_passing(lambda c: sla_met(sla, predict(layout, profiles, work, c)),
+                           hi=max_batch * shape.instances, tolerance=0.0)
+    return best, (predict(layout, profiles, work, best) if best else {})
