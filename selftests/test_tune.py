@@ -302,6 +302,9 @@ def test_report_and_winner_config(tmp_path):
     best = max((output.best_of(data, m) for m in ("disaggregated", "aggregated")),
                key=lambda kv: kv[1]["figures"]["output_throughput_per_gpu"])
     assert test.max_concurrency == (best[1]["concurrency"],)
+    # the search ran the simulator fast-forwarded and scaled its figures back; the suite would not, so the winner
+    # runs it in real time, where the SLA's limits mean what they meant in the search
+    assert raw_config()["config"]["sim"]["speedup"] != "1" and cfg.sim.speedup == 1
     out = subprocess.run([sys.executable, "-m", "pytest_sglang_pd.cli", "validate", str(winner)],
                          capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
