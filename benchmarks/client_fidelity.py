@@ -29,12 +29,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import requests
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pytest_sglang_pd import plan  # noqa: E402
+from pytest_sglang_pd.cluster import flush_caches  # noqa: E402
 from pytest_sglang_pd.bench import builtin, sglang_tools, workloads  # noqa: E402
 from pytest_sglang_pd.config import InferenceTest  # noqa: E402
 from pytest_sglang_pd.textgen.tokenizer import tokenizer_dir  # noqa: E402
@@ -121,13 +121,6 @@ def run_bench_serving(cluster, tools_python: str, args: argparse.Namespace) -> d
     return figures(result.metrics, result.totals["total_output_tokens"], float(cpu_lines[-1][len(CPU_LINE):]))
 
 
-def flush_caches(cluster) -> None:
-    """Every worker's prefix cache emptied: each run starts from the same cold cache (the prompts repeat)."""
-    for urls in cluster.worker_urls.values():
-        for url in urls:
-            requests.post(f"{url}/flush_cache", timeout=30).raise_for_status()
-
-
 def verdict(key: str, ratio: float) -> str:
     if key == CPU_FIGURE:
         return "PASS" if ratio <= MAX_CPU_RATIO else "FAIL"
@@ -181,7 +174,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, sim_cluster(Path(tmp), 1, 1, worker_args=speed) as cluster:
         for i in range(args.runs):
             for client in runs:
-                flush_caches(cluster)
+                if problems := flush_caches(cluster.worker_urls):  # each run from the same cold cache
+                    sys.exit("\n".join(problems))
                 started = time.monotonic()
                 if client == "builtin":
                     runs[client].append(run_builtin(cluster.router_url, args))

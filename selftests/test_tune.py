@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from contextlib import contextmanager
+from dataclasses import replace
 
 import pytest
 
@@ -16,6 +17,8 @@ from pytest_sglang_pd import config as config_mod
 from pytest_sglang_pd import plan as plan_mod
 from pytest_sglang_pd import tune
 from pytest_sglang_pd.tune import candidates, derived_configs, layouts, live, output, predict, search, sla, store
+from pytest_sglang_pd.bench.figures import GPUs
+from pytest_sglang_pd.bench.result import BenchResult, RequestRecord, aggregate
 from pytest_sglang_pd.report import charts
 from selftests.configs import REPO
 
@@ -314,11 +317,26 @@ def test_pareto_front_keeps_the_points_nothing_beats():
     assert charts.pareto_front([(10, 5), (20, 4), (15, 3), (5, 6), (20, 2)]) == [(5, 6), (10, 5), (20, 4)]
 
 
-def test_unscale_restores_simulated_time():
-    out = live.unscale({"mean_ttft_ms": 10.0, "output_throughput": 1000.0, "user_output_throughput": 500.0,
-                        "output_throughput_per_gpu": 100.0, "completed": 8.0}, 10.0)
-    assert out == {"mean_ttft_ms": 100.0, "output_throughput": 100.0, "user_output_throughput": 50.0,
-                   "output_throughput_per_gpu": 10.0, "completed": 8.0}
+def test_a_fast_forwarded_run_is_measured_in_simulated_time():
+    """A simulator at speedup 10 ran every request 10x faster than modelled: the search's figures are those of the
+    modelled records (times x 10, rates / 10, per GPU and per user too), counts unchanged."""
+    modelled = [RequestRecord(True, prompt_tokens=100, output_tokens=11, ttft_s=0.1, latency_s=1.1, itl_s=[0.1] * 10),
+                RequestRecord(True, prompt_tokens=100, output_tokens=5, ttft_s=0.3, latency_s=0.7, itl_s=[0.1] * 4)]
+    fast = [replace(r, ttft_s=r.ttft_s / 10, latency_s=r.latency_s / 10, itl_s=[x / 10 for x in r.itl_s])
+            for r in modelled]
+    gpus = GPUs(prefill=8, decode=8)
+
+    def measured(records: list, duration_s: float) -> BenchResult:
+        metrics, totals = aggregate(records, duration_s)
+        return BenchResult("builtin", metrics, len(records), records=records, totals=totals)
+
+    out = live.modelled_figures(measured(fast, 0.2), gpus, 10.0)
+    want = live.modelled_figures(measured(modelled, 2.0), gpus, 1.0)
+    for name in ("mean_ttft_ms", "mean_itl_ms", "output_throughput", "user_output_throughput",
+                 "output_throughput_per_gpu", "completed"):
+        assert out[name] == pytest.approx(want[name]), name
+    assert out["mean_ttft_ms"] == pytest.approx(200.0) and out["output_throughput"] == pytest.approx(8.0)
+    assert out["output_throughput_per_gpu"] == pytest.approx(0.5) and out["completed"] == 2
 
 
 def test_cli_dry_run_lists_candidates_exclusions_and_plans(tmp_path):

@@ -12,7 +12,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .. import metrics as metrics_mod
 from ..config import DISAGGREGATED
 from .derived_configs import TEST, bench_test, candidate_config, own_allocations, worker_count
 from .layouts import Layout, Shape
@@ -24,14 +23,15 @@ from .sla import Workload
 Measure = Callable[[Any, int], dict]  # an inference test at a concurrency -> the figures measured
 
 
-def unscale(figures: dict[str, float], speedup: float) -> dict[str, float]:
-    """Figures of a simulator run at ``speedup`` in simulated time: times x speedup, rates / speedup."""
-    out = {}
-    for name, value in figures.items():
-        unit = metrics_mod.METRICS[name].unit if name in metrics_mod.METRICS else \
-            ("tok/s/GPU" if name == "output_throughput_per_gpu" else "")
-        out[name] = value * speedup if unit in ("ms", "s") else value / speedup if "/s" in unit else value
-    return out
+def modelled_figures(result: Any, gpus: Any, speedup: float) -> dict[str, float]:
+    """The search's figures of ``result`` in simulated time: a simulator run at ``speedup`` rescaled as the suite
+    rescales a dilated one (``bench.result.undilate``), then its per-GPU, per-user and goodput figures."""
+    from ..bench.figures import SLO, with_figures
+    from ..bench.result import undilate
+
+    figures = with_figures(undilate(result, 1 / speedup), gpus, SLO()).metrics
+    figures["output_throughput_per_gpu"] = figures["output_throughput"] / gpus.total
+    return {k: float(v) for k, v in figures.items() if isinstance(v, (int, float))}
 
 
 class LiveTune:
@@ -99,7 +99,7 @@ class LiveTune:
 
     def _run(self, cfg: Any, cluster: Any, test: Any, concurrency: int, name: str) -> dict[str, float]:
         from ..bench import run_benchmark
-        from ..bench.figures import GPUs, gpus_of, with_figures, SLO
+        from ..bench.figures import gpus_of
         from ..config import InferenceCase
 
         case = InferenceCase(cfg.model(self.model_id), test, concurrency)
@@ -108,11 +108,7 @@ class LiveTune:
         if result.completed < result.num_requests or not result.completed:
             raise RuntimeError(f"{case.id} at concurrency {concurrency}: {result.completed} of {result.num_requests} "
                                f"requests completed: {'; '.join(result.errors[:3])}")
-        gpus: GPUs = gpus_of(cluster.deployment)
-        figures = with_figures(result, gpus, SLO()).metrics
-        figures["output_throughput_per_gpu"] = figures["output_throughput"] / gpus.total
-        return unscale({k: float(v) for k, v in figures.items() if isinstance(v, (int, float))},
-                       cfg.sim.speedup if cfg.simulated else 1.0)
+        return modelled_figures(result, gpus_of(cluster.deployment), cfg.sim.speedup if cfg.simulated else 1.0)
 
     def profile(self, shape: Shape, work: Workload, batches: tuple[int, ...]) -> Profile:
         """A 1P1D of ``shape`` (both roles: TP, with DP attention where it has it): prefill alone at concurrency 1 per
