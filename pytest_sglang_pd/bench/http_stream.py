@@ -107,6 +107,9 @@ class _Response(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.done.done():
             return
+        if exc is not None and not isinstance(exc, Exception):  # an interrupt raised in a callback: the loop closed
+            self.done.set_exception(exc)  # the transport with it; the request's await raises it on, not a cut stream
+            return
         if self.body is not None and self.body.length is None and exc is None:  # a body that ends with the connection
             if self.status != 200:
                 self.done.set_exception(HTTPStatusError(self.status, bytes(self.error_body)))
