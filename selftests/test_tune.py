@@ -317,6 +317,18 @@ def test_pareto_front_keeps_the_points_nothing_beats():
     assert charts.pareto_front([(10, 5), (20, 4), (15, 3), (5, 6), (20, 2)]) == [(5, 6), (10, 5), (20, 4)]
 
 
+def test_the_pareto_chart_spans_its_points_and_marks_the_sla_floor():
+    """Axes over the points and the SLA's per-user floor (not from 0, which squeezed them into a corner); the
+    floor a dotted line with the failing side shaded."""
+    fig = charts.pareto_figure({"a": [(48.0, 120.0), (55.0, 100.0)], "b": [(60.0, 90.0)]}, "t", "x", "y", x_floor=50)
+    ax = fig.axes[0]
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    assert 45 < x0 < 48 and 60 < x1 < 65 and 80 < y0 < 90 and 120 < y1 < 130
+    html = charts.pareto({"a": [(48.0, 120.0)]}, "t", "x", "y", x_floor=50)
+    assert 'id="sla-floor"' in html and 'id="sla-fails"' in html
+    assert 'id="sla-floor"' not in charts.pareto({"a": [(48.0, 120.0)]}, "t", "x", "y")
+
+
 def test_a_fast_forwarded_run_is_measured_in_simulated_time():
     """A simulator at speedup 10 ran every request 10x faster than modelled: the search's figures are those of the
     modelled records (times x 10, rates / 10, per GPU and per user too), counts unchanged."""

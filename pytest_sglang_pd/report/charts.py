@@ -103,10 +103,12 @@ def sparkline(values: list[float], title: str = "trend") -> str:
     return _svg(fig, title)
 
 
-def pareto(series: dict[str, list[tuple[float, float]]], title: str, x_label: str, y_label: str) -> str:
+def pareto(series: dict[str, list[tuple[float, float]]], title: str, x_label: str, y_label: str,
+           x_floor: float | None = None) -> str:
     """Points of several series (x: per-user rate, y: per-GPU throughput), one marker each, and the Pareto front of
-    all of them (no other point better on both axes) as a dashed line."""
-    return _svg(pareto_figure(series, title, x_label, y_label), title)
+    all of them (no other point better on both axes) as a dashed line; ``x_floor``: the SLA's least x, a dotted line
+    with the region left of it shaded."""
+    return _svg(pareto_figure(series, title, x_label, y_label, x_floor), title)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -118,7 +120,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return sorted(front)
 
 
-def pareto_figure(series: dict[str, list[tuple[float, float]]], title: str, x_label: str, y_label: str) -> Figure:
+def pareto_figure(series: dict[str, list[tuple[float, float]]], title: str, x_label: str, y_label: str,
+                  x_floor: float | None = None) -> Figure:
     fig, ax = _figure()
     points = [p for pts in series.values() for p in pts]
     if not points:
@@ -131,15 +134,30 @@ def pareto_figure(series: dict[str, list[tuple[float, float]]], title: str, x_la
     front = pareto_front(points)
     line, = ax.plot([p[0] for p in front], [p[1] for p in front], color="#888", linestyle="--", linewidth=1, zorder=1)
     line.set_gid("pareto-front")
-    return _labelled(fig, ax, title, x_label, y_label, points)
+    _labelled(fig, ax, title, x_label, y_label, points + ([(x_floor, points[0][1])] if x_floor is not None else []),
+              from_zero=False)
+    if x_floor is not None:
+        ax.axvspan(ax.get_xlim()[0], x_floor, color="#eee", zorder=0).set_gid("sla-fails")
+        ax.axvline(x_floor, color="#c00", linestyle=":", linewidth=1, zorder=1).set_gid("sla-floor")
+    return fig
 
 
-def _labelled(fig: Figure, ax, title: str, x_label: str, y_label: str, xy: list[tuple[float, float]]) -> Figure:
-    """Title, axis labels, axes from 0 to a margin above the largest x and y, the legend below."""
+def _span(values: list[float], from_zero: bool, margin: float) -> tuple[float, float]:
+    """Axis limits: 0 (or a margin below the smallest value, not below 0) to a margin above the largest."""
+    lo, hi = min(values), max(values)
+    if from_zero:
+        return 0, hi * (1 + margin) or 1
+    pad = (hi - lo or abs(hi) or 1) * margin
+    return max(0.0, lo - pad), hi + pad
+
+
+def _labelled(fig: Figure, ax, title: str, x_label: str, y_label: str, xy: list[tuple[float, float]],
+              from_zero: bool = True) -> Figure:
+    """Title, axis labels, axes over the points (from 0 unless ``from_zero`` is false), the legend below."""
     ax.set_title(title)
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
-    ax.set_xlim(0, max(x for x, _ in xy) * 1.1 or 1)
-    ax.set_ylim(0, max(y for _, y in xy) * 1.15 or 1)
+    ax.set_xlim(*_span([x for x, _ in xy], from_zero, 0.1))
+    ax.set_ylim(*_span([y for _, y in xy], from_zero, 0.15))
     _legend_below(ax)
     return fig

@@ -80,8 +80,9 @@ def report_html(plan: Plan, data: dict, simulated: bool) -> str:
     series = {cid: [(p["figures"]["user_output_throughput"], p["figures"]["output_throughput_per_gpu"])
                     for p in r["points"].values() if "user_output_throughput" in p["figures"]]
               for cid, r in data["candidates"].items() if r.get("points")}
+    floor = max((c.limit for c in plan.sla if c.metric == "user_output_throughput" and c.op == ">="), default=None)
     chart = charts.pareto(series, "output tok/s per GPU against tok/s per user", "tok/s/user (output tokens / "
-                          "request latency)", "output tok/s/GPU")
+                          "request latency)", "output tok/s/GPU", x_floor=floor)
     head = "".join(f"<th>{escape(h)}</th>" for h in TABLE_HEADER)
     body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in table_rows(data))
     excluded = "".join(f"<li>{escape(e.what)}: {escape(e.why)}</li>" for e in plan.excluded)
