@@ -465,6 +465,8 @@ def _worker_argv(cfg: ClusterConfig, model: ModelConfig, inst: _Instance, member
                  "--sim-accuracy", str(s.accuracy), "--sim-startup-delay", str(s.startup_delay_s)]
         if model.sim_model_profile:
             argv += ["--sim-model-profile", model.sim_model_profile]
+        if s.prefill_of_matmul is not None:
+            argv += ["--sim-prefill-of-matmul", str(s.prefill_of_matmul)]
         key = f"{inst.role}_{inst.index}"
         for fault in (*s.faults.get(inst.role, ()), *s.faults.get(key, ())):
             argv += ["--sim-fault", fault]

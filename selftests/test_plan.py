@@ -153,6 +153,16 @@ def test_engine_sim_swaps_only_the_worker_module():
     assert all(x.startswith("--sim-") for x in b[len(a):] if x.startswith("--"))  # ... then only --sim-* flags
 
 
+def test_a_calibrated_prefill_share_reaches_every_simulated_worker_and_the_default_adds_no_flag():
+    data = raw("local-sim.json")
+    shipped = plan.plan(config.from_dict(data), "llama-8b", run_id="r")
+    data["config"]["sim"]["prefill_of_matmul"] = "0.35"
+    calibrated = plan.plan(config.from_dict(data), "llama-8b", run_id="r")
+    assert all("--sim-prefill-of-matmul" not in p.argv for p in shipped.servers("prefill") + shipped.servers("decode"))
+    for p in calibrated.servers("prefill") + calibrated.servers("decode"):
+        assert p.argv[p.argv.index("--sim-prefill-of-matmul") + 1] == "0.35"
+
+
 def test_hf_token_comes_from_its_file_on_the_node_and_never_into_argv_or_env():
     dep = plan.plan(reference_config(), "llama-70b", run_id="r")
     p = dep.servers("prefill")[0]

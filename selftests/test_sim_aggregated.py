@@ -74,3 +74,16 @@ def test_the_worker_flags_set_mixed_steps_and_sglangs_chunk_default(flags, mixed
     args = parse_args(["--model-path", "meta-llama/Llama-3.3-70B-Instruct", "--tp", "4", *flags])
     worker = SimWorker(args, catalog.find_gpu(args.sim_gpu), catalog.MODELS["Llama-3.3-70B"])
     assert (worker.scheduler.mixed_chunk, worker.scheduler.chunk) == (mixed, chunk)
+
+
+@pytest.mark.parametrize("share, ok", [("0.35", True), ("0", False), ("1.5", False)])
+def test_the_worker_takes_its_prefill_share_from_the_flag(share, ok, capsys):
+    argv = ["--model-path", "meta-llama/Llama-3.3-70B-Instruct", "--tp", "4", "--sim-prefill-of-matmul", share]
+    if not ok:
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+        assert "--sim-prefill-of-matmul must be within (0, 1]" in capsys.readouterr().err
+        return
+    args = parse_args(argv)
+    worker = SimWorker(args, catalog.find_gpu(args.sim_gpu), catalog.MODELS["Llama-3.3-70B"])
+    assert worker.perf.prefill_of_matmul == 0.35

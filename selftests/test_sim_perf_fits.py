@@ -53,3 +53,13 @@ def test_prefill_runs_at_each_gpus_measured_matmul_rate():
     h100, mi300x = (PerfModel(catalog.GPUS[g], LLAMA_70B, 8) for g in ("H100", "MI300X"))
     h100_s, mi300x_s = (p.prefill_seconds(chunk) - p.step_overhead_s for p in (h100, mi300x))
     assert mi300x_s / h100_s == pytest.approx(1402.6 / 1273)  # the MI300X's higher FP8 peak is not reached
+
+
+def test_a_calibrated_prefill_share_scales_the_prefill_compute_and_nothing_else():
+    """sim.prefill_of_matmul (--sim-prefill-of-matmul) calibrates the prefill to a measured stack: half the share,
+    twice the prefill compute; the decode step is the fit's."""
+    shipped = PerfModel(catalog.GPUS["H100"], LLAMA_70B, 4)
+    half = dataclasses.replace(shipped, prefill_of_matmul=shipped.prefill_of_matmul / 2)
+    compute = [p.prefill_seconds([(3000, 0)]) - p.step_overhead_s for p in (shipped, half)]
+    assert compute[1] == pytest.approx(2 * compute[0])
+    assert half.decode_step_seconds(48, 48 * 3075) == shipped.decode_step_seconds(48, 48 * 3075)

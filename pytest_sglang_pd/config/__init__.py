@@ -323,6 +323,11 @@ class SimSettings:
     seed: int = key("seed", 0, INT, "simulator --sim-seed", minimum=0)
     accuracy: float = key("accuracy", 1.0, NUMBER, "simulator --sim-accuracy (fraction of right gsm8k answers)",
                           minimum=0, maximum=1)
+    prefill_of_matmul: float | None = key("prefill_of_matmul", None, NUMBER, "simulator --sim-prefill-of-matmul: the "
+                                          "share of the GPU's measured matmul rate a prefill forward reaches, to "
+                                          "calibrate the model's TTFT to a measured stack (docs/simulator.md)",
+                                          minimum=0, exclusive_minimum=True, maximum=1,
+                                          default_doc="0.659, from NVIDIA NIM's H100 TTFT")
     faults: Mapping[str, tuple[str, ...]] = key("faults", {}, LIST_MAP, "simulator --sim-fault per role "
                                                 "(prefill, decode) or process (prefill_0): see docs/simulator.md")
 

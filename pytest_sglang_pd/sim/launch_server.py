@@ -23,6 +23,7 @@ from pytest_sglang_pd import releases
 from pytest_sglang_pd.kv_transfer import BACKENDS, KVTransferError
 from pytest_sglang_pd.sim import catalog, dtypes
 from pytest_sglang_pd.sim.dp import FAKE_BACKEND, LOAD_BALANCE_METHODS, resolve_parallelism
+from pytest_sglang_pd.sim.perf_model import PREFILL_OF_MATMUL
 
 log = logging.getLogger("pytest_sglang_pd.sim")
 READY_LINE = "The server is fired up and ready to roll!"
@@ -85,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "refuse_bootstrap (repeatable)")
     s("--sim-kv-payload-bytes-per-token", type=int, default=256, help="KV bytes per prompt token moved for real")
     s("--sim-accuracy", type=float, default=1.0, help="probability of a correct arithmetic answer")
+    s("--sim-prefill-of-matmul", type=float, default=PREFILL_OF_MATMUL,
+      help="the share of the GPU's measured matmul rate a prefill forward reaches (docs/simulator.md)")
     return p
 
 
@@ -101,6 +104,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--sim-speedup must be > 0")
     if not 0 <= args.sim_accuracy <= 1:
         parser.error("--sim-accuracy must be within [0, 1]")
+    if not 0 < args.sim_prefill_of_matmul <= 1:
+        parser.error("--sim-prefill-of-matmul must be within (0, 1]")
     try:
         if args.chunked_prefill_size is None:
             args.chunked_prefill_size = catalog.default_chunked_prefill_size(catalog.find_gpu(args.sim_gpu))

@@ -43,6 +43,7 @@ class PerfModel:
     gpu: GPU
     model: ModelProfile
     gpus: int  # GPUs of one instance (TP x PP by default)
+    prefill_of_matmul: float = PREFILL_OF_MATMUL  # --sim-prefill-of-matmul: calibrated to a stack's measured TTFT
 
     @property
     def _fp8(self) -> bool:
@@ -54,8 +55,8 @@ class PerfModel:
 
     @property
     def prefill_flops_per_gpu(self) -> float:
-        """The FLOP/s one GPU runs a prefill at: its measured matmul rate in the GEMM dtype x PREFILL_OF_MATMUL."""
-        return (self.gpu.fp8_matmul if self._fp8 else self.gpu.bf16_matmul) * PREFILL_OF_MATMUL
+        """The FLOP/s one GPU runs a prefill at: its measured matmul rate in the GEMM dtype x ``prefill_of_matmul``."""
+        return (self.gpu.fp8_matmul if self._fp8 else self.gpu.bf16_matmul) * self.prefill_of_matmul
 
     @property
     def decode_flops_per_gpu(self) -> float:

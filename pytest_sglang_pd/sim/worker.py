@@ -41,7 +41,8 @@ class SimWorker:
         self.gpu, self.profile = gpu, model
         self.served_model_name = args.served_model_name or args.model_path
         self.context_length = args.context_length or model.context_length
-        self.perf = PerfModel(gpu, model, args.sim_gpus_per_instance or args.tp_size * args.pp_size)
+        self.perf = PerfModel(gpu, model, args.sim_gpus_per_instance or args.tp_size * args.pp_size,
+                              args.sim_prefill_of_matmul)
         self.faults = Faults()
         for spec in args.sim_fault:
             self.faults.apply(spec)
