@@ -1,12 +1,14 @@
 """The full layout search of the Dynamo tuning guide on the simulated two-node H100 cluster (about 3 minutes here).
 
-    python benchmarks/tune_search.py [--results-dir reports/tune-search] [--speedup 2] [-- more sglang-pd tune options]
+    python benchmarks/tune_search.py [--results-dir reports/tune-search] [--speedup 2] [--prefill-of-matmul SHARE]
+                                     [-- more sglang-pd tune options]
 
 `sglang-pd tune cluster_configs/local-sim-tune-h100.json --isl 3000 --osl 150 --sla "user_tok_s>=50,ttft_ms<=2000"
 --tp 4,8` (the seed's FP8 70B), the simulator at ``--speedup``, timed; it prints the best
 disaggregated and aggregated layouts and their ratio next to the seed's (87.6 / 56.3 tok/s/GPU, 1.56x). The
 simulator's figures are scaled back to simulated time, so the per-request overhead of this machine's HTTP stack is
 scaled up by the speedup too: keep it low enough that TTFT and ITL stay well above a few ms of real time.
+``--prefill-of-matmul`` calibrates the simulator's prefill rate (config.sim.prefill_of_matmul, docs/simulator.md).
 """
 
 from __future__ import annotations
@@ -31,9 +33,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results-dir", default="reports/tune-search")
     parser.add_argument("--speedup", default="2", help="the simulator's speedup (config.sim.speedup)")
+    parser.add_argument("--prefill-of-matmul", default=None, help="config.sim.prefill_of_matmul (default: the model's)")
     args, more = parser.parse_known_args()
     data = json.loads(CONFIG.read_text())
     data["config"]["sim"]["speedup"] = args.speedup
+    if args.prefill_of_matmul:
+        data["config"]["sim"]["prefill_of_matmul"] = args.prefill_of_matmul
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / CONFIG.name
         config.write_text(json.dumps(data))

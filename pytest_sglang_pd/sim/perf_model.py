@@ -112,7 +112,7 @@ class PerfModel:
     def mixed_step_seconds(self, chunks: list[tuple[int, int]], batch: int, context_tokens: int) -> float:
         """One step of an aggregated worker with --enable-mixed-chunk: a prefill chunk and a decode batch in one
         forward. The weights are read once and there is one overhead; the chunk's compute adds to the decode's."""
-        prefill_s = self._prefill_compute_s(chunks) if chunks else 0.0
+        prefill_s = self._prefill_compute_s(chunks)
         if not batch:
             return prefill_s + self.step_overhead_s
         return self.decode_step_seconds(batch, context_tokens) + prefill_s
