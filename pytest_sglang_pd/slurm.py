@@ -219,18 +219,23 @@ def wait_running(job_id: str, timeout_s: float, say: Say = quiet) -> None:
         time.sleep(POLL_S)
 
 
-def cancel(job_id: str) -> None:
-    """scancel the job without waiting (its steps end, the run that holds it releases it): an interrupted run's stop."""
-    LocalHost("slurm").run(["scancel", str(job_id)], timeout=60)
+ENDING_STATES = ("CANCELLED", "COMPLETING", "COMPLETED")
+
+
+def cancel(job_id: str) -> CommandResult:
+    """scancel the job without waiting (its steps end, the run that holds it releases it): an interrupted run's stop.
+    The scancel's result."""
+    return LocalHost("slurm").run(["scancel", str(job_id)], timeout=60)
 
 
 def release(job_id: str) -> None:
     """scancel the job and wait until squeue no longer lists it (its steps' processes killed by Slurm); a job already
-    ending (cancelled by ``cancel``) is waited for."""
-    result = LocalHost("slurm").run(["scancel", str(job_id)], timeout=60)
-    if result.exit_status != 0 and (job_state(job_id) or ("CANCELLED",))[0] not in ("CANCELLED", "COMPLETING",
-                                                                                      "COMPLETED"):
-        _checked(result, f"release allocation {job_id}")
+    ending (cancelled by ``cancel``, or gone) is waited for."""
+    result = cancel(job_id)
+    if result.exit_status != 0:
+        state = job_state(job_id)
+        if state is not None and state[0] not in ENDING_STATES:
+            _checked(result, f"release allocation {job_id}")
     deadline = time.monotonic() + RELEASE_WAIT_S
     while job_state(job_id) is not None:
         if time.monotonic() > deadline:

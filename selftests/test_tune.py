@@ -376,6 +376,7 @@ def test_on_slurm_the_layouts_count_the_allocations_nodes_and_each_candidate_siz
     cfg = plan_mod.load_config(REPO / "cluster_configs" / "local-slurm.json")  # slurm.prefill_nodes 1 + decode_nodes 1
     plan, raw = tune.prepare(cfg, "llama-8b", WORK, SLA, tps=(4, 8))
     assert plan.at_once and "aggregated predicted (at once, each in a Slurm allocation of its own; at most 3" in plan.text()
+    assert "decode alone at batches 1, 4, 16, 64; at once, each in a Slurm allocation of its own" in plan.text()
     assert {lay.id for lay in plan.layouts} == {"p2xtp4-d2xtp4", "p2xtp4-d1xtp8", "p1xtp8-d2xtp4", "p1xtp8-d1xtp8",
                                                 "agg-4xtp4", "agg-2xtp8"}
     assert plan.placements["p2xtp4-d1xtp8"] == "prefill 2 x TP4 per node on node2; decode 1 x TP8 per node on node3"
@@ -419,6 +420,27 @@ def test_a_parallel_live_deploys_the_chosen_candidates_at_once_each_recorded_wit
     saved = json.loads((tmp_path / "t.json").read_text())  # every thread's points written, none lost
     assert {c: len(r["points"]) for c, r in saved["candidates"].items()} == \
         {c: len(r["points"]) for c, r in data["candidates"].items()}
+
+
+def test_a_parallel_live_measures_its_profiles_at_once_and_stores_each(tmp_path):
+    """On Slurm the profiles are independent deployments too: each waits until the others have started."""
+    class ProfilesTogether(FakeLive):
+        parallel = True
+
+        def __init__(self):
+            super().__init__()
+            self.barrier = threading.Barrier(len(search_plan().profiled), timeout=10)
+
+        def profile(self, shape, work, batches):
+            self.barrier.wait()
+            return super().profile(shape, work, batches)
+
+    said: list[str] = []
+    fake = ProfilesTogether()
+    data = search.search(search_plan(), fake, store.Store(tmp_path / "t.json", search_plan().key), say=said.append)
+    assert f"profiling {len(search_plan().profiled)} shapes at once, each in an allocation of its own" in said
+    assert sorted(fake.profiled) == sorted(s.profile for s in search_plan().profiled)
+    assert set(json.loads((tmp_path / "t.json").read_text())["profiles"]) == set(fake.profiled) == set(data["profiles"])
 
 
 def test_an_interrupted_parallel_search_stops_every_deployment(tmp_path):

@@ -1,5 +1,5 @@
 """`sglang-pd tune` on a real Slurm (selftests/slurm_cluster.py, here with 6 nodes on 127.0.0.2..7): each deployment
-in an allocation of its own, the chosen candidates at once, every allocation released, after an interrupt too."""
+in an allocation of its own, the profiles and then the chosen candidates at once, every allocation released, after an interrupt too."""
 
 from __future__ import annotations
 
@@ -41,12 +41,13 @@ def config(slurm6: SlurmCluster, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return slurm_config(tmp_path_factory.mktemp("tune-slurm"), slurm6, gpus_per_node="2")
 
 
-def test_two_candidates_run_at_once_in_two_allocations_then_squeue_is_empty(slurm6, config, tmp_path):
+def test_two_profiles_then_two_candidates_run_at_once_in_allocations_of_their_own_then_squeue_is_empty(slurm6, config, tmp_path):
     results = tmp_path / "tune"
     out = subprocess.run([sys.executable, "-m", "pytest_sglang_pd.cli", "tune", str(config), *SEARCH,
                           "--results-dir", str(results)], env=slurm6.env, capture_output=True, text=True, cwd=REPO,
                          timeout=600)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert "profiling 2 shapes at once, each in an allocation of its own" in out.stdout  # TP1 and TP2
     assert "deploying 2 candidates at once, each in an allocation of its own" in out.stdout
     found = json.loads((results / store.RESULTS_FILE).read_text())
     assert not any(p["error"] for p in found["profiles"].values()), found["profiles"]

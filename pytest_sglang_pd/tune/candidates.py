@@ -48,7 +48,8 @@ class Plan:
                  f"  profiles (once each): {', '.join(profile_name(s.tp, s.dpa) for s in self.profiled)}: prefill "
                  "alone (1P1D, concurrency 1, "
                  f"ISL x {', '.join(f'{f:g}' for f in PROFILE_ISL_FRACTIONS)}), decode alone at batches "
-                 f"{', '.join(map(str, self.batches))}",
+                 f"{', '.join(map(str, self.batches))}"
+                 + ("; at once, each in a Slurm allocation of its own" if self.at_once else ""),
                  f"  then deploy the best {self.deploy_disaggregated} disaggregated and {self.deploy_aggregated} "
                  f"aggregated predicted ({'at once, each in a Slurm allocation of its own; ' if self.at_once else ''}"
                  f"at most {self.max_candidates}, "

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..config import DISAGGREGATED
+from ..plan import default_run_id
 from .derived_configs import TEST, bench_test, candidate_config, own_allocations, worker_count
 from .layouts import Layout, Shape
 from .predict import PROFILE_ISL_FRACTIONS, Profile
@@ -48,6 +49,7 @@ class LiveTune:
         self.prompts_per_user, self.min_prompts = prompts_per_user, min_prompts
         self.parallel = own_allocations(raw)
         self._jobs: dict[str, str] = {}  # deployment -> the Slurm allocation it runs in, while it does
+        self._search_id = default_run_id()  # in every run id: two searches never share logs, containers or jobs
 
     def abort(self) -> None:
         """Every allocation of a deployment under way cancelled: their processes end, their threads unwind."""
@@ -72,7 +74,7 @@ class LiveTune:
         path = self.results_dir / "configs" / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(candidate_config(self.raw, self.model_id, layout, tests), indent=2))
-        run_id = f"tune-{name}"
+        run_id = f"tune-{self._search_id}-{name}"
 
         def tell(line: str, level: int) -> None:
             if level == 0:

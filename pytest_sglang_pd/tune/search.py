@@ -46,19 +46,18 @@ def _budget_left(started: float, plan: Plan) -> bool:
 
 
 def search(plan: Plan, live: Live, store: Store, say: Say = print) -> dict:
-    """Profiles first (each TP once), predictions, then the best few deployed and bisected (at once where ``live`` is
-    parallel); every result stored as it comes, and a stored one (of the same search key) not measured again."""
+    """Profiles first (each TP once), predictions, then the best few deployed and bisected (profiles and candidates
+    at once where ``live`` is parallel); every result stored as it comes, and a stored one (of the same search key)
+    not measured again."""
     started = time.monotonic()
-    for shape in plan.profiled:
-        name = profile_name(shape.tp, shape.dpa)
-        if shape.profile in store.profiles:
-            continue
-        if not _budget_left(started, plan):
-            say(f"budget of {plan.max_minutes:g} minutes spent: {name} not profiled")
-            break
-        say(f"profiling {name}")
-        store.profiles[shape.profile] = asdict(checked_profile(live.profile(shape, plan.work, plan.batches), say))
-        store.save()
+
+    def take_profile(shape: Shape) -> None:
+        say(f"profiling {profile_name(shape.tp, shape.dpa)}")
+        store.put_profile(shape.profile, asdict(checked_profile(live.profile(shape, plan.work, plan.batches), say)))
+
+    todo = [s for s in plan.profiled if s.profile not in store.profiles]
+    _each(todo, take_profile, live, started, plan, say, "profiling {} shapes", "profiled",
+          lambda s: profile_name(s.tp, s.dpa))
     profiles = {k: Profile.from_dict(v) for k, v in store.profiles.items()}
     ranked = rank(plan, profiles)
     store.data["predictions"] = ranked
@@ -69,22 +68,29 @@ def search(plan: Plan, live: Live, store: Store, say: Say = print) -> dict:
         say(f"deploying {entry['id']} (predicted best concurrency {entry['concurrency']})")
         measure_candidate(plan, live, Layout.from_dict(entry["layout"]), entry["concurrency"], store, say)
 
-    if live.parallel and len(picks) > 1 and _budget_left(started, plan):
-        say(f"deploying {len(picks)} candidates at once, each in an allocation of its own")
-        _at_once(picks, deploy, live)
-        return store.data
-    for entry in picks:
-        if not _budget_left(started, plan):
-            say(f"budget of {plan.max_minutes:g} minutes spent: {entry['id']} not deployed")
-            break
-        deploy(entry)
+    _each(picks, deploy, live, started, plan, say, "deploying {} candidates", "deployed", lambda e: e["id"])
     return store.data
 
 
-def _at_once(entries: list[dict], deploy: Callable[[dict], None], live: Live) -> None:
-    """Each entry deployed in a thread of its own; an interrupt of the search stops them all (``live.abort``)."""
-    with ThreadPoolExecutor(len(entries), thread_name_prefix="tune-candidate") as pool:
-        futures = [pool.submit(deploy, e) for e in entries]
+def _each(items: list, run: Callable[[Any], None], live: Live, started: float, plan: Plan, say: Say, doing: str,
+          undone: str, name: Callable[[Any], str]) -> None:
+    """``run`` on every item: all at once where ``live`` is parallel (each in an allocation of its own), else one after
+    another while the budget lasts."""
+    if live.parallel and len(items) > 1 and _budget_left(started, plan):
+        say(f"{doing.format(len(items))} at once, each in an allocation of its own")
+        _at_once(items, run, live)
+        return
+    for item in items:
+        if not _budget_left(started, plan):
+            say(f"budget of {plan.max_minutes:g} minutes spent: {name(item)} not {undone}")
+            break
+        run(item)
+
+
+def _at_once(items: list, run: Callable[[Any], None], live: Live) -> None:
+    """Each item run in a thread of its own; an interrupt of the search stops them all (``live.abort``)."""
+    with ThreadPoolExecutor(len(items), thread_name_prefix="tune") as pool:
+        futures = [pool.submit(run, item) for item in items]
         try:
             pending = set(futures)
             while pending:  # a short wait at a time: the interrupt is raised here as soon as it comes

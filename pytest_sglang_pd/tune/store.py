@@ -12,7 +12,7 @@ RESULTS_FILE = "tune.json"
 
 class Store:
     """The search's results as they come, in one JSON file: an interrupted search resumes from it. Candidates measured
-    at once (Slurm) write through ``put`` and ``put_point``, one at a time."""
+    at once (Slurm) write through ``put``, ``put_point`` and ``put_profile``, one at a time."""
 
     def __init__(self, path: Path, key: dict):
         self.path = path
@@ -40,6 +40,12 @@ class Store:
         with self._lock:
             self.candidates[candidate] = {**self.candidates[candidate],
                                           "points": {**self.candidates[candidate]["points"], concurrency: point}}
+            self.save()
+
+    def put_profile(self, key: str, profile: dict) -> None:
+        """A profile's result (``layouts.profile_key``), saved."""
+        with self._lock:
+            self.profiles[key] = profile
             self.save()
 
     @property
