@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..config import DISAGGREGATED
+from ..config import AGGREGATED
 from .layouts import Layout, profile_name
 from .sla import Constraint, Workload, sla_met
 
@@ -36,6 +36,18 @@ class Profile:
         """TTFT on the line through the two measured ISLs nearest ``isl`` (one point: proportional to ISL)."""
         return _interpolate(self.ttft_ms, isl, through_origin=True)
 
+    def prefill_split(self, isl: int) -> tuple[float, float]:
+        """``ttft_at(isl)`` as (fixed ms, service ms): the part that does not grow with the prompt (router, KV
+        transfer, the first decode step: the line's intercept) and the prefill forward that occupies the instance."""
+        ttft = self.ttft_at(isl)
+        xs = sorted(self.ttft_ms)
+        if len(xs) < 2:
+            return 0.0, ttft
+        lo, hi = _bracket(xs, isl)
+        slope = (self.ttft_ms[hi] - self.ttft_ms[lo]) / (hi - lo)
+        fixed = min(max(self.ttft_ms[lo] - slope * lo, 0.0), ttft)
+        return fixed, ttft - fixed
+
     def itl_at(self, batch: float) -> float:
         """ITL interpolated linearly between the measured batches, extended along the last two beyond them."""
         return _interpolate(self.itl_ms, max(batch, 1.0), through_origin=False)
@@ -46,43 +58,69 @@ class Profile:
                    d.get("error"), d.get("cache_hit_rate", {}), d.get("dpa", 1))
 
 
+def _bracket(xs: list[int], x: float) -> tuple[int, int]:
+    """The two measured points a line through is used at ``x``: around it, else the nearest two."""
+    return (xs[0], xs[1]) if x <= xs[0] else (xs[-2], xs[-1]) if x >= xs[-1] else \
+        next((a, b) for a, b in zip(xs, xs[1:]) if a <= x <= b)
+
+
 def _interpolate(points: dict[int, float], x: float, *, through_origin: bool) -> float:
     xs = sorted(points)
     if len(xs) == 1:
         return points[xs[0]] * x / xs[0] if through_origin else points[xs[0]]
-    lo, hi = (xs[0], xs[1]) if x <= xs[0] else (xs[-2], xs[-1]) if x >= xs[-1] else \
-        next((a, b) for a, b in zip(xs, xs[1:]) if a <= x <= b)
+    lo, hi = _bracket(xs, x)
     y = points[lo] + (points[hi] - points[lo]) * (x - lo) / (hi - lo)
     return max(y, min(points.values()) if not through_origin else 0.0)
 
 
-def _queued(service_ms: float, rho: float, others: float) -> float:
-    """The service plus a wait: M/D/1's rho / (2 (1 - rho)) services, at most the ``others`` services a closed loop
-    can hold ahead of a request (its C - 1 other requests shared over the prefill instances)."""
-    rho = min(rho, 0.99)
-    return service_ms * (1.0 + min(rho / (2.0 * (1.0 - rho)), others))
+def _wait(service_ms: float, rho: float, others: float) -> float:
+    """A request's wait for a prefill instance: M/D/1's rho / (2 (1 - rho)) services, at most the ``others`` services a
+    closed loop can hold ahead of it (its C - 1 other requests shared over the prefill instances)."""
+    rho = min(rho, 0.999)
+    return service_ms * min(rho / (2.0 * (1.0 - rho)), others)
+
+
+def _disaggregated(layout: Layout, profiles: dict[str, Profile], work: Workload, c: int) -> tuple[float, float, float]:
+    """(TTFT, ITL, decode batch) at the request rate the closed loop of ``c`` requests settles at: the rate X with
+    X = c / (TTFT(X) + (OSL - 1) x ITL(X)), found by bisection below the prefill capacity."""
+    fixed, service = profiles[layout.prefill.profile].prefill_split(work.isl)
+    decode = profiles[layout.decode.profile]
+    steps = work.osl - 1
+    capacity = layout.prefill.instances / service  # requests per ms
+
+    def at(x: float) -> tuple[float, float, float]:
+        ttft = fixed + service + _wait(service, x / capacity, (c - 1) / layout.prefill.instances)
+        itl, batch = decode.itl_at(1), 1.0
+        for _ in range(30):  # Little's law on the decode: X x the time a request decodes, over its instances
+            batch = x * steps * itl / layout.decode.instances
+            itl = decode.itl_at(batch)
+        return ttft, itl, batch
+
+    lo, hi = 0.0, capacity
+    for _ in range(50):
+        x = (lo + hi) / 2
+        ttft, itl, _ = at(x)
+        lo, hi = (x, hi) if c / (ttft + steps * itl) > x else (lo, x)
+    return at(lo)
+
+
+def _aggregated(layout: Layout, profiles: dict[str, Profile], work: Workload, c: int) -> tuple[float, float, float]:
+    """(TTFT, ITL, decode batch) of ``c`` requests over the aggregated instances, each holding k = c / instances in
+    step (identical requests in a closed loop fall into step): k prefills one after another (SGLang runs a prefill
+    forward alone, the decode batch waits), then the k decode together; so the latency is fixed + k x service +
+    (OSL - 1) x ITL(k), a request's TTFT fixed + service x (k + 1) / 2, and its ITL the rest over OSL - 1 tokens."""
+    fixed, service = profiles[layout.aggregated.profile].prefill_split(work.isl)
+    k = c / layout.aggregated.instances
+    steps = work.osl - 1
+    latency = fixed + k * service + steps * profiles[layout.aggregated.profile].itl_at(k)
+    ttft = fixed + service * (k + 1) / 2
+    return ttft, (latency - ttft) / steps, k
 
 
 def predict(layout: Layout, profiles: dict[str, Profile], work: Workload, concurrency: int) -> dict[str, float]:
-    """The figures a layout should reach at ``concurrency`` in-flight requests, from the profiles (docs/tune.md).
-    Prefill capacity = prefill instances / TTFT_p(ISL); ITL = ITL_d(C / decoding instances). The request rate
-    X = C / (TTFT + (OSL - 1) x ITL) where TTFT is TTFT_p(ISL) plus an M/D/1 wait at utilisation X0 / capacity (X0:
-    the rate without any wait), and never below what Little's law leaves once the prefills saturate
-    (C / capacity - (OSL - 1) x ITL). Aggregated: each instance prefills and decodes in one batch, so its decode
-    steps stretch by 1 / (1 - the share of time it prefills), X / capacity, found by fixed-point iteration."""
-    shape = layout.aggregated or layout.decode
-    prefill = layout.aggregated or layout.prefill
-    ttft0 = profiles[prefill.profile].ttft_at(work.isl)
-    itl0 = profiles[shape.profile].itl_at(concurrency / shape.instances)
-    capacity = prefill.instances / ttft0  # requests per ms
-    share, itl, ttft = 0.0, itl0, ttft0
-    for _ in range(1 if layout.mode == DISAGGREGATED else 40):
-        itl = itl0 / (1.0 - share)
-        decode_ms = (work.osl - 1) * itl
-        ttft = max(_queued(ttft0, concurrency / (ttft0 + decode_ms) / capacity,
-                           (concurrency - 1) / prefill.instances),
-                   concurrency / capacity - decode_ms)
-        share = 0.5 * share + 0.5 * min(concurrency / (ttft + decode_ms) / capacity, 0.9)
+    """The figures a layout should reach at ``concurrency`` in-flight requests, from its profiles (docs/tune.md)."""
+    model = _aggregated if layout.mode == AGGREGATED else _disaggregated
+    ttft, itl, batch = model(layout, profiles, work, concurrency)
     latency_ms = ttft + (work.osl - 1) * itl
     rate_s = concurrency / latency_ms * 1000.0
     out_tok_s = rate_s * work.osl
@@ -91,7 +129,8 @@ def predict(layout: Layout, profiles: dict[str, Profile], work: Workload, concur
             "total_throughput": rate_s * (work.isl + work.osl),
             "total_throughput_per_gpu": rate_s * (work.isl + work.osl) / layout.gpus,
             "output_throughput_per_gpu": out_tok_s / layout.gpus,
-            "user_output_throughput": work.osl / latency_ms * 1000.0, "interactivity": 1000.0 / itl}
+            "user_output_throughput": work.osl / latency_ms * 1000.0, "interactivity": 1000.0 / itl,
+            "decode_batch": batch}
 
 
 def highest_passing(measure: Callable[[int], bool], *, start: int = 1, hi: int = 1024,
