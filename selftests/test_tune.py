@@ -78,11 +78,12 @@ def test_one_node_shares_it_between_the_roles_and_dp_variants_are_optional():
     assert (dp.instances, dp.gpus) == (2, 8)
 
 
-def test_dp_attention_variants_of_the_decode_and_aggregated_instances_are_optional():
+def test_dp_attention_variants_of_either_role_and_both_are_optional():
     plain, _ = layouts.enumerate_layouts(2, 8, (1, 8))
     found, _ = layouts.enumerate_layouts(2, 8, (1, 8), dp_attention=True)
     added = {lay.id for lay in found} - {lay.id for lay in plain}
-    assert added == {"p8xtp1-d1xtp8dpa8", "p1xtp8-d1xtp8dpa8", "agg-2xtp8dpa8"}  # no variant of TP1 instances
+    assert added == {"p8xtp1-d1xtp8dpa8", "p1xtp8-d1xtp8dpa8", "p1xtp8dpa8-d8xtp1", "p1xtp8dpa8-d1xtp8",
+                     "p1xtp8dpa8-d1xtp8dpa8", "agg-2xtp8dpa8"}  # no variant of TP1 instances
     lay = next(lay for lay in found if lay.id == "p8xtp1-d1xtp8dpa8")
     assert lay.gpus == 16 and lay.profiles == ("1", "8dpa8") and lay.decode.profiled == layouts.Shape(8, 1, 1, dpa=8)
     out = derived_configs.candidate_config(raw_config(), "llama-70b", lay, {})
@@ -90,6 +91,63 @@ def test_dp_attention_variants_of_the_decode_and_aggregated_instances_are_option
                                                               "dp_size": "8", "dp_attention": "true"}
     [(_, where)], refused = derived_configs.planned(raw_config(), "llama-70b", [lay], WORK)
     assert not refused and "decode 1 x TP8 per node, DP attention 8 on 127.0.0.3" in where
+
+
+def test_dp_attention_over_part_of_the_tp_ranks_where_the_size_divides_the_tp():
+    found, excluded = layouts.enumerate_layouts(2, 8, (1, 2, 4, 8, 16), aggregated_dp=True, dp_attention=True,
+                                                dp_attention_sizes=(2, 4, 3))
+    ids = [lay.id for lay in found]
+    assert len(set(ids)) == len(ids) and all(lay.gpus == 16 for lay in found)
+    sizes = {tp: {s.dpa for lay in found for s in (lay.prefill, lay.decode, lay.aggregated) if s and s.tp == tp}
+             for tp in (1, 2, 4, 8)}
+    assert sizes == {1: {1}, 2: {1, 2}, 4: {1, 2, 4}, 8: {1, 2, 4, 8}}
+    # sizes per TP (k of them): (k + 1) options per role; disaggregated (sum over TPs)^2, aggregated the sum, plus
+    # the aggregated DP replicas (never with DP attention)
+    assert len(found) == (1 + 2 + 3 + 4) ** 2 + (1 + 2 + 3 + 4) + 3
+    assert {"p2xtp4dpa4-d1xtp8dpa2", "p1xtp8dpa2-d1xtp8", "p4xtp2dpa2-d2xtp4dpa4", "agg-2xtp8dpa4"} <= set(ids)
+    assert not [i for i in ids if "dp2" in i and "dpa" in i]
+    why = {e.what: e.why for e in excluded}
+    assert why["TP8 DP-attention 3"].startswith("3 does not divide 8 (DP attention splits an instance's TP ranks")
+    assert why["TP2 DP-attention 4"] == "TP2 has 2 ranks, fewer than 4"
+    assert why["TP1 DP-attention 2"] == "TP1 has 1 rank, fewer than 2"
+    assert not [w for w in why if w.startswith("TP16 DP")]  # TP16 is excluded as spanning nodes already
+    plan = candidates.Plan("llama-70b", WORK, SLA, found, excluded)
+    assert [layouts.profile_name(s.tp, s.dpa) for s in plan.profiled if s.tp == 8] == [
+        "TP8", "TP8 DP-attention 2", "TP8 DP-attention 4", "TP8 DP-attention 8"]
+    assert f"DP attention adds 6 of these profiles and {len(found) - 23} of the {len(found)} candidate layouts" \
+        in plan.text()
+
+
+def test_a_dp_attention_prefill_is_predicted_from_its_own_profile():
+    dpa = predict.Profile(8, {1500: 250.0, 3000: 520.0}, {1: 9.0, 4: 9.0, 16: 9.5, 64: 11.0}, dpa=2)
+    lay = layouts.Layout("disaggregated", prefill=layouts.Shape(8, 1, 1, dpa=2), decode=layouts.Shape(8, 1, 1))
+    assert lay.id == "p1xtp8dpa2-d1xtp8" and lay.profiles == ("8", "8dpa2")
+    at_1 = predict.predict(lay, {**PROFILES, "8dpa2": dpa}, WORK, 1)
+    assert at_1["mean_ttft_ms"] == pytest.approx(520.0)  # the prefill's TTFT from TP8 DP-attention 2's profile
+    assert at_1["mean_itl_ms"] == pytest.approx(8.0)  # the decode's ITL from TP8's
+    plan = candidates.Plan("llama-70b", WORK, SLA, [lay], [])
+    assert [s.profile for s in plan.profiled] == ["8", "8dpa2"]
+    [entry] = candidates.rank(plan, PROFILES)
+    assert entry["why"] == "8dpa2 not profiled"
+
+
+def test_a_prefill_with_dp_attention_is_deployed_with_sglangs_flags_in_candidate_winner_and_profile(tmp_path):
+    lay = layouts.Layout("disaggregated", prefill=layouts.Shape(8, 1, 1, dpa=2), decode=layouts.Shape(8, 1, 1, dpa=4))
+    winner = tmp_path / "winner.json"
+    winner.write_text(json.dumps(derived_configs.winner_config(raw_config(), "llama-70b", lay, WORK, SLA, 8, 32)))
+    model = json.loads(winner.read_text())["benchmark_params"]["llama-70b"]
+    assert model["prefill"] == {"tensor_parallelism": "8", "instances_per_node": "1", "dp_size": "2",
+                                "dp_attention": "true"}
+    tests = {derived_configs.TEST: derived_configs.bench_test(WORK, 1, 8)}
+    candidate = derived_configs.candidate_config(raw_config(), "llama-70b", lay, tests)
+    profile = derived_configs.candidate_config(raw_config(), "llama-70b", layouts.profile_layout(lay.prefill, 2), tests)
+    for cfg, wanted in ((plan_mod.load_config(winner), {"prefill": 2, "decode": 4}),
+                        (config_mod.from_dict(candidate, checks=(plan_mod.plan_problems,)), {"prefill": 2, "decode": 4}),
+                        (config_mod.from_dict(profile, checks=(plan_mod.plan_problems,)), {"prefill": 2, "decode": 2})):
+        dep = plan_mod.plan(cfg, "llama-70b", run_id="r")
+        for role, size in wanted.items():
+            argv = dep.role(role)[0].argv
+            assert argv[argv.index("--tp-size") + 1] == "8" and argv[argv.index("--attn-dp-size") + 1] == str(size)
 
 
 def test_a_dp_attention_decode_is_predicted_from_its_own_profile():
@@ -398,6 +456,21 @@ def test_cli_dry_run_lists_candidates_exclusions_and_plans(tmp_path):
     assert "a role's 3xTP4 per node: needs 12 GPUs, gpus_per_node is 8" in out.stdout
     assert "profiles (once each): TP4, TP8: prefill alone" in out.stdout
     assert list(tmp_path.iterdir()) == []  # nothing measured, nothing written
+
+
+def test_cli_dry_run_says_what_dp_attention_sizes_add_and_refuses_one_rank(tmp_path):
+    def dry_run(*options):
+        return subprocess.run([sys.executable, "-m", "pytest_sglang_pd.cli", "tune", str(CONFIG), "--isl", "3000",
+                               "--osl", "150", "--sla", "user_tok_s>=50", "--tp", "4,8", "--dry-run", *options],
+                              capture_output=True, text=True, cwd=REPO)
+    out = dry_run("--dp-attention-sizes", "2,3")
+    assert out.returncode == 0, out.stderr
+    assert "profiles (once each): TP4, TP4 DP-attention 2, TP8, TP8 DP-attention 2:" in out.stdout
+    assert "DP attention adds 2 of these profiles and 14 of the 20 candidate layouts" in out.stdout
+    assert "p2xtp4dpa2-d1xtp8dpa2: disaggregated, 16 GPUs: prefill 2 x TP4 per node, DP attention 2 on " in out.stdout
+    assert "TP8 DP-attention 3: 3 does not divide 8" in out.stdout
+    refused = dry_run("--dp-attention-sizes", "1,2")
+    assert refused.returncode == 2 and "'1,2': DP attention needs 2 ranks or more" in refused.stderr
 
 
 def test_cli_bad_sla_exits_1_naming_the_term():

@@ -16,7 +16,8 @@ import requests
 
 from pytest_sglang_pd import plan as plan_mod
 from pytest_sglang_pd.cluster import flush_caches
-from pytest_sglang_pd.tune import layouts, live, measurement, output, predict, sla, store
+from pytest_sglang_pd import tune
+from pytest_sglang_pd.tune import candidates, layouts, live, measurement, output, predict, sla, store
 from selftests.configs import REPO
 from selftests.one_worker import sim_worker
 
@@ -108,3 +109,29 @@ def test_a_dp_attention_profile_deploys_its_instances_with_dp_attention(tmp_path
     dep = plan_mod.plan(cfg, "llama-70b", run_id="r")
     for role in ("prefill", "decode"):
         assert "--attn-dp-size 8" in " ".join(dep.role(role)[0].argv)
+
+
+def test_a_search_with_dp_attention_on_part_of_the_prefills_ranks_profiles_deploys_and_writes_its_winner(tmp_path):
+    """TP8 with DP attention over 4 of its ranks on the prefill only: its profile measured apart from TP8's, the
+    layout predicted from both, deployed and bisected, and the winner config carrying the prefill's DP keys."""
+    config = sim_config(tmp_path)
+    raw, cfg = json.loads(config.read_text()), plan_mod.load_config(config)
+    found, _ = layouts.enumerate_layouts(2, 8, (8,), dp_attention_sizes=(4,))
+    [lay] = [lay for lay in found if lay.prefill and lay.prefill.dpa == 4 and lay.decode.dpa == 1]
+    assert lay.id == "p1xtp8dpa4-d1xtp8"
+    work = sla.Workload(512, 16)
+    plan = candidates.Plan("llama-70b", work, sla.parse_sla("user_tok_s>=15,ttft_ms<=3000"), [lay], [],
+                           batches=(1, 4), deploy_aggregated=0)
+    said = []
+    data, winner = tune.run(plan, raw, cfg, tmp_path / "tune", prompts_per_user=2, say=said.append)
+    assert sorted(data["profiles"]) == ["8", "8dpa4"] and not any(p["error"] for p in data["profiles"].values())
+    [entry] = data["predictions"]
+    prefill_ttft = predict.Profile.from_dict(data["profiles"]["8dpa4"]).ttft_at(512)
+    assert entry["concurrency"] and entry["predicted"]["mean_ttft_ms"] >= prefill_ttft  # the prefill's own profile
+    record = data["candidates"][lay.id]
+    assert record.get("concurrency") and record["figures"]["mean_ttft_ms"] <= 3000, record
+    deployed = plan_mod.plan(plan_mod.load_config(tmp_path / "tune" / "configs" / f"{lay.id}.json"), "llama-70b",
+                             run_id="r")
+    assert "--attn-dp-size 4" in " ".join(deployed.role("prefill")[0].argv)
+    assert "--attn-dp-size" not in " ".join(deployed.role("decode")[0].argv)
+    assert json.loads(winner.read_text())["benchmark_params"]["llama-70b"]["prefill"]["dp_size"] == "4"

@@ -28,7 +28,8 @@ from .store import RESULTS_FILE, Store
 
 
 def prepare(cfg: Any, model_id: str, work: Workload, sla: tuple[Constraint, ...], *, tps: tuple[int, ...] | None = None,
-            aggregated_dp: bool = False, dp_attention: bool = False, **budget: Any) -> tuple[Plan, dict]:
+            aggregated_dp: bool = False, dp_attention: bool = False, dp_attention_sizes: tuple[int, ...] = (),
+            **budget: Any) -> tuple[Plan, dict]:
     """The search's plan for a loaded config (and the config's raw form the candidates are derived from): the layouts
     of its worker nodes, each planned; ``budget``: Plan's batches, deploy_* and max_* fields."""
     from .. import config as config_mod
@@ -36,7 +37,7 @@ def prepare(cfg: Any, model_id: str, work: Workload, sla: tuple[Constraint, ...]
     raw = config_mod.parse_text(Path(cfg.source).read_text(), cfg.source)
     tps = tps or tuple(2 ** i for i in range(8) if 2 ** i <= cfg.gpus_per_node)
     layouts, excluded = enumerate_layouts(worker_count(raw), cfg.gpus_per_node, tps, aggregated_dp=aggregated_dp,
-                                          dp_attention=dp_attention)
+                                          dp_attention=dp_attention, dp_attention_sizes=dp_attention_sizes)
     placed, refused = planned(raw, model_id, layouts, work)
     return Plan(model_id, work, sla, [lay for lay, _ in placed], excluded + refused,
                 placements={lay.id: where for lay, where in placed}, at_once=own_allocations(raw), **budget), raw
@@ -64,8 +65,11 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--deploy-aggregated", type=int, default=1, help="best predicted aggregated deployed (1)")
     p.add_argument("--tp", type=_ints, help="TP sizes searched, e.g. 4,8 (default: powers of two up to gpus_per_node)")
     p.add_argument("--aggregated-dp", action="store_true", help="also aggregated instances of TP x DP replicas")
-    p.add_argument("--dp-attention", action="store_true", help="also decode (and aggregated) instances with DP "
-                   "attention over their TP ranks (profiled apart)")
+    p.add_argument("--dp-attention", action="store_true", help="also prefill, decode (each, and both) and aggregated "
+                   "instances with DP attention over all their TP ranks (each TP with it profiled apart)")
+    p.add_argument("--dp-attention-sizes", type=_dp_sizes, default=(), help="also DP attention over that many of an "
+                   "instance's TP ranks where the size divides its TP, e.g. 2,4 (TP8 with DP attention 2 and 4; each "
+                   "TP and size profiled apart)")
     p.add_argument("--batches", type=_ints, default=DEFAULT_BATCHES, help="decode-alone batch sizes profiled (1,4,16,64)")
     p.add_argument("--prompts-per-user", type=int, default=4, help="requests per concurrency slot of a measurement")
     p.add_argument("--results-dir", help="results (resumed from), report, winner config (default: reports/tune; "
@@ -79,9 +83,17 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{text!r}: not a comma list of whole numbers") from None
 
 
+def _dp_sizes(text: str) -> tuple[int, ...]:
+    sizes = _ints(text)
+    if min(sizes) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: DP attention needs 2 ranks or more")
+    return sizes
+
+
 def plan_of(cfg: Any, args: Any) -> tuple[Plan, dict]:
     """``prepare`` from parsed ``add_arguments`` options (the SLA parsed: a TuneError names a bad term)."""
     return prepare(cfg, args.model or cfg.model_ids[0], Workload(args.isl, args.osl), parse_sla(args.sla), tps=args.tp,
-                   aggregated_dp=args.aggregated_dp, dp_attention=args.dp_attention, batches=args.batches,
+                   aggregated_dp=args.aggregated_dp, dp_attention=args.dp_attention,
+                   dp_attention_sizes=args.dp_attention_sizes, batches=args.batches,
                    deploy_disaggregated=args.deploy_disaggregated, deploy_aggregated=args.deploy_aggregated,
                    max_candidates=args.max_candidates, max_minutes=args.max_minutes)

@@ -50,6 +50,7 @@ class Plan:
                  f"ISL x {', '.join(f'{f:g}' for f in PROFILE_ISL_FRACTIONS)}), decode alone at batches "
                  f"{', '.join(map(str, self.batches))}"
                  + ("; at once, each in a Slurm allocation of its own" if self.at_once else ""),
+                 *self._dp_attention_text(),
                  f"  then deploy the best {self.deploy_disaggregated} disaggregated and {self.deploy_aggregated} "
                  f"aggregated predicted ({'at once, each in a Slurm allocation of its own; ' if self.at_once else ''}"
                  f"at most {self.max_candidates}, "
@@ -61,6 +62,13 @@ class Plan:
         lines.append(f"  {len(self.excluded)} excluded:")
         lines += [f"    {e.what}: {e.why}" for e in self.excluded]
         return "\n".join(lines)
+
+    def _dp_attention_text(self) -> list[str]:
+        """What DP attention adds to the search (--dp-attention, --dp-attention-sizes): its profiles and layouts."""
+        shapes = [s for s in self.profiled if s.dpa > 1]
+        with_it = sum(any(s.dpa > 1 for s in (lay.prefill, lay.decode, lay.aggregated) if s) for lay in self.layouts)
+        return [f"  DP attention adds {len(shapes)} of these profiles and {with_it} of the {len(self.layouts)} "
+                f"candidate layouts"] if shapes else []
 
 
 def rank(plan: Plan, profiles: dict[str, Profile]) -> list[dict]:

@@ -3,6 +3,7 @@ each with why."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, replace
 
 from ..config import AGGREGATED, DISAGGREGATED, ROLES
@@ -93,6 +94,13 @@ class Layout:
                    **{r: Shape(**d[r]) for r in (*ROLES, AGGREGATED) if d.get(r)})
 
 
+def profile_layout(shape: Shape, nodes: int) -> Layout:
+    """The 1P1D a shape's profile is measured on: both roles with its TP and DP attention, since the profile predicts
+    the prefill (TTFT) and the decode (ITL) of instances of that shape; on two nodes, or sharing one."""
+    one = shape.profiled
+    return Layout(DISAGGREGATED, prefill=one, decode=one, shared=nodes < 2)
+
+
 @dataclass(frozen=True)
 class Exclusion:
     what: str
@@ -121,12 +129,13 @@ def _per_node_shapes(tps: tuple[int, ...], gpus: int, nodes: int, role: str,
 
 
 def enumerate_layouts(nodes: int, gpus_per_node: int, tps: tuple[int, ...], *, aggregated_dp: bool = False,
-                      dp_attention: bool = False) -> tuple[list[Layout], list[Exclusion]]:
+                      dp_attention: bool = False, dp_attention_sizes: tuple[int, ...] = ()) -> tuple[list[Layout],
+                                                                                                   list[Exclusion]]:
     """Every layout that fills ``nodes`` nodes of ``gpus_per_node`` GPUs: disaggregated with the nodes split between
     the roles (k prefill nodes, the rest decode; on one node both roles share it, GPUs split between them) and
-    aggregated (instances x TP per node; with ``aggregated_dp`` one instance of TP x DP replicas per node too); with
-    ``dp_attention`` each layout whose decode (or aggregated) instances have TP >= 2 also with DP attention over all
-    their TP ranks."""
+    aggregated (instances x TP per node; with ``aggregated_dp`` one instance of TP x DP replicas per node too); each
+    layout also with DP attention on its prefill, decode or both (or its aggregated instances) where their TP has a
+    size of ``dp_attention_sizes`` (``dp_attention``: over all their TP ranks)."""
     excluded: list[Exclusion] = []
     layouts: list[Layout] = []
     if nodes >= 2:
@@ -147,16 +156,32 @@ def enumerate_layouts(nodes: int, gpus_per_node: int, tps: tuple[int, ...], *, a
         layouts.append(Layout(AGGREGATED, aggregated=s))
         if aggregated_dp and s.instances_per_node > 1:
             layouts.append(Layout(AGGREGATED, aggregated=Shape(s.tp, 1, nodes, dp=s.instances_per_node)))
-    if dp_attention:
-        layouts += [v for lay in layouts if (v := _with_dp_attention(lay))]
+    sizes = _dp_attention_sizes(tuple(tp for tp in tps if tp <= gpus_per_node), dp_attention, dp_attention_sizes,
+                                excluded)
+    layouts += [v for lay in layouts for v in _with_dp_attention(lay, sizes)]
     return layouts, excluded
 
 
-def _with_dp_attention(layout: Layout) -> Layout | None:
-    """The layout with DP attention over every TP rank of its decode (or aggregated) instances; None where they have
-    one rank, or are DP replicas."""
-    role = "aggregated" if layout.mode == AGGREGATED else "decode"
-    shape = getattr(layout, role)
-    if shape.tp < 2 or shape.dp > 1:
-        return None
-    return replace(layout, **{role: replace(shape, dpa=shape.tp)})
+def _dp_attention_sizes(tps: tuple[int, ...], all_ranks: bool, sizes: tuple[int, ...],
+                        excluded: list[Exclusion]) -> dict[int, tuple[int, ...]]:
+    """Per TP, the DP attention sizes searched: those of ``sizes`` that divide it (SGLang asserts the TP size is a
+    multiple of --attn-dp-size), and the TP itself with ``all_ranks``; the others named with why."""
+    out = {}
+    for tp in tps:
+        fit = {n for n in sizes if tp % n == 0} | ({tp} if all_ranks else set())
+        out[tp] = tuple(sorted(n for n in fit if n >= 2))
+        excluded += [Exclusion(f"TP{tp} DP-attention {n}", f"TP{tp} has {tp} rank{'s' if tp > 1 else ''}, fewer than {n}"
+                               if n > tp else f"{n} does not divide {tp} (DP attention splits an instance's TP ranks "
+                               "into equal groups: SGLang asserts tp_size % attn_dp_size == 0)")
+                     for n in sorted(sizes) if tp % n]
+    return out
+
+
+def _with_dp_attention(layout: Layout, sizes: dict[int, tuple[int, ...]]) -> list[Layout]:
+    """The layout with DP attention on its prefill, its decode or both (aggregated: its instances), over each size of
+    ``sizes`` their TP has (none for DP replicas)."""
+    roles = ("aggregated",) if layout.mode == AGGREGATED else ("prefill", "decode")
+    options = [[replace(s, dpa=n) for n in (1, *([] if s.dp > 1 else sizes.get(s.tp, ())))]
+               for s in (getattr(layout, r) for r in roles)]
+    return [replace(layout, **dict(zip(roles, shapes))) for shapes in itertools.product(*options)
+            if any(s.dpa > 1 for s in shapes)]

@@ -12,10 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..config import DISAGGREGATED
 from ..plan import default_run_id
 from .derived_configs import TEST, bench_test, candidate_config, own_allocations, worker_count
-from .layouts import Layout, Shape
+from .layouts import Layout, Shape, profile_layout
 from .predict import PROFILE_ISL_FRACTIONS, Profile
 from .search import Deployed, Say
 from .sla import Workload
@@ -117,7 +116,7 @@ class LiveTune:
         ISL, decode alone per batch."""
         nodes = worker_count(self.raw)
         gpus = int(self.raw["config"].get("gpus_per_node", 8))
-        layout = Layout(DISAGGREGATED, prefill=shape, decode=shape, shared=nodes < 2)
+        layout = profile_layout(shape, nodes)
         if shape.tp * (2 if nodes < 2 else 1) > gpus:
             return Profile(shape.tp, dpa=shape.dpa, error=f"a 1P1D at TP{shape.tp} does not fit {nodes} node(s) of "
                                                           f"{gpus} GPUs")
