@@ -111,6 +111,9 @@ def test_dp_attention_over_part_of_the_tp_ranks_where_the_size_divides_the_tp():
     assert why["TP2 DP-attention 4"] == "TP2 has 2 ranks, fewer than 4"
     assert why["TP1 DP-attention 2"] == "TP1 has 1 rank, fewer than 2"
     assert not [w for w in why if w.startswith("TP16 DP")]  # TP16 is excluded as spanning nodes already
+    one_node, _ = layouts.enumerate_layouts(1, 8, (4,), dp_attention_sizes=(2,))
+    assert [lay.id for lay in one_node] == ["p1xtp4-d1xtp4-shared", "agg-2xtp4", "p1xtp4-d1xtp4dpa2-shared",
+                                            "p1xtp4dpa2-d1xtp4-shared", "p1xtp4dpa2-d1xtp4dpa2-shared", "agg-2xtp4dpa2"]
     plan = candidates.Plan("llama-70b", WORK, SLA, found, excluded)
     assert [layouts.profile_name(s.tp, s.dpa) for s in plan.profiled if s.tp == 8] == [
         "TP8", "TP8 DP-attention 2", "TP8 DP-attention 4", "TP8 DP-attention 8"]
@@ -141,9 +144,10 @@ def test_a_prefill_with_dp_attention_is_deployed_with_sglangs_flags_in_candidate
     tests = {derived_configs.TEST: derived_configs.bench_test(WORK, 1, 8)}
     candidate = derived_configs.candidate_config(raw_config(), "llama-70b", lay, tests)
     profile = derived_configs.candidate_config(raw_config(), "llama-70b", layouts.profile_layout(lay.prefill, 2), tests)
+    checked = (plan_mod.plan_problems,)
     for cfg, wanted in ((plan_mod.load_config(winner), {"prefill": 2, "decode": 4}),
-                        (config_mod.from_dict(candidate, checks=(plan_mod.plan_problems,)), {"prefill": 2, "decode": 4}),
-                        (config_mod.from_dict(profile, checks=(plan_mod.plan_problems,)), {"prefill": 2, "decode": 2})):
+                        (config_mod.from_dict(candidate, checks=checked), {"prefill": 2, "decode": 4}),
+                        (config_mod.from_dict(profile, checks=checked), {"prefill": 2, "decode": 2})):
         dep = plan_mod.plan(cfg, "llama-70b", run_id="r")
         for role, size in wanted.items():
             argv = dep.role(role)[0].argv

@@ -170,11 +170,15 @@ def _dp_attention_sizes(tps: tuple[int, ...], all_ranks: bool, sizes: tuple[int,
     for tp in tps:
         fit = {n for n in sizes if tp % n == 0} | ({tp} if all_ranks else set())
         out[tp] = tuple(sorted(n for n in fit if n >= 2))
-        excluded += [Exclusion(f"TP{tp} DP-attention {n}", f"TP{tp} has {tp} rank{'s' if tp > 1 else ''}, fewer than {n}"
-                               if n > tp else f"{n} does not divide {tp} (DP attention splits an instance's TP ranks "
-                               "into equal groups: SGLang asserts tp_size % attn_dp_size == 0)")
-                     for n in sorted(sizes) if tp % n]
+        excluded += [Exclusion(f"TP{tp} DP-attention {n}", _indivisible(tp, n)) for n in sorted(sizes) if tp % n]
     return out
+
+
+def _indivisible(tp: int, n: int) -> str:
+    if n > tp:
+        return f"TP{tp} has {tp} rank{'s' if tp > 1 else ''}, fewer than {n}"
+    return (f"{n} does not divide {tp} (DP attention splits an instance's TP ranks into equal groups: SGLang asserts "
+            "tp_size % attn_dp_size == 0)")
 
 
 def _with_dp_attention(layout: Layout, sizes: dict[int, tuple[int, ...]]) -> list[Layout]:
