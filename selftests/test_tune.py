@@ -243,6 +243,10 @@ def test_the_prefill_profile_splits_into_a_fixed_part_and_the_prefill_forward():
     p = predict.Profile(4, {1500: 89.0, 3000: 155.0}, {1: 13.0})
     assert p.prefill_split(3000) == pytest.approx((23.0, 132.0))  # intercept 23 ms, 0.044 ms per prompt token
     assert predict.Profile(4, {3000: 155.0}, {1: 13.0}).prefill_split(3000) == (0.0, 155.0)  # one point: all of it
+    noisy = predict.Profile(8, {256: 86.3, 512: 72.9}, {1: 10.5})  # measured so at sim speedup 10: TTFT fell with ISL
+    assert noisy.prefill_split(512) == (0.0, 72.9)  # not split (it would leave no service: unbounded capacity)
+    lay = layouts.Layout("disaggregated", prefill=layouts.Shape(8, 1, 1), decode=layouts.Shape(8, 1, 1))
+    assert predict.predict(lay, {"8": noisy}, sla.Workload(512, 16), 4)["mean_ttft_ms"] > 72.9
 
 
 def test_predictions_follow_a_measured_search():

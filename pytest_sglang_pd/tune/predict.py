@@ -38,13 +38,15 @@ class Profile:
 
     def prefill_split(self, isl: int) -> tuple[float, float]:
         """``ttft_at(isl)`` as (fixed ms, service ms): the part that does not grow with the prompt (router, KV
-        transfer, the first decode step: the line's intercept) and the prefill forward that occupies the instance."""
+        transfer, the first decode step: the line's intercept) and the prefill forward that occupies the instance.
+        All of it the service where the profile cannot split it: one ISL measured, or a TTFT that did not grow with
+        the ISL (noise: the split would leave no service, an instance of unbounded capacity)."""
         ttft = self.ttft_at(isl)
         xs = sorted(self.ttft_ms)
-        if len(xs) < 2:
+        lo, hi = _bracket(xs, isl) if len(xs) > 1 else (xs[0], xs[0])
+        slope = (self.ttft_ms[hi] - self.ttft_ms[lo]) / (hi - lo) if hi > lo else 0.0
+        if slope <= 0:
             return 0.0, ttft
-        lo, hi = _bracket(xs, isl)
-        slope = (self.ttft_ms[hi] - self.ttft_ms[lo]) / (hi - lo)
         fixed = min(max(self.ttft_ms[lo] - slope * lo, 0.0), ttft)
         return fixed, ttft - fixed
 
