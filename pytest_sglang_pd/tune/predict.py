@@ -75,11 +75,13 @@ def _interpolate(points: dict[int, float], x: float, *, through_origin: bool) ->
     return max(y, min(points.values()) if not through_origin else 0.0)
 
 
-def _wait(service_ms: float, rho: float, others: float) -> float:
-    """A request's wait for a prefill instance: M/D/1's rho / (2 (1 - rho)) services, at most the ``others`` services a
-    closed loop can hold ahead of it (its C - 1 other requests shared over the prefill instances)."""
+def _wait(service_ms: float, rho: float, instances: int, others: float) -> float:
+    """A request's wait for its prefill instance: Kingman's G/D/1 rho / (1 - rho) x (Ca^2 / 2) services, the router
+    dealing the requests round-robin over the instances (each sees every n-th of Poisson arrivals: Ca^2 = 1 / n; one
+    instance is M/D/1), at most the ``others`` services a closed loop can hold ahead of it (its C - 1 other requests
+    shared over the instances)."""
     rho = min(rho, 0.999)
-    return service_ms * min(rho / (2.0 * (1.0 - rho)), others)
+    return service_ms * min(rho / (1.0 - rho) / (2.0 * instances), others)
 
 
 def _disaggregated(layout: Layout, profiles: dict[str, Profile], work: Workload, c: int) -> tuple[float, float, float]:
@@ -91,7 +93,8 @@ def _disaggregated(layout: Layout, profiles: dict[str, Profile], work: Workload,
     capacity = layout.prefill.instances / service  # requests per ms
 
     def at(x: float) -> tuple[float, float, float]:
-        ttft = fixed + service + _wait(service, x / capacity, (c - 1) / layout.prefill.instances)
+        ttft = fixed + service + _wait(service, x / capacity, layout.prefill.instances,
+                                            (c - 1) / layout.prefill.instances)
         itl, batch = decode.itl_at(1), 1.0
         for _ in range(30):  # Little's law on the decode: X x the time a request decodes, over its instances
             batch = x * steps * itl / layout.decode.instances
