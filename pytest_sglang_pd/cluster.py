@@ -244,12 +244,14 @@ class LiveCluster:
         with self._stage("bring-up", f"prechecks on {len(by_node)} node(s)",
                          lambda: f"{len(by_node) - len(running)}/{len(by_node)} nodes done, waiting on {_some(running)}"):
             outcomes = [outcome for found in all_of(on, sorted(by_node)) for outcome in found]
-        for kind, title in (("paths", "Paths unusable"), ("devices", "GPU devices missing"),
-                            ("nic", "NIC verbs provider missing"),
-                            ("kv_transfer", f"KV transfer ({self.cfg.kv_transfer.backend}) precheck failed")):
+        titles = {"paths": "Paths unusable", "ports": "Ports in use", "devices": "GPU devices missing",
+                  "nic": "NIC verbs provider missing", "hugepages": "Huge pages missing",
+                  "nic_map": "GPU -> NIC map not written",
+                  "kv_transfer": f"KV transfer ({self.cfg.kv_transfer.backend}) precheck failed"}
+        for kind in dict.fromkeys([*titles, *(check.kind for check, _, _ in outcomes)]):  # every kind, these first
             problems = [text for check, ok, text in outcomes if check.kind == kind and not ok]
             if problems:
-                raise ClusterError(f"{title}:\n" + "\n".join(problems))
+                raise ClusterError(f"{titles.get(kind, kind + ' precheck failed')}:\n" + "\n".join(problems))
         self.probe_release()
         kv = self.cfg.kv_transfer
         check = KVTransferCheck(kv.backend, kv.ib_devices, plan_mod.kv_env(self.cfg))

@@ -742,6 +742,11 @@ _ADDRESS = re.compile(r"^(?:[a-z0-9+]+://)?([A-Za-z0-9.-]+):(\d{1,5})(?:/.*)?$")
 # $@: paths; fails naming those that do not exist
 _ALL_EXIST = 'm=""; for p; do [ -e "$p" ] || m="$m $p"; done; [ -z "$m" ] || { echo "missing:$m" >&2; exit 1; }'
 _TCP_CONNECT = 'exec 3<>"/dev/tcp/$1/$2"'
+# $1: the address to probe; then port=what pairs; fails naming those something already answers on
+_PORTS_FREE = ('h=$1; shift; busy=""; for pw; do (exec 3<>"/dev/tcp/$h/${pw%%=*}") 2>/dev/null && '
+               'busy="$busy $h:${pw%%=*} (${pw#*=})"; done; [ -z "$busy" ] || { echo "in use:$busy" >&2; exit 1; }')
+PORT_KEYS = ("$.config.prefill_serv_port", "$.config.decode_serv_port", "$.config.proxy_router_port",
+             "$.config.router_prometheus_port")
 # $1: the huge pages asked for; fails naming what the host has
 _HUGEPAGES = ('have=$(awk \'/^HugePages_Total:/ {print $2}\' /proc/meminfo); [ "${have:-0}" -ge "$1" ] || '
               '{ echo "HugePages_Total is ${have:-0}, the config asks for at least $1" >&2; exit 1; }')
@@ -762,6 +767,19 @@ def side_services(env: Mapping[str, str]) -> list[tuple[str, str]]:
     return out
 
 
+def served_ports(dep: Deployment, node: str) -> list[str]:
+    """``port=process flag`` of every port the deployment's processes on ``node`` listen on, each once."""
+    found: dict[int, str] = {}
+    for p in dep.processes:
+        if p.node == node:
+            prometheus = p.argv[p.argv.index("--prometheus-port") + 1] if "--prometheus-port" in p.argv else None
+            for flag, port in (("--port", p.port), ("--disaggregation-bootstrap-port", p.bootstrap_port),
+                               ("--prometheus-port", prometheus)):
+                if port:
+                    found.setdefault(int(port), f"{p.key} {flag}")
+    return [f"{port}={what}" for port, what in sorted(found.items())]
+
+
 def worker_nodes(dep: Deployment) -> list[str]:
     """The nodes that run worker processes, sorted."""
     return sorted({p.node for p in dep.processes if p.role in WORKER_ROLES})
@@ -779,6 +797,16 @@ def prechecks(cfg: ClusterConfig, dep: Deployment) -> tuple[Precheck, ...]:
                             "log folder writable" + (", secret files readable" if secrets else ""),
                             f"node {node}: the log folder ($.config.log_dir) cannot be written"
                             + (" or a secret file ($.config.hf_token_file) cannot be read" if secrets else "")))
+    for node in dict.fromkeys(p.node for p in dep.processes):
+        ports = served_ports(dep, node)
+        if ports:
+            host = bind_host(node)
+            out.append(Precheck(node, "ports", ("timeout", "10", "bash", "-c", _PORTS_FREE, "bash",
+                                                "127.0.0.1" if host == "0.0.0.0" else host, *ports),
+                                f"{len(ports)} port(s) free",
+                                f"node {node}: something already answers on a port this deployment serves on (a "
+                                "server left by an earlier run? `sglang-pd cleanup CONFIG` stops what the suite left; "
+                                f"else move the ports: {', '.join(PORT_KEYS)})"))
     if not cfg.simulated:
         devices: dict[str, list[str]] = {}
         roles: dict[str, list[str]] = {}

@@ -285,6 +285,56 @@ def test_an_unwritable_log_dir_or_unreadable_token_file_is_named_before_anything
     assert f"log folder {tmp_path}/a-file/logs/r: cannot be created or written" in text
 
 
+def test_a_port_something_already_answers_on_is_named_before_anything_starts(tmp_path):
+    """A server left by an earlier run on the router's port would answer the health checks in place of the new one:
+    the precheck names node, port, the process that needs it and the config keys, and nothing is started."""
+    import socket
+
+    from pytest_sglang_pd import config, plan
+    from pytest_sglang_pd.cluster import ClusterError, LiveCluster
+
+    data = raw("local-sim.json")
+    data["config"]["log_dir"] = str(tmp_path / "logs")
+    cfg = config.from_dict(data)
+    dep = plan.plan(cfg, cfg.model_ids[0], run_id="r")
+    router = dep.router
+    with socket.socket() as stale:
+        stale.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        stale.bind((router.host, router.port))
+        stale.listen()
+        with LiveCluster(cfg, dep, tmp_path / "run") as cluster:
+            cluster.connect()
+            with pytest.raises(ClusterError) as info:
+                cluster.precheck()
+    text = str(info.value)
+    assert text.startswith(f"Ports in use:\n  node {router.node}: something already answers on a port this "
+                           "deployment serves on (a server left by an earlier run?")
+    assert f"in use: {router.host}:{router.port} (router --port)" in text and "$.config.proxy_router_port" in text
+    assert not list((tmp_path / "logs").rglob("*.log"))  # nothing started
+    with LiveCluster(cfg, dep, tmp_path / "run2") as cluster:  # the port free again: the precheck passes
+        cluster.connect()
+        cluster.precheck()
+
+
+def test_a_failed_hugepages_precheck_stops_the_bring_up(tmp_path):
+    """Every kind of precheck that fails ends the bring-up (huge pages and the sysfs NIC map were run and their
+    failure not raised)."""
+    from pytest_sglang_pd import config, plan
+    from pytest_sglang_pd.cluster import ClusterError, LiveCluster
+
+    data = raw("local-sim.json")
+    data["config"]["log_dir"] = str(tmp_path / "logs")
+    data["config"].setdefault("kv_transfer", {}).setdefault("mooncake", {})["hugepages"] = "1000000000"
+    cfg = config.from_dict(data)
+    with LiveCluster(cfg, plan.plan(cfg, cfg.model_ids[0], run_id="r"), tmp_path / "run") as cluster:
+        cluster.connect()
+        with pytest.raises(ClusterError) as info:
+            cluster.precheck()
+    assert str(info.value).startswith("Huge pages missing:\n  node 127.0.0.1: fewer huge pages than "
+                                      "$.config.kv_transfer.mooncake.hugepages (1000000000)")
+    assert "the config asks for at least 1000000000" in str(info.value)
+
+
 def test_cleanup_stops_kept_runs_of_the_config(pytester, tmp_path):
     results = tmp_path / "results"
     config = sim_config(tmp_path)
