@@ -134,11 +134,13 @@ def pareto_figure(series: dict[str, list[tuple[float, float]]], title: str, x_la
     front = pareto_front(points)
     line, = ax.plot([p[0] for p in front], [p[1] for p in front], color="#888", linestyle="--", linewidth=1, zorder=1)
     line.set_gid("pareto-front")
+    if x_floor is not None:
+        ax.axvline(x_floor, color="#c00", linestyle=":", linewidth=1, zorder=1,
+                   label=f"SLA >= {x_floor:g}").set_gid("sla-floor")
     _labelled(fig, ax, title, x_label, y_label, points + ([(x_floor, points[0][1])] if x_floor is not None else []),
               from_zero=False)
     if x_floor is not None:
         ax.axvspan(ax.get_xlim()[0], x_floor, color="#eee", zorder=0).set_gid("sla-fails")
-        ax.axvline(x_floor, color="#c00", linestyle=":", linewidth=1, zorder=1).set_gid("sla-floor")
     return fig
 
 
