@@ -27,7 +27,8 @@ class Deployed:
 
 class Live(Protocol):
     """What the search needs of a cluster: a TP size profiled, a layout deployed and measured at a concurrency;
-    ``parallel``: the chosen layouts may be deployed at once (each on nodes of its own), ``abort`` then stops them."""
+    ``parallel``: the profiles, and the chosen layouts, may be deployed at once (each on nodes of its own), ``abort``
+    then stops them."""
 
     parallel: bool
 
