@@ -768,15 +768,14 @@ def side_services(env: Mapping[str, str]) -> list[tuple[str, str]]:
 
 
 def served_ports(dep: Deployment, node: str) -> list[str]:
-    """``port=process flag`` of every port the deployment's processes on ``node`` listen on, each once."""
+    """``port=process what`` of every port the deployment's processes on ``node`` listen on, each once."""
     found: dict[int, str] = {}
     for p in dep.processes:
         if p.node == node:
             prometheus = p.argv[p.argv.index("--prometheus-port") + 1] if "--prometheus-port" in p.argv else None
-            for flag, port in (("--port", p.port), ("--disaggregation-bootstrap-port", p.bootstrap_port),
-                               ("--prometheus-port", prometheus)):
+            for what, port in (("port", p.port), ("bootstrap port", p.bootstrap_port), ("prometheus port", prometheus)):
                 if port:
-                    found.setdefault(int(port), f"{p.key} {flag}")
+                    found.setdefault(int(port), f"{p.key} {what}")
     return [f"{port}={what}" for port, what in sorted(found.items())]
 
 

@@ -229,12 +229,22 @@ def test_hicache_on_the_http_metadata_server_comes_up_the_watch_names_its_exit_a
 
 @pytest.mark.integration
 def test_a_store_service_that_cannot_bind_fails_the_bring_up_and_no_worker_starts(tmp_path):
+    """A server already listening on the store's port is named by the prechecks, before anything starts; a port
+    bound but not listening (as one taken after the prechecks looks to them) fails the store's own start."""
     cfg = plan.load_config(live_config(tmp_path))
     dep = plan.plan(cfg, MODEL, run_id="r")
     port = cfg.model(MODEL).hicache.metadata_port
     with socket.socket() as squatter:
         squatter.bind((NODE, port))
         squatter.listen()
+        with LiveCluster(cfg, dep, tmp_path / "precheck") as cluster:
+            with pytest.raises(ClusterError) as info:
+                cluster.bring_up()
+            assert not cluster.procs
+    assert f"Ports in use:\n  node {NODE}: something already answers" in str(info.value)
+    assert f"in use: {NODE}:{port} (store_etcd port)" in str(info.value)
+    with socket.socket() as squatter:
+        squatter.bind((NODE, port))
         with LiveCluster(cfg, dep, tmp_path / "run") as cluster:
             with pytest.raises(ClusterError) as info:
                 cluster.bring_up()

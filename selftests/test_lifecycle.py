@@ -309,7 +309,7 @@ def test_a_port_something_already_answers_on_is_named_before_anything_starts(tmp
     text = str(info.value)
     assert text.startswith(f"Ports in use:\n  node {router.node}: something already answers on a port this "
                            "deployment serves on (a server left by an earlier run?")
-    assert f"in use: {router.host}:{router.port} (router --port)" in text and "$.config.proxy_router_port" in text
+    assert f"in use: {router.host}:{router.port} (router port)" in text and "$.config.proxy_router_port" in text
     assert not list((tmp_path / "logs").rglob("*.log"))  # nothing started
     with LiveCluster(cfg, dep, tmp_path / "run2") as cluster:  # the port free again: the precheck passes
         cluster.connect()
