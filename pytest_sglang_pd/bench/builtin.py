@@ -229,6 +229,8 @@ def _run(main: Awaitable[T]) -> T:
 
     async def guarded() -> T:
         running.append((asyncio.get_running_loop(), asyncio.current_task()))
+        if caught:  # a SIGTERM before the loop ran
+            running[0][1].cancel()
         try:
             return await main
         finally:
