@@ -16,6 +16,7 @@ from . import config as config_mod
 from . import nic, releases
 from .nic import IB_SYSFS
 from .config import AGGREGATED, DECODE_ALONE, DISAGGREGATED, ROLES, SYSFS, ClusterConfig, InferenceTest, Layout, ModelConfig, Problem, role_nodes
+from .config.keys import json_path
 from .textgen.tokenizer import tokenizer_dir
 
 @dataclass(frozen=True)
@@ -277,8 +278,9 @@ def service_ports(cfg: ClusterConfig, model: ModelConfig) -> list[tuple[str, int
         if cfg.instance_layout == "multi_node" and coord:
             out.append((coord, getattr(cfg, f"{role}_coordinator_port"), f"{role} coordinator"))
     out += [(node, port, f"HiCache {key}") for node, port, key in store_ports(cfg, model)]
-    out.append((cfg.router_node, cfg.router_port, "router (http)"))
-    out.append((cfg.router_node, cfg.router_prometheus_port, "router (prometheus)"))
+    if model.mode != DECODE_ALONE:
+        out.append((cfg.router_node, cfg.router_port, "router (http)"))
+        out.append((cfg.router_node, cfg.router_prometheus_port, "router (prometheus)"))
     return out
 
 
@@ -744,9 +746,10 @@ _ALL_EXIST = 'm=""; for p; do [ -e "$p" ] || m="$m $p"; done; [ -z "$m" ] || { e
 _TCP_CONNECT = 'exec 3<>"/dev/tcp/$1/$2"'
 # $1: the address to probe; then port=what pairs; fails naming those something already answers on
 _PORTS_FREE = ('h=$1; shift; busy=""; for pw; do (exec 3<>"/dev/tcp/$h/${pw%%=*}") 2>/dev/null && '
-               'busy="$busy $h:${pw%%=*} (${pw#*=})"; done; [ -z "$busy" ] || { echo "in use:$busy" >&2; exit 1; }')
-PORT_KEYS = ("$.config.prefill_serv_port", "$.config.decode_serv_port", "$.config.proxy_router_port",
-             "$.config.router_prometheus_port")
+               'busy="${busy:+$busy, }$h:${pw%%=*} ${pw#*=}"; done; [ -z "$busy" ] || { echo "in use: $busy" >&2; '
+               'exit 1; }')
+PORT_KEYS = ("$.config.prefill_serv_port", "$.config.decode_serv_port", "$.config.kv_transfer.bootstrap_port",
+             "$.config.proxy_router_port", "$.config.router_prometheus_port")
 # $1: the huge pages asked for; fails naming what the host has
 _HUGEPAGES = ('have=$(awk \'/^HugePages_Total:/ {print $2}\' /proc/meminfo); [ "${have:-0}" -ge "$1" ] || '
               '{ echo "HugePages_Total is ${have:-0}, the config asks for at least $1" >&2; exit 1; }')
@@ -767,16 +770,24 @@ def side_services(env: Mapping[str, str]) -> list[tuple[str, str]]:
     return out
 
 
-def served_ports(dep: Deployment, node: str) -> list[str]:
-    """``port=process what`` of every port the deployment's processes on ``node`` listen on, each once."""
+def served_ports(cfg: ClusterConfig, dep: Deployment, node: str) -> list[str]:
+    """``port=service`` of every port the deployment's services listen on at ``node`` (the store's, and those SGLang
+    derives with DP attention, included), each once."""
     found: dict[int, str] = {}
-    for p in dep.processes:
-        if p.node == node:
-            prometheus = p.argv[p.argv.index("--prometheus-port") + 1] if "--prometheus-port" in p.argv else None
-            for what, port in (("port", p.port), ("bootstrap port", p.bootstrap_port), ("prometheus port", prometheus)):
-                if port:
-                    found.setdefault(int(port), f"{p.key} {what}")
-    return [f"{port}={what}" for port, what in sorted(found.items())]
+    for where, port, service in service_ports(cfg, dep.model):
+        if where == node:
+            found.setdefault(port, service)
+    return [f"{port}={service}" for port, service in sorted(found.items())]
+
+
+def _port_keys(ports: list[str], model_id: str) -> list[str]:
+    """The config keys that move the ``served_ports`` listed."""
+    keys = list(PORT_KEYS)
+    if any("coordinator" in p or "derived" in p for p in ports):
+        keys += ["$.config.prefill_coordinator_port", "$.config.decode_coordinator_port"]
+    if any("HiCache" in p for p in ports):
+        keys.append(json_path(json_path("$.benchmark_params", model_id), "hicache") + ".*_port")
+    return keys
 
 
 def worker_nodes(dep: Deployment) -> list[str]:
@@ -797,7 +808,7 @@ def prechecks(cfg: ClusterConfig, dep: Deployment) -> tuple[Precheck, ...]:
                             f"node {node}: the log folder ($.config.log_dir) cannot be written"
                             + (" or a secret file ($.config.hf_token_file) cannot be read" if secrets else "")))
     for node in dict.fromkeys(p.node for p in dep.processes):
-        ports = served_ports(dep, node)
+        ports = served_ports(cfg, dep, node)
         if ports:
             host = bind_host(node)
             out.append(Precheck(node, "ports", ("timeout", "10", "bash", "-c", _PORTS_FREE, "bash",
@@ -805,7 +816,7 @@ def prechecks(cfg: ClusterConfig, dep: Deployment) -> tuple[Precheck, ...]:
                                 f"{len(ports)} port(s) free",
                                 f"node {node}: something already answers on a port this deployment serves on (a "
                                 "server left by an earlier run? `sglang-pd cleanup CONFIG` stops what the suite left; "
-                                f"else move the ports: {', '.join(PORT_KEYS)})"))
+                                f"else move the ports: {', '.join(_port_keys(ports, dep.model.id))})"))
     if not cfg.simulated:
         devices: dict[str, list[str]] = {}
         roles: dict[str, list[str]] = {}

@@ -242,7 +242,7 @@ def test_a_store_service_that_cannot_bind_fails_the_bring_up_and_no_worker_start
                 cluster.bring_up()
             assert not cluster.procs
     assert f"Ports in use:\n  node {NODE}: something already answers" in str(info.value)
-    assert f"in use: {NODE}:{port} (store_etcd port)" in str(info.value)
+    assert f"in use: {NODE}:{port} HiCache store_etcd (client)" in str(info.value)
     with socket.socket() as squatter:
         squatter.bind((NODE, port))
         with LiveCluster(cfg, dep, tmp_path / "run") as cluster:

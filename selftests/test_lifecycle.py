@@ -309,7 +309,7 @@ def test_a_port_something_already_answers_on_is_named_before_anything_starts(tmp
     text = str(info.value)
     assert text.startswith(f"Ports in use:\n  node {router.node}: something already answers on a port this "
                            "deployment serves on (a server left by an earlier run?")
-    assert f"in use: {router.host}:{router.port} (router port)" in text and "$.config.proxy_router_port" in text
+    assert f"in use: {router.host}:{router.port} router (http)" in text and "$.config.proxy_router_port" in text
     assert not list((tmp_path / "logs").rglob("*.log"))  # nothing started
     with LiveCluster(cfg, dep, tmp_path / "run2") as cluster:  # the port free again: the precheck passes
         cluster.connect()
@@ -506,8 +506,12 @@ def test_rdma_error_counters_are_read_on_every_worker_node_and_their_growth_repo
         cluster.disconnect()
 
 
-def test_sigterm_during_a_benchmark_leaves_results_junit_and_report_that_say_what_was_interrupted(tmp_path):
-    """A Jenkins abort mid-benchmark: the records of the run are written, the running test marked interrupted."""
+@pytest.mark.parametrize("sig, shown", [(signal.SIGINT, "KeyboardInterrupt"),
+                                        (signal.SIGTERM, "received signal SIGTERM")], ids=["ctrl-c", "jenkins-abort"])
+def test_interrupt_during_a_benchmark_leaves_results_junit_and_report_that_say_what_was_interrupted(tmp_path, sig,
+                                                                                                    shown):
+    """Ctrl-C or a Jenkins abort mid-benchmark: the suite ends at once, the records of the run are written, the
+    running test marked interrupted."""
     results = tmp_path / "results"
     config = sim_config(tmp_path, sim={"speedup": "0.2"})  # a slow simulated model: gsm8k takes a while
     suite = subprocess.Popen([sys.executable, "-m", "pytest", str(REPO / "pytest_sglang_pd" / "suite"),
@@ -527,11 +531,11 @@ def test_sigterm_during_a_benchmark_leaves_results_junit_and_report_that_say_wha
     reader.start()
     try:
         assert started.wait(120), "the gsm8k benchmark never started:\n" + "".join(lines)
-        suite.send_signal(signal.SIGTERM)
+        suite.send_signal(sig)
         try:
             suite.wait(timeout=90)
         except subprocess.TimeoutExpired:
-            pytest.fail("the suite was still running 90 s after SIGTERM; its output:\n" + "".join(lines[-60:]))
+            pytest.fail(f"the suite was still running 90 s after {sig.name}; its output:\n" + "".join(lines[-60:]))
         reader.join(10)
     finally:
         if suite.poll() is None:
@@ -542,7 +546,7 @@ def test_sigterm_during_a_benchmark_leaves_results_junit_and_report_that_say_wha
     interrupted = {t["id"]: t for t in data["tests"]}["llama-8b-gsm8k"]
     assert interrupted["outcome"] == "interrupted" and data["summary"]["interrupted"] == 1
     assert data["time_dilation"] == 5  # speedup 0.2: the figures, had there been any, are rescaled
-    assert interrupted["message"].startswith("interrupted after ") and "received signal SIGTERM" in interrupted["message"]
+    assert interrupted["message"].startswith("interrupted after ") and shown in interrupted["message"]
     assert 0 < interrupted["completed_requests"] < interrupted["num_requests"], interrupted  # what had been measured
     assert f"({interrupted['completed_requests']} of {interrupted['num_requests']} requests had completed)" in interrupted["message"]
     junit = (results / "run" / "junit.xml").read_text()
