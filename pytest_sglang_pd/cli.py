@@ -11,7 +11,7 @@ from typing import Sequence
 
 from . import config as config_mod
 from . import plan as plan_mod
-from . import nic, redact, slurm
+from . import interrupts, nic, redact, slurm
 from .hosts import HostError
 from .runtime import RuntimeFailure
 
@@ -369,11 +369,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return sim_main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
+    interrupts.interrupt_on_sigterm()  # `kill`, a Jenkins abort: what `up` or `tune` started is stopped, as on Ctrl-C
     try:
         return args.func(args)
     except BrokenPipeError:  # `sglang-pd plan ... | head`: the reader has what it wanted
         sys.stderr.close()
         return 0
+    except KeyboardInterrupt as exc:
+        print(f"sglang-pd {args.command}: interrupted ({exc or 'Ctrl-C'})", file=sys.stderr)
+        return interrupts.exit_code(exc)
 
 
 if __name__ == "__main__":

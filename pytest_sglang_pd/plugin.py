@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import tempfile
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +18,7 @@ import pytest
 from . import config as config_mod
 from . import plan as plan_mod
 from .gating import BASELINE_TOLERANCE_PCT
+from .interrupts import interrupt_on_sigterm
 from .session import SuiteRun, suite_run_key
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ def pytest_configure(config: pytest.Config) -> None:
     from . import report
 
     report.configure(config, run)
-    _interrupt_on_sigterm(config)
+    config.stash[_previous_sigterm_key] = interrupt_on_sigterm()  # the finalizers tear the cluster down
     from . import fixtures
 
     config.pluginmanager.register(fixtures, "sglang_pd_fixtures")
@@ -188,17 +188,6 @@ def _baseline(path: str | None) -> Baseline | None:
 
 
 _previous_sigterm_key = pytest.StashKey[object]()
-
-
-def _interrupt_on_sigterm(config: pytest.Config) -> None:
-    """SIGTERM (a Jenkins abort) becomes KeyboardInterrupt, so the finalizers tear the cluster down."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"received signal {signal.Signals(signum).name}")
-
-    config.stash[_previous_sigterm_key] = signal.signal(signal.SIGTERM, interrupt)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

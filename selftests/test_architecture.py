@@ -24,7 +24,7 @@ ARCHITECTURE_DOC = REPO / "docs" / "architecture.md"
 
 # Shared leaves: small neutral modules anything may import; they import nothing of the package but each other.
 LEAVES = frozenset({"__init__", "metrics", "stats", "redact", "prom", "failures", "parallel", "image", "kv_transfer", "releases",
-                    "textgen", "facts", "sse", "nic", "stages"})
+                    "textgen", "facts", "sse", "nic", "stages", "interrupts"})
 # The pytest face: nothing imports it but itself.
 PYTEST_FACE = frozenset({"plugin", "session", "fixtures", "suite"})
 # The chain of the data flow: config -> plan -> live cluster (hosts, docker_node, runtime, slurm, cluster) -> bench

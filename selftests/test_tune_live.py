@@ -6,8 +6,10 @@ deployment with fresh prompts, and the workers' caches flushed between points.""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from pytest_sglang_pd.cluster import flush_caches
 from pytest_sglang_pd import tune
 from pytest_sglang_pd.tune import candidates, layouts, live, measurement, output, predict, sla, store
 from selftests.configs import REPO
+from selftests.live import alive
 from selftests.one_worker import sim_worker
 
 pytestmark = pytest.mark.integration
@@ -135,3 +138,39 @@ def test_a_search_with_dp_attention_on_part_of_the_prefills_ranks_profiles_deplo
     assert "--attn-dp-size 4" in " ".join(deployed.role("prefill")[0].argv)
     assert "--attn-dp-size" not in " ".join(deployed.role("decode")[0].argv)
     assert json.loads(winner.read_text())["benchmark_params"]["llama-70b"]["prefill"]["dp_size"] == "4"
+
+
+def test_sigterm_mid_search_stops_every_process_the_search_started(tmp_path):
+    """`kill` or a Jenkins abort of `sglang-pd tune`: the deployment under way is torn down (its processes were in
+    groups of their own, which the signal never reached), and the exit status says SIGTERM."""
+    results = tmp_path / "tune"
+    search = subprocess.Popen([sys.executable, "-m", "pytest_sglang_pd.cli", "tune", str(sim_config(tmp_path)),
+                               *SEARCH.split(), "--results-dir", str(results)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    try:
+        running: list[int] = []
+        deadline = time.monotonic() + 120
+        while len(running) < 2 and time.monotonic() < deadline and search.poll() is None:
+            time.sleep(0.2)
+            running = [p["pid"] for p in recorded_processes(results) if alive(p["pid"])]
+        assert len(running) >= 2, f"no deployment came up: {running}\n" + (search.communicate()[0] if search.poll() is not None else "")
+        search.send_signal(signal.SIGTERM)
+        out, _ = search.communicate(timeout=90)
+    finally:
+        if search.poll() is None:
+            search.kill()
+    assert search.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert "sglang-pd tune: interrupted (received signal SIGTERM)" in out
+    left = [f"{p['key']} (pid {p['pid']})" for p in recorded_processes(results) if alive(p["pid"])]
+    assert not left, f"left running: {left}\n{out[-3000:]}"
+
+
+def recorded_processes(results: Path) -> list[dict]:
+    """Every process the deployments of a search recorded in their run folders."""
+    out = []
+    for path in results.glob("runs/*/cluster-state.json"):
+        try:
+            out += json.loads(path.read_text())["processes"]
+        except ValueError:  # being replaced this moment
+            continue
+    return out

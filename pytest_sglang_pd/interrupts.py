@@ -1,0 +1,27 @@
+"""A SIGTERM (a Jenkins abort, `kill`, a Slurm time limit) made a KeyboardInterrupt, as Ctrl-C is, so that what the
+suite or `sglang-pd` started is stopped on the way out."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+SIGTERM_NAME = "received signal SIGTERM"
+
+
+def interrupt_on_sigterm() -> Any:
+    """SIGTERM raises KeyboardInterrupt(SIGTERM_NAME) from now on; the handler it replaces, to restore (None off the
+    main thread, which signals never reach)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(SIGTERM_NAME)
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def exit_code(interrupt: KeyboardInterrupt) -> int:
+    """A shell's exit status for the signal behind ``interrupt``: 128 + SIGTERM's number, else + SIGINT's."""
+    return 128 + (signal.SIGTERM if str(interrupt) == SIGTERM_NAME else signal.SIGINT)
