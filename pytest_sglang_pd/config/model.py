@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from .. import releases
 from .hicache import HiCacheSettings
-from .keys import ARGS, BOOL_OR_INT, INT, INT_OR_LIST, NUMBER, OBJECT, PERCENT, RATE, STRING, TEXT, Key, choice, count, key
+from .keys import (ARGS, BOOL_OR_INT, INT, INT_OR_LIST, NUMBER, OBJECT, PERCENT, RATE, STRING, TEXT, Key, choice, count,
+                   key)
 from .layout import AGGREGATED, DECODE_ALONE, DISAGGREGATED, LOAD_BALANCE_METHODS, ROLES, Layout, RoleSettings, resolve
 
 # Each keyed field is the one description of its key (keys.py): JSON key, kind, default, range, effect.
