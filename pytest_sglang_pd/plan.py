@@ -424,7 +424,6 @@ def member_nics(cfg: ClusterConfig, model: ModelConfig, member: _Member) -> tupl
 
 def _worker_argv(cfg: ClusterConfig, model: ModelConfig, inst: _Instance, member: _Member, python: str,
                  release: str) -> tuple[str, ...]:
-    kv = cfg.kv_transfer
     module = SIM_WORKER_MODULE if cfg.simulated else SGLANG_WORKER_MODULE
     policy = model.decode_policy if inst.role == "decode" else model.prefill_policy
     multi = cfg.instance_layout == "multi_node"

@@ -59,7 +59,7 @@ class _Response(asyncio.Protocol):
         self.request, self.on_body, self.done = request, on_body, done
         self.head = bytearray()
         self.status = 0
-        self.body: _Body | None = None
+        self.body: _Chunked | _Sized | None = None
         self.error_body = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .. import releases
-from .keys import BOOL_OR_INT, INT, OBJECT, STRING_MAP, Kind, Problem, choice, count, json_path, key
+from .keys import BOOL_OR_INT, INT, STRING_MAP, Kind, Problem, choice, count, json_path, key
 
 ROLES = ("prefill", "decode")
 DISAGGREGATED, AGGREGATED = "disaggregated", "aggregated"  # a model's mode; "aggregated" is also its one role
