@@ -248,7 +248,7 @@ def test_every_kind_of_import_is_read():
     def read(source: str, target: str, text: str) -> bool:
         return any(s == source and t == target and x.startswith(text) for s, t, x in seen)
 
-    assert read("plan", "config", "from .config import")  # relative, at module level
+    assert read("plan", "config", "from ..config import")  # relative, at module level
     assert read("report", "pytest_sglang_pd", "from .. import")  # two levels up: the package's __init__
     assert read("report", "gating", "from .. import")  # a module named in `from .. import`
     assert read("sim.worker", "kv_transfer", "from pytest_sglang_pd.kv_transfer import")  # absolute
@@ -319,7 +319,7 @@ def test_an_import_of_the_pytest_face_from_config_is_caught_with_file_and_line(t
      "bench -> sim"),
     ("sim/output.py", "import pytest_sglang_pd.bench.result\n", "sim -> bench"),
     ("report/html.py", "from pytest_sglang_pd.cluster import LiveCluster\n", "report -> cluster"),
-    ("plan.py", "from . import gating\n", "plan -> gating"),
+    ("plan/__init__.py", "from .. import gating\n", "plan -> gating"),
 ])
 def test_forbidden_arrows_are_caught_lazy_type_checking_relative_or_absolute(tmp_path: Path, file, code, arrow):
     package = _copy(tmp_path)

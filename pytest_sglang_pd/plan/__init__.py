@@ -12,12 +12,12 @@ from pathlib import Path
 from secrets import token_hex
 from typing import Mapping
 
-from . import config as config_mod
-from . import nic, releases
-from .nic import IB_SYSFS
-from .config import AGGREGATED, DECODE_ALONE, DISAGGREGATED, ROLES, SYSFS, ClusterConfig, InferenceTest, Layout, ModelConfig, Problem, role_nodes
-from .config.keys import json_path
-from .textgen.tokenizer import tokenizer_dir
+from .. import config as config_mod
+from .. import nic, releases
+from ..nic import IB_SYSFS
+from ..config import AGGREGATED, DECODE_ALONE, DISAGGREGATED, ROLES, SYSFS, ClusterConfig, InferenceTest, Layout, ModelConfig, Problem, role_nodes
+from ..config.keys import json_path
+from ..textgen.tokenizer import tokenizer_dir
 
 @dataclass(frozen=True)
 class ContainerSpec:
