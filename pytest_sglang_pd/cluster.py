@@ -26,7 +26,7 @@ import requests
 
 from . import hosts as hosts_mod
 from . import plan as plan_mod
-from . import kv_transfer, pd_path, prom, redact, releases, services, slurm, sse
+from . import kv_transfer, pd_path, redact, releases, services, slurm
 from .config import ClusterConfig
 from .facts import ClusterFacts, InstanceFacts
 from .plan import Deployment, ProcessSpec
@@ -36,6 +36,7 @@ from .nic import IB_SYSFS
 from .parallel import all_of, on_each
 from .runtime import DockerRuntime, RunningProcess, Runtime, runtime_for
 from .stages import Say, elapsed, quiet, stage
+from .worker_http import body_within, finish_reason, get_ok, handoffs, worker_versions
 
 log = logging.getLogger(__name__)
 
@@ -448,7 +449,7 @@ class LiveCluster:
 
         def probe() -> bool:
             for key, spec in list(pending.items()):
-                if _get_ok(spec.url + spec.health_path):
+                if get_ok(spec.url + spec.health_path):
                     pending.pop(key)
                     role_time = round(time.monotonic() - t0, 3)
                     self.startup_seconds[spec.role] = max(self.startup_seconds.get(spec.role, 0.0), role_time)
@@ -616,7 +617,7 @@ class LiveCluster:
             except requests.RequestException as exc:
                 raise ClusterError(f"smoke request (stream={stream}) {via} failed: "
                                    f"{type(exc).__name__}\n" + self._explained()) from None
-            finish = _finish_reason(text, stream)
+            finish = finish_reason(text, stream)
             if r.status_code != 200 or finish.get("type") in ("abort", "unparsable", None):
                 raise ClusterError(f"smoke request (stream={stream}) {via} failed: HTTP {r.status_code}, "
                                    f"finish_reason {json.dumps(finish)}\n  response: {text[:500]}\n" + self._explained())
@@ -761,18 +762,6 @@ class ExternalCluster:
     router_metrics_url = None
 
 
-def body_within(response: requests.Response, deadline: float) -> str:
-    """The whole body of a (streamed) response, or ``requests.Timeout`` once ``deadline`` (monotonic) has passed:
-    the read timeout bounds each read, this bounds a stream that keeps trickling."""
-    chunks = []
-    with response:
-        for chunk in response.iter_content(chunk_size=None):
-            chunks.append(chunk)
-            if time.monotonic() > deadline:
-                raise requests.Timeout("the response was still streaming at the deadline")
-    return b"".join(chunks).decode(response.encoding or "utf-8", errors="replace")
-
-
 def facts_of(cluster: LiveCluster | ExternalCluster, *, versions: bool = True) -> ClusterFacts:
     """What the report gets to know of a cluster: its router, start-up seconds, where each process's log is
     collected and (``versions``: once the workers are ready) the version each role's workers report."""
@@ -798,64 +787,6 @@ def layout_facts(dep: Deployment) -> tuple[InstanceFacts, ...]:
                                      dp_attention=layout.dp_attention, gpus=p.gpus, nics=p.nics, port=p.port,
                                      bootstrap_port=p.bootstrap_port))
     return tuple(out)
-
-
-def worker_versions(worker_urls: dict[str, list[str]]) -> dict[str, str]:
-    """role -> the version its first worker reports on /server_info (/get_server_info on older sglang)."""
-    out = {}
-    for role, urls in worker_urls.items():
-        for path in ("/server_info", "/get_server_info") if urls else ():
-            try:
-                resp = requests.get(f"{urls[0]}{path}", timeout=3)
-                if resp.ok and resp.json().get("version"):
-                    out[role] = str(resp.json()["version"])
-                    break
-            except (requests.RequestException, ValueError):
-                continue
-    return out
-
-
-def flush_caches(worker_urls: dict[str, list[str]]) -> list[str]:
-    """Each worker's prefix cache emptied (SGLang's POST /flush_cache, which refuses while requests run); what
-    failed, one line per worker."""
-    problems = []
-    for role, urls in worker_urls.items():
-        for url in urls:
-            try:
-                resp = requests.post(f"{url}/flush_cache", timeout=10)
-                if not resp.ok:
-                    problems.append(f"{role} {url}/flush_cache: HTTP {resp.status_code} {resp.text.strip()[:200]}")
-            except requests.RequestException as exc:
-                problems.append(f"{role} {url}/flush_cache: {type(exc).__name__}: {exc}")
-    return problems
-
-
-def handoffs(worker_urls: dict[str, list[str]]) -> float | None:
-    """KV transfers the prefill workers counted so far (sglang:kv_transfer_latency_ms_count); None where they export
-    no PD metrics (started without --enable-metrics)."""
-    metrics = prom.worker_metrics(worker_urls)
-    return prom.role_sum(metrics, "prefill", "kv_transfers") or (0.0 if prom.exports_pd(metrics) else None)
-
-
-def _get_ok(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
-
-
-def _finish_reason(text: str, stream: bool) -> dict:
-    try:
-        if stream:
-            chunks = sse.payloads(text.encode())
-            last = json.loads(chunks[-1]) if chunks else {}
-        else:
-            last = json.loads(text)
-    except ValueError:
-        return {"type": "unparsable"}
-    if "error" in last:
-        return {"type": "abort", "message": str(last["error"])}
-    return (last.get("meta_info") or {}).get("finish_reason") or {}
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
