@@ -3,7 +3,8 @@ seconds, the versions its workers report, where each log is collected and the pl
 
 from __future__ import annotations
 
-from .cluster import ExternalCluster, LiveCluster, log_destination
+from .cluster import LiveCluster, log_destination
+from .external_cluster import ExternalCluster
 from .facts import ClusterFacts, InstanceFacts
 from .plan import Deployment
 from .worker_http import worker_versions
