@@ -30,8 +30,8 @@ PYTEST_FACE = frozenset({"plugin", "session", "fixtures", "suite"})
 # The chain of the data flow: config -> plan -> live cluster (hosts, docker_node, runtime, slurm, cluster) -> bench
 # -> gating -> report. The faces on top (the CLI, the pytest face) may import all of it.
 CHAIN = frozenset({"config", "plan", "hosts", "docker_node", "runtime", "pd_path", "slurm", "services",
-                   "worker_http", "cluster", "external_cluster", "cluster_facts", "watch", "bench", "gating",
-                   "report"})
+                   "worker_http", "cluster", "external_cluster", "cluster_facts", "kept_clusters", "watch", "bench",
+                   "gating", "report"})
 # Which node may import which, besides the shared leaves.
 MAY_IMPORT: Mapping[str, frozenset[str]] = {
     "config": frozenset(),
@@ -47,6 +47,7 @@ MAY_IMPORT: Mapping[str, frozenset[str]] = {
                           "worker_http"}),
     "external_cluster": frozenset({"plan", "cluster"}),
     "cluster_facts": frozenset({"plan", "worker_http", "cluster", "external_cluster"}),
+    "kept_clusters": frozenset({"config", "plan", "runtime", "slurm", "services", "cluster"}),
     "watch": frozenset({"config", "plan", "hosts", "docker_node", "runtime", "pd_path", "slurm", "services",
                         "worker_http", "cluster", "external_cluster"}),
     "bench": frozenset({"config", "plan"}),
