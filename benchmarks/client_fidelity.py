@@ -34,10 +34,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pytest_sglang_pd import plan  # noqa: E402
-from pytest_sglang_pd.cluster import flush_caches  # noqa: E402
 from pytest_sglang_pd.bench import builtin, sglang_tools, workloads  # noqa: E402
 from pytest_sglang_pd.config import InferenceTest  # noqa: E402
 from pytest_sglang_pd.textgen.tokenizer import tokenizer_dir  # noqa: E402
+from pytest_sglang_pd.worker_http import flush_caches  # noqa: E402
 from selftests.configs import tools_venv  # noqa: E402
 from selftests.live import sim_cluster  # noqa: E402
 

@@ -237,14 +237,14 @@ def up_summary(model: str, router_url: str | None, worker_urls: dict[str, list[s
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from . import cluster
+    from . import cluster, kept_clusters
 
     path = Path(args.run_dir)
     state = path / cluster.STATE_FILE if path.is_dir() else path
     if not state.is_file():
         print(f"no {cluster.STATE_FILE} in {args.run_dir}: not a run folder of this suite", file=sys.stderr)
         return 1
-    for line in cluster.down(state):
+    for line in kept_clusters.down(state):
         print(f"stopped {line}")
     return 0
 
@@ -252,7 +252,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """Containers this suite left on the config's nodes, kept runs under the results folder, and (transport slurm)
     every allocation the suite made for this user (jobs named sglang-pd-<run id>)."""
-    from . import cluster
+    from . import cluster, kept_clusters
     from .runtime import find_leftover_containers
 
     cfg = _load(args.config)
@@ -261,7 +261,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             sorted(Path(args.results_dir).glob(f"*/*/{cluster.STATE_FILE}")):
         data = json.loads(state.read_text())
         if not data.get("stopped") and Path(data["config"]).resolve() == Path(cfg.source).resolve():
-            for line in cluster.down(state):
+            for line in kept_clusters.down(state):
                 print(f"stopped {line}")
                 count += 1
     if cfg.transport == "slurm":

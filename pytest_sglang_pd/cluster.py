@@ -26,9 +26,8 @@ import requests
 
 from . import hosts as hosts_mod
 from . import plan as plan_mod
-from . import kv_transfer, pd_path, prom, redact, releases, services, slurm, sse
+from . import kv_transfer, pd_path, redact, releases, services, slurm
 from .config import ClusterConfig
-from .facts import ClusterFacts, InstanceFacts
 from .plan import Deployment, ProcessSpec
 from .docker_node import DockerNode
 from .image import SOURCE_LABEL, source_digest
@@ -36,6 +35,7 @@ from .nic import IB_SYSFS
 from .parallel import all_of, on_each
 from .runtime import DockerRuntime, RunningProcess, Runtime, runtime_for
 from .stages import Say, elapsed, quiet, stage
+from .worker_http import body_within, finish_reason, get_ok, handoffs, worker_versions
 
 log = logging.getLogger(__name__)
 
@@ -448,7 +448,7 @@ class LiveCluster:
 
         def probe() -> bool:
             for key, spec in list(pending.items()):
-                if _get_ok(spec.url + spec.health_path):
+                if get_ok(spec.url + spec.health_path):
                     pending.pop(key)
                     role_time = round(time.monotonic() - t0, 3)
                     self.startup_seconds[spec.role] = max(self.startup_seconds.get(spec.role, 0.0), role_time)
@@ -616,7 +616,7 @@ class LiveCluster:
             except requests.RequestException as exc:
                 raise ClusterError(f"smoke request (stream={stream}) {via} failed: "
                                    f"{type(exc).__name__}\n" + self._explained()) from None
-            finish = _finish_reason(text, stream)
+            finish = finish_reason(text, stream)
             if r.status_code != 200 or finish.get("type") in ("abort", "unparsable", None):
                 raise ClusterError(f"smoke request (stream={stream}) {via} failed: HTTP {r.status_code}, "
                                    f"finish_reason {json.dumps(finish)}\n  response: {text[:500]}\n" + self._explained())
@@ -718,146 +718,6 @@ class LiveCluster:
         tmp.replace(self.run_dir / STATE_FILE)
 
 
-@dataclass
-class ExternalCluster:
-    """An already running cluster behind its router (--router-url): nothing started, nothing stopped."""
-
-    router_url: str
-    simulated: bool
-    deployment: None = None
-    worker_urls: dict = field(default_factory=lambda: {"prefill": [], "decode": []})
-    log_files: dict = field(default_factory=dict)
-    startup_seconds: dict = field(default_factory=dict)
-    broken: str | None = None
-    kv_pairs_gbps: dict = field(default_factory=dict)  # no pair check: the suite reaches no node
-    image_ids: dict = field(default_factory=dict)
-    procs: dict = field(default_factory=dict)  # nothing started
-
-    @classmethod
-    def behind(cls, router_url: str, simulated: bool) -> "ExternalCluster":
-        """The cluster with its workers as the router lists them (GET /workers)."""
-        cluster = cls(router_url=router_url.rstrip("/"), simulated=simulated)
-        try:
-            listed = requests.get(f"{cluster.router_url}/workers", timeout=10).json()
-        except (requests.RequestException, ValueError) as exc:
-            raise ClusterError(f"--router-url {router_url}: GET /workers failed: {exc}") from None
-        for worker in listed.get("workers", []) if isinstance(listed, dict) else listed:
-            cluster.worker_urls.setdefault(worker.get("worker_type", ""), []).append(worker["url"])
-        return cluster
-
-    def run_bench_command(self, spec: ProcessSpec, timeout_s: float) -> tuple[int, str]:
-        raise ClusterError("with --router-url the suite starts nothing on the nodes: "
-                           "use the builtin benchmark client (\"bench_client\": \"builtin\")")
-
-    def fetch(self, remote_path: str, local: Path) -> None:
-        raise ClusterError("with --router-url the suite reaches no node")
-
-    put = fetch
-
-    def tool_version(self, spec: ProcessSpec) -> str | None:
-        return None
-
-    router_version = None
-    router_metrics_url = None
-
-
-def body_within(response: requests.Response, deadline: float) -> str:
-    """The whole body of a (streamed) response, or ``requests.Timeout`` once ``deadline`` (monotonic) has passed:
-    the read timeout bounds each read, this bounds a stream that keeps trickling."""
-    chunks = []
-    with response:
-        for chunk in response.iter_content(chunk_size=None):
-            chunks.append(chunk)
-            if time.monotonic() > deadline:
-                raise requests.Timeout("the response was still streaming at the deadline")
-    return b"".join(chunks).decode(response.encoding or "utf-8", errors="replace")
-
-
-def facts_of(cluster: LiveCluster | ExternalCluster, *, versions: bool = True) -> ClusterFacts:
-    """What the report gets to know of a cluster: its router, start-up seconds, where each process's log is
-    collected and (``versions``: once the workers are ready) the version each role's workers report."""
-    dep = cluster.deployment
-    logs = {} if dep is None else {spec.key: log_destination(cluster.run_dir, spec)
-                                   for spec in (*dep.processes, *dep.bench)}
-    return ClusterFacts(router_url=cluster.router_url, model=dep.model.id if dep else None, router=cluster.router_version,
-                        startup_seconds=dict(cluster.startup_seconds),
-                        kv_pairs_gbps=dict(cluster.kv_pairs_gbps), image_ids=dict(cluster.image_ids),
-                        worker_versions=worker_versions(cluster.worker_urls) if versions else {}, log_files=logs,
-                        started=tuple(cluster.procs), layout=() if dep is None else layout_facts(dep))
-
-
-def layout_facts(dep: Deployment) -> tuple[InstanceFacts, ...]:
-    """Each planned worker process: node, GPUs, NICs, ports, and its instance's TP and DP."""
-    out = []
-    for role in dep.worker_roles:
-        layout, procs = dep.model.layout(role), dep.role(role)
-        for p in procs:
-            nnodes = sum(1 for q in procs if q.instance == p.instance)
-            out.append(InstanceFacts(key=p.key, role=role, instance=p.instance, node=p.node, node_rank=p.node_rank,
-                                     nnodes=nnodes, tp_size=layout.tensor_parallelism * nnodes, dp_size=layout.dp_size,
-                                     dp_attention=layout.dp_attention, gpus=p.gpus, nics=p.nics, port=p.port,
-                                     bootstrap_port=p.bootstrap_port))
-    return tuple(out)
-
-
-def worker_versions(worker_urls: dict[str, list[str]]) -> dict[str, str]:
-    """role -> the version its first worker reports on /server_info (/get_server_info on older sglang)."""
-    out = {}
-    for role, urls in worker_urls.items():
-        for path in ("/server_info", "/get_server_info") if urls else ():
-            try:
-                resp = requests.get(f"{urls[0]}{path}", timeout=3)
-                if resp.ok and resp.json().get("version"):
-                    out[role] = str(resp.json()["version"])
-                    break
-            except (requests.RequestException, ValueError):
-                continue
-    return out
-
-
-def flush_caches(worker_urls: dict[str, list[str]]) -> list[str]:
-    """Each worker's prefix cache emptied (SGLang's POST /flush_cache, which refuses while requests run); what
-    failed, one line per worker."""
-    problems = []
-    for role, urls in worker_urls.items():
-        for url in urls:
-            try:
-                resp = requests.post(f"{url}/flush_cache", timeout=10)
-                if not resp.ok:
-                    problems.append(f"{role} {url}/flush_cache: HTTP {resp.status_code} {resp.text.strip()[:200]}")
-            except requests.RequestException as exc:
-                problems.append(f"{role} {url}/flush_cache: {type(exc).__name__}: {exc}")
-    return problems
-
-
-def handoffs(worker_urls: dict[str, list[str]]) -> float | None:
-    """KV transfers the prefill workers counted so far (sglang:kv_transfer_latency_ms_count); None where they export
-    no PD metrics (started without --enable-metrics)."""
-    metrics = prom.worker_metrics(worker_urls)
-    return prom.role_sum(metrics, "prefill", "kv_transfers") or (0.0 if prom.exports_pd(metrics) else None)
-
-
-def _get_ok(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
-
-
-def _finish_reason(text: str, stream: bool) -> dict:
-    try:
-        if stream:
-            chunks = sse.payloads(text.encode())
-            last = json.loads(chunks[-1]) if chunks else {}
-        else:
-            last = json.loads(text)
-    except ValueError:
-        return {"type": "unparsable"}
-    if "error" in last:
-        return {"type": "abort", "message": str(last["error"])}
-    return (last.get("meta_info") or {}).get("finish_reason") or {}
-
-
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -875,61 +735,3 @@ def _some(names: Iterable[str], most: int = 3) -> str:
 
 def _indent(lines: Iterable[str], prefix: str = "    ") -> str:
     return "\n".join(prefix + line for line in lines)
-
-
-def down(state_path: Path) -> list[str]:
-    """Stop what a kept run left running, from its cluster-state.json; returns what was stopped."""
-    from . import config as config_mod
-
-    state = json.loads(state_path.read_text())
-    cfg = config_mod.load(state["config"])
-    stopped = []
-    if state.get("slurm"):
-        cfg = slurm.adopted(cfg, state["slurm"])
-        if slurm.job_state(cfg.slurm.job_id) is None:  # the job has ended, and its steps' processes with it
-            state["processes"] = []
-            if state["containers"]:  # docker's containers live outside the job, and no step reaches them now
-                raise ClusterError(
-                    f"allocation {cfg.slurm.job_id} has ended, but its containers may still run outside it: "
-                    + ", ".join(f"{c['name']} on {c['node']}" for c in state["containers"])
-                    + "; remove them on their nodes (docker rm -f), or run sglang-pd cleanup inside an allocation "
-                    "of those nodes")
-    if state["processes"] or state["containers"]:
-        stopped += _stop_recorded(cfg, state)
-    if state.get("slurm") and state["slurm"]["owned"] and slurm.job_state(cfg.slurm.job_id) is not None:
-        slurm.release(cfg.slurm.job_id)
-        stopped.append(f"slurm allocation {cfg.slurm.job_id} (scancel)")
-    state["stopped"] = True
-    state_path.write_text(json.dumps(state, indent=2))
-    return stopped
-
-
-def _stop_recorded(cfg: ClusterConfig, state: dict) -> list[str]:
-    """Stop the processes and containers a state file records; what was stopped."""
-    hosts = connect_nodes(cfg, [*(p["node"] for p in state["processes"]), *(c["node"] for c in state["containers"])])
-    runtime = runtime_of(cfg, hosts)
-    stopped = []
-    try:
-        if state["runtime"] == "docker":
-            for c in state["containers"]:
-                engine = runtime.engine(c["node"])
-                for found in engine.containers(name=c["name"]):
-                    engine.remove(found.id)
-                    stopped.append(f"container {found.name} on {c['node']}")
-        else:
-            dep = plan_mod.plan(cfg, state["model"], run_id=state["run_id"])
-            specs = {s.key: s for s in (*dep.processes, *dep.bench)}
-            running = [RunningProcess(specs[p["key"]], hosts[p["node"]], p["pid"], None, None, 0.0)
-                       for p in state["processes"] if p["pid"]]
-            running = [rp for rp, alive in zip(running, all_of(lambda rp: rp.host.group_alive(rp.pid), running)) if alive]
-            for last in (False, True):  # the side services after everything that uses them
-                wave = [rp for rp in running if (rp.spec.role == services.ROLE) == last]
-                errors = runtime.stop_all(wave) if wave else []
-                if errors:
-                    raise ClusterError("could not stop:\n" + "\n".join(f"  {e}" for e in errors))
-                stopped += [f"{rp.spec.role} {rp.spec.key} on {rp.spec.node} (pid {rp.pid})" for rp in wave]
-    finally:
-        runtime.teardown()
-        for h in hosts.values():
-            h.close()
-    return stopped

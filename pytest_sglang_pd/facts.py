@@ -1,4 +1,4 @@
-"""What the live layer found out about one cluster, handed to the report as plain data (``cluster.facts_of``).
+"""What the live layer found out about one cluster, handed to the report as plain data (``cluster_facts.facts_of``).
 
 The report renders these and asks nothing of the cluster itself: it imports this module, never the live
 layer (cluster.py, runtime.py, hosts.py).

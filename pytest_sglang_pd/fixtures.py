@@ -11,8 +11,10 @@ import pytest
 
 from . import plan as plan_mod
 from . import report, slurm
-from .cluster import ClusterError, ExternalCluster, KVTransferCheck, LiveCluster, facts_of
+from .cluster import ClusterError, KVTransferCheck, LiveCluster
+from .cluster_facts import facts_of
 from .config import ClusterConfig
+from .external_cluster import ExternalCluster
 from .facts import ClusterFacts
 from .failures import first_error_first
 from .hosts import HostError

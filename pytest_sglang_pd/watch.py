@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import requests
 
 from . import prom, services
-from .cluster import ExternalCluster, LiveCluster
+from .cluster import LiveCluster
+from .external_cluster import ExternalCluster
 from .plan import WORKER_ROLES
 
 POLL_S = 0.5

@@ -29,8 +29,9 @@ LEAVES = frozenset({"__init__", "metrics", "stats", "redact", "prom", "failures"
 PYTEST_FACE = frozenset({"plugin", "session", "fixtures", "suite"})
 # The chain of the data flow: config -> plan -> live cluster (hosts, docker_node, runtime, slurm, cluster) -> bench
 # -> gating -> report. The faces on top (the CLI, the pytest face) may import all of it.
-CHAIN = frozenset({"config", "plan", "hosts", "docker_node", "runtime", "pd_path", "slurm", "services", "cluster",
-                   "watch", "bench", "gating", "report"})
+CHAIN = frozenset({"config", "plan", "hosts", "docker_node", "runtime", "pd_path", "slurm", "services",
+                   "worker_http", "cluster", "external_cluster", "cluster_facts", "kept_clusters", "watch", "bench",
+                   "gating", "report"})
 # Which node may import which, besides the shared leaves.
 MAY_IMPORT: Mapping[str, frozenset[str]] = {
     "config": frozenset(),
@@ -41,8 +42,14 @@ MAY_IMPORT: Mapping[str, frozenset[str]] = {
     "pd_path": frozenset({"plan", "hosts"}),
     "slurm": frozenset({"config", "plan", "hosts"}),
     "services": frozenset({"plan"}),
-    "cluster": frozenset({"config", "plan", "hosts", "docker_node", "runtime", "pd_path", "slurm", "services"}),
-    "watch": frozenset({"config", "plan", "hosts", "docker_node", "runtime", "pd_path", "slurm", "services", "cluster"}),
+    "worker_http": frozenset(),
+    "cluster": frozenset({"config", "plan", "hosts", "docker_node", "runtime", "pd_path", "slurm", "services",
+                          "worker_http"}),
+    "external_cluster": frozenset({"plan", "cluster"}),
+    "cluster_facts": frozenset({"plan", "worker_http", "cluster", "external_cluster"}),
+    "kept_clusters": frozenset({"config", "plan", "runtime", "slurm", "services", "cluster"}),
+    "watch": frozenset({"config", "plan", "hosts", "docker_node", "runtime", "pd_path", "slurm", "services",
+                        "worker_http", "cluster", "external_cluster"}),
     "bench": frozenset({"config", "plan"}),
     "gating": frozenset({"config", "bench"}),
     "report": frozenset({"config", "bench", "gating"}),

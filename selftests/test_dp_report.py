@@ -12,7 +12,7 @@ import pytest
 from pytest_sglang_pd import metrics, prom
 from pytest_sglang_pd.bench import dp_load
 from pytest_sglang_pd.bench.result import BenchResult
-from pytest_sglang_pd.cluster import layout_facts
+from pytest_sglang_pd.cluster_facts import layout_facts
 from pytest_sglang_pd.plan import load_config, plan
 from pytest_sglang_pd.report import dp_properties, html, results
 from selftests.browser import probe

@@ -238,7 +238,7 @@ def test_a_stream_that_keeps_trickling_ends_at_the_deadline_not_per_read():
 
     import requests
 
-    from pytest_sglang_pd.cluster import body_within
+    from pytest_sglang_pd.worker_http import body_within
 
     class Trickle(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"

@@ -17,9 +17,9 @@ import pytest
 import requests
 
 from pytest_sglang_pd import plan as plan_mod
-from pytest_sglang_pd.cluster import flush_caches
 from pytest_sglang_pd import tune
 from pytest_sglang_pd.tune import candidates, layouts, live, measurement, output, predict, sla, store
+from pytest_sglang_pd.worker_http import flush_caches
 from selftests.configs import REPO
 from selftests.live import alive
 from selftests.one_worker import sim_worker

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pytest_sglang_pd.cluster import ExternalCluster
+from pytest_sglang_pd.external_cluster import ExternalCluster
 from pytest_sglang_pd.watch import ClusterWatch
 
 PREFILL, DECODE = "http://127.0.0.1:30001", "http://127.0.0.1:30002"

@@ -2,7 +2,7 @@
 
 The report records and renders what it is handed and decides nothing: the plugin's ``pytest_configure``
 calls ``configure(config, run)`` once; the fixtures hand it each cluster's facts (``add_cluster``, from the
-live layer's ``cluster.facts_of``); ``suite/test_inference.py`` hands it each case's benchmark result and
+live layer's ``cluster_facts.facts_of``); ``suite/test_inference.py`` hands it each case's benchmark result and
 the verdicts gating gave (``of(config).record(...)``). Everything else happens in hooks.
 """
 

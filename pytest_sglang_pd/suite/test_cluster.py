@@ -6,8 +6,8 @@ import pytest
 import requests
 
 from pytest_sglang_pd import releases
-from pytest_sglang_pd.cluster import handoffs
 from pytest_sglang_pd.plan import WORKER_ROLES
+from pytest_sglang_pd.worker_http import handoffs
 
 
 def test_nodes_reachable(request, suite_run, model_under_test):

@@ -68,7 +68,8 @@ class LiveTune:
         after the workers' caches are flushed) and where it runs (on Slurm its allocation and nodes)."""
         from .. import plan as plan_mod
         from .. import slurm
-        from ..cluster import LiveCluster, flush_caches
+        from ..cluster import LiveCluster
+        from ..worker_http import flush_caches
 
         path = self.results_dir / "configs" / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
