@@ -369,14 +369,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return sim_main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
-    interrupts.interrupt_on_sigterm()  # `kill`, a Jenkins abort: what `up` or `tune` started is stopped, as on Ctrl-C
     try:
-        return args.func(args)
+        with interrupts.sigterm_interrupts():  # `kill`, a Jenkins abort: what `up` or `tune` started is stopped
+            return args.func(args)
     except BrokenPipeError:  # `sglang-pd plan ... | head`: the reader has what it wanted
         sys.stderr.close()
         return 0
     except KeyboardInterrupt as exc:
-        print(f"sglang-pd {args.command}: interrupted ({exc or 'Ctrl-C'})", file=sys.stderr)
+        print(f"sglang-pd {args.command}: interrupted ({str(exc) or 'Ctrl-C'})", file=sys.stderr)
         return interrupts.exit_code(exc)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 SIGTERM_NAME = "received signal SIGTERM"
 
@@ -20,6 +21,17 @@ def interrupt_on_sigterm() -> Any:
         raise KeyboardInterrupt(SIGTERM_NAME)
 
     return signal.signal(signal.SIGTERM, interrupt)
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """``interrupt_on_sigterm`` for the length of a block, the handler before it restored after."""
+    previous = interrupt_on_sigterm()
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def exit_code(interrupt: KeyboardInterrupt) -> int:
