@@ -8,15 +8,13 @@ import json
 import math
 import random
 import re
-import signal
-import threading
 import time
 from dataclasses import replace
-from typing import Awaitable, Callable, Sequence, TypeVar
+from typing import Callable, Sequence
 
 import uvloop
 
-from .. import __version__, releases, sse
+from .. import __version__, interrupts, releases, sse
 from ..config import InferenceTest
 from . import http_stream, steady_state
 from .result import TRUNCATED, BenchResult, RequestRecord, aggregate, first_errors
@@ -29,7 +27,6 @@ STOP_POLL_S = 0.5
 ERROR_BODY_CHARS = 300
 WARMUP_MAX_NEW_TOKENS = 32  # bench_serving's warmup: min(output_len, 32)
 WARMUP_PAUSE_S = 1.0  # and its asyncio.sleep(1.0) before the measured run
-T = TypeVar("T")
 
 
 def _abort_message(finish_reason: object) -> str | None:
@@ -216,44 +213,6 @@ async def _run_all(url: str, prompts: Sequence[Prompt], concurrency: int, reques
     return [r if r is not None else unfinished for r in records], duration, warnings
 
 
-def _run(main: Awaitable[T]) -> T:
-    """Run ``main`` on uvloop, a SIGTERM cancelling it between two steps of the loop and then, once the loop is
-    closed, handed to the Python handler that was in place (the plugin's, which raises KeyboardInterrupt). Raised
-    from inside the loop, that KeyboardInterrupt can leave a task half-stepped and the loop's shutdown waiting on it
-    for ever. SIGINT needs nothing: asyncio's runner already cancels the main task for it."""
-    previous = signal.getsignal(signal.SIGTERM)
-    if not callable(previous) or threading.current_thread() is not threading.main_thread():
-        return uvloop.run(main)
-    caught: list[int] = []
-    running: list[tuple[asyncio.AbstractEventLoop, asyncio.Task]] = []
-
-    async def guarded() -> T:
-        running.append((asyncio.get_running_loop(), asyncio.current_task()))
-        if caught:  # a SIGTERM before the loop ran
-            running[0][1].cancel()
-        try:
-            return await main
-        finally:
-            running.clear()
-
-    def cancel(signum: int, frame: object) -> None:
-        caught.append(signum)
-        for loop, task in running:
-            loop.call_soon_threadsafe(task.cancel)
-
-    signal.signal(signal.SIGTERM, cancel)
-    try:
-        return uvloop.run(guarded())
-    except asyncio.CancelledError:
-        if not caught:
-            raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if caught:
-            previous(caught[0], None)
-    raise KeyboardInterrupt(f"received signal {signal.Signals(caught[0]).name}")  # a handler that did not raise
-
-
 def run(url: str, test: InferenceTest, concurrency: int, *, timeout_s: float, progress: Progress | None = None,
         stop: Stop = lambda: False, streamed: Streamed | None = None) -> BenchResult:
     """Run ``test`` at ``concurrency`` against ``url`` (the router; a decode worker for a decode-alone test);
@@ -261,9 +220,10 @@ def run(url: str, test: InferenceTest, concurrency: int, *, timeout_s: float, pr
     watch's progress)."""
     prompts = prompts_for(test)
     url = url.rstrip("/")
-    records, duration, warnings = _run(_run_all(  # uvloop: a third less CPU per chunk than asyncio's own loop
-        url, prompts, concurrency, test.request_rate, test.seed, test.warmup_requests, timeout_s, progress, stop,
-        releases.FAKE_PREFILL if test.decode_alone else None, streamed))
+    records, duration, warnings = interrupts.loop_cancelled_on_sigterm(
+        uvloop.run,  # uvloop: a third less CPU per chunk than asyncio's own loop
+        _run_all(url, prompts, concurrency, test.request_rate, test.seed, test.warmup_requests, timeout_s, progress,
+                 stop, releases.FAKE_PREFILL if test.decode_alone else None, streamed))
     metrics, totals = aggregate(records, duration)
     metrics.update(steady_state.figures(records, test.steady_state_ratio))
     if test.kind == "gsm8k":
